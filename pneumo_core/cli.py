@@ -1,0 +1,165 @@
+"""Command line: python -m pneumo_core train | evaluate | predict | cam | models | promote."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .settings import load_settings
+
+def _parser(settings) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m pneumo_core", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    train = commands.add_parser("train", help="train, evaluate and register a new model version")
+    train.add_argument("--data", default=str(settings.data_dir), help="dataset folder (default: %(default)s)")
+    train.add_argument("--backbone", default=settings.backbone,
+                       choices=["mobilenet_v2", "resnet50", "efficientnet_b0"])
+    train.add_argument("--weights", default=settings.weights,
+                       help="imagenet | none | PATH to a .h5 file | auto (local file if found, else imagenet)")
+    train.add_argument("--trials", type=int, default=20, help="tuner trials (default: %(default)s)")
+    train.add_argument("--epochs", type=int, default=12, help="max epochs per head (default: %(default)s)")
+    train.add_argument("--fine-tune-epochs", type=int, default=0)
+    train.add_argument("--image-size", type=int, default=settings.image_size)
+    train.add_argument("--seed", type=int, default=settings.seed)
+    train.add_argument("--tuner", default="random", choices=["random", "hyperband", "bayesian"])
+    train.add_argument("--views", type=int, default=3, help="augmented views per training image")
+    train.add_argument("--ensemble", type=int, default=3, help="best tuner configurations averaged")
+    train.add_argument("--normalisation", default="equalize", choices=["equalize", "clahe", "stretch", "none"])
+
+    model_help = "model version id or folder (default: the active model)"
+    evaluate = commands.add_parser("evaluate", help="metrics of a model on a dataset split")
+    evaluate.add_argument("--model", help=model_help)
+    evaluate.add_argument("--data", default=str(settings.data_dir))
+    evaluate.add_argument("--split", default="test", choices=["train", "val", "test"])
+    evaluate.add_argument("--json", action="store_true")
+
+    predict = commands.add_parser("predict", help="score images")
+    predict.add_argument("--model", help=model_help)
+    predict.add_argument("images", nargs="+", metavar="IMAGE")
+    predict.add_argument("--json", action="store_true")
+
+    cam = commands.add_parser("cam", help="write a heatmap overlay of one image")
+    cam.add_argument("--model", help=model_help)
+    cam.add_argument("image", metavar="IMAGE")
+    cam.add_argument("--method", default="gradcam", choices=["gradcam", "gradcam++", "scorecam"])
+    cam.add_argument("--out", required=True, help="output PNG file")
+    cam.add_argument("--alpha", type=float, default=0.4, help="heatmap opacity 0..1")
+
+    models = commands.add_parser("models", help="list model versions")
+    models.add_argument("--json", action="store_true")
+
+    promote = commands.add_parser("promote", help="make a version the active model")
+    promote.add_argument("version")
+    return parser
+
+def _load(settings, ref):
+    from .model import PneumoModel
+    from .registry import resolve
+    return PneumoModel.load(resolve(settings.models_dir, ref))
+
+def cmd_train(args, settings) -> int:
+    from .training import TrainConfig, train
+    train(TrainConfig(data_dir=args.data, backbone=args.backbone, weights=args.weights, trials=args.trials,
+                      epochs=args.epochs, fine_tune_epochs=args.fine_tune_epochs, image_size=args.image_size,
+                      seed=args.seed, tuner=args.tuner, augmented_views=args.views, ensemble=args.ensemble,
+                      normalisation=args.normalisation), settings)
+    return 0
+
+def cmd_evaluate(args, settings) -> int:
+    from .data import load_dataset
+    from .evaluation import evaluate
+    model = _load(settings, args.model)
+    split = model.metadata.get("data", {})
+    dataset = load_dataset(args.data, split.get("val_fraction", 0.15), split.get("test_fraction", 0.15),
+                           split.get("split_seed", 42))
+    frame = dataset.split(args.split)
+    if frame.empty:
+        print(f"error: the {args.split} split of {args.data} has no images", file=sys.stderr)
+        return 2
+    result = evaluate(frame.label.to_numpy(), model.predict_files(frame.path), model.threshold)
+    result = {"model": model.id, "split": args.split, "data": str(args.data), **result}
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for key in ("n", "roc_auc", "pr_auc", "accuracy", "sensitivity", "specificity", "precision", "f1",
+                    "threshold", "ece", "brier"):
+            print(f"{key:>12}: {result[key]:.4f}" if isinstance(result[key], float) else f"{key:>12}: {result[key]}")
+        print(f"{'confusion':>12}: [[tn, fp], [fn, tp]] = {result['confusion_matrix']}")
+    return 0
+
+def cmd_predict(args, settings) -> int:
+    from .io import ImageError, read_image
+    model = _load(settings, args.model)
+    results, failed = [], False
+    for path in args.images:
+        try:
+            gray = read_image(path)
+        except ImageError as error:
+            results.append({"path": path, "error": str(error)})
+            failed = True
+            continue
+        p = float(model.predict([gray])[0])
+        results.append({"path": path, "probability": p, "label": model.label(p), "threshold": model.threshold,
+                        "model": model.id})
+    if args.json:
+        print(json.dumps(results))
+    else:
+        for r in results:
+            print(f"{r['path']}: " + (f"error: {r['error']}" if "error" in r else
+                                      f"{r['label']} (p={r['probability']:.3f}, threshold {r['threshold']:.3f})"))
+    return 1 if failed else 0
+
+def cmd_cam(args, settings) -> int:
+    import cv2
+    from .cam import make_cam, overlay, to_original_size
+    from .io import read_image
+    model = _load(settings, args.model)
+    gray = read_image(args.image)
+    heatmap = to_original_size(make_cam(model.keras, args.method)(model.inputs([gray]))[0], gray.shape)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    if not cv2.imwrite(str(args.out), cv2.cvtColor(overlay(gray, heatmap, args.alpha), cv2.COLOR_RGB2BGR)):
+        print(f"error: cannot write {args.out} (use a .png name in a writable folder)", file=sys.stderr)
+        return 2
+    p = float(model.predict([gray])[0])
+    print(f"{args.out}: {args.method} for {model.label(p)} (p={p:.3f}, model {model.id})")
+    return 0
+
+def cmd_models(args, settings) -> int:
+    from .registry import list_versions, read_json
+    versions = list_versions(settings.models_dir)
+    rows = []
+    for m in versions:
+        test = read_json(settings.models_dir / m["id"], "metrics.json").get("test", {})
+        rows.append({"id": m["id"], "active": m["active"], "backbone": m["backbone"], "created": m["created"],
+                     "threshold": m["threshold"], "roc_auc": test.get("roc_auc"),
+                     "sensitivity": test.get("sensitivity"), "specificity": test.get("specificity")})
+    if args.json:
+        print(json.dumps(rows))
+    elif not rows:
+        print(f"no model yet in {settings.models_dir}; train one with: python -m pneumo_core train")
+    else:
+        for r in rows:
+            print(f"{'*' if r['active'] else ' '} {r['id']}  AUC {r['roc_auc']:.4f}  sens {r['sensitivity']:.3f}  "
+                  f"spec {r['specificity']:.3f}  threshold {r['threshold']:.3f}")
+    return 0
+
+def cmd_promote(args, settings) -> int:
+    from .registry import promote
+    promote(settings.models_dir, args.version)
+    print(f"active model: {args.version}")
+    return 0
+
+def main(argv=None) -> int:
+    settings = load_settings()
+    args = _parser(settings).parse_args(argv)
+    from .backbones import WeightsError
+    from .data import DatasetError
+    from .io import ImageError
+    from .registry import RegistryError
+    try:
+        return globals()[f"cmd_{args.command}"](args, settings)
+    except (DatasetError, ImageError, WeightsError, RegistryError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2

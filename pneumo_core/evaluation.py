@@ -1,0 +1,115 @@
+"""Metrics, curves, operating threshold, calibration and bootstrap confidence intervals.
+
+Everything takes labels (0 = NORMAL, 1 = PNEUMONIA) and probabilities of PNEUMONIA and returns
+plain Python values, so results go straight to JSON, the dashboard and the tests.
+"""
+from __future__ import annotations
+
+import numpy as np
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
+
+THRESHOLD_RULE = "highest threshold keeping validation sensitivity >= {target:.2f}"
+
+
+def _ratio(a: float, b: float) -> float:
+    return float(a / b) if b else 0.0
+
+
+def confusion(y, p, threshold: float) -> tuple[int, int, int, int]:
+    """(tn, fp, fn, tp) calling PNEUMONIA when p >= threshold."""
+    y, call = np.asarray(y).astype(bool), np.asarray(p) >= threshold
+    return (int((~y & ~call).sum()), int((~y & call).sum()), int((y & ~call).sum()), int((y & call).sum()))
+
+
+def metrics_at(y, p, threshold: float) -> dict:
+    """Threshold-dependent metrics: accuracy, precision (PPV), recall (sensitivity), specificity, NPV, F1."""
+    tn, fp, fn, tp = confusion(y, p, threshold)
+    precision, recall = _ratio(tp, tp + fp), _ratio(tp, tp + fn)
+    return {
+        "threshold": float(threshold), "n": tn + fp + fn + tp,
+        "accuracy": _ratio(tp + tn, tn + fp + fn + tp), "precision": precision, "recall": recall,
+        "sensitivity": recall, "specificity": _ratio(tn, tn + fp), "npv": _ratio(tn, tn + fn),
+        "f1": _ratio(2 * precision * recall, precision + recall),
+        "confusion_matrix": [[tn, fp], [fn, tp]],
+    }
+
+
+def choose_threshold(y_val, p_val, min_sensitivity: float = 0.95) -> float:
+    """The highest threshold whose sensitivity on validation is still >= `min_sensitivity`.
+
+    Missing a pneumonia costs more than a second look at a normal film, so sensitivity is fixed
+    first and specificity is made as high as that allows. Chosen on validation only.
+    """
+    y, p = np.asarray(y_val).astype(bool), np.asarray(p_val, np.float64)
+    positives = np.sort(p[y])[::-1]
+    if len(positives) == 0:
+        return 0.5
+    k = int(np.ceil(min_sensitivity * len(positives)))  # this many positives must be called
+    return float(positives[max(k, 1) - 1])
+
+
+def expected_calibration_error(y, p, bins: int = 10) -> float:
+    """Mean |observed rate - mean probability| over equal-width bins, weighted by bin size."""
+    y, p = np.asarray(y, np.float64), np.asarray(p, np.float64)
+    which = np.minimum((p * bins).astype(int), bins - 1)
+    error = 0.0
+    for b in range(bins):
+        in_bin = which == b
+        if in_bin.any():
+            error += in_bin.mean() * abs(y[in_bin].mean() - p[in_bin].mean())
+    return float(error)
+
+
+def calibration_curve(y, p, bins: int = 10) -> dict:
+    """Reliability diagram points: mean probability, observed rate and count per non-empty bin."""
+    y, p = np.asarray(y, np.float64), np.asarray(p, np.float64)
+    which = np.minimum((p * bins).astype(int), bins - 1)
+    rows = [(p[which == b].mean(), y[which == b].mean(), int((which == b).sum()))
+            for b in range(bins) if (which == b).any()]
+    return {"mean_probability": [float(r[0]) for r in rows], "observed_rate": [float(r[1]) for r in rows],
+            "count": [r[2] for r in rows]}
+
+
+def fit_platt(logits, y) -> tuple[float, float]:
+    """Platt scaling (a, b) so that sigmoid(a * logit + b) is calibrated on (logits, y)."""
+    model = LogisticRegression(C=1e4, max_iter=1000).fit(np.asarray(logits).reshape(-1, 1), np.asarray(y))
+    return float(model.coef_[0, 0]), float(model.intercept_[0])
+
+
+def bootstrap_ci(y, p, threshold: float, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
+    """Percentile bootstrap CIs for ROC-AUC and accuracy (resampling images)."""
+    y, p = np.asarray(y), np.asarray(p)
+    rng = np.random.default_rng(seed)
+    aucs, accs = [], []
+    for _ in range(n_boot):
+        i = rng.integers(0, len(y), len(y))
+        accs.append(((p[i] >= threshold) == y[i]).mean())
+        if 0 < y[i].sum() < len(i):
+            aucs.append(roc_auc_score(y[i], p[i]))
+    q = [(1 - level) / 2 * 100, (1 + level) / 2 * 100]
+    return {"roc_auc": [float(v) for v in np.percentile(aucs, q)] if aucs else None,
+            "accuracy": [float(v) for v in np.percentile(accs, q)], "level": level, "n_boot": n_boot}
+
+
+def curves(y, p) -> dict:
+    """ROC and precision-recall curve points."""
+    fpr, tpr, roc_t = roc_curve(y, p)
+    precision, recall, pr_t = precision_recall_curve(y, p)
+    return {"roc": {"fpr": fpr.tolist(), "tpr": tpr.tolist(), "thresholds": np.minimum(roc_t, 1.0).tolist()},
+            "pr": {"precision": precision.tolist(), "recall": recall.tolist(), "thresholds": pr_t.tolist()}}
+
+
+def evaluate(y, p, threshold: float, n_boot: int = 1000, seed: int = 0) -> dict:
+    """All metrics of the issue's contract at `threshold`, plus AUCs, calibration and CIs."""
+    y, p = np.asarray(y).astype(int), np.asarray(p, np.float64)
+    both = 0 < y.sum() < len(y)
+    return {
+        **metrics_at(y, p, threshold),
+        "roc_auc": float(roc_auc_score(y, p)) if both else None,
+        "pr_auc": float(average_precision_score(y, p)) if both else None,
+        "brier": float(np.mean((p - y) ** 2)),
+        "ece": expected_calibration_error(y, p),
+        "prevalence": float(y.mean()),
+        "ci": bootstrap_ci(y, p, threshold, n_boot, seed),
+    }

@@ -1,0 +1,107 @@
+"""The classifier: backbone + pooled features -> head(s) -> calibrated probability.
+
+Layout of a full model (input: grayscale film replicated to 3 channels, 0..255):
+
+    preprocess (BackbonePreprocess) -> backbone (nested) -> classifier -> probability (sigmoid)
+
+`classifier` maps the backbone's feature map to one calibrated logit: global average pooling,
+the average of one or more heads' logits, and a fixed Platt scaling (a * logit + b). Keeping the
+logit separate gives Grad-CAM an unsaturated target, and the heads can be trained on cached
+pooled features and dropped in unchanged.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import keras
+import numpy as np
+
+from .backbones import BackbonePreprocess, build_backbone
+from .data import image_batches
+from .preprocessing import prepare
+
+
+def build_head(feature_dim: int, units: int = 256, dropout: float = 0.3, l2: float = 1e-4,
+               name: str = "head") -> keras.Model:
+    """Pooled features -> Dense(ReLU, L2) -> Dropout -> Dense(1) logit (the original design's head)."""
+    inputs = keras.Input((feature_dim,))
+    x = keras.layers.Dense(units, activation="relu", kernel_regularizer=keras.regularizers.L2(l2))(inputs)
+    x = keras.layers.Dropout(dropout)(x)
+    return keras.Model(inputs, keras.layers.Dense(1)(x), name=name)
+
+
+def build_classifier(feature_map_shape, heads: list[keras.Model], platt=(1.0, 0.0)) -> keras.Model:
+    """Feature map -> one calibrated logit (mean of the heads' logits, then a * logit + b)."""
+    inputs = keras.Input(feature_map_shape)
+    pooled = keras.layers.GlobalAveragePooling2D(name="pool")(inputs)
+    for i, head in enumerate(heads):
+        head.name = f"head_{i}"  # layer names must be unique within the model
+    logits = [head(pooled) for head in heads]
+    logit = keras.layers.Average(name="ensemble")(logits) if len(logits) > 1 else logits[0]
+    calibration = keras.layers.Dense(1, name="calibration", trainable=False)
+    logit = calibration(logit)
+    calibration.set_weights([np.array([[platt[0]]], np.float32), np.array([platt[1]], np.float32)])
+    return keras.Model(inputs, logit, name="classifier")
+
+
+def assemble(backbone_name: str, backbone: keras.Model, classifier: keras.Model) -> keras.Model:
+    """Input image (0..255) -> probability of pneumonia."""
+    size = backbone.input_shape[1]
+    inputs = keras.Input((size, size, 3), name="image")
+    x = BackbonePreprocess(backbone_name, name="preprocess")(inputs)
+    logit = classifier(backbone(x))
+    return keras.Model(inputs, keras.layers.Activation("sigmoid", name="probability")(logit),
+                       name=f"pneumo_{backbone_name}")
+
+
+def build_embedder(backbone_name: str, image_size: int, weights: str | None) -> keras.Model:
+    """Image (0..255) -> pooled backbone features, the vectors the feature cache holds."""
+    backbone = build_backbone(backbone_name, image_size, weights)
+    inputs = keras.Input((image_size, image_size, 3), name="image")
+    x = BackbonePreprocess(backbone_name, name="preprocess")(inputs)
+    return keras.Model(inputs, keras.layers.GlobalAveragePooling2D()(backbone(x)), name="embedder")
+
+
+def parts(model: keras.Model) -> tuple[keras.layers.Layer, keras.Model, keras.Model]:
+    """(preprocess layer, backbone, classifier) of a model made by `assemble`."""
+    return model.get_layer("preprocess"), model.get_layer("backbone"), model.get_layer("classifier")
+
+
+class PneumoModel:
+    """A saved model version ready to score films: the Keras model plus its metadata."""
+
+    def __init__(self, keras_model: keras.Model, metadata: dict, path=None):
+        self.keras, self.metadata, self.path = keras_model, metadata, path
+        self.id = metadata.get("id", "unsaved")
+        self.image_size = int(metadata["image_size"])
+        self.normalisation = metadata["normalisation"]
+        self.threshold = float(metadata["threshold"])
+
+    @classmethod
+    def load(cls, version_dir) -> "PneumoModel":
+        version_dir = Path(version_dir)
+        metadata = json.loads((version_dir / "metadata.json").read_text())
+        return cls(keras.saving.load_model(version_dir / "model.keras", compile=False), metadata, version_dir)
+
+    def inputs(self, grays) -> np.ndarray:
+        """Grayscale films of any size -> a batch of model inputs."""
+        return np.stack([prepare(g, self.image_size, self.normalisation) for g in grays])
+
+    def predict_inputs(self, inputs: np.ndarray, batch_size: int = 32) -> np.ndarray:
+        # predict_on_batch: measured 2x faster than model.predict for small batches on CPU.
+        return np.concatenate([np.asarray(self.keras.predict_on_batch(inputs[i:i + batch_size])).reshape(-1)
+                               for i in range(0, len(inputs), batch_size)]) if len(inputs) else np.zeros(0)
+
+    def predict(self, grays) -> np.ndarray:
+        """Probability of PNEUMONIA for each grayscale film."""
+        return self.predict_inputs(self.inputs(grays))
+
+    def predict_files(self, paths, batch_size: int = 32) -> np.ndarray:
+        """Probability of PNEUMONIA for each image file, decoded in parallel."""
+        out = [np.asarray(self.keras.predict_on_batch(batch)).reshape(-1) for batch in image_batches(
+            paths, self.image_size, self.normalisation, batch_size=batch_size)]
+        return np.concatenate(out) if out else np.zeros(0)
+
+    def label(self, probability: float) -> str:
+        return "PNEUMONIA" if probability >= self.threshold else "NORMAL"

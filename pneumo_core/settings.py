@@ -1,0 +1,75 @@
+"""Paths and defaults, read once from environment variables.
+
+Every knob a deployment may need to change lives here, so the rest of the library never reads
+`os.environ` itself.
+
+| variable              | default                                                    |
+|-----------------------|------------------------------------------------------------|
+| PNEUMO_DATA           | `data/chest_xray`, else `../shared/data/chest_xray`        |
+| PNEUMO_HOME           | `.pneumo/` (models, feature cache, tuner runs, databases)  |
+| PNEUMO_WEIGHTS_DIR    | `weights/`, else `../shared/weights`                       |
+| PNEUMO_WEIGHTS        | `auto`: a local file for the backbone if one is found in   |
+|                       | the weights dir, else `imagenet` (needs internet)          |
+| PNEUMO_BACKBONE       | `mobilenet_v2`                                             |
+| PNEUMO_IMAGE_SIZE     | 224                                                        |
+| PNEUMO_SEED           | 42                                                         |
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def _first_existing(*candidates: Path) -> Path:
+    for path in candidates:
+        if path.exists():
+            return path
+    return candidates[0]
+
+
+@dataclass(frozen=True)
+class Settings:
+    data_dir: Path
+    home: Path
+    weights_dir: Path
+    weights: str
+    backbone: str
+    image_size: int
+    seed: int
+
+    @property
+    def models_dir(self) -> Path:
+        return self.home / "models"
+
+    @property
+    def cache_dir(self) -> Path:
+        return self.home / "features"
+
+    @property
+    def tuner_dir(self) -> Path:
+        return self.home / "tuner"
+
+    def with_(self, **changes) -> "Settings":
+        return replace(self, **changes)
+
+
+def load_settings(env: dict | None = None) -> Settings:
+    """Build the settings from `env` (default: the process environment)."""
+    env = os.environ if env is None else env
+    cwd = Path.cwd()
+    data = env.get("PNEUMO_DATA")
+    weights_dir = env.get("PNEUMO_WEIGHTS_DIR")
+    return Settings(
+        data_dir=Path(data) if data else _first_existing(
+            cwd / "data" / "chest_xray", REPO_ROOT.parent / "shared" / "data" / "chest_xray"),
+        home=Path(env.get("PNEUMO_HOME", cwd / ".pneumo")),
+        weights_dir=Path(weights_dir) if weights_dir else _first_existing(
+            REPO_ROOT / "weights", REPO_ROOT.parent / "shared" / "weights"),
+        weights=env.get("PNEUMO_WEIGHTS", "auto"),
+        backbone=env.get("PNEUMO_BACKBONE", "mobilenet_v2"),
+        image_size=int(env.get("PNEUMO_IMAGE_SIZE", 224)),
+        seed=int(env.get("PNEUMO_SEED", 42)),
+    )

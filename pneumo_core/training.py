@@ -1,0 +1,180 @@
+"""Train a model version end to end: data -> cached features -> tuning -> heads -> evaluation -> registry.
+
+The backbone stays frozen by default: it sees each training image once per augmented view (the
+feature cache), the tuner and the final heads train on those vectors, and the saved model is the
+backbone with the heads' ensemble and a Platt calibration on top. Optional fine-tuning of the
+top backbone layers (`fine_tune_epochs`) trains the assembled model on images afterwards.
+"""
+from __future__ import annotations
+
+import platform
+import shutil
+import time
+from dataclasses import asdict, dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+import keras
+import numpy as np
+import pandas as pd
+
+from . import __version__
+from .augment import Augmentation
+from .backbones import resolve_weights
+from .data import CLASSES, class_weights, image_batches, load_dataset
+from .evaluation import THRESHOLD_RULE, choose_threshold, evaluate, fit_platt
+from .features import FeatureCache
+from .model import assemble, build_classifier, build_embedder, PneumoModel
+from .registry import new_version_id, save_version
+from .settings import Settings
+from .tuning import as_hp, fit_kwargs, head_from_hp, tune_head, tuner_summary
+
+
+@dataclass
+class TrainConfig:
+    data_dir: str
+    backbone: str = "mobilenet_v2"
+    weights: str = "auto"
+    trials: int = 20
+    epochs: int = 12
+    fine_tune_epochs: int = 0
+    image_size: int = 224
+    seed: int = 42
+    tuner: str = "random"
+    normalisation: str = "equalize"
+    augmented_views: int = 3
+    ensemble: int = 3
+    min_sensitivity: float = 0.95
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    augmentation: Augmentation = field(default_factory=Augmentation)
+
+
+def _sigmoid(z):
+    return 1.0 / (1.0 + np.exp(-z))
+
+
+def _ensemble_logit(heads, features: np.ndarray) -> np.ndarray:
+    return np.mean([np.asarray(h(features, training=False)).reshape(-1) for h in heads], axis=0)
+
+
+def train_heads(hyperparameters: list[dict], x_train, y_train, x_val, y_val, class_weight, epochs, seed):
+    """Fit one head per hyper-parameter set on the features; returns heads and one history table."""
+    heads, histories = [], []
+    for member, values in enumerate(hyperparameters):
+        keras.utils.set_random_seed(seed + member)
+        head = head_from_hp(as_hp(values), x_train.shape[1], name=f"head_{member}")
+        history = head.fit(x_train, y_train, validation_data=(x_val, y_val),
+                           **fit_kwargs(epochs, class_weight))
+        heads.append(head)
+        histories.append(pd.DataFrame(history.history).rename_axis("epoch").reset_index().assign(member=member))
+        print(f"progress: training head {member + 1}/{len(hyperparameters)} "
+              f"({(member + 1) / len(hyperparameters):.0%}) val_auc={max(history.history['val_auc']):.4f}",
+              flush=True)
+    return heads, pd.concat(histories, ignore_index=True)
+
+
+def fine_tune(model: keras.Model, train: pd.DataFrame, val: pd.DataFrame, config: TrainConfig,
+              class_weight: dict) -> pd.DataFrame:
+    """Unfreeze the top fifth of the backbone (BatchNorm stays frozen) and train on images."""
+    backbone = model.get_layer("backbone")
+    backbone.trainable = True
+    cut = int(len(backbone.layers) * 0.8)
+    for i, layer in enumerate(backbone.layers):
+        layer.trainable = i >= cut and not isinstance(layer, keras.layers.BatchNormalization)
+    model.compile(optimizer=keras.optimizers.Adam(1e-5), loss="binary_crossentropy",
+                  metrics=[keras.metrics.AUC(name="auc")])
+    size, norm = config.image_size, config.normalisation
+    train_ds = image_batches(train.path, size, norm, config.augmentation, config.seed, 32,
+                             labels=train.label, shuffle=True, repeat=True)
+    val_ds = image_batches(val.path, size, norm, None, 0, 32, labels=val.label)
+    history = model.fit(train_ds, validation_data=val_ds, epochs=config.fine_tune_epochs,
+                        steps_per_epoch=int(np.ceil(len(train) / 32)), class_weight=class_weight, verbose=2)
+    return pd.DataFrame(history.history).rename_axis("epoch").reset_index().assign(member="fine-tune")
+
+
+def train(config: TrainConfig, settings: Settings) -> str:
+    """Train, evaluate and register a new model version; returns its id."""
+    start = time.perf_counter()
+    keras.utils.set_random_seed(config.seed)
+    dataset = load_dataset(config.data_dir, config.val_fraction, config.test_fraction, config.seed)
+    for note in dataset.notes:
+        print(f"note: {note}", flush=True)
+    sizes = dataset.sizes()
+    print("data: " + ", ".join(f"{s} {v['NORMAL']} normal / {v['PNEUMONIA']} pneumonia"
+                               for s, v in sizes.items()), flush=True)
+    train_set, val_set, test_set = (dataset.split(s) for s in ("train", "val", "test"))
+    weights = resolve_weights(config.backbone, config.weights, settings.weights_dir)
+    print(f"backbone: {config.backbone}, weights: {weights or 'none (random init)'}", flush=True)
+    cache = FeatureCache(settings.cache_dir, config.backbone, weights, config.image_size, config.normalisation,
+                         lambda: build_embedder(config.backbone, config.image_size, weights))
+
+    views = [cache.get(train_set.path, label="train plain view")]
+    for v in range(1, config.augmented_views + 1):
+        views.append(cache.get(train_set.path, config.augmentation, seed=config.seed + v,
+                               label=f"train augmented view {v}/{config.augmented_views}"))
+    x_train = np.concatenate(views)
+    y_train = np.tile(train_set.label.to_numpy(np.float32), len(views))
+    x_val = cache.get(val_set.path, label="validation")
+    x_test = cache.get(test_set.path, label="test")
+    y_val, y_test = val_set.label.to_numpy(np.float32), test_set.label.to_numpy(np.float32)
+    weights_per_class = class_weights(train_set.label)
+
+    tuner_dir = settings.tuner_dir / f"run-{datetime.now(timezone.utc):%Y%m%d-%H%M%S-%f}"
+    # Trials see the plain view and one augmented view: enough to rank configurations, half the cost.
+    n_tune = len(train_set) * min(2, len(views))
+    tuner = tune_head(x_train[:n_tune], y_train[:n_tune], x_val, y_val, weights_per_class, tuner_dir, config.trials,
+                      config.epochs, config.tuner, config.seed)
+    summary = tuner_summary(tuner)
+    shutil.rmtree(tuner_dir, ignore_errors=True)
+    members = [t["hyperparameters"] for t in summary["best"][: config.ensemble]]
+    heads, history = train_heads(members, x_train, y_train, x_val, y_val, weights_per_class,
+                                 config.epochs, config.seed)
+
+    platt = fit_platt(_ensemble_logit(heads, x_val), y_val)
+    backbone = cache.embedder.get_layer("backbone")
+    classifier = build_classifier(backbone.output_shape[1:], heads, platt)
+    model = assemble(config.backbone, backbone, classifier)
+    if config.fine_tune_epochs > 0:
+        history = pd.concat([history, fine_tune(model, train_set, val_set, config, weights_per_class)])
+        scorer = PneumoModel(model, {"image_size": config.image_size, "normalisation": config.normalisation,
+                                     "threshold": 0.5})
+        p_val, p_test = (scorer.predict_files(s.path) for s in (val_set, test_set))
+    else:
+        p_val, p_test = (_sigmoid(platt[0] * _ensemble_logit(heads, x) + platt[1]) for x in (x_val, x_test))
+
+    threshold = choose_threshold(y_val, p_val, config.min_sensitivity)
+    print("progress: evaluating 1/1 (100%)", flush=True)
+    metrics = {"test": evaluate(y_test, p_test, threshold, seed=config.seed),
+               "val": evaluate(y_val, p_val, threshold, seed=config.seed)}
+    predictions = pd.concat([
+        pd.DataFrame({"path": s.path, "label": s.label, "probability": p, "split": name})
+        for name, s, p in (("val", val_set, p_val), ("test", test_set, p_test))], ignore_index=True)
+    version_id = new_version_id(config.backbone)
+    metadata = {
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "backbone": config.backbone, "weights": Path(weights).name if weights and weights != "imagenet" else weights,
+        "image_size": config.image_size, "normalisation": config.normalisation,
+        "class_names": list(CLASSES), "threshold": threshold,
+        "threshold_rule": THRESHOLD_RULE.format(target=config.min_sensitivity),
+        "calibration": {"method": "platt", "a": platt[0], "b": platt[1], "fitted_on": "val"},
+        "ensemble": members,
+        "data": {"dir": str(Path(config.data_dir).resolve()), "fingerprint": dataset.fingerprint(),
+                 "sizes": sizes, "notes": dataset.notes, "split_seed": config.seed,
+                 "val_fraction": config.val_fraction, "test_fraction": config.test_fraction,
+                 "class_weights": weights_per_class},
+        "training": {**{k: v for k, v in asdict(config).items() if k not in ("data_dir",)},
+                     "seconds": round(time.perf_counter() - start, 1),
+                     "feature_cache": {"hits": cache.hits, "misses": cache.misses}},
+        "versions": {"pneumo": __version__, "keras": keras.__version__, "python": platform.python_version(),
+                     "tensorflow": __import__("tensorflow").__version__},
+        "limitations": "Trained on paediatric (age 1-5) frontal chest X-rays from one centre; "
+                       "less reliable on adults, lateral views and other hospitals' equipment.",
+    }
+    path = save_version(settings.models_dir, version_id, model, metadata, metrics, predictions, history, summary)
+    test = metrics["test"]
+    print(f"test: AUC {test['roc_auc']:.4f}, accuracy {test['accuracy']:.3f}, sensitivity "
+          f"{test['sensitivity']:.3f}, specificity {test['specificity']:.3f} at threshold {threshold:.3f}")
+    print(f"saved {path} in {time.perf_counter() - start:.0f}s", flush=True)
+    print(version_id, flush=True)
+    return version_id

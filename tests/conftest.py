@@ -1,0 +1,70 @@
+"""Shared fixtures: synthetic films and datasets (no patient data), tiny models."""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / "shared"
+SHARED_DATA = SHARED / "data" / "chest_xray"
+SHARED_WEIGHTS = SHARED / "weights" / "mobilenet_v2_1.0_224_imagenet_notop.weights.h5"
+
+
+def synthetic_film(label: int, rng: np.random.Generator, shape=(96, 96)) -> np.ndarray:
+    """A grey 'chest' with two dark lungs; pneumonia adds bright blotches inside a lung."""
+    h, w = shape
+    yy, xx = np.mgrid[0:h, 0:w] / np.array([h, w])[:, None, None]
+    film = 150 + 40 * yy + rng.normal(0, 8, shape)
+    for cx in (0.3, 0.7):
+        film -= 80 * np.exp(-(((xx - cx) / 0.12) ** 2 + ((yy - 0.5) / 0.25) ** 2))
+    if label:
+        for _ in range(3):
+            cx, cy = rng.choice([0.3, 0.7]) + rng.normal(0, 0.04), 0.5 + rng.normal(0, 0.1)
+            film += 70 * np.exp(-(((xx - cx) / 0.06) ** 2 + ((yy - cy) / 0.06) ** 2))
+    return np.clip(film, 0, 255).astype(np.uint8)
+
+
+def make_dataset(root: Path, per_class: dict, seed: int = 0, shape=(96, 96), images_per_patient: int = 2) -> Path:
+    """Write a Kermany-style layout: {split: (n_normal, n_pneumonia)} with patient-coded names."""
+    rng = np.random.default_rng(seed)
+    patient = 0
+    for split, counts in per_class.items():
+        for label, (cls, n) in enumerate(zip(("NORMAL", "PNEUMONIA"), counts)):
+            folder = root / split / cls
+            folder.mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                if i % images_per_patient == 0:
+                    patient += 1
+                name = (f"IM-{patient:04d}-{i % images_per_patient + 1:04d}.jpeg" if label == 0
+                        else f"person{patient}_bacteria_{i}.jpeg")
+                cv2.imwrite(str(folder / name), synthetic_film(label, rng, shape))
+    return root
+
+
+def run_cli(*args, home: Path, timeout: int = 600, env_extra: dict | None = None) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PNEUMO_HOME": str(home), "TF_CPP_MIN_LOG_LEVEL": "2", **(env_extra or {})}
+    return subprocess.run([sys.executable, "-m", "pneumo_core", *map(str, args)], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture(scope="session")
+def synthetic_data(tmp_path_factory) -> Path:
+    """train 60/60 with a tiny val/ (folded into train) and a test/ of 20/20."""
+    return make_dataset(tmp_path_factory.mktemp("data"), {"train": (60, 60), "val": (4, 4), "test": (20, 20)})
+
+
+@pytest.fixture(scope="session")
+def trained_home(tmp_path_factory, synthetic_data) -> Path:
+    """A home dir with one model trained by the CLI on synthetic data (random-init MobileNetV2)."""
+    home = tmp_path_factory.mktemp("home")
+    result = run_cli("train", "--data", synthetic_data, "--weights", "none", "--image-size", 64,
+                     "--trials", 2, "--epochs", 3, "--views", 1, "--ensemble", 2, home=home)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return home

@@ -1,0 +1,81 @@
+"""Every command of the command line, run as a user would (a subprocess), on synthetic data."""
+import json
+
+import cv2
+import numpy as np
+import pytest
+
+from conftest import run_cli, synthetic_film
+
+pytestmark = pytest.mark.slow
+CONTRACT = {"n", "accuracy", "precision", "recall", "specificity", "f1", "roc_auc", "pr_auc", "threshold",
+            "confusion_matrix", "ece"}
+
+
+def test_train_registers_a_complete_version(trained_home):
+    (version,) = [d for d in (trained_home / "models").iterdir() if not d.name.startswith(".")]
+    assert {"model.keras", "metadata.json", "metrics.json", "predictions.csv", "history.csv", "tuner.json"} \
+        <= {p.name for p in version.iterdir()}
+    meta = json.loads((version / "metadata.json").read_text())
+    assert meta["backbone"] == "mobilenet_v2" and meta["image_size"] == 64 and 0 < meta["threshold"] < 1
+    assert len(meta["ensemble"]) == 2 and "sensitivity >= 0.95" in meta["threshold_rule"]
+
+
+def test_train_prints_the_model_id_last(trained_home):
+    result = run_cli("models", "--json", home=trained_home)
+    (row,) = json.loads(result.stdout)
+    assert row["active"] and row["id"].endswith("mobilenet_v2")
+
+
+def test_evaluate_json_on_the_test_folder(trained_home, synthetic_data):
+    result = run_cli("evaluate", "--data", synthetic_data, "--split", "test", "--json", home=trained_home)
+    assert result.returncode == 0, result.stderr
+    metrics = json.loads(result.stdout)
+    assert CONTRACT <= set(metrics)
+    assert metrics["n"] == 40  # exactly the test/ folder
+    (tn, fp), (fn, tp) = metrics["confusion_matrix"]
+    assert tn + fp == 20 and fn + tp == 20
+    assert metrics["accuracy"] == pytest.approx((tn + tp) / 40)
+
+
+def test_predict_json_scores_good_files_and_explains_bad_ones(trained_home, synthetic_data, tmp_path):
+    good = sorted((synthetic_data / "test" / "PNEUMONIA").iterdir())[0]
+    bad = tmp_path / "notes.png"
+    bad.write_text("not an image")
+    result = run_cli("predict", good, bad, "--json", home=trained_home)
+    assert result.returncode == 1  # one file failed
+    scored, failed = json.loads(result.stdout)
+    assert scored["path"] == str(good) and 0 <= scored["probability"] <= 1
+    assert scored["label"] in ("NORMAL", "PNEUMONIA") and scored["threshold"] > 0
+    assert failed["path"] == str(bad) and "not a supported image type" in failed["error"]
+    assert "Traceback" not in result.stderr
+
+
+def test_cam_writes_an_overlay_of_the_original_size(trained_home, tmp_path):
+    film = tmp_path / "wide.png"
+    cv2.imwrite(str(film), synthetic_film(1, np.random.default_rng(0), shape=(90, 160)))
+    out = tmp_path / "cam" / "overlay.png"
+    result = run_cli("cam", film, "--method", "gradcam++", "--out", out, home=trained_home)
+    assert result.returncode == 0, result.stderr
+    image = cv2.imread(str(out))
+    assert image.shape == (90, 160, 3) and image.std() > 0
+
+
+def test_without_a_model_commands_say_how_to_train(tmp_path, synthetic_data):
+    result = run_cli("predict", synthetic_data / "test" / "NORMAL" / "x.jpeg", home=tmp_path / "empty")
+    assert result.returncode != 0
+    assert "no trained model" in result.stderr and "train" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_unreachable_imagenet_weights_give_one_sentence(tmp_path, synthetic_data):
+    result = run_cli("train", "--data", synthetic_data, "--weights", "imagenet", "--image-size", 64,
+                     home=tmp_path, env_extra={"KERAS_HOME": str(tmp_path / "keras"),
+                                               "HTTPS_PROXY": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9"})
+    assert result.returncode == 2
+    assert "could not be downloaded" in result.stderr and "--weights" in result.stderr
+    assert "Traceback" not in result.stderr and "http" not in result.stderr.lower()
+
+
+def test_missing_dataset_is_a_clear_error(tmp_path):
+    result = run_cli("train", "--data", tmp_path / "nowhere", home=tmp_path)
+    assert result.returncode == 2 and "does not exist" in result.stderr
