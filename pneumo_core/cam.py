@@ -46,18 +46,27 @@ class BaseCAM:
         """(N, C) weight of each activation channel; the one thing a method defines."""
         raise NotImplementedError
 
-    def __call__(self, images: np.ndarray, target: int = 1) -> np.ndarray:
-        """Maps in [0, 1] at input resolution, (N, S, S), explaining PNEUMONIA (target 1) or NORMAL (0)."""
+    def explain(self, images: np.ndarray, target: int = 1) -> tuple[np.ndarray, np.ndarray]:
+        """(maps in [0, 1] at input resolution (N, S, S), probability of PNEUMONIA (N,)).
+
+        One pass gives both: the logit that is explained is also the prediction, so scoring a film
+        and explaining it costs one forward pass. `target` 1 explains PNEUMONIA, 0 NORMAL.
+        """
         images = np.asarray(images, np.float32)
-        sign = tf.constant(1.0 if target == 1 else -1.0)
-        activations, gradients, _ = self._compiled(tf.constant(images), sign)
+        sign = 1.0 if target == 1 else -1.0
+        activations, gradients, score = self._compiled(tf.constant(images), tf.constant(sign))
         activations, gradients = activations.numpy(), gradients.numpy()
-        weights = self.channel_weights(images, activations, gradients, float(sign))
+        weights = self.channel_weights(images, activations, gradients, sign)
         maps = np.maximum(np.einsum("nhwc,nc->nhw", activations, weights), 0)
         peak = maps.reshape(len(maps), -1).max(axis=1)[:, None, None]
         maps = np.divide(maps, peak, out=np.zeros_like(maps), where=peak > 0)
-        return np.stack([cv2.resize(m, (self.input_size, self.input_size), interpolation=cv2.INTER_LINEAR)
+        maps = np.stack([cv2.resize(m, (self.input_size, self.input_size), interpolation=cv2.INTER_LINEAR)
                          for m in maps]).clip(0, 1)
+        return maps, 1.0 / (1.0 + np.exp(-sign * score.numpy()))
+
+    def __call__(self, images: np.ndarray, target: int = 1) -> np.ndarray:
+        """Maps in [0, 1] at input resolution, (N, S, S), explaining PNEUMONIA (target 1) or NORMAL (0)."""
+        return self.explain(images, target)[0]
 
 
 class GradCAM(BaseCAM):

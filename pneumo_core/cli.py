@@ -117,12 +117,12 @@ def cmd_cam(args, settings) -> int:
     from .io import read_image
     model = _load(settings, args.model)
     gray = read_image(args.image)
-    heatmap = to_original_size(make_cam(model.keras, args.method)(model.inputs([gray]))[0], gray.shape)
+    maps, probability = make_cam(model.keras, args.method).explain(model.inputs([gray]))
+    heatmap, p = to_original_size(maps[0], gray.shape), float(probability[0])
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     if not cv2.imwrite(str(args.out), cv2.cvtColor(overlay(gray, heatmap, args.alpha), cv2.COLOR_RGB2BGR)):
         print(f"error: cannot write {args.out} (use a .png name in a writable folder)", file=sys.stderr)
         return 2
-    p = float(model.predict([gray])[0])
     print(f"{args.out}: {args.method} for {model.label(p)} (p={p:.3f}, model {model.id})")
     return 0
 

@@ -77,3 +77,11 @@ def test_overlay_blends_a_colour_map_over_the_film():
 def test_unknown_method_lists_the_choices(spot_model):
     with pytest.raises(ValueError, match="gradcam"):
         make_cam(spot_model, "lime")
+
+
+def test_explain_returns_the_models_own_probability(spot_model):
+    x = prepare(film_with_spot(), SIZE, "none")[None]
+    maps, probability = make_cam(spot_model, "gradcam", layer="bright").explain(x)
+    assert probability == pytest.approx(np.asarray(spot_model(x)).reshape(-1), abs=1e-5)
+    _, same = make_cam(spot_model, "gradcam", layer="bright").explain(x, target=0)
+    assert same == pytest.approx(probability, abs=1e-5)
