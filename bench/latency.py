@@ -1,0 +1,30 @@
+"""Single-image predict + Grad-CAM latency (warm), p50/p95: one pass gives the call and the map."""
+from common import report, timed  # noqa: I001
+
+import numpy as np
+
+from pneumo_core.cam import make_cam, to_original_size
+from pneumo_core.model import PneumoModel, assemble, build_classifier, build_embedder, build_head
+from pneumo_core.preprocessing import prepare
+
+film = np.random.default_rng(0).integers(0, 255, (1024, 860)).astype(np.uint8)
+for backbone in ("resnet50", "mobilenet_v2"):
+    embedder = build_embedder(backbone, 224, None)
+    base = embedder.get_layer("backbone")
+    model = assemble(backbone, base, build_classifier(base.output_shape[1:], [build_head(base.output_shape[-1])]))
+    scorer = PneumoModel(model, {"image_size": 224, "normalisation": "equalize", "threshold": 0.5})
+    for method, repeat in (("gradcam", 40), ("gradcam++", 40), ("scorecam", 5)):
+        cam = make_cam(model, method)
+
+        def diagnose():
+            maps, probability = cam.explain(prepare(film, 224, "equalize")[None])
+            return to_original_size(maps[0], film.shape), probability[0]
+
+        diagnose(), diagnose()
+        seconds = timed(diagnose, repeat) * 1000
+        target = "<= 100 ms" if (backbone, method) == ("resnet50", "gradcam") else ""
+        report(f"{backbone}@224 predict + {method} p50", float(np.percentile(seconds, 50)), "ms", target)
+        report(f"{backbone}@224 predict + {method} p95", float(np.percentile(seconds, 95)), "ms")
+    scorer.predict([film])
+    report(f"{backbone}@224 predict only p50",
+           float(np.percentile(timed(lambda: scorer.predict([film]), 40) * 1000, 50)), "ms")
