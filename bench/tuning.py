@@ -10,7 +10,7 @@ from pneumo_core.data import class_weights
 from pneumo_core.tuning import tune_head
 
 rng = np.random.default_rng(0)
-n_train, n_val, dim, trials = 3648 * 2, 783, 1280, 10  # the shared set: 2 views of the train split
+n_train, n_val, dim, trials = 3648, 783, 1280, 20  # the shared set: one vector per training film
 labels = rng.random(n_train + n_val) < 0.74
 features = (rng.normal(0, 1, (n_train + n_val, dim)) + 0.15 * labels[:, None]).astype(np.float32)
 x, y = features[:n_train], labels[:n_train].astype(np.float32)

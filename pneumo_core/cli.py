@@ -73,7 +73,7 @@ def cmd_evaluate(args, settings) -> int:
     model = _load(settings, args.model)
     split = model.metadata.get("data", {})
     dataset = load_dataset(args.data, split.get("val_fraction", 0.15), split.get("test_fraction", 0.15),
-                           split.get("split_seed", 42))
+                           split.get("split_seed", 42), require_train=False)
     frame = dataset.split(args.split)
     if frame.empty:
         print(f"error: the {args.split} split of {args.data} has no images", file=sys.stderr)

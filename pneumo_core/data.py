@@ -108,12 +108,13 @@ class Dataset:
 
 
 def load_dataset(root: str | Path, val_fraction: float = 0.15, test_fraction: float = 0.15,
-                 seed: int = 42) -> Dataset:
+                 seed: int = 42, require_train: bool = True) -> Dataset:
     """Discover a dataset folder and settle its splits.
 
     `val/` is used as it is when it has at least 100 images; a missing or tinier one (the Kaggle
     download ships 16 images, which makes model selection a coin toss) is folded into train and a
     validation split is carved from train by patient. A missing `test/` is carved the same way.
+    With `require_train=False` (evaluation), a folder holding only `test/` (or `val/`) is accepted.
     """
     root = Path(root)
     if not root.is_dir():
@@ -123,6 +124,10 @@ def load_dataset(root: str | Path, val_fraction: float = 0.15, test_fraction: fl
     if "train" not in found:
         if any(_child(root, c) for c in CLASSES):
             found["train"] = _scan_split(root, "train")
+        elif found and not require_train:
+            frame = pd.DataFrame([r for rows in found.values() for r in rows],
+                                 columns=["path", "label", "patient", "split"])
+            return Dataset(root=root, frame=frame, notes=["no train/: splits used as found"])
         else:
             raise DatasetError(f"{root} has no train/ folder (nor NORMAL/ and PNEUMONIA/ folders). "
                                f"Expected the layout train/{{NORMAL,PNEUMONIA}}/, optional val/ and test/.")

@@ -35,9 +35,14 @@ def build_classifier(feature_map_shape, heads: list[keras.Model], platt=(1.0, 0.
     """Feature map -> one calibrated logit (mean of the heads' logits, then a * logit + b)."""
     inputs = keras.Input(feature_map_shape)
     pooled = keras.layers.GlobalAveragePooling2D(name="pool")(inputs)
+    copies = []
     for i, head in enumerate(heads):
-        head.name = f"head_{i}"  # layer names must be unique within the model
-    logits = [head(pooled) for head in heads]
+        # An uncompiled copy under a unique name: the saved model carries no optimizer state.
+        copy = keras.models.clone_model(head)
+        copy.set_weights(head.get_weights())
+        copy.name = f"head_{i}"
+        copies.append(copy)
+    logits = [head(pooled) for head in copies]
     logit = keras.layers.Average(name="ensemble")(logits) if len(logits) > 1 else logits[0]
     calibration = keras.layers.Dense(1, name="calibration", trainable=False)
     logit = calibration(logit)

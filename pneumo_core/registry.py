@@ -59,31 +59,34 @@ def save_version(models_dir: Path, version_id: str, model, metadata: dict, metri
     return final
 
 
-def list_versions(models_dir: Path) -> list[dict]:
-    """Metadata of every complete version, newest first, with an `active` flag."""
+def _versions(models_dir: Path) -> list[dict]:
+    """Metadata of every complete version, newest first; the folder name is the id."""
     models_dir = Path(models_dir)
     if not models_dir.is_dir():
         return []
-    versions = [json.loads((d / "metadata.json").read_text()) for d in models_dir.iterdir()
+    versions = [{**json.loads((d / "metadata.json").read_text()), "id": d.name} for d in models_dir.iterdir()
                 if d.is_dir() and not d.name.startswith(".") and (d / "metadata.json").is_file()]
-    versions.sort(key=lambda m: (m.get("created", ""), m["id"]), reverse=True)
-    active = active_version(models_dir)
-    for m in versions:
-        m["active"] = m["id"] == active
-    return versions
+    return sorted(versions, key=lambda m: (m.get("created", ""), m["id"]), reverse=True)
+
+
+def _active(models_dir: Path, versions: list[dict]) -> str | None:
+    pointer = Path(models_dir) / ACTIVE_FILE
+    chosen = pointer.read_text().strip() if pointer.is_file() else None
+    if any(m["id"] == chosen for m in versions):
+        return chosen
+    return versions[0]["id"] if versions else None
+
+
+def list_versions(models_dir: Path) -> list[dict]:
+    """Metadata of every complete version, newest first, with an `active` flag."""
+    versions = _versions(models_dir)
+    active = _active(models_dir, versions)
+    return [{**m, "active": m["id"] == active} for m in versions]
 
 
 def active_version(models_dir: Path) -> str | None:
     """The promoted version if any (and still present), else the newest, else None."""
-    models_dir = Path(models_dir)
-    pointer = models_dir / ACTIVE_FILE
-    if pointer.is_file():
-        chosen = pointer.read_text().strip()
-        if (models_dir / chosen / "metadata.json").is_file():
-            return chosen
-    complete = sorted(d.name for d in models_dir.iterdir() if (d / "metadata.json").is_file()) \
-        if models_dir.is_dir() else []
-    return complete[-1] if complete else None
+    return _active(models_dir, _versions(models_dir))
 
 
 def promote(models_dir: Path, version_id: str) -> None:

@@ -27,7 +27,7 @@ from .features import FeatureCache
 from .model import assemble, build_classifier, build_embedder, PneumoModel
 from .registry import new_version_id, save_version
 from .settings import Settings
-from .tuning import as_hp, fit_kwargs, head_from_hp, tune_head, tuner_summary
+from .tuning import as_hp, fit_head, head_from_hp, tune_head, tuner_summary
 
 
 @dataclass
@@ -64,8 +64,7 @@ def train_heads(hyperparameters: list[dict], x_train, y_train, x_val, y_val, cla
     for member, values in enumerate(hyperparameters):
         keras.utils.set_random_seed(seed + member)
         head = head_from_hp(as_hp(values), x_train.shape[1], name=f"head_{member}")
-        history = head.fit(x_train, y_train, validation_data=(x_val, y_val),
-                           **fit_kwargs(epochs, class_weight))
+        history = fit_head(head, x_train, y_train, (x_val, y_val), epochs, class_weight, seed=seed + member)
         heads.append(head)
         histories.append(pd.DataFrame(history.history).rename_axis("epoch").reset_index().assign(member=member))
         print(f"progress: training head {member + 1}/{len(hyperparameters)} "
@@ -121,9 +120,11 @@ def train(config: TrainConfig, settings: Settings) -> str:
     weights_per_class = class_weights(train_set.label)
 
     tuner_dir = settings.tuner_dir / f"run-{datetime.now(timezone.utc):%Y%m%d-%H%M%S-%f}"
-    # Trials see the plain view and one augmented view: enough to rank configurations, half the cost.
-    n_tune = len(train_set) * min(2, len(views))
-    tuner = tune_head(x_train[:n_tune], y_train[:n_tune], x_val, y_val, weights_per_class, tuner_dir, config.trials,
+    # Trials see one vector per training film, drawn from its plain or first augmented view: enough
+    # to rank configurations at a fraction of the cost; the final heads then see every view.
+    n = len(train_set)
+    pick = np.arange(n) + n * np.random.default_rng(config.seed).integers(0, min(2, len(views)), n)
+    tuner = tune_head(x_train[pick], y_train[pick], x_val, y_val, weights_per_class, tuner_dir, config.trials,
                       config.epochs, config.tuner, config.seed)
     summary = tuner_summary(tuner)
     shutil.rmtree(tuner_dir, ignore_errors=True)

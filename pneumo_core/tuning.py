@@ -1,7 +1,9 @@
 """Keras Tuner search over the head's hyper-parameters, on cached backbone features.
 
 Searched: dense units, dropout, learning rate and L2 penalty; objective: validation ROC-AUC.
-Each trial trains only the small head, so a trial takes a second or two on a CPU.
+Each trial trains only the small head on vectors held in memory, with `fit_head`: one compiled
+function per epoch instead of Keras' general `fit` loop, which halves a trial's time here
+(a trial is ~1 s: the per-step and per-epoch bookkeeping of `fit` cost more than the arithmetic).
 """
 from __future__ import annotations
 
@@ -9,6 +11,9 @@ from pathlib import Path
 
 import keras
 import keras_tuner as kt
+import numpy as np
+import tensorflow as tf
+from sklearn.metrics import roc_auc_score
 
 from .model import build_head
 from .progress import Progress
@@ -16,30 +21,83 @@ from .progress import Progress
 ALGORITHMS = ("random", "hyperband", "bayesian")
 
 
-def compile_head(head: keras.Model, learning_rate: float) -> keras.Model:
-    head.compile(optimizer=keras.optimizers.Adam(learning_rate),
-                 loss=keras.losses.BinaryCrossentropy(from_logits=True),
-                 metrics=[keras.metrics.AUC(from_logits=True, name="auc")])
-    return head
-
-
 def head_from_hp(hp: kt.HyperParameters, feature_dim: int, name: str = "head") -> keras.Model:
-    """The head a set of hyper-parameters describes, compiled; also defines the search space."""
+    """The head a set of hyper-parameters describes, with its optimizer; also defines the search space."""
     head = build_head(feature_dim, units=hp.Choice("units", [64, 128, 256, 512]),
                       dropout=hp.Float("dropout", 0.0, 0.6, step=0.1),
                       l2=hp.Float("l2", 1e-5, 1e-2, sampling="log"), name=name)
-    return compile_head(head, hp.Float("learning_rate", 3e-4, 1e-2, sampling="log"))
+    head.compile(optimizer=keras.optimizers.Adam(hp.Float("learning_rate", 3e-4, 1e-2, sampling="log")))
+    return head
 
 
-def fit_kwargs(epochs: int, class_weight: dict, batch_size: int = 1024) -> dict:
-    """Settings shared by tuning trials and final head training.
+def _bce(y, logits) -> float:
+    return float(np.mean(np.maximum(logits, 0) - logits * y + np.log1p(np.exp(-np.abs(logits)))))
 
-    Large batches: a head step is tiny, so on a CPU the per-step overhead, not the arithmetic,
-    sets the pace (measured: 2x faster per epoch at 1024 than at 256, same AUC).
+
+def fit_head(head: keras.Model, x, y, validation_data, epochs: int, class_weight: dict,
+             batch_size: int = 1024, patience: int = 3, callbacks=(), initial_epoch: int = 0,
+             seed: int = 0) -> keras.callbacks.History:
+    """Train a compiled head on in-memory vectors with class-weighted binary cross-entropy.
+
+    Stops early on validation ROC-AUC (patience epochs) and keeps the best weights. Logs per
+    epoch: loss (weighted, train), val_loss, val_auc, val_accuracy (at probability 0.5).
     """
-    return {"epochs": epochs, "batch_size": batch_size, "class_weight": class_weight, "verbose": 0,
-            "callbacks": [keras.callbacks.EarlyStopping("val_auc", mode="max", patience=3,
-                                                        restore_best_weights=True)]}
+    x_val, y_val = validation_data
+    y_np = np.asarray(y, np.float32).reshape(-1)
+    x, y_t = tf.constant(x, tf.float32), tf.constant(y_np.reshape(-1, 1))
+    weights = tf.constant(np.where(y_np == 1, class_weight[1], class_weight[0]).astype(np.float32))
+    n, optimizer = len(y_np), head.optimizer
+    steps = -(-n // batch_size)
+    loss_fn = keras.losses.BinaryCrossentropy(from_logits=True)
+
+    @tf.function
+    def run_epoch(order):
+        total = tf.constant(0.0)
+        for i in tf.range(steps):
+            batch = order[i * batch_size:(i + 1) * batch_size]
+            with tf.GradientTape() as tape:
+                logits = head(tf.gather(x, batch), training=True)
+                loss = loss_fn(tf.gather(y_t, batch), logits, sample_weight=tf.gather(weights, batch))
+                if head.losses:
+                    loss += tf.add_n(head.losses)
+            variables = head.trainable_variables
+            optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
+            total += loss
+        return total / steps
+
+    validation_logits = tf.function(lambda v: head(v, training=False))
+    x_val_t, y_val = tf.constant(x_val, tf.float32), np.asarray(y_val).reshape(-1)
+    history = keras.callbacks.History()
+    stopper = keras.callbacks.EarlyStopping("val_auc", mode="max", patience=patience, restore_best_weights=True)
+    callback_list = keras.callbacks.CallbackList([stopper, *callbacks, history], model=head)
+    rng, logs = np.random.default_rng(seed), {}
+    head.stop_training = False
+    callback_list.on_train_begin()
+    for epoch in range(initial_epoch, epochs):
+        callback_list.on_epoch_begin(epoch)
+        loss = float(run_epoch(tf.constant(rng.permutation(n))))
+        val = np.asarray(validation_logits(x_val_t)).reshape(-1)
+        both = 0 < y_val.sum() < len(y_val)
+        logs = {"loss": loss, "val_loss": _bce(y_val, val), "val_auc": roc_auc_score(y_val, val) if both else 0.5,
+                "val_accuracy": float(((val >= 0) == (y_val == 1)).mean())}
+        callback_list.on_epoch_end(epoch, logs)
+        if head.stop_training:
+            break
+    callback_list.on_train_end(logs)
+    return history
+
+
+class HeadHyperModel(kt.HyperModel):
+    def __init__(self, feature_dim: int):
+        super().__init__()
+        self.feature_dim = feature_dim
+
+    def build(self, hp):
+        return head_from_hp(hp, self.feature_dim)
+
+    def fit(self, hp, model, x, y, validation_data, epochs, class_weight, callbacks=(), initial_epoch=0, **_):
+        return fit_head(model, x, y, validation_data, epochs, class_weight, callbacks=callbacks,
+                        initial_epoch=initial_epoch)
 
 
 def _trial_counter(progress: Progress) -> keras.callbacks.Callback:
@@ -56,21 +114,19 @@ def tune_head(x_train, y_train, x_val, y_val, class_weight: dict, directory: Pat
     """Search head hyper-parameters; returns the finished tuner (best first in its oracle)."""
     if algorithm not in ALGORITHMS:
         raise ValueError(f"unknown tuner {algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
-    feature_dim = x_train.shape[1]
     common = dict(objective=kt.Objective("val_auc", "max"), seed=seed, directory=str(directory),
                   project_name="head", overwrite=True)
-    build = lambda hp: head_from_hp(hp, feature_dim)  # noqa: E731
+    hypermodel = HeadHyperModel(x_train.shape[1])
     if algorithm == "random":
-        tuner = kt.RandomSearch(build, max_trials=trials, **common)
+        tuner = kt.RandomSearch(hypermodel, max_trials=trials, **common)
     elif algorithm == "bayesian":
-        tuner = kt.BayesianOptimization(build, max_trials=trials, **common)
+        tuner = kt.BayesianOptimization(hypermodel, max_trials=trials, **common)
     else:
-        tuner = kt.Hyperband(build, max_epochs=epochs, factor=3, hyperband_iterations=1, **common)
+        tuner = kt.Hyperband(hypermodel, max_epochs=epochs, factor=3, hyperband_iterations=1, **common)
     # Hyperband decides its own number of trials (brackets of max_epochs), so its total is unknown.
     progress = Progress("tuning trial", trials if algorithm != "hyperband" else None)
-    kwargs = fit_kwargs(epochs, class_weight)
-    kwargs["callbacks"] = kwargs["callbacks"] + [_trial_counter(progress)]
-    tuner.search(x_train, y_train, validation_data=(x_val, y_val), **kwargs)
+    tuner.search(x_train, y_train, validation_data=(x_val, y_val), epochs=epochs, class_weight=class_weight,
+                 callbacks=[_trial_counter(progress)])
     return tuner
 
 
@@ -90,4 +146,3 @@ def as_hp(values: dict) -> kt.HyperParameters:
     for key, value in values.items():
         hp.Fixed(key, value)
     return hp
-

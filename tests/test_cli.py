@@ -79,3 +79,21 @@ def test_unreachable_imagenet_weights_give_one_sentence(tmp_path, synthetic_data
 def test_missing_dataset_is_a_clear_error(tmp_path):
     result = run_cli("train", "--data", tmp_path / "nowhere", home=tmp_path)
     assert result.returncode == 2 and "does not exist" in result.stderr
+
+
+
+def test_promote_switches_the_active_model(trained_home, tmp_path):
+    import shutil
+    home = tmp_path / "home"
+    shutil.copytree(trained_home, home)
+    (first,) = [d.name for d in (home / "models").iterdir() if not d.name.startswith(".")]
+    later = home / "models" / "29990101-000000-mobilenet_v2"
+    shutil.copytree(home / "models" / first, later)
+    meta = json.loads((later / "metadata.json").read_text())
+    (later / "metadata.json").write_text(json.dumps({**meta, "created": "2999-01-01T00:00:00+00:00"}))
+    active = lambda: [r["id"] for r in json.loads(run_cli("models", "--json", home=home).stdout) if r["active"]]  # noqa: E731
+    assert active() == [later.name]  # the newest is active until one is promoted
+    result = run_cli("promote", first, home=home)
+    assert result.returncode == 0 and first in result.stdout
+    assert active() == [first]
+    assert run_cli("promote", "no-such-version", home=home).returncode == 2

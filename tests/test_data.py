@@ -82,3 +82,11 @@ def test_class_weights_balance_the_loss():
     weights = class_weights([0] * 25 + [1] * 75)
     assert weights[0] == pytest.approx(2.0) and weights[1] == pytest.approx(2 / 3)
     assert 25 * weights[0] == pytest.approx(75 * weights[1])
+
+
+def test_a_folder_with_only_test_is_enough_for_evaluation(tmp_path):
+    root = make_dataset(tmp_path, {"test": (5, 7)})
+    with pytest.raises(DatasetError, match="no train/"):
+        load_dataset(root)
+    ds = load_dataset(root, require_train=False)
+    assert len(ds.split("test")) == 12 and ds.split("train").empty
