@@ -126,7 +126,7 @@ def tune_head(x_train, y_train, x_val, y_val, class_weight: dict, directory: Pat
     # Hyperband decides its own number of trials (brackets of max_epochs), so its total is unknown.
     progress = Progress("tuning trial", trials if algorithm != "hyperband" else None)
     tuner.search(x_train, y_train, validation_data=(x_val, y_val), epochs=epochs, class_weight=class_weight,
-                 callbacks=[_trial_counter(progress)])
+                 callbacks=[_trial_counter(progress)], verbose=0)
     return tuner
 
 

@@ -1,0 +1,79 @@
+"""Plotly figure builders: pure functions from evaluation results to figures (no Streamlit)."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.graph_objects as go
+
+from .evaluation import curves, metrics_at
+
+CALM = {"template": "plotly_white", "margin": dict(l=40, r=20, t=40, b=40), "height": 360}
+COLOURS = ["#2a6f97", "#c44536", "#6a994e", "#9c6644"]
+
+
+def roc_figure(models: dict[str, tuple], threshold_points: dict[str, float] | None = None) -> go.Figure:
+    """ROC curves of one or more models: {name: (labels, probabilities)}; marks each operating point."""
+    fig = go.Figure()
+    fig.add_trace(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dot", color="#aaa"),
+                             name="chance", hoverinfo="skip"))
+    for colour, (name, (y, p)) in zip(COLOURS, models.items()):
+        roc = curves(y, p)["roc"]
+        auc = float(np.trapezoid(roc["tpr"], roc["fpr"]))
+        fig.add_trace(go.Scatter(x=roc["fpr"], y=roc["tpr"], mode="lines", name=f"{name} (AUC {auc:.3f})",
+                                 line=dict(color=colour), customdata=roc["thresholds"],
+                                 hovertemplate="1-specificity %{x:.3f}<br>sensitivity %{y:.3f}"
+                                               "<br>threshold %{customdata:.3f}<extra></extra>"))
+        if threshold_points and name in threshold_points:
+            m = metrics_at(y, p, threshold_points[name])
+            fig.add_trace(go.Scatter(x=[1 - m["specificity"]], y=[m["sensitivity"]], mode="markers",
+                                     marker=dict(size=12, color=colour, symbol="circle-open", line=dict(width=3)),
+                                     name=f"{name} @ {threshold_points[name]:.3f}"))
+    return fig.update_layout(title="ROC curve", xaxis_title="1 - specificity (false positive rate)",
+                             yaxis_title="sensitivity", **CALM)
+
+
+def pr_figure(y, p, threshold: float) -> go.Figure:
+    """Precision-recall curve with the operating point."""
+    pr = curves(y, p)["pr"]
+    m = metrics_at(y, p, threshold)
+    fig = go.Figure(go.Scatter(x=pr["recall"], y=pr["precision"], mode="lines", name="precision-recall",
+                               line=dict(color=COLOURS[0])))
+    fig.add_trace(go.Scatter(x=[m["recall"]], y=[m["precision"]], mode="markers", name=f"threshold {threshold:.3f}",
+                             marker=dict(size=12, color=COLOURS[1], symbol="circle-open", line=dict(width=3))))
+    return fig.update_layout(title="Precision-recall curve", xaxis_title="recall (sensitivity)",
+                             yaxis_title="precision (PPV)", **CALM)
+
+
+def confusion_figure(matrix) -> go.Figure:
+    """Confusion matrix [[tn, fp], [fn, tp]] as an annotated heatmap (rows: truth, columns: call)."""
+    z = np.asarray(matrix)
+    names = ["NORMAL", "PNEUMONIA"]
+    text = [[f"{z[0, 0]}<br>true negative", f"{z[0, 1]}<br>false positive"],
+            [f"{z[1, 0]}<br>false negative", f"{z[1, 1]}<br>true positive"]]
+    fig = go.Figure(go.Heatmap(z=z, x=names, y=names, text=text, texttemplate="%{text}", colorscale="Blues",
+                               showscale=False, hoverinfo="skip"))
+    return fig.update_layout(title="Confusion matrix", xaxis_title="model call", yaxis_title="truth",
+                             yaxis_autorange="reversed", **{**CALM, "height": 320})
+
+
+def calibration_figure(curve: dict, ece: float) -> go.Figure:
+    """Reliability diagram: observed pneumonia rate against mean predicted probability per bin."""
+    fig = go.Figure(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dot", color="#aaa"),
+                               name="perfect calibration"))
+    fig.add_trace(go.Scatter(x=curve["mean_probability"], y=curve["observed_rate"], mode="lines+markers",
+                             marker=dict(size=[6 + 14 * c / max(curve["count"]) for c in curve["count"]]),
+                             customdata=curve["count"], name="model", line=dict(color=COLOURS[0]),
+                             hovertemplate="predicted %{x:.2f}<br>observed %{y:.2f}<br>%{customdata} films"))
+    return fig.update_layout(title=f"Calibration (ECE {ece:.3f})", xaxis_title="predicted probability",
+                             yaxis_title="observed pneumonia rate", **CALM)
+
+
+def history_figure(history: pd.DataFrame) -> go.Figure:
+    """Training curves per epoch (loss, validation loss, AUC, accuracy) for each ensemble member."""
+    fig = go.Figure()
+    for colour, (member, rows) in zip(COLOURS * 4, history.groupby("member", sort=False)):
+        for column, dash in (("loss", "solid"), ("val_loss", "dot"), ("val_auc", "dash"), ("val_accuracy", "dashdot")):
+            if column in rows:
+                fig.add_trace(go.Scatter(x=rows["epoch"], y=rows[column], mode="lines", line=dict(color=colour, dash=dash),
+                                         name=f"{column} (head {member})"))
+    return fig.update_layout(title="Training curves", xaxis_title="epoch", **CALM)

@@ -1,0 +1,78 @@
+"""Streamlit glue shared by the pages: cached model loading and the first-run message.
+
+Everything here is about the screen; computing stays in pneumo_core.
+"""
+from __future__ import annotations
+
+import base64
+
+import cv2
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from pneumo_core import registry
+from pneumo_core.settings import load_settings
+
+TRAIN_COMMAND = "python -m pneumo_core train --data DATA_DIR"
+
+
+def settings():
+    return load_settings()
+
+
+def versions() -> list[dict]:
+    return registry.list_versions(settings().models_dir)
+
+
+@st.cache_resource(show_spinner="Loading model…")
+def diagnoser_for(version_dir: str):
+    """One loaded model per version for the whole server (shared by every session)."""
+    from pneumo_core.diagnosis import Diagnoser
+    from pneumo_core.model import PneumoModel
+    return Diagnoser(PneumoModel.load(version_dir))
+
+
+def diagnoser(version_id: str | None = None):
+    """The model for `version_id` (default: the active one), or the first-run message and stop."""
+    models_dir = settings().models_dir
+    try:
+        path = registry.resolve(models_dir, version_id)
+    except registry.RegistryError:
+        first_run()
+        st.stop()
+    return diagnoser_for(str(path))
+
+
+def first_run() -> None:
+    st.info("No model has been trained yet. Train one from a terminal (it takes about five minutes on "
+            "a laptop), then reload this page:")
+    st.code(TRAIN_COMMAND, language="bash")
+
+
+def version_picker(label: str = "Model version", key: str | None = None, index_of_active: bool = True) -> str | None:
+    """A select box over the registry; None (and the first-run message) when it is empty."""
+    rows = versions()
+    if not rows:
+        first_run()
+        return None
+    ids = [r["id"] for r in rows]
+    active = next((i for i, r in enumerate(rows) if r["active"]), 0)
+    return st.selectbox(label, ids, index=active if index_of_active else min(1, len(ids) - 1), key=key,
+                        format_func=lambda i: f"{i} (active)" if rows[ids.index(i)]["active"] else i)
+
+
+def version_dir(version_id: str):
+    return settings().models_dir / version_id
+
+
+def thumbnail_uri(gray: np.ndarray, size: int = 96) -> str:
+    """A small PNG data URI for tables."""
+    scale = size / max(gray.shape)
+    small = cv2.resize(gray, (max(1, int(gray.shape[1] * scale)), max(1, int(gray.shape[0] * scale))))
+    return "data:image/png;base64," + base64.b64encode(cv2.imencode(".png", small)[1].tobytes()).decode()
+
+
+def test_predictions(version_id: str) -> pd.DataFrame:
+    frame = pd.read_csv(version_dir(version_id) / "predictions.csv")
+    return frame[frame["split"] == "test"].reset_index(drop=True) if "split" in frame else frame
