@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test test-fast bench train clean
+.PHONY: setup run test test-fast browser bench train clean
 
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -14,7 +14,15 @@ $(STAMP): requirements.txt
 
 setup: $(STAMP)
 
-test: $(STAMP)
+run: $(STAMP)
+	$(PY) -m streamlit run app.py
+
+# The browser test drives Debian's Chromium (Playwright cannot download its own browsers here).
+browser:
+	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
+		apt-get install -y -qq chromium >/dev/null) || echo "warning: chromium not installed; the browser test will skip"
+
+test: $(STAMP) browser
 	$(PY) -m pytest -q -p no:cacheprovider tests
 
 test-fast: $(STAMP)

@@ -76,3 +76,14 @@ def thumbnail_uri(gray: np.ndarray, size: int = 96) -> str:
 def test_predictions(version_id: str) -> pd.DataFrame:
     frame = pd.read_csv(version_dir(version_id) / "predictions.csv")
     return frame[frame["split"] == "test"].reset_index(drop=True) if "split" in frame else frame
+
+
+@st.cache_data(show_spinner=False, max_entries=512)
+def diagnosis(version_path: str, data: bytes, name: str, method: str = "gradcam"):
+    """(grayscale film, Diagnosis) of raw file bytes, cached by content, model and method.
+
+    Raises ImageError for files that are not usable films.
+    """
+    from pneumo_core.io import read_image
+    gray = read_image(data, name)
+    return gray, diagnoser_for(version_path).diagnose(gray, name, method, data)

@@ -1,0 +1,74 @@
+"""Metrics: threshold explorer, curves, calibration, training history, error browser."""
+from pathlib import Path
+
+import pandas as pd
+import streamlit as st
+
+import ui
+from pneumo_core import figures
+from pneumo_core.cam import overlay
+from pneumo_core.evaluation import calibration_curve, expected_calibration_error, metrics_at
+from pneumo_core.registry import read_json
+
+st.title("Metrics")
+version = ui.version_picker(key="metrics_model")
+if version is None:
+    st.stop()
+folder = ui.version_dir(version)
+meta, metrics = read_json(folder, "metadata.json"), read_json(folder, "metrics.json")
+test = ui.test_predictions(version)
+y, p = test["label"].to_numpy(), test["probability"].to_numpy()
+stored = float(meta["threshold"])
+st.caption(f"Test split of {meta['data']['dir']}: {len(test)} films. Stored threshold {stored:.3f} "
+           f"({meta['threshold_rule']}).")
+
+key = f"threshold_{version}"
+if st.button("Reset to the stored threshold") or key not in st.session_state:
+    st.session_state[key] = stored
+threshold = st.slider("Threshold: call PNEUMONIA when probability ≥", 0.0, 1.0, step=0.001, key=key)
+m = metrics_at(y, p, threshold)
+cols = st.columns(5)
+for col, (name, field) in zip(cols, [("Sensitivity", "sensitivity"), ("Specificity", "specificity"),
+                                     ("PPV", "precision"), ("NPV", "npv"), ("Accuracy", "accuracy")]):
+    col.metric(name, f"{m[field]:.3f}")
+
+left, right = st.columns(2)
+left.plotly_chart(figures.confusion_figure(m["confusion_matrix"]), width="stretch", key="confusion")
+right.plotly_chart(figures.roc_figure({version: (y, p)}, {version: threshold}), width="stretch", key="roc")
+left, right = st.columns(2)
+left.plotly_chart(figures.pr_figure(y, p, threshold), width="stretch", key="pr")
+left.caption("The circle marks the current threshold.")
+right.plotly_chart(figures.calibration_figure(calibration_curve(y, p), expected_calibration_error(y, p)),
+                   width="stretch", key="calibration")
+
+st.subheader("Classification report at this threshold")
+tn, fp, fn, tp = (v for row in m["confusion_matrix"] for v in row)
+report = pd.DataFrame([
+    {"class": "NORMAL", "precision": m["npv"], "recall": m["specificity"],
+     "f1": 2 * m["npv"] * m["specificity"] / max(m["npv"] + m["specificity"], 1e-9), "support": tn + fp},
+    {"class": "PNEUMONIA", "precision": m["precision"], "recall": m["recall"], "f1": m["f1"], "support": fn + tp}])
+st.dataframe(report, hide_index=True, width="stretch")
+ci = metrics["test"]["ci"]
+st.markdown(f"Bootstrap {ci['level']:.0%} CIs at the stored threshold ({ci['n_boot']} resamples): "
+            f"ROC-AUC {metrics['test']['roc_auc']:.3f} [{ci['roc_auc'][0]:.3f}, {ci['roc_auc'][1]:.3f}], "
+            f"accuracy {metrics['test']['accuracy']:.3f} [{ci['accuracy'][0]:.3f}, {ci['accuracy'][1]:.3f}].")
+
+st.subheader("Training curves")
+st.plotly_chart(figures.history_figure(pd.read_csv(folder / "history.csv")), width="stretch", key="history")
+
+st.subheader("Error browser")
+kind = st.radio("Show", ["false negatives", "false positives", "true positives", "true negatives"], horizontal=True)
+called = p >= threshold
+mask = {"false negatives": (y == 1) & ~called, "false positives": (y == 0) & called,
+        "true positives": (y == 1) & called, "true negatives": (y == 0) & ~called}[kind]
+chosen = test[mask].sort_values("probability", ascending=kind in ("false negatives", "true negatives"))
+if chosen.empty:
+    st.success(f"No {kind} at this threshold.")
+    st.stop()
+per_page = 4
+pages = (len(chosen) - 1) // per_page + 1
+page = st.number_input(f"Page (of {pages}; {len(chosen)} films)", 1, pages, 1)
+for column, row in zip(st.columns(per_page), chosen.iloc[(page - 1) * per_page: page * per_page].itertuples()):
+    gray, d = ui.diagnosis(str(folder), Path(row.path).read_bytes(), Path(row.path).name)
+    column.image(overlay(gray, d.heatmap, 0.4), width="stretch")
+    column.caption(f"{Path(row.path).name}  \ntruth {'PNEUMONIA' if row.label else 'NORMAL'}, p = {row.probability:.3f}")

@@ -1,0 +1,67 @@
+"""Models: the registry, model cards and a side-by-side comparison of two versions."""
+import json
+
+import pandas as pd
+import streamlit as st
+
+import ui
+from pneumo_core import figures
+from pneumo_core.registry import read_json
+
+st.title("Models")
+rows = ui.versions()
+if not rows:
+    ui.first_run()
+    st.stop()
+
+
+def test_metrics(version_id: str) -> dict:
+    return read_json(ui.version_dir(version_id), "metrics.json")["test"]
+
+
+table = pd.DataFrame([{"version": r["id"], "backbone": r["backbone"], "created": r["created"],
+                       "AUC": test_metrics(r["id"])["roc_auc"], "sensitivity": test_metrics(r["id"])["sensitivity"],
+                       "specificity": test_metrics(r["id"])["specificity"], "threshold": r["threshold"],
+                       "active": r["active"]} for r in rows])
+st.dataframe(table, hide_index=True, width="stretch",
+             column_config={c: st.column_config.NumberColumn(format="%.3f")
+                            for c in ("AUC", "sensitivity", "specificity", "threshold")})
+
+st.subheader("Model card")
+version = ui.version_picker(key="card_model")
+meta = read_json(ui.version_dir(version), "metadata.json")
+tuner = read_json(ui.version_dir(version), "tuner.json")
+data = meta["data"]
+st.markdown(f"""
+- **Backbone**: {meta['backbone']} ({meta['weights'] or 'random init'} weights), input {meta['image_size']} px,
+  intensity normalisation *{meta['normalisation']}*
+- **Data**: `{data['dir']}` (fingerprint `{data['fingerprint']}`); split by patient, seed {data['split_seed']}
+- **Operating threshold**: {meta['threshold']:.3f} — {meta['threshold_rule']}
+- **Calibration**: Platt scaling on validation (a = {meta['calibration']['a']:.3f}, b = {meta['calibration']['b']:.3f})
+- **Ensemble**: {len(meta['ensemble'])} heads; tuner {tuner['algorithm']}, {tuner['trials_run']} trials, objective {tuner['objective']}
+- **Training time**: {meta['training']['seconds']:.0f} s
+- **Limitations**: {meta['limitations']}
+""")
+st.dataframe(pd.DataFrame([{"split": s, **v} for s, v in data["sizes"].items()]), hide_index=True)
+with st.expander("Ensemble hyper-parameters and tuner summary"):
+    st.dataframe(pd.DataFrame(meta["ensemble"]), hide_index=True)
+    st.dataframe(pd.DataFrame([{"trial": t["trial"], "val_auc": t["val_auc"], **t["hyperparameters"]}
+                               for t in tuner["best"]]), hide_index=True)
+with st.expander("metadata.json"):
+    st.code(json.dumps(meta, indent=2), language="json")
+
+st.subheader("Compare two versions")
+if len(rows) < 2:
+    st.info("Only one version so far; train another to compare.")
+    st.stop()
+left, right = st.columns(2)
+with left:
+    first = ui.version_picker("First", key="compare_a")
+with right:
+    second = ui.version_picker("Second", key="compare_b", index_of_active=False)
+curves = {v: (ui.test_predictions(v)["label"].to_numpy(), ui.test_predictions(v)["probability"].to_numpy())
+          for v in dict.fromkeys([first, second])}
+thresholds = {v: read_json(ui.version_dir(v), "metadata.json")["threshold"] for v in curves}
+st.plotly_chart(figures.roc_figure(curves, thresholds), width="stretch", key="compare_roc")
+keys = ["roc_auc", "pr_auc", "accuracy", "sensitivity", "specificity", "precision", "f1", "ece", "brier", "n"]
+st.dataframe(pd.DataFrame({v: [test_metrics(v)[k] for k in keys] for v in curves}, index=keys), width="stretch")

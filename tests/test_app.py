@@ -1,0 +1,108 @@
+"""Dashboard pages under Streamlit's AppTest, with a small model trained on synthetic films."""
+import io
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+from conftest import REPO, synthetic_film
+
+pytestmark = pytest.mark.slow
+PAGES = ["diagnose", "heatmaps", "metrics", "models"]
+
+
+def page(name: str) -> AppTest:
+    return AppTest.from_file(str(REPO / "pages" / f"{name}.py"), default_timeout=60)
+
+
+def png(label: int, seed: int, shape=(90, 120)) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(synthetic_film(label, np.random.default_rng(seed), shape)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def home(trained_home, tmp_path, monkeypatch):
+    """A copy of the trained home with a second, older version beside the first."""
+    copy = tmp_path / "home"
+    shutil.copytree(trained_home, copy)
+    (first,) = [d for d in (copy / "models").iterdir() if not d.name.startswith(".")]
+    older = copy / "models" / "20000101-000000-mobilenet_v2"
+    shutil.copytree(first, older)
+    meta = json.loads((older / "metadata.json").read_text())
+    (older / "metadata.json").write_text(json.dumps({**meta, "created": "2000-01-01T00:00:00+00:00",
+                                                     "threshold": 0.2}))
+    monkeypatch.setenv("PNEUMO_HOME", str(copy))
+    return copy
+
+
+@pytest.mark.parametrize("name", PAGES)
+def test_first_run_state_shows_how_to_train(name, tmp_path, monkeypatch):
+    monkeypatch.setenv("PNEUMO_HOME", str(tmp_path / "empty"))
+    at = page(name).run()
+    assert not at.exception
+    assert any("No model has been trained yet" in i.value for i in at.info)
+    assert any("pneumo_core train" in c.value for c in at.code)
+
+
+def test_upload_yields_a_call_a_heatmap_and_reports(home):
+    at = page("diagnose").run()
+    at.file_uploader[0].set_value([("film.png", png(1, 0), "image/png")])
+    at.run()
+    assert not at.exception
+    metrics = {m.label: m.value for m in at.metric}
+    assert metrics["Call"] in ("NORMAL", "PNEUMONIA")
+    assert 0.0 <= float(metrics["Probability of pneumonia"]) <= 1.0
+    assert len(at.get("image")) == 2  # the film and its heatmap overlay
+    assert [b.label for b in at.get("download_button")] == ["Download report (PNG)", "Download report (PDF)"]
+
+
+def test_many_files_make_a_worklist_and_bad_files_get_their_own_message(home):
+    at = page("diagnose").run()
+    at.file_uploader[0].set_value([("a.png", png(0, 1), "image/png"), ("b.png", png(1, 2), "image/png"),
+                                   ("broken.png", b"\x89PNG\r\n\x1a\n garbage", "image/png")])
+    at.run()
+    assert not at.exception
+    assert any("broken.png" in e.value and "damaged" in e.value for e in at.error)
+    table = at.dataframe[0].value
+    assert list(table["file"]) and set(table["file"]) == {"a.png", "b.png"}
+    assert table["probability"].is_monotonic_decreasing  # highest probability first
+
+
+def _confusion(at) -> list:
+    """[[tn, fp], [fn, tp]] as drawn: read from the cell labels of the confusion-matrix chart."""
+    spec = json.loads(next(c for c in at.get("plotly_chart") if "Confusion" in c.proto.spec).proto.spec)
+    return [[int(cell.split("<br>")[0]) for cell in row] for row in spec["data"][0]["text"]]
+
+
+def test_threshold_slider_changes_the_confusion_matrix(home):
+    at = page("metrics").run()
+    assert not at.exception
+    stored = _confusion(at)
+    assert sum(map(sum, stored)) == 40  # the 40 films of the synthetic test/ folder
+    at.slider[0].set_value(0.0).run()
+    assert _confusion(at) == [[0, 20], [0, 20]]  # threshold 0: every film is called PNEUMONIA
+    at.slider[0].set_value(1.0).run()
+    everything_normal = _confusion(at)
+    assert everything_normal[0][1] == 0 and everything_normal[1][1] <= 1  # only p == 1.0 stays PNEUMONIA
+    at.button[0].click().run()  # reset to the stored threshold
+    assert _confusion(at) == stored
+
+
+def test_version_comparison_draws_both_roc_curves(home):
+    at = page("models").run()
+    assert not at.exception
+    assert len(at.dataframe[0].value) == 2
+    roc = json.loads(next(c for c in at.get("plotly_chart") if "ROC" in c.proto.spec).proto.spec)
+    names = [trace["name"] for trace in roc["data"]]
+    assert sum("AUC" in n for n in names) == 2 and any("@ 0.200" in n for n in names)
+
+
+def test_heatmaps_compare_the_three_methods(home):
+    at = page("heatmaps").run()
+    assert not at.exception
+    assert len(at.get("image")) == 3
+    assert sum("p = " in m.value for m in at.markdown) == 3
