@@ -56,10 +56,6 @@ else:
     gray, d = results[0]
 
 st.subheader(d.name)
-film, heat = st.columns(2)
-film.image(gray, caption="Film", width="stretch", clamp=True)
-heat.image(overlay(gray, d.heatmap, alpha), caption=f"{method} heatmap (red: drives the PNEUMONIA score)",
-           width="stretch")
 call, probability, sure = st.columns(3)
 call.metric("Call", d.label)
 probability.metric("Probability of pneumonia", f"{d.probability:.3f}", f"threshold {d.threshold:.3f}",
@@ -67,6 +63,10 @@ probability.metric("Probability of pneumonia", f"{d.probability:.3f}", f"thresho
 sure.metric("Certainty", d.certainty.split(":")[0])
 if d.certainty.startswith("borderline"):
     st.warning(d.certainty.capitalize() + ".")
+film, heat = st.columns(2)
+film.image(gray, caption="Film", width=440, clamp=True)
+heat.image(overlay(gray, d.heatmap, alpha), caption=f"{method} heatmap (red: drives the PNEUMONIA score)",
+           width=440)
 st.caption(f"Model {d.model_id} · {d.when}" + (
     f" · test-set sensitivity {test_metrics['sensitivity']:.3f}, specificity {test_metrics['specificity']:.3f}"
     if test_metrics else ""))

@@ -7,7 +7,8 @@ import plotly.graph_objects as go
 
 from .evaluation import curves, metrics_at
 
-CALM = {"template": "plotly_white", "margin": dict(l=40, r=20, t=40, b=40), "height": 360}
+CALM = {"template": "plotly_white", "margin": dict(l=40, r=20, t=40, b=40), "height": 400,
+        "legend": dict(orientation="h", yanchor="top", y=-0.2, x=0)}
 COLOURS = ["#2a6f97", "#c44536", "#6a994e", "#9c6644"]
 
 
