@@ -11,7 +11,9 @@ import tempfile
 import time
 from pathlib import Path
 
-with tempfile.TemporaryDirectory() as home:
+# A fresh home (cold feature cache); PNEUMO_BENCH_HOME keeps it for the browser benchmark.
+with tempfile.TemporaryDirectory() as scratch:
+    home = os.environ.get("PNEUMO_BENCH_HOME") or scratch
     env = {**os.environ, "PNEUMO_HOME": home}
     for run in ("cold cache", "warm cache"):
         start = time.perf_counter()

@@ -65,7 +65,7 @@ if d.certainty.startswith("borderline"):
     st.warning(d.certainty.capitalize() + ".")
 film, heat = st.columns(2)
 film.image(gray, caption="Film", width=440, clamp=True)
-heat.image(overlay(gray, d.heatmap, alpha), caption=f"{method} heatmap (red: drives the PNEUMONIA score)",
+heat.image(overlay(gray, d.heatmap, alpha), caption=f"{method}: evidence for the {d.label} call (red = strongest)",
            width=440)
 st.caption(f"Model {d.model_id} · {d.when}" + (
     f" · test-set sensitivity {test_metrics['sensitivity']:.3f}, specificity {test_metrics['specificity']:.3f}"

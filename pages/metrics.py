@@ -71,4 +71,5 @@ page = st.number_input(f"Page (of {pages}; {len(chosen)} films)", 1, pages, 1)
 for column, row in zip(st.columns(per_page), chosen.iloc[(page - 1) * per_page: page * per_page].itertuples()):
     gray, d = ui.diagnosis(str(folder), Path(row.path).read_bytes(), Path(row.path).name)
     column.image(overlay(gray, d.heatmap, 0.4), width="stretch")
-    column.caption(f"{Path(row.path).name}  \ntruth {'PNEUMONIA' if row.label else 'NORMAL'}, p = {row.probability:.3f}")
+    truth = "PNEUMONIA" if row.label else "NORMAL"
+    column.caption(f"{Path(row.path).name}  \ntruth {truth}, p = {row.probability:.3f}")

@@ -38,7 +38,8 @@ st.markdown(f"""
 - **Data**: `{data['dir']}` (fingerprint `{data['fingerprint']}`); split by patient, seed {data['split_seed']}
 - **Operating threshold**: {meta['threshold']:.3f} — {meta['threshold_rule']}
 - **Calibration**: Platt scaling on validation (a = {meta['calibration']['a']:.3f}, b = {meta['calibration']['b']:.3f})
-- **Ensemble**: {len(meta['ensemble'])} heads; tuner {tuner['algorithm']}, {tuner['trials_run']} trials, objective {tuner['objective']}
+- **Ensemble**: {len(meta['ensemble'])} heads; tuner {tuner['algorithm']}, {tuner['trials_run']} trials,
+  objective {tuner['objective']}
 - **Training time**: {meta['training']['seconds']:.0f} s
 - **Limitations**: {meta['limitations']}
 """)

@@ -31,38 +31,48 @@ class BaseCAM:
         self.input_size = model.input_shape[1]
         self._compiled = tf.function(self._activations_and_gradients, reduce_retracing=True)
 
-    def _activations_and_gradients(self, images, sign):
+    def _activations_and_gradients(self, images):
         with tf.GradientTape() as tape:
             activations, feature_map = self._conv_and_output(self.preprocess(images), training=False)
-            score = sign * self.classifier(feature_map, training=False)[:, 0]
-        return activations, tape.gradient(score, activations), score
+            logit = self.classifier(feature_map, training=False)[:, 0]
+        return activations, tape.gradient(logit, activations), logit
 
     def target_score(self, images: np.ndarray, sign: float) -> np.ndarray:
         """The explained score (logit, negated for NORMAL) of a batch of model inputs."""
         _, feature_map = self._conv_and_output(self.preprocess(images), training=False)
         return sign * self.classifier(feature_map, training=False).numpy()[:, 0]
 
-    def channel_weights(self, images, activations, gradients, sign) -> np.ndarray:
-        """(N, C) weight of each activation channel; the one thing a method defines."""
+    def channel_weights(self, images, activations, gradients, signs) -> np.ndarray:
+        """(N, C) weight of each activation channel; the one thing a method defines.
+
+        `gradients` are those of the explained score; `signs` (N,) is +1 where that score is the
+        PNEUMONIA logit and -1 where it is the NORMAL one (the negated logit).
+        """
         raise NotImplementedError
 
-    def explain(self, images: np.ndarray, target: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    def explain(self, images: np.ndarray, target: int = 1,
+                threshold: float | None = None) -> tuple[np.ndarray, np.ndarray]:
         """(maps in [0, 1] at input resolution (N, S, S), probability of PNEUMONIA (N,)).
 
-        One pass gives both: the logit that is explained is also the prediction, so scoring a film
-        and explaining it costs one forward pass. `target` 1 explains PNEUMONIA, 0 NORMAL.
+        `target` 1 explains PNEUMONIA, 0 NORMAL; with a `threshold`, each film's own call is
+        explained. One pass gives everything: the explained logit is also the prediction, and the
+        NORMAL score is the negated logit, so its gradients are the negated gradients.
         """
         images = np.asarray(images, np.float32)
-        sign = 1.0 if target == 1 else -1.0
-        activations, gradients, score = self._compiled(tf.constant(images), tf.constant(sign))
-        activations, gradients = activations.numpy(), gradients.numpy()
-        weights = self.channel_weights(images, activations, gradients, sign)
+        activations, gradients, logit = (t.numpy() for t in self._compiled(tf.constant(images)))
+        probability = 1.0 / (1.0 + np.exp(-logit))
+        if threshold is None:
+            signs = np.full(len(images), 1.0 if target == 1 else -1.0, np.float32)
+        else:
+            signs = np.where(probability >= threshold, 1.0, -1.0).astype(np.float32)
+        gradients = gradients * signs[:, None, None, None]
+        weights = self.channel_weights(images, activations, gradients, signs)
         maps = np.maximum(np.einsum("nhwc,nc->nhw", activations, weights), 0)
         peak = maps.reshape(len(maps), -1).max(axis=1)[:, None, None]
         maps = np.divide(maps, peak, out=np.zeros_like(maps), where=peak > 0)
         maps = np.stack([cv2.resize(m, (self.input_size, self.input_size), interpolation=cv2.INTER_LINEAR)
                          for m in maps]).clip(0, 1)
-        return maps, 1.0 / (1.0 + np.exp(-sign * score.numpy()))
+        return maps, probability
 
     def __call__(self, images: np.ndarray, target: int = 1) -> np.ndarray:
         """Maps in [0, 1] at input resolution, (N, S, S), explaining PNEUMONIA (target 1) or NORMAL (0)."""
@@ -73,7 +83,7 @@ class GradCAM(BaseCAM):
     """Selvaraju et al. 2017: channel weight = spatial mean of the gradient."""
     name = "gradcam"
 
-    def channel_weights(self, images, activations, gradients, sign):
+    def channel_weights(self, images, activations, gradients, signs):
         return gradients.mean(axis=(1, 2))
 
 
@@ -81,7 +91,7 @@ class GradCAMPlusPlus(BaseCAM):
     """Chattopadhay et al. 2018: positive gradients weighted by second/third-order terms."""
     name = "gradcam++"
 
-    def channel_weights(self, images, activations, gradients, sign):
+    def channel_weights(self, images, activations, gradients, signs):
         g2, g3 = gradients ** 2, gradients ** 3
         denominator = 2 * g2 + activations.sum(axis=(1, 2), keepdims=True) * g3
         alpha = np.divide(g2, denominator, out=np.zeros_like(g2), where=np.abs(denominator) > 1e-12)
@@ -98,16 +108,17 @@ class ScoreCAM(BaseCAM):
     top = 32
     batch = 32
 
-    def channel_weights(self, images, activations, gradients, sign):
+    def channel_weights(self, images, activations, gradients, signs):
         weights = np.zeros((len(activations), activations.shape[-1]), np.float32)
-        for n, (image, acts) in enumerate(zip(images, activations)):
+        for n, (image, acts, sign) in enumerate(zip(images, activations, signs)):
             channels = np.argsort(acts.mean(axis=(0, 1)))[::-1][: self.top]
             masks = np.stack([cv2.resize(acts[:, :, c], (self.input_size, self.input_size)) for c in channels])
             low = masks.min(axis=(1, 2), keepdims=True)
             span = masks.max(axis=(1, 2), keepdims=True) - low
             masks = np.divide(masks - low, span, out=np.zeros_like(masks), where=span > 0)
-            scores = np.concatenate([self.target_score(image[None] * masks[i:i + self.batch, :, :, None], sign)
-                                     for i in range(0, len(masks), self.batch)])
+            masked = image[None] * masks[:, :, :, None]
+            scores = np.concatenate([self.target_score(masked[i:i + self.batch], float(sign))
+                                     for i in range(0, len(masked), self.batch)])
             weights[n, channels] = np.exp(scores - scores.max()) / np.exp(scores - scores.max()).sum()
         return weights
 

@@ -61,8 +61,8 @@ class Diagnoser:
 
     def diagnose(self, gray: np.ndarray, name: str = "film", method: str = "gradcam",
                  data: bytes | None = None) -> Diagnosis:
-        """Call, probability, certainty and heatmap for one grayscale film (one forward pass)."""
-        maps, probability = self.cam(method).explain(self.model.inputs([gray]))
+        """Call, probability, certainty and heatmap of the evidence for that call (one forward pass)."""
+        maps, probability = self.cam(method).explain(self.model.inputs([gray]), threshold=self.model.threshold)
         p = float(probability[0])
         return Diagnosis(name=name, probability=p, label=self.model.label(p), threshold=self.model.threshold,
                          certainty=certainty(p, self.model.threshold),

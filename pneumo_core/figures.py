@@ -75,6 +75,6 @@ def history_figure(history: pd.DataFrame) -> go.Figure:
     for colour, (member, rows) in zip(COLOURS * 4, history.groupby("member", sort=False)):
         for column, dash in (("loss", "solid"), ("val_loss", "dot"), ("val_auc", "dash"), ("val_accuracy", "dashdot")):
             if column in rows:
-                fig.add_trace(go.Scatter(x=rows["epoch"], y=rows[column], mode="lines", line=dict(color=colour, dash=dash),
-                                         name=f"{column} (head {member})"))
+                fig.add_trace(go.Scatter(x=rows["epoch"], y=rows[column], mode="lines",
+                                         line=dict(color=colour, dash=dash), name=f"{column} (head {member})"))
     return fig.update_layout(title="Training curves", xaxis_title="epoch", **CALM)

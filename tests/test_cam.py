@@ -85,3 +85,11 @@ def test_explain_returns_the_models_own_probability(spot_model):
     assert probability == pytest.approx(np.asarray(spot_model(x)).reshape(-1), abs=1e-5)
     _, same = make_cam(spot_model, "gradcam", layer="bright").explain(x, target=0)
     assert same == pytest.approx(probability, abs=1e-5)
+
+
+def test_with_a_threshold_each_film_explains_its_own_call(spot_model):
+    x = prepare(film_with_spot(), SIZE, "none")[None]
+    cam = make_cam(spot_model, "gradcam", layer="bright")
+    for threshold, target in ((0.0, 1), (1.1, 0)):  # called PNEUMONIA, then called NORMAL
+        maps, _ = cam.explain(x, threshold=threshold)
+        np.testing.assert_array_equal(maps, cam(x, target=target))

@@ -91,7 +91,9 @@ def test_promote_switches_the_active_model(trained_home, tmp_path):
     shutil.copytree(home / "models" / first, later)
     meta = json.loads((later / "metadata.json").read_text())
     (later / "metadata.json").write_text(json.dumps({**meta, "created": "2999-01-01T00:00:00+00:00"}))
-    active = lambda: [r["id"] for r in json.loads(run_cli("models", "--json", home=home).stdout) if r["active"]]  # noqa: E731
+    def active():
+        return [r["id"] for r in json.loads(run_cli("models", "--json", home=home).stdout) if r["active"]]
+
     assert active() == [later.name]  # the newest is active until one is promoted
     result = run_cli("promote", first, home=home)
     assert result.returncode == 0 and first in result.stdout

@@ -57,5 +57,6 @@ def test_augmented_batches_are_reproducible_and_labelled(paths):
     assert len(first) == 3 and first[0].shape == (4, 32, 32, 3)
     assert all(np.array_equal(a, b) for a, b in zip(first, second))
     assert not np.array_equal(first[0], other[0])
-    labels = np.concatenate([y.numpy() for _, y in image_batches(paths, 32, "none", batch_size=5, labels=list(range(12)))])
+    batches = image_batches(paths, 32, "none", batch_size=5, labels=list(range(12)))
+    labels = np.concatenate([y.numpy() for _, y in batches])
     assert labels.tolist() == list(range(12))  # order kept without shuffling

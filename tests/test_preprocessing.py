@@ -16,8 +16,8 @@ from pneumo_core.preprocessing import normalise_intensity, prepare
 def test_preprocess_layer_is_the_backbones_own(backbone):
     gray = np.random.default_rng(0).integers(0, 256, (2, 8, 8, 1)).astype(np.float32)
     image = np.repeat(gray, 3, axis=3)
-    expected = getattr(keras.applications, {"resnet50": "resnet50", "mobilenet_v2": "mobilenet_v2",
-                                             "efficientnet_b0": "efficientnet"}[backbone]).preprocess_input(image.copy())
+    module = {"resnet50": "resnet50", "mobilenet_v2": "mobilenet_v2", "efficientnet_b0": "efficientnet"}[backbone]
+    expected = getattr(keras.applications, module).preprocess_input(image.copy())
     got = np.asarray(BackbonePreprocess(backbone)(image))
     np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-3)
 
