@@ -6,27 +6,30 @@ import json
 import sys
 from pathlib import Path
 
-from .settings import load_settings
+from .settings import TrainConfig, load_settings
 
 def _parser(settings) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pneumo_core", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    train = commands.add_parser("train", help="train, evaluate and register a new model version")
-    train.add_argument("--data", default=str(settings.data_dir), help="dataset folder (default: %(default)s)")
-    train.add_argument("--backbone", default=settings.backbone,
-                       choices=["mobilenet_v2", "resnet50", "efficientnet_b0"])
-    train.add_argument("--weights", default=settings.weights,
+    defaults = TrainConfig(data_dir=str(settings.data_dir), backbone=settings.backbone, weights=settings.weights,
+                           image_size=settings.image_size, seed=settings.seed)
+    train = commands.add_parser("train", help="train, evaluate and register a new model version",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    train.add_argument("--data", default=defaults.data_dir, help="dataset folder")
+    train.add_argument("--backbone", default=defaults.backbone, choices=["mobilenet_v2", "resnet50", "efficientnet_b0"])
+    train.add_argument("--weights", default=defaults.weights,
                        help="imagenet | none | PATH to a .h5 file | auto (local file if found, else imagenet)")
-    train.add_argument("--trials", type=int, default=20, help="tuner trials (default: %(default)s)")
-    train.add_argument("--epochs", type=int, default=12, help="max epochs per head (default: %(default)s)")
-    train.add_argument("--fine-tune-epochs", type=int, default=0)
-    train.add_argument("--image-size", type=int, default=settings.image_size)
-    train.add_argument("--seed", type=int, default=settings.seed)
-    train.add_argument("--tuner", default="random", choices=["random", "hyperband", "bayesian"])
-    train.add_argument("--views", type=int, default=3, help="augmented views per training image")
-    train.add_argument("--ensemble", type=int, default=3, help="best tuner configurations averaged")
-    train.add_argument("--normalisation", default="equalize", choices=["equalize", "clahe", "stretch", "none"])
+    train.add_argument("--trials", type=int, default=defaults.trials, help="tuner trials")
+    train.add_argument("--epochs", type=int, default=defaults.epochs, help="max epochs per head")
+    train.add_argument("--fine-tune-epochs", type=int, default=defaults.fine_tune_epochs)
+    train.add_argument("--image-size", type=int, default=defaults.image_size)
+    train.add_argument("--seed", type=int, default=defaults.seed)
+    train.add_argument("--tuner", default=defaults.tuner, choices=["random", "hyperband", "bayesian"])
+    train.add_argument("--views", type=int, default=defaults.augmented_views, help="augmented views per film")
+    train.add_argument("--ensemble", type=int, default=defaults.ensemble, help="best configurations averaged")
+    train.add_argument("--normalisation", default=defaults.normalisation,
+                       choices=["equalize", "clahe", "stretch", "none"])
 
     model_help = "model version id or folder (default: the active model)"
     evaluate = commands.add_parser("evaluate", help="metrics of a model on a dataset split")
@@ -60,7 +63,7 @@ def _load(settings, ref):
     return PneumoModel.load(resolve(settings.models_dir, ref))
 
 def cmd_train(args, settings) -> int:
-    from .training import TrainConfig, train
+    from .training import train
     train(TrainConfig(data_dir=args.data, backbone=args.backbone, weights=args.weights, trials=args.trials,
                       epochs=args.epochs, fine_tune_epochs=args.fine_tune_epochs, image_size=args.image_size,
                       seed=args.seed, tuner=args.tuner, augmented_views=args.views, ensemble=args.ensemble,

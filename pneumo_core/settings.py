@@ -17,8 +17,10 @@ Every knob a deployment may need to change lives here, so the rest of the librar
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+
+from .augment import Augmentation
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -73,3 +75,24 @@ def load_settings(env: dict | None = None) -> Settings:
         image_size=int(env.get("PNEUMO_IMAGE_SIZE", 224)),
         seed=int(env.get("PNEUMO_SEED", 42)),
     )
+
+
+@dataclass
+class TrainConfig:
+    """Everything `train` needs beyond the paths; the command line's defaults come from here."""
+    data_dir: str = ""
+    backbone: str = "mobilenet_v2"
+    weights: str = "auto"
+    trials: int = 20
+    epochs: int = 12
+    fine_tune_epochs: int = 0
+    image_size: int = 224
+    seed: int = 42
+    tuner: str = "random"
+    normalisation: str = "equalize"
+    augmented_views: int = 3
+    ensemble: int = 3
+    min_sensitivity: float = 0.95
+    val_fraction: float = 0.15
+    test_fraction: float = 0.15
+    augmentation: Augmentation = field(default_factory=Augmentation)

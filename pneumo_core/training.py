@@ -10,7 +10,7 @@ from __future__ import annotations
 import platform
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -19,35 +19,14 @@ import numpy as np
 import pandas as pd
 
 from . import __version__
-from .augment import Augmentation
 from .backbones import resolve_weights
 from .data import CLASSES, class_weights, image_batches, load_dataset
 from .evaluation import THRESHOLD_RULE, choose_threshold, evaluate, fit_platt
 from .features import FeatureCache
 from .model import assemble, build_classifier, build_embedder, PneumoModel
 from .registry import new_version_id, save_version
-from .settings import Settings
+from .settings import Settings, TrainConfig
 from .tuning import as_hp, fit_head, head_from_hp, tune_head, tuner_summary
-
-
-@dataclass
-class TrainConfig:
-    data_dir: str
-    backbone: str = "mobilenet_v2"
-    weights: str = "auto"
-    trials: int = 20
-    epochs: int = 12
-    fine_tune_epochs: int = 0
-    image_size: int = 224
-    seed: int = 42
-    tuner: str = "random"
-    normalisation: str = "equalize"
-    augmented_views: int = 3
-    ensemble: int = 3
-    min_sensitivity: float = 0.95
-    val_fraction: float = 0.15
-    test_fraction: float = 0.15
-    augmentation: Augmentation = field(default_factory=Augmentation)
 
 
 def _sigmoid(z):
