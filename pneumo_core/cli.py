@@ -6,12 +6,15 @@ import json
 import sys
 from pathlib import Path
 
+from .preprocessing import NORMALISATIONS
 from .settings import TrainConfig, load_settings
 
 def _parser(settings) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pneumo_core", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
+    # Backbone, tuner and CAM names are spelled out: their modules import TensorFlow, which would
+    # make `--help` take seconds. tests/test_choices.py checks they match the modules.
     defaults = TrainConfig(data_dir=str(settings.data_dir), backbone=settings.backbone, weights=settings.weights,
                            image_size=settings.image_size, seed=settings.seed)
     train = commands.add_parser("train", help="train, evaluate and register a new model version",
@@ -28,8 +31,7 @@ def _parser(settings) -> argparse.ArgumentParser:
     train.add_argument("--tuner", default=defaults.tuner, choices=["random", "hyperband", "bayesian"])
     train.add_argument("--views", type=int, default=defaults.augmented_views, help="augmented views per film")
     train.add_argument("--ensemble", type=int, default=defaults.ensemble, help="best configurations averaged")
-    train.add_argument("--normalisation", default=defaults.normalisation,
-                       choices=["equalize", "clahe", "stretch", "none"])
+    train.add_argument("--normalisation", default=defaults.normalisation, choices=NORMALISATIONS)
 
     model_help = "model version id or folder (default: the active model)"
     evaluate = commands.add_parser("evaluate", help="metrics of a model on a dataset split")

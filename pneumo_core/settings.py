@@ -17,7 +17,7 @@ Every knob a deployment may need to change lives here, so the rest of the librar
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .augment import Augmentation
@@ -53,9 +53,6 @@ class Settings:
     @property
     def tuner_dir(self) -> Path:
         return self.home / "tuner"
-
-    def with_(self, **changes) -> "Settings":
-        return replace(self, **changes)
 
 
 def load_settings(env: dict | None = None) -> Settings:
