@@ -6,7 +6,7 @@ import streamlit as st
 
 import ui
 from pneumo_core import figures
-from pneumo_core.registry import read_json
+from pneumo_core.registry import read_json, summaries
 
 st.title("Models")
 rows = ui.versions()
@@ -15,15 +15,9 @@ if not rows:
     st.stop()
 
 
-def test_metrics(version_id: str) -> dict:
-    return read_json(ui.version_dir(version_id), "metrics.json")["test"]
-
-
-table = pd.DataFrame([{"version": r["id"], "backbone": r["backbone"], "created": r["created"],
-                       "AUC": test_metrics(r["id"])["roc_auc"], "sensitivity": test_metrics(r["id"])["sensitivity"],
-                       "specificity": test_metrics(r["id"])["specificity"], "threshold": r["threshold"],
-                       "active": r["active"]} for r in rows])
-st.dataframe(table, hide_index=True, width="stretch",
+table = pd.DataFrame(summaries(ui.settings().models_dir)).rename(columns={"id": "version", "roc_auc": "AUC"})
+st.dataframe(table[["version", "backbone", "created", "AUC", "sensitivity", "specificity", "threshold", "active"]],
+             hide_index=True, width="stretch",
              column_config={c: st.column_config.NumberColumn(format="%.3f")
                             for c in ("AUC", "sensitivity", "specificity", "threshold")})
 
@@ -60,9 +54,10 @@ with left:
     first = ui.version_picker("First", key="compare_a")
 with right:
     second = ui.version_picker("Second", key="compare_b", index_of_active=False)
-curves = {v: (ui.test_predictions(v)["label"].to_numpy(), ui.test_predictions(v)["probability"].to_numpy())
-          for v in dict.fromkeys([first, second])}
-thresholds = {v: read_json(ui.version_dir(v), "metadata.json")["threshold"] for v in curves}
+predictions = {v: ui.test_predictions(v) for v in dict.fromkeys([first, second])}
+curves = {v: (frame["label"].to_numpy(), frame["probability"].to_numpy()) for v, frame in predictions.items()}
+thresholds = {r["id"]: r["threshold"] for r in rows if r["id"] in curves}
 st.plotly_chart(figures.roc_figure(curves, thresholds), width="stretch", key="compare_roc")
 keys = ["roc_auc", "pr_auc", "accuracy", "sensitivity", "specificity", "precision", "f1", "ece", "brier", "n"]
-st.dataframe(pd.DataFrame({v: [test_metrics(v)[k] for k in keys] for v in curves}, index=keys), width="stretch")
+st.dataframe(pd.DataFrame({v: [read_json(ui.version_dir(v), "metrics.json")["test"][k] for k in keys]
+                           for v in curves}, index=keys), width="stretch")

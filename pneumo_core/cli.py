@@ -132,14 +132,8 @@ def cmd_cam(args, settings) -> int:
     return 0
 
 def cmd_models(args, settings) -> int:
-    from .registry import list_versions, read_json
-    versions = list_versions(settings.models_dir)
-    rows = []
-    for m in versions:
-        test = read_json(settings.models_dir / m["id"], "metrics.json").get("test", {})
-        rows.append({"id": m["id"], "active": m["active"], "backbone": m["backbone"], "created": m["created"],
-                     "threshold": m["threshold"], "roc_auc": test.get("roc_auc"),
-                     "sensitivity": test.get("sensitivity"), "specificity": test.get("specificity")})
+    from .registry import summaries
+    rows = summaries(settings.models_dir)
     if args.json:
         print(json.dumps(rows))
     elif not rows:

@@ -84,6 +84,18 @@ def list_versions(models_dir: Path) -> list[dict]:
     return [{**m, "active": m["id"] == active} for m in versions]
 
 
+def summaries(models_dir: Path) -> list[dict]:
+    """One row per version, newest first: what the registry table shows (id, backbone, date,
+    threshold, active, and the test split's ROC-AUC, sensitivity and specificity)."""
+    rows = []
+    for m in list_versions(models_dir):
+        test = read_json(Path(models_dir) / m["id"], "metrics.json").get("test", {})
+        rows.append({"id": m["id"], "active": m["active"], "backbone": m["backbone"], "created": m["created"],
+                     "threshold": m["threshold"], "roc_auc": test.get("roc_auc"),
+                     "sensitivity": test.get("sensitivity"), "specificity": test.get("specificity")})
+    return rows
+
+
 def active_version(models_dir: Path) -> str | None:
     """The promoted version if any (and still present), else the newest, else None."""
     return _active(models_dir, _versions(models_dir))
