@@ -36,7 +36,7 @@ BACKBONES = {
 }
 
 
-class WeightsError(RuntimeError):
+class WeightsError(ValueError):
     """Backbone weights cannot be had; the message says how to fix it."""
 
 

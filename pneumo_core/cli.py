@@ -19,19 +19,7 @@ def _parser(settings) -> argparse.ArgumentParser:
                            image_size=settings.image_size, seed=settings.seed)
     train = commands.add_parser("train", help="train, evaluate and register a new model version",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    train.add_argument("--data", default=defaults.data_dir, help="dataset folder")
-    train.add_argument("--backbone", default=defaults.backbone, choices=["mobilenet_v2", "resnet50", "efficientnet_b0"])
-    train.add_argument("--weights", default=defaults.weights,
-                       help="imagenet | none | PATH to a .h5 file | auto (local file if found, else imagenet)")
-    train.add_argument("--trials", type=int, default=defaults.trials, help="tuner trials")
-    train.add_argument("--epochs", type=int, default=defaults.epochs, help="max epochs per head")
-    train.add_argument("--fine-tune-epochs", type=int, default=defaults.fine_tune_epochs)
-    train.add_argument("--image-size", type=int, default=defaults.image_size)
-    train.add_argument("--seed", type=int, default=defaults.seed)
-    train.add_argument("--tuner", default=defaults.tuner, choices=["random", "hyperband", "bayesian"])
-    train.add_argument("--views", type=int, default=defaults.augmented_views, help="augmented views per film")
-    train.add_argument("--ensemble", type=int, default=defaults.ensemble, help="best configurations averaged")
-    train.add_argument("--normalisation", default=defaults.normalisation, choices=NORMALISATIONS)
+    _add_train_options(train, defaults)
 
     model_help = "model version id or folder (default: the active model)"
     evaluate = commands.add_parser("evaluate", help="metrics of a model on a dataset split")
@@ -55,9 +43,52 @@ def _parser(settings) -> argparse.ArgumentParser:
     models = commands.add_parser("models", help="list model versions")
     models.add_argument("--json", action="store_true")
 
-    promote = commands.add_parser("promote", help="make a version the active model")
+    promote = commands.add_parser("promote", help="make a version the active model (an older one: a rollback)")
     promote.add_argument("version")
+    promote.add_argument("--who", help="name recorded with the promotion (default: your user name)")
+
+    jobs = commands.add_parser("jobs", help="retraining jobs run in the background, one at a time")
+    job_commands = jobs.add_subparsers(dest="job_command", required=True)
+    submit = job_commands.add_parser("submit", help="check the data, queue a train job and print its id",
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    submit.set_defaults(train_options=_add_train_options(submit, defaults))
+    submit.add_argument("--who", help="name recorded with the job (default: your user name)")
+    job_list = job_commands.add_parser("list", help="jobs, newest first")
+    job_list.add_argument("--json", action="store_true")
+    status = job_commands.add_parser("status", help="state and progress of one job")
+    status.add_argument("id", type=int)
+    status.add_argument("--json", action="store_true")
+    job_commands.add_parser("cancel", help="stop a queued or running job").add_argument("id", type=int)
+    wait = job_commands.add_parser("wait", help="wait for a job to finish; exit 0 if it succeeded")
+    wait.add_argument("id", type=int)
+    wait.add_argument("--timeout", type=float, help="give up after this many seconds (exit 3)")
+    job_commands.add_parser("run", help="run a queued job in the foreground (what the background runner "
+                                        "does)").add_argument("id", type=int)
     return parser
+
+
+def _add_train_options(parser: argparse.ArgumentParser, defaults: TrainConfig) -> list[str]:
+    """The options of `train`, shared with `jobs submit`; returns their names (argparse dests)."""
+    added = []
+
+    def option(*names, **kwargs):
+        added.append(parser.add_argument(*names, **kwargs).dest)
+
+    option("--data", default=defaults.data_dir, help="dataset folder")
+    option("--backbone", default=defaults.backbone, choices=["mobilenet_v2", "resnet50", "efficientnet_b0"])
+    option("--weights", default=defaults.weights,
+           help="imagenet | none | PATH to a .h5 file | auto (local file if found, else imagenet)")
+    option("--trials", type=int, default=defaults.trials, help="tuner trials")
+    option("--epochs", type=int, default=defaults.epochs, help="max epochs per head")
+    option("--fine-tune-epochs", type=int, default=defaults.fine_tune_epochs)
+    option("--image-size", type=int, default=defaults.image_size)
+    option("--seed", type=int, default=defaults.seed)
+    option("--tuner", default=defaults.tuner, choices=["random", "hyperband", "bayesian"])
+    option("--views", type=int, default=defaults.augmented_views, help="augmented views per film")
+    option("--ensemble", type=int, default=defaults.ensemble, help="best configurations averaged")
+    option("--normalisation", default=defaults.normalisation, choices=NORMALISATIONS)
+    return added
+
 
 def _load(settings, ref):
     from .model import PneumoModel
@@ -146,19 +177,56 @@ def cmd_models(args, settings) -> int:
 
 def cmd_promote(args, settings) -> int:
     from .registry import promote
-    promote(settings.models_dir, args.version)
-    print(f"active model: {args.version}")
+    entry = promote(settings.models_dir, args.version, args.who)
+    print(f"active model: {args.version} ({entry['action']} from {entry['from']}, by {entry['who']})")
     return 0
+
+
+def cmd_jobs(args, settings) -> int:
+    from .jobs import FINISHED, JobQueue
+    queue = JobQueue(settings)
+    if args.job_command == "submit":
+        job_id = queue.submit({k: getattr(args, k) for k in args.train_options}, args.who)
+        unreadable = queue.get(job_id)["checks"]["unreadable"]
+        for path, why in unreadable.items():
+            print(f"warning: skipped, unreadable: {why}", file=sys.stderr)
+        print(job_id)
+        return 0
+    if args.job_command == "list":
+        jobs = queue.list()
+        if args.json:
+            print(json.dumps(jobs))
+        for job in [] if args.json else jobs:
+            print(f"{job['id']:>4}  {job['state']:<9}  {job['submitted']}  {job['percent']:5.1f}%  "
+                  f"{job['stage'] or '':<24}  {job['model_id'] or ''}")
+        return 0
+    if args.job_command == "status":
+        job = queue.get(args.id)
+        if args.json:
+            print(json.dumps(job))
+        else:
+            print(f"job {job['id']}: {job['state']}, {job['percent']:.0f}% {job['stage'] or ''} {job['step'] or ''}"
+                  + (f"\nmodel: {job['model_id']}" if job["model_id"] else "")
+                  + (f"\n{job['error']}" if job["error"] else ""))
+        return 0
+    if args.job_command == "cancel":
+        print(f"job {args.id}: {queue.cancel(args.id)['state']}")
+        return 0
+    if args.job_command == "wait":
+        job = queue.wait(args.id, args.timeout)
+        print(f"job {job['id']}: {job['state']}" + (f", model {job['model_id']}" if job["model_id"] else "")
+              + (f"\n{job['error']}" if job["error"] and job["state"] == "failed" else ""))
+        return 0 if job["state"] == "succeeded" else 3 if job["state"] not in FINISHED else 1
+    return queue.run(args.id)
 
 def main(argv=None) -> int:
     settings = load_settings()
     args = _parser(settings).parse_args(argv)
-    from .backbones import WeightsError
-    from .data import DatasetError
-    from .io import ImageError
     from .registry import RegistryError
     try:
         return globals()[f"cmd_{args.command}"](args, settings)
-    except (DatasetError, ImageError, WeightsError, RegistryError, ValueError) as error:
+    # User errors (bad data, file, weights, job or model name) are ValueErrors or RegistryErrors;
+    # catching the bases keeps TensorFlow out of commands that don't need it (`jobs`, `models`).
+    except (ValueError, RegistryError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -15,13 +15,14 @@ import numpy as np
 import pandas as pd
 
 from .augment import Augmentation
-from .io import read_image
+from .io import ImageError, read_image
 from .preprocessing import prepare, resize, to_model_input
 
 CLASSES = ("NORMAL", "PNEUMONIA")
 SPLITS = ("train", "val", "test")
 IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png"}
 MIN_VAL_IMAGES = 100
+MIN_IMAGES_PER_CLASS = 20   # below this a patient-level val/test split leaves a handful of films per class
 
 _PATIENT_PATTERNS = (
     re.compile(r"^(person\d+)_", re.IGNORECASE),                 # person123_bacteria_456
@@ -90,6 +91,7 @@ class Dataset:
     root: Path
     frame: pd.DataFrame
     notes: list[str] = field(default_factory=list)
+    unreadable: dict[str, str] = field(default_factory=dict)   # left out by skip_unreadable
 
     def split(self, name: str) -> pd.DataFrame:
         return self.frame[self.frame["split"] == name].reset_index(drop=True)
@@ -107,14 +109,27 @@ class Dataset:
         return digest.hexdigest()[:16]
 
 
+def unreadable_files(paths) -> dict[str, str]:
+    """{path: reason} for every file that cannot be read as a film (about 1 ms per film)."""
+    problems = {}
+    for path in map(str, paths):
+        try:
+            read_image(path)
+        except ImageError as error:
+            problems[path] = str(error)
+    return problems
+
+
 def load_dataset(root: str | Path, val_fraction: float = 0.15, test_fraction: float = 0.15,
-                 seed: int = 42, require_train: bool = True) -> Dataset:
+                 seed: int = 42, require_train: bool = True, skip_unreadable: bool = False) -> Dataset:
     """Discover a dataset folder and settle its splits.
 
     `val/` is used as it is when it has at least 100 images; a missing or tinier one (the Kaggle
     download ships 16 images, which makes model selection a coin toss) is folded into train and a
     validation split is carved from train by patient. A missing `test/` is carved the same way.
     With `require_train=False` (evaluation), a folder holding only `test/` (or `val/`) is accepted.
+    With `skip_unreadable=True` every file is decoded first and the unreadable ones are left out
+    (listed in `notes`), so one broken file never stops a training run.
     """
     root = Path(root)
     if not root.is_dir():
@@ -133,12 +148,18 @@ def load_dataset(root: str | Path, val_fraction: float = 0.15, test_fraction: fl
                                f"Expected the layout train/{{NORMAL,PNEUMONIA}}/, optional val/ and test/.")
     frame = pd.DataFrame([r for rows in found.values() for r in rows],
                          columns=["path", "label", "patient", "split"])
+    notes, unreadable = [], {}
+    if skip_unreadable:
+        unreadable = unreadable_files(frame.path)
+        if unreadable:
+            frame = frame[~frame.path.isin(unreadable)].reset_index(drop=True)
+            notes.append(f"skipped {len(unreadable)} unreadable file(s): " + "; ".join(
+                list(unreadable.values())[:10]) + (" …" if len(unreadable) > 10 else ""))
     train = frame[frame.split == "train"]
     missing = [c for i, c in enumerate(CLASSES) if not (train.label == i).any()]
     if missing:
         raise DatasetError(f"{root}: the train split has no {' and no '.join(missing)} images; "
                            f"both classes are needed.")
-    notes = []
     n_val = int((frame.split == "val").sum())
     if n_val < MIN_VAL_IMAGES:
         found_val = f"val/ has {n_val} images (< {MIN_VAL_IMAGES}), merged into train" if "val" in found else "no val/"
@@ -154,7 +175,32 @@ def load_dataset(root: str | Path, val_fraction: float = 0.15, test_fraction: fl
         share = val_fraction / max(1e-9, 1 - (test_fraction if "test" not in found else 0))
         frame.loc[train.to_numpy().nonzero()[0][split_by_patient(frame[train], share, seed + 1)],
                   "split"] = "val"
-    return Dataset(root=root, frame=frame.reset_index(drop=True), notes=notes)
+    return Dataset(root=root, frame=frame.reset_index(drop=True), notes=notes, unreadable=unreadable)
+
+
+@dataclass
+class DataCheck:
+    """What a pre-flight check of a dataset folder found; `problems` block training, the rest inform."""
+    root: str
+    problems: list[str]
+    counts: dict[str, int]           # readable films per class, all splits together
+    unreadable: dict[str, str]       # path -> why it cannot be read (skipped by training)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def check_dataset(root: str | Path, min_per_class: int = MIN_IMAGES_PER_CLASS) -> DataCheck:
+    """Check a folder before training: it exists, has both classes, enough readable films of each."""
+    try:
+        dataset = load_dataset(root, skip_unreadable=True)
+    except DatasetError as error:
+        return DataCheck(str(root), [str(error)], {}, {})
+    counts = {c: int((dataset.frame.label == i).sum()) for i, c in enumerate(CLASSES)}
+    problems = [f"only {n} readable {c} film(s) in {root}; at least {min_per_class} are needed"
+                for c, n in counts.items() if n < min_per_class]
+    return DataCheck(str(root), problems, counts, dataset.unreadable)
 
 
 def class_weights(labels) -> dict[int, float]:

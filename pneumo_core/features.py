@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Callable
 
@@ -81,7 +82,7 @@ class FeatureCache:
         vectors = embed(self.embedder, paths, self.image_size, self.normalisation, augmentation, seed,
                         progress=Progress(f"caching {label}", len(paths)))
         self.directory.mkdir(parents=True, exist_ok=True)
-        tmp = file.with_suffix(".tmp.npy")
+        tmp = file.with_suffix(f".{os.getpid()}.tmp.npy")   # per process: a stopped job's leftovers are findable
         np.save(tmp, vectors)
         tmp.replace(file)
         return vectors

@@ -3,11 +3,15 @@
 A version is a folder `<home>/models/<id>/` holding `model.keras`, `metadata.json`,
 `metrics.json`, `predictions.csv`, `history.csv` and `tuner.json`; everything shown about a model
 comes from that folder, so it can be copied to another machine. A version is written in a hidden
-temporary folder and renamed into place, so a crash never leaves a half version visible. The
-active version is the one named in `ACTIVE` (written by `promote`), else the newest.
+temporary folder and renamed into place, so a crash never leaves a half version visible.
+
+The active version is the one named in `ACTIVE`. The first version saved becomes active by itself;
+every later one is a *candidate* until someone promotes it. Every change of the active version
+(first model, promotion, rollback) is appended to `promotions.jsonl`: who, when, from, to.
 """
 from __future__ import annotations
 
+import getpass
 import json
 import os
 import shutil
@@ -18,6 +22,7 @@ from pathlib import Path
 import pandas as pd
 
 ACTIVE_FILE = "ACTIVE"
+LOG_FILE = "promotions.jsonl"
 
 
 class RegistryError(LookupError):
@@ -33,6 +38,7 @@ def _write_text_atomic(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     with os.fdopen(fd, "w") as f:
         f.write(text)
+    os.chmod(tmp, 0o644)   # mkstemp's 0600 would hide the pointer from a dashboard run as another user
     os.replace(tmp, path)
 
 
@@ -44,8 +50,12 @@ def save_version(models_dir: Path, version_id: str, model, metadata: dict, metri
     final = models_dir / version_id
     if final.exists():
         raise RegistryError(f"model version {version_id} already exists")
-    tmp = Path(tempfile.mkdtemp(dir=models_dir, prefix=f".tmp-{version_id}-"))
+    if not _pointer(models_dir) and (previous := _active(models_dir, _versions(models_dir))):
+        # A registry from before the ACTIVE pointer: pin its active model so the new one is a candidate.
+        _set_active(models_dir, previous, None, "kept active", "pneumo")
+    tmp = Path(tempfile.mkdtemp(dir=models_dir, prefix=f"{partial_prefix()}{version_id}-"))
     try:
+        tmp.chmod(0o755)
         model.save(tmp / "model.keras")
         (tmp / "metadata.json").write_text(json.dumps({**metadata, "id": version_id}, indent=2))
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2))
@@ -56,7 +66,23 @@ def save_version(models_dir: Path, version_id: str, model, metadata: dict, metri
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    if not _pointer(models_dir):
+        _set_active(models_dir, version_id, None, "first model", "pneumo")
     return final
+
+
+def partial_prefix(pid: int | None = None) -> str:
+    """Name prefix of the temporary folders a process writes (its id inside, so a job runner can
+    remove exactly the half-written output of a training process it stopped)."""
+    return f".tmp-{os.getpid() if pid is None else pid}-"
+
+
+def remove_partial(models_dir: Path, pid: int) -> list[Path]:
+    """Delete the half-written version folders of process `pid`; returns what was removed."""
+    removed = sorted(Path(models_dir).glob(partial_prefix(pid) + "*")) if Path(models_dir).is_dir() else []
+    for path in removed:
+        shutil.rmtree(path, ignore_errors=True)
+    return removed
 
 
 def _versions(models_dir: Path) -> list[dict]:
@@ -69,19 +95,40 @@ def _versions(models_dir: Path) -> list[dict]:
     return sorted(versions, key=lambda m: (m.get("created", ""), m["id"]), reverse=True)
 
 
-def _active(models_dir: Path, versions: list[dict]) -> str | None:
+def _pointer(models_dir: Path) -> str | None:
+    """The version named in ACTIVE if that version is still there."""
     pointer = Path(models_dir) / ACTIVE_FILE
     chosen = pointer.read_text().strip() if pointer.is_file() else None
-    if any(m["id"] == chosen for m in versions):
-        return chosen
-    return versions[0]["id"] if versions else None
+    return chosen if chosen and (Path(models_dir) / chosen / "metadata.json").is_file() else None
+
+
+def _active(models_dir: Path, versions: list[dict]) -> str | None:
+    # Newest as a fallback keeps registries written before the ACTIVE pointer usable.
+    return _pointer(models_dir) or (versions[0]["id"] if versions else None)
 
 
 def list_versions(models_dir: Path) -> list[dict]:
-    """Metadata of every complete version, newest first, with an `active` flag."""
+    """Metadata of every complete version, newest first, with `active` and `role` (active, candidate
+    = never active yet, previous = was active once)."""
     versions = _versions(models_dir)
     active = _active(models_dir, versions)
-    return [{**m, "active": m["id"] == active} for m in versions]
+    was_active = {entry["to"] for entry in promotions(models_dir)}
+    return [{**m, "active": m["id"] == active,
+             "role": "active" if m["id"] == active else "previous" if m["id"] in was_active else "candidate"}
+            for m in versions]
+
+
+def candidates(models_dir: Path) -> list[str]:
+    """Versions never made active, newest first."""
+    return [m["id"] for m in list_versions(models_dir) if m["role"] == "candidate"]
+
+
+def promotions(models_dir: Path) -> list[dict]:
+    """Every change of the active version, oldest first: when, who, action, from, to."""
+    log = Path(models_dir) / LOG_FILE
+    if not log.is_file():
+        return []
+    return [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
 
 
 def summaries(models_dir: Path) -> list[dict]:
@@ -90,7 +137,8 @@ def summaries(models_dir: Path) -> list[dict]:
     rows = []
     for m in list_versions(models_dir):
         test = read_json(Path(models_dir) / m["id"], "metrics.json").get("test", {})
-        rows.append({"id": m["id"], "active": m["active"], "backbone": m["backbone"], "created": m["created"],
+        rows.append({"id": m["id"], "active": m["active"], "role": m["role"], "backbone": m["backbone"],
+                     "created": m["created"],
                      "threshold": m["threshold"], "roc_auc": test.get("roc_auc"),
                      "sensitivity": test.get("sensitivity"), "specificity": test.get("specificity")})
     return rows
@@ -101,11 +149,38 @@ def active_version(models_dir: Path) -> str | None:
     return _active(models_dir, _versions(models_dir))
 
 
-def promote(models_dir: Path, version_id: str) -> None:
-    """Make `version_id` the active version."""
+def promote(models_dir: Path, version_id: str, who: str | None = None) -> dict:
+    """Make `version_id` the active version and record it; returns the log entry.
+
+    Going back to a version older than the active one is recorded as a rollback.
+    """
     if not (Path(models_dir) / version_id / "metadata.json").is_file():
-        raise RegistryError(f"no model version {version_id} in {models_dir}")
+        raise RegistryError(f"no model version {version_id} in {models_dir}. "
+                            f"List them with: python -m pneumo_core models")
+    versions = _versions(models_dir)
+    current = _active(models_dir, versions)
+    order = [m["id"] for m in versions]      # newest first
+    action = "rollback" if current in order and order.index(version_id) > order.index(current) else "promote"
+    return _set_active(models_dir, version_id, current, action, who)
+
+
+def _set_active(models_dir: Path, version_id: str, current: str | None, action: str, who: str | None) -> dict:
+    entry = {"when": datetime.now(timezone.utc).isoformat(timespec="seconds"), "who": who or _user(),
+             "action": action, "from": current, "to": version_id}
+    # The log line goes first: an active model nobody can account for is worse than a logged no-op.
+    with open(Path(models_dir) / LOG_FILE, "a") as log:
+        log.write(json.dumps(entry) + "\n")
+        log.flush()
+        os.fsync(log.fileno())
     _write_text_atomic(Path(models_dir) / ACTIVE_FILE, version_id + "\n")
+    return entry
+
+
+def _user() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
 
 
 def resolve(models_dir: Path, ref: str | None = None) -> Path:

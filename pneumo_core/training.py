@@ -7,6 +7,7 @@ top backbone layers (`fine_tune_epochs`) trains the assembled model on images af
 """
 from __future__ import annotations
 
+import os
 import platform
 import shutil
 import time
@@ -24,7 +25,7 @@ from .data import CLASSES, class_weights, image_batches, load_dataset
 from .evaluation import THRESHOLD_RULE, choose_threshold, evaluate, fit_platt
 from .features import FeatureCache
 from .model import assemble, build_classifier, build_embedder, PneumoModel
-from .registry import new_version_id, save_version
+from .registry import active_version, new_version_id, save_version
 from .settings import Settings, TrainConfig
 from .tuning import as_hp, fit_head, head_from_hp, tune_head, tuner_summary
 
@@ -75,7 +76,8 @@ def train(config: TrainConfig, settings: Settings) -> str:
     """Train, evaluate and register a new model version; returns its id."""
     start = time.perf_counter()
     keras.utils.set_random_seed(config.seed)
-    dataset = load_dataset(config.data_dir, config.val_fraction, config.test_fraction, config.seed)
+    dataset = load_dataset(config.data_dir, config.val_fraction, config.test_fraction, config.seed,
+                           skip_unreadable=True)
     for note in dataset.notes:
         print(f"note: {note}", flush=True)
     sizes = dataset.sizes()
@@ -98,7 +100,7 @@ def train(config: TrainConfig, settings: Settings) -> str:
     y_val, y_test = val_set.label.to_numpy(np.float32), test_set.label.to_numpy(np.float32)
     weights_per_class = class_weights(train_set.label)
 
-    tuner_dir = settings.tuner_dir / f"run-{datetime.now(timezone.utc):%Y%m%d-%H%M%S-%f}"
+    tuner_dir = settings.tuner_dir / f"run-{datetime.now(timezone.utc):%Y%m%d-%H%M%S-%f}-p{os.getpid()}"
     # Trials see one vector per training film, drawn from its plain or first augmented view: enough
     # to rank configurations at a fraction of the cost; the final heads then see every view.
     n = len(train_set)
@@ -156,5 +158,7 @@ def train(config: TrainConfig, settings: Settings) -> str:
     print(f"test: AUC {test['roc_auc']:.4f}, accuracy {test['accuracy']:.3f}, sensitivity "
           f"{test['sensitivity']:.3f}, specificity {test['specificity']:.3f} at threshold {threshold:.3f}")
     print(f"saved {path} in {time.perf_counter() - start:.0f}s", flush=True)
+    if active_version(settings.models_dir) != version_id:
+        print(f"candidate: not active until promoted (python -m pneumo_core promote {version_id})", flush=True)
     print(version_id, flush=True)
     return version_id

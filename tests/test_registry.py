@@ -45,17 +45,30 @@ def test_failed_save_leaves_nothing_visible(tmp_path, small_model):
     assert registry.list_versions(tmp_path) == []
 
 
-def test_active_is_newest_until_one_is_promoted(tmp_path, small_model):
+def test_first_version_is_active_later_ones_are_candidates(tmp_path, small_model):
     with pytest.raises(registry.RegistryError, match="train"):
         registry.resolve(tmp_path)
     _save(tmp_path, "20260101-000000-a", small_model)
     _save(tmp_path, "20260102-000000-b", small_model)
-    assert registry.active_version(tmp_path) == "20260102-000000-b"
-    registry.promote(tmp_path, "20260101-000000-a")
-    assert registry.resolve(tmp_path).name == "20260101-000000-a"
-    assert [v["active"] for v in registry.list_versions(tmp_path)] == [False, True]
+    assert registry.active_version(tmp_path) == "20260101-000000-a"
+    assert registry.candidates(tmp_path) == ["20260102-000000-b"]
+    registry.promote(tmp_path, "20260102-000000-b", who="me")
+    assert registry.resolve(tmp_path).name == "20260102-000000-b"
+    assert [(v["active"], v["role"]) for v in registry.list_versions(tmp_path)] == [(True, "active"),
+                                                                                   (False, "previous")]
     with pytest.raises(registry.RegistryError):
         registry.promote(tmp_path, "nope")
     with pytest.raises(registry.RegistryError, match="not a version"):
         registry.resolve(tmp_path, "nope")
     assert json.loads((tmp_path / "20260101-000000-a" / "metadata.json").read_text())["id"] == "20260101-000000-a"
+
+
+def test_a_registry_without_pointer_keeps_its_active_model(tmp_path, small_model):
+    _save(tmp_path, "20260101-000000-a", small_model)
+    _save(tmp_path, "20260102-000000-b", small_model)
+    for name in (registry.ACTIVE_FILE, registry.LOG_FILE):
+        (tmp_path / name).unlink()               # as written before the pointer existed: newest is active
+    assert registry.active_version(tmp_path) == "20260102-000000-b"
+    _save(tmp_path, "20260103-000000-c", small_model)
+    assert registry.active_version(tmp_path) == "20260102-000000-b"
+    assert registry.candidates(tmp_path) == ["20260103-000000-c", "20260101-000000-a"]
