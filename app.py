@@ -1,6 +1,8 @@
 """Pneumo dashboard: `streamlit run app.py` (or `make run`)."""
 import streamlit as st
 
+import ui
+
 st.set_page_config(page_title="Pneumo", page_icon=":material/pulmonology:", layout="wide")
 
 pages = st.navigation([
@@ -8,6 +10,8 @@ pages = st.navigation([
     st.Page("pages/heatmaps.py", title="Heatmaps", icon=":material/compare:"),
     st.Page("pages/metrics.py", title="Metrics", icon=":material/monitoring:"),
     st.Page("pages/models.py", title="Models", icon=":material/inventory_2:"),
+    st.Page("pages/retrain.py", title="Retrain", icon=":material/model_training:"),
 ])
 st.sidebar.caption("Decision support, not a diagnosis.")
+ui.user_box()
 pages.run()

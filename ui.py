@@ -12,6 +12,7 @@ import pandas as pd
 import streamlit as st
 
 from pneumo_core import registry
+from pneumo_core.jobs import JobQueue, params_from_model
 from pneumo_core.settings import load_settings
 
 TRAIN_COMMAND = "python -m pneumo_core train --data DATA_DIR"
@@ -45,9 +46,39 @@ def diagnoser(version_id: str | None = None):
 
 
 def first_run() -> None:
-    st.info("No model has been trained yet. Train one from a terminal (it takes about five minutes on "
-            "a laptop), then reload this page:")
+    st.info("No model has been trained yet. Start one on the **Retrain** page, or from a terminal (about five "
+            "minutes on a laptop), then reload this page:")
     st.code(TRAIN_COMMAND, language="bash")
+
+
+def job_queue() -> JobQueue:
+    return JobQueue(settings())
+
+
+def current_train_params() -> dict:
+    """Train options for 'Retrain with current settings': the configured data dir and the active
+    model's options (the library's defaults before the first model)."""
+    s = settings()
+    active = registry.active_version(s.models_dir)
+    if active:
+        return params_from_model(registry.read_json(s.models_dir / active, "metadata.json"), str(s.data_dir))
+    return params_from_model({"backbone": s.backbone, "image_size": s.image_size, "weights": "auto",
+                              "training": {"seed": s.seed}}, str(s.data_dir))
+
+
+def user() -> str:
+    """Who is at the screen, for the record: the signed-in user if the server has log-in, else the
+    name typed in the sidebar, else 'dashboard user'."""
+    try:
+        if st.user.is_logged_in:
+            return str(st.user.get("email") or st.user.get("name"))
+    except Exception:   # no authentication configured on this server
+        pass
+    return st.session_state.get("user_name") or "dashboard user"
+
+
+def user_box() -> None:
+    st.sidebar.text_input("Your name", key="user_name", placeholder="recorded with promotions and jobs")
 
 
 def version_picker(label: str = "Model version", key: str | None = None, index_of_active: bool = True) -> str | None:
@@ -74,8 +105,7 @@ def thumbnail_uri(gray: np.ndarray, size: int = 96) -> str:
 
 
 def test_predictions(version_id: str) -> pd.DataFrame:
-    frame = pd.read_csv(version_dir(version_id) / "predictions.csv")
-    return frame[frame["split"] == "test"].reset_index(drop=True) if "split" in frame else frame
+    return registry.test_predictions(version_dir(version_id))
 
 
 @st.cache_data(show_spinner=False, max_entries=512)

@@ -6,7 +6,7 @@ import streamlit as st
 
 import ui
 from pneumo_core import figures
-from pneumo_core.registry import read_json, summaries
+from pneumo_core.registry import promote, promotions, read_json, summaries
 
 st.title("Models")
 rows = ui.versions()
@@ -15,11 +15,31 @@ if not rows:
     st.stop()
 
 
-table = pd.DataFrame(summaries(ui.settings().models_dir)).rename(columns={"id": "version", "roc_auc": "AUC"})
-st.dataframe(table[["version", "backbone", "created", "AUC", "sensitivity", "specificity", "threshold", "active"]],
+registry_rows = summaries(ui.settings().models_dir)
+table = pd.DataFrame(registry_rows).rename(columns={"id": "version", "roc_auc": "AUC"})
+st.dataframe(table[["version", "role", "backbone", "created", "AUC", "sensitivity", "specificity", "threshold"]],
              hide_index=True, width="stretch",
              column_config={c: st.column_config.NumberColumn(format="%.3f")
                             for c in ("AUC", "sensitivity", "specificity", "threshold")})
+
+st.subheader("Active model: rollback and history")
+with st.container():
+    active = next(r["id"] for r in registry_rows if r["active"])
+    order = [r["id"] for r in registry_rows]
+    for row in registry_rows:
+        if row["active"]:
+            continue
+        text, button = st.columns([4, 1], vertical_alignment="center")
+        text.markdown(f"`{row['id']}` · {row['role']} · test AUC {row['roc_auc']:.3f} · sensitivity "
+                      f"{row['sensitivity']:.3f} · specificity {row['specificity']:.3f}")
+        older = order.index(row["id"]) > order.index(active)
+        if button.button("Roll back" if older else "Make active", key=f"activate_{row['id']}"):
+            entry = promote(ui.settings().models_dir, row["id"], who=ui.user())
+            st.toast(f"{entry['action']}: {entry['from']} → {entry['to']}")
+            st.rerun()
+    log = promotions(ui.settings().models_dir)
+    if log:
+        st.dataframe(pd.DataFrame(log[::-1]), hide_index=True, width="stretch")
 
 st.subheader("Model card")
 version = ui.version_picker(key="card_model")

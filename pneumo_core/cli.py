@@ -90,6 +90,13 @@ def _add_train_options(parser: argparse.ArgumentParser, defaults: TrainConfig) -
     return added
 
 
+def train_choices() -> dict[str, list]:
+    """{option dest: allowed values} of `train`'s options that have a fixed list (for forms)."""
+    parser = argparse.ArgumentParser()
+    _add_train_options(parser, TrainConfig())
+    return {a.dest: list(a.choices) for a in parser._actions if a.choices}
+
+
 def _load(settings, ref):
     from .model import PneumoModel
     from .registry import resolve

@@ -114,6 +114,18 @@ def overall_percent(stage: str, done: int, total: int | None, caching_stages: in
     return round(low + (high - low) * max(0.0, min(1.0, fraction)), 1)
 
 
+def describe(job: dict) -> str:
+    """What a job is doing, in words: 'tuning trial 3/20', 'caching validation (120/400)', 'queued'."""
+    if job["state"] == "queued":
+        return "queued: starts when the running job ends"
+    if job["state"] != "running":
+        return job["state"]
+    stage, step = job["stage"] or "starting", job["step"]
+    if not step or stage in ("starting", "done"):
+        return stage
+    return f"{stage} {step}" if stage.split()[-1] in ("trial", "head", "epoch") else f"{stage} ({step})"
+
+
 def _alive(pid: int | None) -> bool:
     """Is `pid` a live (not zombie) Pneumo process? Guards against a pid reused after a reboot."""
     if not pid:

@@ -200,3 +200,9 @@ def resolve(models_dir: Path, ref: str | None = None) -> Path:
 
 def read_json(version_dir: Path, name: str) -> dict:
     return json.loads((Path(version_dir) / name).read_text())
+
+
+def test_predictions(version_dir: Path) -> pd.DataFrame:
+    """The version's per-film predictions on its test split: path, label, probability."""
+    frame = pd.read_csv(Path(version_dir) / "predictions.csv")
+    return frame[frame["split"] == "test"].reset_index(drop=True) if "split" in frame else frame

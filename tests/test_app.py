@@ -9,6 +9,9 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from conftest import REPO, synthetic_film
+from pneumo_core import registry
+from pneumo_core.jobs import JobQueue
+from pneumo_core.settings import load_settings
 
 pytestmark = pytest.mark.slow
 PAGES = ["diagnose", "heatmaps", "metrics", "models"]
@@ -29,7 +32,7 @@ def home(trained_home, tmp_path, monkeypatch):
     """A copy of the trained home with a second, older version beside the first."""
     copy = tmp_path / "home"
     shutil.copytree(trained_home, copy)
-    (first,) = [d for d in (copy / "models").iterdir() if not d.name.startswith(".")]
+    (first,) = [d for d in (copy / "models").iterdir() if d.is_dir() and not d.name.startswith(".")]
     older = copy / "models" / "20000101-000000-mobilenet_v2"
     shutil.copytree(first, older)
     meta = json.loads((older / "metadata.json").read_text())
@@ -106,3 +109,54 @@ def test_heatmaps_compare_the_three_methods(home):
     assert not at.exception
     assert len(at.get("image")) == 3
     assert sum("p = " in m.value for m in at.markdown) == 3
+
+
+def test_rollback_is_one_click_and_recorded(home):
+    at = page("models").run()
+    (button,) = [b for b in at.button if b.label in ("Roll back", "Make active")]
+    assert button.label == "Roll back"        # the other version is older than the active one
+    button.click().run()
+    assert not at.exception
+    assert registry.active_version(home / "models") == "20000101-000000-mobilenet_v2"
+    last = registry.promotions(home / "models")[-1]
+    assert (last["action"], last["to"], last["who"]) == ("rollback", "20000101-000000-mobilenet_v2", "dashboard user")
+
+
+def test_retrain_before_any_model_offers_default_options(tmp_path, monkeypatch, synthetic_data):
+    monkeypatch.setenv("PNEUMO_HOME", str(tmp_path / "empty"))
+    monkeypatch.setenv("PNEUMO_DATA", str(synthetic_data))
+    at = page("retrain").run()
+    assert not at.exception
+    assert "default options (no model yet)" in at.caption[0].value and str(synthetic_data) in at.caption[0].value
+    assert any(b.label == "Retrain with current settings" for b in at.button)
+
+
+def test_retrain_page_submits_shows_progress_and_promotes(home, synthetic_data, monkeypatch):
+    monkeypatch.setenv("PNEUMO_DATA", str(synthetic_data))
+    at = page("retrain")
+    at.session_state["user_name"] = "lead engineer"
+    at.run()
+    active = registry.active_version(home / "models")
+    assert f"options of the active model {active}" in at.caption[0].value
+    assert at.number_input[0].value == 2      # the active model's 2 tuner trials, under Advanced
+    next(b for b in at.button if b.label == "Retrain with current settings").click().run()
+    assert not at.exception
+    assert any("Job 1 submitted" in m.value for m in at.success)
+    progress = at.get("progress")
+    assert progress and "Job 1" in progress[0].proto.text
+
+    job = JobQueue(load_settings()).wait(1, timeout=300)
+    assert job["state"] == "succeeded", job["error"]
+    at.run()
+    assert not at.exception
+    metrics = [m.label for m in at.metric]
+    assert metrics == ["AUC", "Sensitivity", "Specificity"] * 2     # active | candidate side by side
+    roc = json.loads(next(c for c in at.get("plotly_chart") if "ROC" in c.proto.spec).proto.spec)
+    assert sum("AUC" in trace["name"] for trace in roc["data"]) == 2
+    assert registry.active_version(home / "models") == active        # a finished job does not take over
+    next(b for b in at.button if b.label.startswith("Promote")).click().run()
+    assert registry.active_version(home / "models") == job["model_id"]
+    last = registry.promotions(home / "models")[-1]
+    assert (last["from"], last["to"], last["who"]) == (active, job["model_id"], "lead engineer")
+    history = at.dataframe[-1].value
+    assert list(history["job"]) == [1] and list(history["state"]) == ["succeeded"]

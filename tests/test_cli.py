@@ -13,7 +13,7 @@ CONTRACT = {"n", "accuracy", "precision", "recall", "specificity", "f1", "roc_au
 
 
 def test_train_registers_a_complete_version(trained_home):
-    (version,) = [d for d in (trained_home / "models").iterdir() if not d.name.startswith(".")]
+    (version,) = [d for d in (trained_home / "models").iterdir() if d.is_dir() and not d.name.startswith(".")]
     assert {"model.keras", "metadata.json", "metrics.json", "predictions.csv", "history.csv", "tuner.json"} \
         <= {p.name for p in version.iterdir()}
     meta = json.loads((version / "metadata.json").read_text())
@@ -86,16 +86,16 @@ def test_promote_switches_the_active_model(trained_home, tmp_path):
     import shutil
     home = tmp_path / "home"
     shutil.copytree(trained_home, home)
-    (first,) = [d.name for d in (home / "models").iterdir() if not d.name.startswith(".")]
+    (first,) = [d.name for d in (home / "models").iterdir() if d.is_dir() and not d.name.startswith(".")]
     later = home / "models" / "29990101-000000-mobilenet_v2"
     shutil.copytree(home / "models" / first, later)
     meta = json.loads((later / "metadata.json").read_text())
     (later / "metadata.json").write_text(json.dumps({**meta, "created": "2999-01-01T00:00:00+00:00"}))
-    def active():
-        return [r["id"] for r in json.loads(run_cli("models", "--json", home=home).stdout) if r["active"]]
+    def roles():
+        return {r["id"]: r["role"] for r in json.loads(run_cli("models", "--json", home=home).stdout)}
 
-    assert active() == [later.name]  # the newest is active until one is promoted
-    result = run_cli("promote", first, home=home)
-    assert result.returncode == 0 and first in result.stdout
-    assert active() == [first]
+    assert roles() == {first: "active", later.name: "candidate"}  # a newer version waits for promotion
+    result = run_cli("promote", later.name, "--who", "qa", home=home)
+    assert result.returncode == 0 and later.name in result.stdout and "by qa" in result.stdout
+    assert roles() == {first: "previous", later.name: "active"}
     assert run_cli("promote", "no-such-version", home=home).returncode == 2

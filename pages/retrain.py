@@ -1,0 +1,129 @@
+"""Retrain: one-click retraining, live progress, candidate vs active, promotion."""
+import pandas as pd
+import streamlit as st
+
+import ui
+from pneumo_core import figures, registry
+from pneumo_core.cli import train_choices
+from pneumo_core.comparison import compare
+from pneumo_core.io import ImageError, read_image
+from pneumo_core.jobs import JobError, describe
+
+st.title("Retrain")
+queue = ui.job_queue()
+models_dir = ui.settings().models_dir
+params = ui.current_train_params()
+
+st.subheader("New model")
+active = registry.active_version(models_dir)
+st.caption(f"Data `{params['data']}` · {params['backbone']} at {params['image_size']} px · "
+           f"{params['trials']} tuner trials · " + (f"options of the active model {active}" if active
+                                                     else "default options (no model yet)"))
+with st.expander("Advanced"):
+    choices = train_choices()
+    left, right = st.columns(2)
+    params["backbone"] = left.selectbox("Backbone", choices["backbone"],
+                                        index=choices["backbone"].index(params["backbone"]))
+    params["weights"] = right.text_input("Weights", params["weights"],
+                                         help="auto (local file, else ImageNet download) | imagenet | none | "
+                                              "path to a .h5 file")
+    params["trials"] = left.number_input("Tuner trials", 1, 500, params["trials"])
+    params["epochs"] = right.number_input("Epochs per head", 1, 200, params["epochs"])
+    params["fine_tune_epochs"] = left.number_input("Fine-tuning epochs (slow without a GPU)", 0, 50,
+                                                   params["fine_tune_epochs"])
+    params["image_size"] = right.number_input("Image size (px)", 32, 512, params["image_size"], step=32)
+    params["seed"] = left.number_input("Seed", 0, 2**31 - 1, params["seed"])
+if st.button("Retrain with current settings", type="primary", icon=":material/model_training:"):
+    with st.spinner("Checking the data…"):
+        try:
+            job_id = queue.submit(params, who=ui.user())
+        except JobError as error:
+            st.error(str(error))
+        else:
+            unreadable = queue.get(job_id)["checks"]["unreadable"]
+            st.success(f"Job {job_id} submitted." + (f" {len(unreadable)} unreadable file(s) will be skipped."
+                                                     if unreadable else ""))
+            for why in list(unreadable.values())[:20]:
+                st.warning(why)
+
+
+@st.fragment(run_every=2)
+def current_job():
+    """Progress of the running job, refreshed every 2 s without rerunning the page."""
+    job = queue.current()
+    if job is None:
+        if st.session_state.pop("following_job", None):
+            st.rerun()           # a job just ended: refresh the candidate and history below
+        st.caption("No job running.")
+        return
+    st.session_state["following_job"] = job["id"]
+    st.progress(job["percent"] / 100, text=f"Job {job['id']}: {describe(job)} · {job['percent']:.0f}%")
+    st.code("\n".join(queue.log_tail(job["id"], 12)) or "(starting…)", language=None)
+    if st.button("Cancel job", key=f"cancel_{job['id']}", icon=":material/cancel:"):
+        queue.cancel(job["id"])
+        st.rerun()
+
+
+st.subheader("Current job")
+current_job()
+
+st.subheader("Candidate vs active")
+candidates = registry.candidates(models_dir)
+if not candidates or not active:
+    st.caption("No candidate waiting: a finished job's model appears here before it can replace the active one.")
+else:
+    candidate = st.selectbox("Candidate", candidates) if len(candidates) > 1 else candidates[0]
+    result = compare(models_dir, active, candidate)
+    if result.note:
+        st.warning(result.note)
+    columns = st.columns(2)
+    for column, version, title in zip(columns, (active, candidate), ("Active", "Candidate")):
+        m = result.metrics[version]
+        base = result.metrics[active]
+        column.markdown(f"**{title}** `{version}`")
+        a, b, c = column.columns(3)
+        for box, key, label in zip((a, b, c), ("roc_auc", "sensitivity", "specificity"),
+                                   ("AUC", "Sensitivity", "Specificity")):
+            delta = None if version == active else f"{m[key] - base[key]:+.3f}"
+            box.metric(label, f"{m[key]:.3f}", delta)
+        column.caption(f"threshold {m['threshold']:.3f} · accuracy {m['accuracy']:.3f} · {result.n_common} test films")
+    st.plotly_chart(figures.roc_figure(result.curves(), result.metrics.loc["threshold"].to_dict()),
+                    width="stretch", key="candidate_roc")
+    differ = result.disagreements
+    st.markdown(f"**{len(differ)} film(s) called differently** (most confident disagreements first)")
+    if len(differ):
+        shown = differ.head(24).copy()
+
+        def thumbnail(path):
+            try:
+                return ui.thumbnail_uri(read_image(path))
+            except ImageError:
+                return None
+        shown.insert(0, "film", shown["path"].map(thumbnail))
+        shown["truth"] = shown["label"].map({0: "NORMAL", 1: "PNEUMONIA"})
+        st.dataframe(shown[["film", "truth", f"call_{active}", f"p_{active}", f"call_{candidate}",
+                            f"p_{candidate}", "path"]],
+                     hide_index=True, width="stretch", row_height=72,
+                     column_config={"film": st.column_config.ImageColumn("film"),
+                                    f"call_{active}": "active's call", f"call_{candidate}": "candidate's call",
+                                    f"p_{active}": st.column_config.NumberColumn("active p", format="%.3f"),
+                                    f"p_{candidate}": st.column_config.NumberColumn("candidate p", format="%.3f")})
+    if st.button(f"Promote {candidate}", type="primary", icon=":material/upgrade:"):
+        entry = registry.promote(models_dir, candidate, who=ui.user())
+        st.toast(f"{candidate} is now the active model (was {entry['from']}).")
+        st.rerun()
+
+st.subheader("Past jobs")
+jobs = queue.list(limit=50)
+if not jobs:
+    st.caption("No job yet.")
+else:
+    table = pd.DataFrame([{"job": j["id"], "state": j["state"], "submitted": j["submitted"], "by": j["submitted_by"],
+                           "minutes": round(j["seconds"] / 60, 1) if j["seconds"] else None,
+                           "model": j["model_id"], "problem": (j["error"] or "").split("\n")[0]} for j in jobs])
+    st.dataframe(table, hide_index=True, width="stretch")
+    chosen = st.selectbox("Log of job", [j["id"] for j in jobs], key="log_job")
+    job = next(j for j in jobs if j["id"] == chosen)
+    if job["error"]:
+        st.error(job["error"])
+    st.code("\n".join(queue.log_tail(chosen, 40)) or "(no output)", language=None)
