@@ -18,7 +18,7 @@ PAGES = ["diagnose", "heatmaps", "metrics", "models"]
 
 
 def page(name: str) -> AppTest:
-    return AppTest.from_file(str(REPO / "pages" / f"{name}.py"), default_timeout=60)
+    return AppTest.from_file(str(REPO / "views" / f"{name}.py"), default_timeout=60)
 
 
 def png(label: int, seed: int, shape=(90, 120)) -> bytes:

@@ -4,6 +4,8 @@ Set PNEUMO_E2E_HOME to use an existing home (e.g. with a real model) and PNEUMO_
 keep the screenshots (the README's come from `PNEUMO_SCREENSHOT_DIR=docs/screenshots`).
 """
 import os
+import re
+import shutil
 import socket
 import subprocess
 import sys
@@ -16,6 +18,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, SHARED_DATA, synthetic_film
+from pneumo_core import registry
 
 pytestmark = pytest.mark.slow
 CHROMIUM = "/usr/bin/chromium"
@@ -34,14 +37,25 @@ def _free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def server(request, tmp_path_factory):
-    home = os.environ.get("PNEUMO_E2E_HOME") or request.getfixturevalue("trained_home")
+def e2e_home(request, tmp_path_factory) -> Path:
+    """PNEUMO_E2E_HOME as it is, else a copy of the tiny trained home (the retrain test adds to it)."""
+    if os.environ.get("PNEUMO_E2E_HOME"):
+        return Path(os.environ["PNEUMO_E2E_HOME"])
+    home = tmp_path_factory.mktemp("e2e") / "home"
+    shutil.copytree(request.getfixturevalue("trained_home"), home)
+    return home
+
+
+@pytest.fixture(scope="module")
+def server(request, e2e_home, tmp_path_factory):
+    home = e2e_home
+    data = {} if os.environ.get("PNEUMO_E2E_HOME") else {"PNEUMO_DATA": str(request.getfixturevalue("synthetic_data"))}
     port = _free_port()
     log = tmp_path_factory.mktemp("streamlit") / "server.log"
     process = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
          "--server.address", "127.0.0.1", "--server.headless", "true"],
-        cwd=REPO, env={**os.environ, "PNEUMO_HOME": str(home)}, stdout=log.open("w"), stderr=subprocess.STDOUT)
+        cwd=REPO, env={**os.environ, "PNEUMO_HOME": str(home), **data}, stdout=log.open("w"), stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 90
     while time.time() < deadline:
@@ -89,6 +103,16 @@ def _confusion_labels(page) -> list:
         .map(p => p.data && p.data[0] && p.data[0].text).filter(t => t && String(t).includes('true negative'))""")
 
 
+def test_a_deep_link_on_a_fresh_server_gets_the_apps_navigation(server, browser_page):
+    # First test of the module on purpose: Streamlit runs a deep-linked script of a `pages/` folder
+    # on its own until app.py has run once, which is why the pages live in `views/`.
+    page = browser_page
+    page.goto(f"{server}/models")
+    page.get_by_text("Decision support, not a diagnosis.").wait_for(timeout=120_000)
+    titles = page.locator("[data-testid=stSidebarNav]").inner_text().split()
+    assert {"Diagnose", "Retrain"} <= set(titles) and "app" not in titles
+
+
 def test_upload_gives_a_call_and_a_heatmap(server, browser_page, shots, tmp_path):
     page = browser_page
     page.goto(server)
@@ -125,7 +149,7 @@ def test_threshold_slider_changes_the_matrix(server, browser_page, shots):
 
 def test_every_page_renders(server, browser_page, shots):
     page = browser_page
-    for path, marker, images in (("heatmaps", "Compare", 3), ("models", "Model card", 0)):
+    for path, marker, images in (("heatmaps", "Compare", 3), ("models", "Model card", 0), ("retrain", "Past jobs", 0)):
         page.goto(f"{server}/{path}")
         page.get_by_text(marker).first.wait_for(timeout=120_000)
         if images:  # one panel per CAM method, Score-CAM last and slowest
@@ -134,3 +158,28 @@ def test_every_page_renders(server, browser_page, shots):
         assert not page.locator("[data-testid=stException]").count()
         page.screenshot(path=str(shots / f"{path}.png"), full_page=True)
         assert (shots / f"{path}.png").stat().st_size > 10_000
+
+
+def test_retrain_runs_to_completion_and_the_candidate_is_promoted(server, e2e_home, browser_page, shots):
+    if os.environ.get("PNEUMO_E2E_HOME"):
+        pytest.skip("retraining a real model takes minutes; run against the tiny test home")
+    page = browser_page
+    page.goto(f"{server}/retrain")
+    page.get_by_text("Past jobs").wait_for(timeout=120_000)       # the first run has finished
+    page.get_by_role("button", name="Retrain with current settings").click()
+    page.get_by_text(re.compile(r"Job \d+ submitted")).wait_for(timeout=120_000)
+    page.get_by_text(re.compile(r"Job \d+: ")).first.wait_for(timeout=60_000)   # the live progress bar
+    page.screenshot(path=str(shots / "retrain-progress.png"), full_page=True)
+    promote = page.get_by_role("button", name=re.compile(r"^Promote "))
+    promote.wait_for(timeout=300_000)        # the fragment refreshes the page when the job ends
+    page.get_by_text("called differently").wait_for(timeout=30_000)
+    page.wait_for_timeout(1000)
+    page.screenshot(path=str(shots / "retrain.png"), full_page=True)
+    candidate = registry.candidates(e2e_home / "models")[0]
+    before = registry.active_version(e2e_home / "models")
+    promote.click()
+    deadline = time.time() + 30
+    while registry.active_version(e2e_home / "models") == before and time.time() < deadline:
+        time.sleep(0.5)
+    assert registry.active_version(e2e_home / "models") == candidate
+    assert registry.promotions(e2e_home / "models")[-1]["to"] == candidate
