@@ -36,7 +36,8 @@ def cache_key(paths, backbone: str, weights: str | None, image_size: int, normal
     }, sort_keys=True).encode())
     for path in paths:
         stat = Path(path).stat()
-        digest.update(f"{path}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
+        # The real path: the same films reached as ../data, /abs/data or through a link share entries.
+        digest.update(f"{os.path.realpath(path)}:{stat.st_size}:{stat.st_mtime_ns}\n".encode())
     return digest.hexdigest()[:24]
 
 

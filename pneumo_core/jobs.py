@@ -36,7 +36,9 @@ FINISHED = ("succeeded", "failed", "cancelled")
 # Overall progress: each stage of `train` fills one band of the bar.
 STAGE_BANDS = {"caching": (0, 45), "tuning": (45, 75), "training": (75, 90), "fine-tuning": (90, 97),
                "evaluating": (97, 100)}
-_PROGRESS = re.compile(r"^progress: (?P<stage>.+) (?P<done>\d+)/(?P<total>\d+|\?)(?: \((?P<pct>\d+)%\))?(?: .*)?$")
+# progress.Progress lines: "progress: STAGE DONE/TOTAL (PCT%) 12s [detail]"; a stage name may hold a k/N itself
+# ("caching train augmented view 1/3 120/400 (30%) 5s"), so DONE/TOTAL is the first one followed by (PCT%) or Ns.
+_PROGRESS = re.compile(r"^progress: (?P<stage>.+?) (?P<done>\d+)/(?P<total>\d+|\?)(?= \(\d+%\)| \d+s|$)")
 _EPOCH = re.compile(r"^Epoch (?P<done>\d+)/(?P<total>\d+)\s*$")   # Keras' fit, used by fine-tuning
 
 _SCHEMA = """

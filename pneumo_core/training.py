@@ -25,6 +25,7 @@ from .data import CLASSES, class_weights, image_batches, load_dataset
 from .evaluation import THRESHOLD_RULE, choose_threshold, evaluate, fit_platt
 from .features import FeatureCache
 from .model import assemble, build_classifier, build_embedder, PneumoModel
+from .progress import Progress
 from .registry import active_version, new_version_id, save_version
 from .settings import Settings, TrainConfig
 from .tuning import as_hp, fit_head, head_from_hp, tune_head, tuner_summary
@@ -41,15 +42,18 @@ def _ensemble_logit(heads, features: np.ndarray) -> np.ndarray:
 def train_heads(hyperparameters: list[dict], x_train, y_train, x_val, y_val, class_weight, epochs, seed):
     """Fit one head per hyper-parameter set on the features; returns heads and one history table."""
     heads, histories = [], []
+    progress = Progress("training epoch", len(hyperparameters) * epochs)
     for member, values in enumerate(hyperparameters):
         keras.utils.set_random_seed(seed + member)
         head = head_from_hp(as_hp(values), x_train.shape[1], name=f"head_{member}")
-        history = fit_head(head, x_train, y_train, (x_val, y_val), epochs, class_weight, seed=seed + member)
+        member_text = f"head {member + 1}/{len(hyperparameters)}"
+        tick = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs, text=member_text: progress.update(
+            1, f"{text} val_auc={logs['val_auc']:.4f}"))
+        history = fit_head(head, x_train, y_train, (x_val, y_val), epochs, class_weight, callbacks=[tick],
+                           seed=seed + member)
+        progress.update((member + 1) * epochs - progress.done, member_text)   # early stopping skipped the rest
         heads.append(head)
         histories.append(pd.DataFrame(history.history).rename_axis("epoch").reset_index().assign(member=member))
-        print(f"progress: training head {member + 1}/{len(hyperparameters)} "
-              f"({(member + 1) / len(hyperparameters):.0%}) val_auc={max(history.history['val_auc']):.4f}",
-              flush=True)
     return heads, pd.concat(histories, ignore_index=True)
 
 

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -31,6 +33,16 @@ def test_second_request_is_served_from_disk(tmp_path, paths):
     assert embedder.images == len(paths) and first.shape == (len(paths), 3)
     again = FeatureCache(tmp_path / "cache", "mobilenet_v2", None, 32, "equalize", lambda: 1 / 0).get(paths)
     np.testing.assert_array_equal(first, again)  # the lazily built embedder was never needed
+
+
+def test_the_same_films_by_another_path_share_the_key(tmp_path, paths, monkeypatch):
+    base = dict(backbone="mobilenet_v2", weights=None, image_size=32, normalisation="equalize",
+                augmentation=None, seed=0)
+    (tmp_path / "link").symlink_to(tmp_path / "d")
+    monkeypatch.chdir(tmp_path)
+    relative = [str(Path(p).relative_to(tmp_path)) for p in paths]
+    linked = [p.replace(str(tmp_path / "d"), str(tmp_path / "link")) for p in paths]
+    assert cache_key(relative, **base) == cache_key(linked, **base) == cache_key(paths, **base)
 
 
 def test_key_changes_with_everything_that_changes_the_vectors(tmp_path, paths):

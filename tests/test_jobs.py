@@ -49,7 +49,7 @@ def test_train_argv_spells_options_as_the_cli_does():
     ("progress: caching train augmented view 2/3 120/400 (30%) 5s", "caching train augmented view 2/3", "120/400"),
     ("progress: tuning trial 7/20 (35%) 12s", "tuning trial", "7/20"),
     ("progress: tuning trial 4/? 3s", "tuning trial", "4/?"),
-    ("progress: training head 1/3 (33%) val_auc=0.9120", "training head", "1/3"),
+    ("progress: training epoch 14/36 (39%) 2s head 2/3 val_auc=0.9120", "training epoch", "14/36"),
 ])
 def test_progress_lines_are_parsed(line, stage, step):
     match = _PROGRESS.match(line)
@@ -58,7 +58,7 @@ def test_progress_lines_are_parsed(line, stage, step):
 
 def test_overall_percent_moves_forward_through_the_stages():
     caching = [overall_percent("caching x", d, 10, 4, k) for k in (1, 2, 3, 4) for d in (0, 10)]
-    later = [overall_percent("tuning trial", 5, 10, 4, 4), overall_percent("training head", 1, 1, 4, 4),
+    later = [overall_percent("tuning trial", 5, 10, 4, 4), overall_percent("training epoch", 9, 9, 4, 4),
              overall_percent("evaluating", 1, 1, 4, 4)]
     series = caching + later
     assert series == sorted(series) and series[0] == 0 and series[-1] == 100
@@ -128,7 +128,8 @@ def test_two_jobs_run_one_after_the_other_and_register_candidates(tmp_path, tiny
     assert b["started"] >= a["ended"] and a["submitted_by"] == "dr test"
     assert a["percent"] == 100 and a["checks"]["unreadable"]
     log = Path(a["log_path"]).read_text()
-    assert "progress: tuning trial 2/2" in log and "skipped 1 unreadable" in log
+    assert "progress: tuning trial 2/2" in log and "progress: training epoch 2/2" in log
+    assert "skipped 1 unreadable" in log
     versions = {v["id"]: v["role"] for v in registry.list_versions(queue.settings.models_dir)}
     # The first model of an empty registry becomes active; a later one waits as a candidate.
     assert versions == {a["model_id"]: "active", b["model_id"]: "candidate"}
