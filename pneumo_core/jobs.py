@@ -327,9 +327,29 @@ class JobQueue:
 
     # -- the runner ---------------------------------------------------------------------------------
 
+    def _claim(self, job_id: int) -> dict:
+        """Mark the job as run by this process: a queued one (run by hand in the foreground) or the
+        running one this runner was started for. Refuses a job another live process runs."""
+        with self._db(write=True) as db:
+            row = db.execute("SELECT state, pid FROM jobs WHERE id = ?", (int(job_id),)).fetchone()
+            if row is None:
+                raise JobError(f"no job {job_id}")
+            others = [r["id"] for r in db.execute("SELECT id, pid FROM jobs WHERE state = 'running' AND id != ?",
+                                                  (int(job_id),)) if _alive(r["pid"])]
+            if others:
+                raise JobError(f"job {others[0]} is running; job {job_id} starts after it (one job at a time)")
+            mine = row["state"] == "queued" or (row["state"] == "running" and
+                                                (row["pid"] == os.getpid() or not _alive(row["pid"])))
+            if not mine:
+                raise JobError(f"job {job_id} is {row['state']}" + (f" (process {row['pid']})"
+                                                                     if row["state"] == "running" else ""))
+            db.execute("UPDATE jobs SET state = 'running', pid = ?, started = COALESCE(started, ?) WHERE id = ?",
+                       (os.getpid(), _now(), int(job_id)))
+        return self.get(job_id)
+
     def run(self, job_id: int) -> int:
         """Body of the runner process: run `train` for the job, follow its progress, record the outcome."""
-        job = self.get(job_id)
+        job = self._claim(job_id)
         caching_stages = int(job["params"].get("views", TrainConfig().augmented_views)) + 3
         env = {**os.environ, "PNEUMO_HOME": str(self.settings.home), "PYTHONUNBUFFERED": "1"}
         log_path = Path(job["log_path"])
@@ -338,7 +358,7 @@ class JobQueue:
             child = subprocess.Popen([sys.executable, "-m", "pneumo_core", "train", *train_argv(job["params"])],
                                      cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True, bufsize=1)
-            self._update(job_id, "running", child_pid=child.pid, stage="starting", pid=os.getpid())
+            self._update(job_id, "running", child_pid=child.pid, stage="starting")
             caching_seen, last_stage, last_write, last_line = 0, None, 0.0, ""
             for line in child.stdout:
                 log.write(line)

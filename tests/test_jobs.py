@@ -139,6 +139,8 @@ def test_two_jobs_run_one_after_the_other_and_register_candidates(tmp_path, tiny
     assert listed.returncode == 0 and [j["id"] for j in json.loads(listed.stdout)] == [second, first]
     status = json.loads(run_cli("jobs", "status", str(first), "--json", home=tmp_path).stdout)
     assert status["model_id"] == a["model_id"] and status["state"] == "succeeded"
+    again = run_cli("jobs", "run", str(first), home=tmp_path)     # a finished job is never run twice
+    assert again.returncode == 2 and "job 1 is succeeded" in again.stderr
 
 
 @pytest.mark.slow
