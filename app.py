@@ -8,6 +8,7 @@ pages = st.navigation([
     st.Page("pages/heatmaps.py", title="Heatmaps", icon=":material/compare:"),
     st.Page("pages/metrics.py", title="Metrics", icon=":material/monitoring:"),
     st.Page("pages/models.py", title="Models", icon=":material/inventory_2:"),
+    st.Page("pages/audit.py", title="Audit", icon=":material/history:"),
 ])
 st.sidebar.caption("Decision support, not a diagnosis.")
 pages.run()
