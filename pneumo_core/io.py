@@ -179,7 +179,8 @@ def _voi(values: np.ndarray, ds) -> np.ndarray:
         lut = item.LUTData
         lut = np.frombuffer(lut, "<u2") if isinstance(lut, bytes) else np.asarray(lut, np.float32)
         index = np.clip(np.round(values) - first, 0, (entries or 65536) - 1).astype(np.int64)
-        return np.clip(lut[np.minimum(index, len(lut) - 1)] * (255.0 / (2 ** bits - 1)), 0, 255).round().astype(np.uint8)
+        mapped = lut[np.minimum(index, len(lut) - 1)] * (255.0 / (2 ** bits - 1))
+        return np.clip(mapped, 0, 255).round().astype(np.uint8)
     if "WindowCenter" in ds and "WindowWidth" in ds and _first(ds.WindowWidth) >= 1:
         centre, width = _first(ds.WindowCenter), _first(ds.WindowWidth)
         scaled = ((values - (centre - 0.5)) / (width - 1) + 0.5) if width > 1 else (values > centre - 0.5)
