@@ -53,3 +53,28 @@ def test_save_and_load_round_trip(detector, tmp_path):
     np.testing.assert_allclose(loaded.score(x), detector.score(x), rtol=1e-5)
     assert loaded.fitted == json.loads(json.dumps(detector.fitted))
     assert OODDetector.load(tmp_path / "older-version") is None and OODDetector.load(None) is None
+
+
+def test_after_fine_tuning_the_detector_is_fitted_on_the_tuned_backbone(tmp_path):
+    import cv2
+    import pandas as pd
+    from test_cam import bright_spot_model
+
+    from pneumo_core.model import scoring_model
+    from pneumo_core.settings import TrainConfig
+    from pneumo_core.training import fit_ood
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(30):
+        paths.append(str(tmp_path / f"f{i}.png"))
+        cv2.imwrite(paths[-1], rng.integers(0, 256, (64, 64)).astype(np.uint8))
+    train, val = pd.DataFrame({"path": paths[:20]}), pd.DataFrame({"path": paths[20:]})
+    model = bright_spot_model()
+    stale = np.zeros((20, 1), np.float32)  # the cache's vectors: must not be used after fine-tuning
+    config = TrainConfig(fine_tune_epochs=1, image_size=32, normalisation="none")
+    detector = fit_ood(model, stale, stale[:10], train, val, config)
+    _, tuned = scoring_model(model).predict_on_batch(
+        np.stack([np.repeat(cv2.resize(cv2.imread(p, 0), (32, 32))[..., None], 3, 2) for p in paths[:20]])
+        .astype(np.float32))
+    np.testing.assert_allclose(detector.mean, tuned.mean(axis=0), rtol=1e-4, atol=1e-5)
+    assert detector.fitted["train"] == 20 and detector.fitted["val"] == 10
