@@ -11,13 +11,15 @@ that is not a radiograph, of a body part that is not the chest, or a lateral vie
 else that merely looks unusual is scored and left to the out-of-distribution warning (`ood.py`).
 
 Patient privacy: of a DICOM header only modality, view position and study date leave this
-module (`FilmInfo`); body part is checked here and dropped. Nothing is logged.
+module (`FilmInfo`); body part is checked here and dropped. pydicom is kept from logging or
+warning header values (`_pydicom`).
 """
 from __future__ import annotations
 
 import io as _io
-import warnings
+import logging
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -188,29 +190,37 @@ def _voi(values: np.ndarray, ds) -> np.ndarray:
     return _to_uint8(values)
 
 
+@cache
+def _pydicom():
+    """pydicom, configured once so that it never writes header values anywhere.
+
+    Its value-validation warnings quote the offending value (a patient's name, a birth date) and
+    go to both `warnings` and the 'pydicom' logger: validation is off on reading, and the logger
+    does not propagate to the application's handlers.
+    """
+    import pydicom
+    pydicom.config.settings.reading_validation_mode = pydicom.config.IGNORE
+    logging.getLogger("pydicom").propagate = False
+    return pydicom
+
+
 def read_dicom(data: bytes, name: str = "image") -> Film:
     """Decode a single-frame DICOM: rescale slope/intercept, VOI LUT or window, MONOCHROME1 inverted."""
-    import pydicom
+    pydicom = _pydicom()
     from pydicom.pixels import apply_modality_lut
     try:
-        with warnings.catch_warnings():
-            # pydicom's warnings can quote header values, patient name included: never emit them.
-            warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(_io.BytesIO(data), force=not _has_dicm_preamble(data))
+        ds = pydicom.dcmread(_io.BytesIO(data), force=not _has_dicm_preamble(data))
     except Exception as error:
         raise ImageError(f"{name}: the DICOM file is damaged or truncated ({type(error).__name__}). "
                          f"Accepted: {ACCEPTED}.") from None
     _check_dicom_content(ds, name)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        pixels = _dicom_pixels(ds, name)
-        photometric = _dicom_text(ds, "PhotometricInterpretation")
-        if pixels.ndim == 3:  # colour DICOM (RGB, or YBR decoded to RGB by pydicom)
-            gray = gray_from_rgb(_to_uint8(pixels), name)
-        else:
-            gray = _voi(apply_modality_lut(pixels, ds).astype(np.float32), ds)
-            if photometric == "MONOCHROME1":  # low values are white: invert to MONOCHROME2
-                gray = 255 - gray
+    pixels = _dicom_pixels(ds, name)
+    if pixels.ndim == 3:  # colour DICOM (RGB, or YBR decoded to RGB by pydicom)
+        gray = gray_from_rgb(_to_uint8(pixels), name)
+    else:
+        gray = _voi(apply_modality_lut(pixels, ds).astype(np.float32), ds)
+        if _dicom_text(ds, "PhotometricInterpretation") == "MONOCHROME1":  # low is white: invert
+            gray = 255 - gray
     info = FilmInfo("DICOM", _dicom_text(ds, "Modality") or None, _dicom_text(ds, "ViewPosition") or None,
                     _study_date(ds))
     return Film(np.ascontiguousarray(gray), info)
@@ -225,12 +235,9 @@ def _is_bare_dicom(data: bytes) -> bool:
     tag and pydicom parses a header with image dimensions from it."""
     if data[:2] not in (b"\x02\x00", b"\x08\x00"):
         return False
-    import pydicom
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(_io.BytesIO(data), force=True, stop_before_pixels=True)
-            return int(ds.Rows) > 0 and int(ds.Columns) > 0
+        ds = _pydicom().dcmread(_io.BytesIO(data), force=True, stop_before_pixels=True)
+        return int(ds.Rows) > 0 and int(ds.Columns) > 0
     except Exception:
         return False
 

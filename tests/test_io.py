@@ -190,6 +190,14 @@ def test_dicom_info_carries_no_patient_identifiers():
     assert set(vars(info)) == {"format", "modality", "view_position", "study_date"}
 
 
+def test_reading_a_dicom_with_invalid_header_values_logs_and_warns_nothing_about_the_patient(caplog, recwarn):
+    caplog.set_level("DEBUG")
+    data = dicom(PatientName=PATIENT * 20, PatientBirthDate="1980-13-45", PatientID="SECRET\\x" * 20)
+    assert read_film(data).info.modality == "DX"
+    said = caplog.text + " ".join(str(w.message) for w in recwarn)
+    assert "Doe" not in said and "SECRET" not in said and "1980" not in said
+
+
 def test_messages_say_what_is_accepted():
     with pytest.raises(ImageError, match=ACCEPTED):
         read_image(b"plain text", "notes.txt")
