@@ -11,6 +11,7 @@ pages = st.navigation([
     st.Page("views/metrics.py", title="Metrics", icon=":material/monitoring:"),
     st.Page("views/models.py", title="Models", icon=":material/inventory_2:"),
     st.Page("views/retrain.py", title="Retrain", icon=":material/model_training:"),
+    st.Page("views/audit.py", title="Audit", icon=":material/history:"),
 ])
 st.sidebar.caption("Decision support, not a diagnosis.")
 ui.user_box()

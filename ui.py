@@ -114,6 +114,40 @@ def diagnosis(version_path: str, data: bytes, name: str, method: str = "gradcam"
 
     Raises ImageError for files that are not usable films.
     """
-    from pneumo_core.io import read_image
-    gray = read_image(data, name)
-    return gray, diagnoser_for(version_path).diagnose(gray, name, method, data)
+    from pneumo_core.io import read_film
+    film = read_film(data, name)
+    return film.gray, diagnoser_for(version_path).diagnose(film.gray, name, method, data, film.info)
+
+
+@st.cache_resource(show_spinner=False)
+def _audit_trail_at(path: str):
+    from pneumo_core.audit import AuditTrail
+    return AuditTrail(path)
+
+
+def audit_trail():
+    """The audit database in PNEUMO_HOME, opened once per server."""
+    return _audit_trail_at(str(settings().audit_path))
+
+
+def current_user() -> str | None:
+    """The signed-in user when the dashboard has authentication set up, else None."""
+    try:
+        return st.user.get("email") or st.user.get("name")
+    except Exception:  # no authentication configured
+        return None
+
+
+def diagnose_and_record(version_path: str, data: bytes, name: str, method: str = "gradcam"):
+    """`diagnosis`, plus one audit row the first time this session is shown that call.
+
+    Reruns (a slider moved, another film picked) show the cached call again and add no row; the
+    same film shown in another session, or with another heatmap method, is a new row.
+    """
+    gray, d = diagnosis(version_path, data, name, method)
+    key = (d.sha256, d.model_id, d.method)
+    recorded = st.session_state.setdefault("_audit_recorded", set())
+    if key not in recorded:
+        audit_trail().record(d, source="dashboard", who=current_user())
+        recorded.add(key)
+    return gray, d

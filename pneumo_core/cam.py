@@ -35,7 +35,8 @@ class BaseCAM:
         with tf.GradientTape() as tape:
             activations, feature_map = self._conv_and_output(self.preprocess(images), training=False)
             logit = self.classifier(feature_map, training=False)[:, 0]
-        return activations, tape.gradient(logit, activations), logit
+        # The pooled feature map is the film's embedding (what the feature cache and ood.py use).
+        return activations, tape.gradient(logit, activations), logit, tf.reduce_mean(feature_map, axis=[1, 2])
 
     def target_score(self, images: np.ndarray, sign: float) -> np.ndarray:
         """The explained score (logit, negated for NORMAL) of a batch of model inputs."""
@@ -58,8 +59,13 @@ class BaseCAM:
         explained. One pass gives everything: the explained logit is also the prediction, and the
         NORMAL score is the negated logit, so its gradients are the negated gradients.
         """
+        return self.explain_and_embed(images, target, threshold)[:2]
+
+    def explain_and_embed(self, images: np.ndarray, target: int = 1,
+                          threshold: float | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """`explain` plus each film's pooled backbone embedding (N, D), from the same forward pass."""
         images = np.asarray(images, np.float32)
-        activations, gradients, logit = (t.numpy() for t in self._compiled(tf.constant(images)))
+        activations, gradients, logit, embeddings = (t.numpy() for t in self._compiled(tf.constant(images)))
         probability = 1.0 / (1.0 + np.exp(-logit))
         if threshold is None:
             signs = np.full(len(images), 1.0 if target == 1 else -1.0, np.float32)
@@ -72,7 +78,7 @@ class BaseCAM:
         maps = np.divide(maps, peak, out=np.zeros_like(maps), where=peak > 0)
         maps = np.stack([cv2.resize(m, (self.input_size, self.input_size), interpolation=cv2.INTER_LINEAR)
                          for m in maps]).clip(0, 1)
-        return maps, probability
+        return maps, probability, embeddings
 
     def __call__(self, images: np.ndarray, target: int = 1) -> np.ndarray:
         """Maps in [0, 1] at input resolution, (N, S, S), explaining PNEUMONIA (target 1) or NORMAL (0)."""

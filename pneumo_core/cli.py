@@ -133,26 +133,40 @@ def cmd_evaluate(args, settings) -> int:
     return 0
 
 def cmd_predict(args, settings) -> int:
-    from .io import ImageError, read_image
-    model = _load(settings, args.model)
+    from .audit import AuditTrail
+    from .diagnosis import Diagnoser
+    from .io import ImageError, read_film
+    diagnoser = Diagnoser(_load(settings, args.model))
+    trail, who = AuditTrail(settings.audit_path), _user()
     results, failed = [], False
     for path in args.images:
         try:
-            gray = read_image(path)
+            film = read_film(path)
         except ImageError as error:
             results.append({"path": path, "error": str(error)})
             failed = True
             continue
-        p = float(model.predict([gray])[0])
-        results.append({"path": path, "probability": p, "label": model.label(p), "threshold": model.threshold,
-                        "model": model.id})
+        d = diagnoser.diagnose(film.gray, Path(path).name, method=None, data=Path(path).read_bytes(), info=film.info)
+        trail.record(d, source="cli", who=who)
+        results.append({"path": path, "probability": d.probability, "label": d.label, "threshold": d.threshold,
+                        "model": d.model_id, "ood_score": d.ood_score, "ood_flag": d.ood_flag,
+                        "warnings": d.warnings, "sha256": d.sha256})
     if args.json:
         print(json.dumps(results))
     else:
         for r in results:
             print(f"{r['path']}: " + (f"error: {r['error']}" if "error" in r else
-                                      f"{r['label']} (p={r['probability']:.3f}, threshold {r['threshold']:.3f})"))
+                                      f"{r['label']} (p={r['probability']:.3f}, threshold {r['threshold']:.3f})"
+                                      + "".join(f"; caution: {w}" for w in r["warnings"])))
     return 1 if failed else 0
+
+def _user() -> str | None:
+    """The OS user running the command, for the audit trail."""
+    import getpass
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return None
 
 def cmd_cam(args, settings) -> int:
     import cv2

@@ -12,6 +12,7 @@ pooled features and dropped in unchanged.
 from __future__ import annotations
 
 import json
+import threading
 from pathlib import Path
 
 import keras
@@ -73,6 +74,15 @@ def parts(model: keras.Model) -> tuple[keras.layers.Layer, keras.Model, keras.Mo
     return model.get_layer("preprocess"), model.get_layer("backbone"), model.get_layer("classifier")
 
 
+def scoring_model(model: keras.Model) -> keras.Model:
+    """Image -> [probability, pooled backbone embedding]: one pass gives the call and the OOD input."""
+    preprocess, backbone, classifier = parts(model)
+    inputs = keras.Input(model.input_shape[1:], name="image")
+    feature_map = backbone(preprocess(inputs))
+    probability = keras.layers.Activation("sigmoid")(classifier(feature_map))
+    return keras.Model(inputs, [probability, keras.layers.GlobalAveragePooling2D()(feature_map)], name="scorer")
+
+
 class PneumoModel:
     """A saved model version ready to score films: the Keras model plus its metadata."""
 
@@ -82,6 +92,7 @@ class PneumoModel:
         self.image_size = int(metadata["image_size"])
         self.normalisation = metadata["normalisation"]
         self.threshold = float(metadata["threshold"])
+        self._scorer, self._lock = None, threading.Lock()
 
     @classmethod
     def load(cls, version_dir) -> "PneumoModel":
@@ -101,6 +112,14 @@ class PneumoModel:
     def predict(self, grays) -> np.ndarray:
         """Probability of PNEUMONIA for each grayscale film."""
         return self.predict_inputs(self.inputs(grays))
+
+    def predict_and_embed(self, grays) -> tuple[np.ndarray, np.ndarray]:
+        """(probability of PNEUMONIA (N,), pooled backbone embedding (N, D)) of grayscale films."""
+        with self._lock:  # built once, shared by threads
+            if self._scorer is None:
+                self._scorer = scoring_model(self.keras)
+        probability, embeddings = self._scorer.predict_on_batch(self.inputs(grays))
+        return np.asarray(probability).reshape(-1), np.asarray(embeddings)
 
     def predict_files(self, paths, batch_size: int = 32) -> np.ndarray:
         """Probability of PNEUMONIA for each image file, decoded in parallel."""

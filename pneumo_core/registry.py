@@ -1,7 +1,7 @@
 """Model versions on disk.
 
 A version is a folder `<home>/models/<id>/` holding `model.keras`, `metadata.json`,
-`metrics.json`, `predictions.csv`, `history.csv` and `tuner.json`; everything shown about a model
+`metrics.json`, `predictions.csv`, `history.csv`, `tuner.json` and `ood.npz`; everything shown about a model
 comes from that folder, so it can be copied to another machine. A version is written in a hidden
 temporary folder and renamed into place, so a crash never leaves a half version visible.
 
@@ -43,8 +43,8 @@ def _write_text_atomic(path: Path, text: str) -> None:
 
 
 def save_version(models_dir: Path, version_id: str, model, metadata: dict, metrics: dict,
-                 predictions: pd.DataFrame, history: pd.DataFrame, tuner_summary: dict) -> Path:
-    """Write a complete version folder atomically and return its path."""
+                 predictions: pd.DataFrame, history: pd.DataFrame, tuner_summary: dict, ood=None) -> Path:
+    """Write a complete version folder atomically and return its path (with `ood.npz` if `ood` is given)."""
     models_dir = Path(models_dir)
     models_dir.mkdir(parents=True, exist_ok=True)
     final = models_dir / version_id
@@ -62,6 +62,8 @@ def save_version(models_dir: Path, version_id: str, model, metadata: dict, metri
         (tmp / "tuner.json").write_text(json.dumps(tuner_summary, indent=2))
         predictions.to_csv(tmp / "predictions.csv", index=False)
         history.to_csv(tmp / "history.csv", index=False)
+        if ood is not None:  # written inside the temporary folder, so it appears with the rest
+            ood.save(tmp / "ood.npz")
         os.rename(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

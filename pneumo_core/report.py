@@ -33,7 +33,7 @@ def _panel(rgb: np.ndarray) -> Image.Image:
 def report_page(gray: np.ndarray, diagnosis: Diagnosis, test_metrics: dict | None = None,
                 alpha: float = 0.4) -> Image.Image:
     """The report as an image."""
-    page = Image.new("RGB", (PAGE_WIDTH, 1000), "white")
+    page = Image.new("RGB", (PAGE_WIDTH, 1080), "white")
     draw = ImageDraw.Draw(page)
     draw.rectangle([0, 0, PAGE_WIDTH, 70], fill="#2a6f97")
     draw.text((40, 20), "Pneumo — chest X-ray report", fill="white", font=_font(30))
@@ -47,14 +47,21 @@ def report_page(gray: np.ndarray, diagnosis: Diagnosis, test_metrics: dict | Non
     lines = [f"Probability of pneumonia: {diagnosis.probability:.3f} (threshold {diagnosis.threshold:.3f}); "
              f"{diagnosis.certainty}",
              f"Model version: {diagnosis.model_id}    Date: {diagnosis.when}    File: {diagnosis.name}"]
+    if diagnosis.info is not None or diagnosis.ood_score is not None:
+        lines.append("    ".join(filter(None, [
+            f"Source: {diagnosis.info.summary()}" if diagnosis.info else "",
+            f"Out-of-distribution score: {diagnosis.ood_score:.2f} (flagged above 1.00)"
+            if diagnosis.ood_score is not None else ""])))
     if test_metrics:
         lines.append(f"Model track record on its test split: sensitivity {test_metrics['sensitivity']:.3f}, "
                      f"specificity {test_metrics['specificity']:.3f}, ROC-AUC {test_metrics['roc_auc']:.3f} "
                      f"(n = {test_metrics['n']})")
     for i, line in enumerate(lines):
         draw.text((40, 770 + 34 * i), line, fill="#222", font=_font(20))
-    draw.rectangle([40, 900, PAGE_WIDTH - 40, 960], outline="#c44536", width=3)
-    draw.text((60, 915), NOTICE, fill="#c44536", font=_font(22))
+    for i, caution in enumerate(diagnosis.warnings):  # a report never carries the call without its caution
+        draw.text((40, 770 + 34 * (len(lines) + i)), "Caution: " + caution, fill="#c44536", font=_font(20))
+    draw.rectangle([40, 980, PAGE_WIDTH - 40, 1040], outline="#c44536", width=3)
+    draw.text((60, 995), NOTICE, fill="#c44536", font=_font(22))
     return page
 
 

@@ -6,7 +6,8 @@ Every knob a deployment may need to change lives here, so the rest of the librar
 | variable              | default                                                    |
 |-----------------------|------------------------------------------------------------|
 | PNEUMO_DATA           | `data/chest_xray`, else `../shared/data/chest_xray`        |
-| PNEUMO_HOME           | `.pneumo/` (models, feature cache, tuner runs, databases)  |
+| PNEUMO_HOME           | `.pneumo/` (models, feature cache, tuner runs, databases,  |
+|                       | the audit trail `audit.sqlite`)                            |
 | PNEUMO_WEIGHTS_DIR    | `weights/`, else `../shared/weights`                       |
 | PNEUMO_WEIGHTS        | `auto`: a local file for the backbone if one is found in   |
 |                       | the weights dir, else `imagenet` (needs internet)          |
@@ -53,6 +54,10 @@ class Settings:
     @property
     def tuner_dir(self) -> Path:
         return self.home / "tuner"
+
+    @property
+    def audit_path(self) -> Path:
+        return self.home / "audit.sqlite"
 
 
 def load_settings(env: dict | None = None) -> Settings:

@@ -24,7 +24,8 @@ from .backbones import resolve_weights
 from .data import CLASSES, class_weights, image_batches, load_dataset
 from .evaluation import THRESHOLD_RULE, choose_threshold, evaluate, fit_platt
 from .features import FeatureCache
-from .model import assemble, build_classifier, build_embedder, PneumoModel
+from .model import assemble, build_classifier, build_embedder, PneumoModel, scoring_model
+from .ood import OODDetector
 from .progress import Progress
 from .registry import active_version, new_version_id, save_version
 from .settings import Settings, TrainConfig
@@ -74,6 +75,21 @@ def fine_tune(model: keras.Model, train: pd.DataFrame, val: pd.DataFrame, config
     history = model.fit(train_ds, validation_data=val_ds, epochs=config.fine_tune_epochs,
                         steps_per_epoch=int(np.ceil(len(train) / 32)), class_weight=class_weight, verbose=2)
     return pd.DataFrame(history.history).rename_axis("epoch").reset_index().assign(member="fine-tune")
+
+
+def fit_ood(model: keras.Model, x_train_plain, x_val, train_set, val_set, config: TrainConfig) -> OODDetector:
+    """OOD detector on the training films' plain-view embeddings, flag line on validation.
+
+    The cached features are the frozen backbone's; after fine-tuning the backbone has moved, so
+    the films are embedded again with the tuned one.
+    """
+    if config.fine_tune_epochs > 0:
+        from .features import embed
+        scorer = scoring_model(model)
+        embedder = keras.Model(scorer.inputs, scorer.outputs[1])
+        x_train_plain, x_val = (embed(embedder, s.path, config.image_size, config.normalisation)
+                                for s in (train_set, val_set))
+    return OODDetector.fit(x_train_plain, x_val)
 
 
 def train(config: TrainConfig, settings: Settings) -> str:
@@ -130,6 +146,7 @@ def train(config: TrainConfig, settings: Settings) -> str:
         p_val, p_test = (_sigmoid(platt[0] * _ensemble_logit(heads, x) + platt[1]) for x in (x_val, x_test))
 
     threshold = choose_threshold(y_val, p_val, config.min_sensitivity)
+    ood = fit_ood(model, views[0], x_val, train_set, val_set, config)
     print("progress: evaluating 1/1 (100%)", flush=True)
     metrics = {"test": evaluate(y_test, p_test, threshold, seed=config.seed),
                "val": evaluate(y_val, p_val, threshold, seed=config.seed)}
@@ -154,10 +171,12 @@ def train(config: TrainConfig, settings: Settings) -> str:
                      "feature_cache": {"hits": cache.hits, "misses": cache.misses}},
         "versions": {"pneumo": __version__, "keras": keras.__version__, "python": platform.python_version(),
                      "tensorflow": __import__("tensorflow").__version__},
+        "ood": ood.fitted,
         "limitations": "Trained on paediatric (age 1-5) frontal chest X-rays from one centre; "
                        "less reliable on adults, lateral views and other hospitals' equipment.",
     }
-    path = save_version(settings.models_dir, version_id, model, metadata, metrics, predictions, history, summary)
+    path = save_version(settings.models_dir, version_id, model, metadata, metrics, predictions, history, summary,
+                        ood=ood)
     test = metrics["test"]
     print(f"test: AUC {test['roc_auc']:.4f}, accuracy {test['accuracy']:.3f}, sensitivity "
           f"{test['sensitivity']:.3f}, specificity {test['specificity']:.3f} at threshold {threshold:.3f}")

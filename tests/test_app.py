@@ -31,7 +31,7 @@ def png(label: int, seed: int, shape=(90, 120)) -> bytes:
 def home(trained_home, tmp_path, monkeypatch):
     """A copy of the trained home with a second, older version beside the first."""
     copy = tmp_path / "home"
-    shutil.copytree(trained_home, copy)
+    shutil.copytree(trained_home, copy, ignore=shutil.ignore_patterns("audit.sqlite*"))  # a fresh trail
     (first,) = [d for d in (copy / "models").iterdir() if d.is_dir() and not d.name.startswith(".")]
     older = copy / "models" / "20000101-000000-mobilenet_v2"
     shutil.copytree(first, older)
@@ -64,15 +64,62 @@ def test_upload_yields_a_call_a_heatmap_and_reports(home):
 
 
 def test_many_files_make_a_worklist_and_bad_files_get_their_own_message(home):
+    from test_io import CASES
+    bad = {"broken.png": "damaged", "empty.jpg": "the file is empty", "scan.pdf": "PDF document",
+           "holiday.jpg": "colour photo", "cine.dcm": "multi-frame DICOM", "side.dcm": "lateral view",
+           "bomb.png": "megapixels", "tiny.png": "at least 64x64"}
+    data = {"broken.png": b"\x89PNG\r\n\x1a\n garbage", "empty.jpg": b"", "scan.pdf": CASES["PDF"][0],
+            "holiday.jpg": CASES["colour photo JPEG"][0], "cine.dcm": CASES["DICOM multi-frame"][0],
+            "side.dcm": CASES["DICOM lateral view"][0], "bomb.png": CASES["20000x20000 header bomb"][0],
+            "tiny.png": CASES["1x1 px PNG"][0]}
+    good = [("a.png", png(0, 1), "image/png"), ("b.png", png(1, 2), "image/png"),
+            ("c.dcm", CASES["DICOM MONOCHROME1 (inverted)"][0], "application/dicom")]
     at = page("diagnose").run()
-    at.file_uploader[0].set_value([("a.png", png(0, 1), "image/png"), ("b.png", png(1, 2), "image/png"),
-                                   ("broken.png", b"\x89PNG\r\n\x1a\n garbage", "image/png")])
+    at.file_uploader[0].set_value(good[:2] + [(n, d, "application/octet-stream") for n, d in data.items()]
+                                  + good[2:])
     at.run()
     assert not at.exception
-    assert any("broken.png" in e.value and "damaged" in e.value for e in at.error)
+    for name, message in bad.items():  # one message per bad file, naming it
+        assert sum(e.value.startswith(name + ": ") and message in e.value for e in at.error) == 1, name
+    assert any("8 of 11 files could not be scored" in m.value for m in at.markdown)
     table = at.dataframe[0].value
-    assert list(table["file"]) and set(table["file"]) == {"a.png", "b.png"}
+    assert list(table["file"]) and set(table["file"]) == {"a.png", "b.png", "c.dcm"}
     assert table["probability"].is_monotonic_decreasing  # highest probability first
+    at.selectbox[1].set_value("c.dcm").run()
+    assert any("DICOM · DX · PA · 2024-03-01" in c.value for c in at.caption)
+    assert not any("Doe" in c.value for c in at.caption)
+
+
+def test_a_film_unlike_the_training_data_keeps_its_call_and_gets_the_warning(home):
+    from pneumo_core.ood import OOD_FILE, WARNING, OODDetector
+    for version in (home / "models").iterdir():
+        if (version / OOD_FILE).is_file():  # move the flag line so that every film is flagged
+            detector = OODDetector.load(version)
+            detector.threshold = 1e-6
+            detector.save(version / OOD_FILE)
+    at = page("diagnose").run()
+    at.file_uploader[0].set_value([("a.png", png(0, 1), "image/png"), ("b.png", png(1, 2), "image/png")]).run()
+    assert not at.exception
+    assert {m.label for m in at.metric} >= {"Call", "Probability of pneumonia"}  # the call is still there
+    assert any(WARNING in w.value for w in at.warning)
+    assert set(at.dataframe[0].value["caution"]) == {"unlike the training films"}
+
+
+def test_audit_page_lists_each_diagnosis_once_and_exports_csv(home):
+    at = page("audit").run()
+    assert not at.exception and any("No diagnosis has been recorded yet" in i.value for i in at.info)
+    diagnose = page("diagnose").run()
+    diagnose.file_uploader[0].set_value([("a.png", png(0, 1), "image/png"), ("b.png", png(1, 2), "image/png")])
+    diagnose.run()
+    diagnose.slider[0].set_value(0.7).run()  # a rerun shows the same calls: no new rows
+    at = page("audit").run()
+    assert not at.exception
+    table = at.dataframe[0].value
+    assert len(table) == 2 and set(table["source"]) == {"dashboard"} and set(table["cam_method"]) == {"gradcam"}
+    assert {"sha256", "model", "probability", "threshold", "call", "ood_score", "ood_flag"} <= set(table.columns)
+    assert [b.label for b in at.get("download_button")] == ["Download CSV"]
+    at.selectbox[1].set_value("PNEUMONIA").run()
+    assert len(at.dataframe[0].value) == (table["call"] == "PNEUMONIA").sum()
 
 
 def _confusion(at) -> list:

@@ -14,11 +14,13 @@ CONTRACT = {"n", "accuracy", "precision", "recall", "specificity", "f1", "roc_au
 
 def test_train_registers_a_complete_version(trained_home):
     (version,) = [d for d in (trained_home / "models").iterdir() if d.is_dir() and not d.name.startswith(".")]
-    assert {"model.keras", "metadata.json", "metrics.json", "predictions.csv", "history.csv", "tuner.json"} \
+    assert {"model.keras", "metadata.json", "metrics.json", "predictions.csv", "history.csv", "tuner.json",
+            "ood.npz"} \
         <= {p.name for p in version.iterdir()}
     meta = json.loads((version / "metadata.json").read_text())
     assert meta["backbone"] == "mobilenet_v2" and meta["image_size"] == 64 and 0 < meta["threshold"] < 1
     assert len(meta["ensemble"]) == 2 and "sensitivity >= 0.95" in meta["threshold_rule"]
+    assert 0 <= meta["ood"]["val_flagged"] <= 0.05 and meta["ood"]["val"] > 0 and meta["ood"]["quantile"] == 0.95
 
 
 def test_train_prints_the_model_id_last(trained_home):
@@ -49,6 +51,37 @@ def test_predict_json_scores_good_files_and_explains_bad_ones(trained_home, synt
     assert scored["label"] in ("NORMAL", "PNEUMONIA") and scored["threshold"] > 0
     assert failed["path"] == str(bad) and "not a supported image type" in failed["error"]
     assert "Traceback" not in result.stderr
+    assert isinstance(scored["ood_score"], float) and isinstance(scored["ood_flag"], bool)
+
+
+def test_predict_json_on_many_bad_files_scores_the_good_and_audits_only_them(trained_home, synthetic_data,
+                                                                             tmp_path):
+    import shutil
+    from test_io import CASES
+    home = tmp_path / "home"
+    shutil.copytree(trained_home, home, ignore=shutil.ignore_patterns("audit.sqlite*"))  # a fresh trail
+    good = sorted((synthetic_data / "test" / "NORMAL").iterdir())[:2]
+    bad = {}
+    for case in ("zero-byte", "truncated JPEG", "PDF", "colour photo JPEG", "DICOM multi-frame", "DICOM lateral view"):
+        bad[case] = tmp_path / f"{case.replace(' ', '_')}.dcm"
+        bad[case].write_bytes(CASES[case][0])
+    dicom_film = tmp_path / "film.dcm"
+    dicom_film.write_bytes(CASES["DICOM MONOCHROME1 (inverted)"][0])
+    paths = [good[0], *bad.values(), dicom_film, good[1]]
+    result = run_cli("predict", *paths, "--json", home=home)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    out = json.loads(result.stdout)
+    assert [o["path"] for o in out] == list(map(str, paths))  # one object per file, in order
+    for o, (case, path) in zip(out[1:], bad.items()):
+        assert set(o) == {"path", "error"}, case
+        assert o["error"].startswith(path.name + ": ") and CASES[case][1] in o["error"], o["error"]
+    scored = [out[0], out[-2], out[-1]]
+    assert all(0 <= o["probability"] <= 1 and o["ood_flag"] in (True, False) and o["ood_score"] > 0 for o in scored)
+    from pneumo_core.audit import AuditTrail
+    rows = AuditTrail(home / "audit.sqlite").rows()
+    assert sorted(r["sha256"] for r in rows) == sorted(o["sha256"] for o in scored)  # failures make no row
+    assert {r["source"] for r in rows} == {"cli"} and all(r["who"] for r in rows)
+    assert run_cli("predict", good[0], "--json", home=home).returncode == 0  # all good: exit 0
 
 
 def test_cam_writes_an_overlay_of_the_original_size(trained_home, tmp_path):

@@ -60,7 +60,7 @@ def _png(array, mode=None) -> bytes:
 
 def test_reads_rgb_rgba_and_16_bit_png_as_grayscale():
     rgb = np.zeros((80, 100, 3), np.uint8)
-    rgb[..., 1] = 200
+    rgb[...] = 200  # a radiograph saved as RGB (R = G = B); a colour photo is refused (test_io)
     assert read_image(_png(rgb)).shape == (80, 100)
     rgba = np.dstack([rgb, np.full((80, 100), 255, np.uint8)])
     assert read_image(_png(rgba)).shape == (80, 100)

@@ -17,7 +17,7 @@ predictions = ui.test_predictions(version)
 
 source = st.radio("Films", ["From the test split", "Upload"], horizontal=True)
 if source == "Upload":
-    uploads = st.file_uploader("Chest X-rays", type=["png", "jpg", "jpeg"], accept_multiple_files=True)
+    uploads = st.file_uploader("Chest X-rays", accept_multiple_files=True)
     films = [(upload.name, upload.getvalue()) for upload in uploads or []]
 else:
     labels = {r.path: f"{Path(r.path).name} ({'PNEUMONIA' if r.label else 'NORMAL'}, p={r.probability:.2f})"
@@ -45,10 +45,12 @@ for column, (method, v, name, data) in zip(st.columns(len(panels)), panels):
     with column:
         try:
             with st.spinner(f"{method}…"):
-                gray, d = ui.diagnosis(str(ui.version_dir(v)), data, name, method)
+                gray, d = ui.diagnose_and_record(str(ui.version_dir(v)), data, name, method)
         except ImageError as error:
             st.error(str(error))
             continue
         st.image(overlay(gray, d.heatmap, alpha), width="stretch")
         st.markdown(f"**{method}** · {v}  \n{name}  \n**{d.label}**, p = {d.probability:.3f} "
                     f"(threshold {d.threshold:.3f})")
+        for caution in d.warnings:
+            st.warning(caution)

@@ -1,0 +1,80 @@
+"""Out-of-distribution score on synthetic embeddings, and its plumbing through a saved version."""
+import json
+
+import numpy as np
+import pytest
+
+from pneumo_core.ood import OOD_FILE, WARNING, OODDetector, assess
+
+D = 64
+
+
+def embeddings(n, seed, shift=0.0, scale=1.0):
+    """Correlated non-negative 'pooled features' like a backbone's, optionally shifted or rescaled."""
+    rng = np.random.default_rng(seed)
+    mixing = np.random.default_rng(99).normal(0, 1, (D, D)) / np.sqrt(D)
+    return np.abs(rng.normal(0, 1, (n, D)) @ mixing) * scale + shift
+
+
+@pytest.fixture(scope="module")
+def detector():
+    return OODDetector.fit(embeddings(2000, 0), embeddings(400, 1))
+
+
+def test_at_most_five_percent_of_validation_is_flagged(detector):
+    val = embeddings(400, 1)
+    flagged = np.mean(detector.score(val) > 1.0)
+    assert flagged <= 0.05 and flagged == detector.fitted["val_flagged"]
+    assert flagged >= 0.03  # the line sits at the 95th percentile, not far beyond it
+
+
+def test_new_in_distribution_films_are_rarely_flagged(detector):
+    assert np.mean(detector.score(embeddings(1000, 2)) > 1.0) < 0.10
+
+
+@pytest.mark.parametrize("shift, scale", [(0.8, 1.0), (0.0, 2.0)])
+def test_shifted_films_are_flagged(detector, shift, scale):
+    assert np.mean(detector.score(embeddings(200, 3, shift, scale)) > 1.0) > 0.9
+
+
+def test_assess_gives_score_and_flag_or_nothing_without_a_detector(detector):
+    near, far = embeddings(1, 4), embeddings(1, 5, shift=3.0)
+    ((score, flag),) = assess(detector, far)
+    assert flag is True and score > 1.0
+    assert assess(detector, near)[0][0] < score
+    assert assess(None, far) == [(None, None)]
+    assert "children's X-rays" in WARNING and "caution" in WARNING
+
+
+def test_save_and_load_round_trip(detector, tmp_path):
+    detector.save(tmp_path / OOD_FILE)
+    loaded = OODDetector.load(tmp_path)
+    x = embeddings(50, 6, shift=0.2)
+    np.testing.assert_allclose(loaded.score(x), detector.score(x), rtol=1e-5)
+    assert loaded.fitted == json.loads(json.dumps(detector.fitted))
+    assert OODDetector.load(tmp_path / "older-version") is None and OODDetector.load(None) is None
+
+
+def test_after_fine_tuning_the_detector_is_fitted_on_the_tuned_backbone(tmp_path):
+    import cv2
+    import pandas as pd
+    from test_cam import bright_spot_model
+
+    from pneumo_core.model import scoring_model
+    from pneumo_core.settings import TrainConfig
+    from pneumo_core.training import fit_ood
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(30):
+        paths.append(str(tmp_path / f"f{i}.png"))
+        cv2.imwrite(paths[-1], rng.integers(0, 256, (64, 64)).astype(np.uint8))
+    train, val = pd.DataFrame({"path": paths[:20]}), pd.DataFrame({"path": paths[20:]})
+    model = bright_spot_model()
+    stale = np.zeros((20, 1), np.float32)  # the cache's vectors: must not be used after fine-tuning
+    config = TrainConfig(fine_tune_epochs=1, image_size=32, normalisation="none")
+    detector = fit_ood(model, stale, stale[:10], train, val, config)
+    _, tuned = scoring_model(model).predict_on_batch(
+        np.stack([np.repeat(cv2.resize(cv2.imread(p, 0), (32, 32))[..., None], 3, 2) for p in paths[:20]])
+        .astype(np.float32))
+    np.testing.assert_allclose(detector.mean, tuned.mean(axis=0), rtol=1e-4, atol=1e-5)
+    assert detector.fitted["train"] == 20 and detector.fitted["val"] == 10

@@ -1,0 +1,29 @@
+"""Audit: every diagnosis made, filterable, exportable as CSV."""
+import pandas as pd
+import streamlit as st
+
+import ui
+from pneumo_core.audit import COLUMNS, to_csv
+
+st.title("Audit trail")
+st.caption("One row per diagnosis made on this server or its command line: time, film SHA-256, model "
+           "version, probability, threshold, call, out-of-distribution score and flag, heatmap method, "
+           "source and user. Never the image, its file name or patient details.")
+trail = ui.audit_trail()
+everything = trail.rows()
+if not everything:
+    st.info("No diagnosis has been recorded yet. Calls made on the Diagnose page or with "
+            "`python -m pneumo_core predict` appear here.")
+    st.stop()
+
+model_column, call_column, flag_column = st.columns(3)
+model = model_column.selectbox("Model version", ["all", *sorted({r["model"] for r in everything}, reverse=True)])
+call = call_column.selectbox("Call", ["all", "NORMAL", "PNEUMONIA"])
+flagged = flag_column.checkbox("Only films unlike the training data")
+rows = trail.rows(model=None if model == "all" else model, call=None if call == "all" else call,
+                  flagged_only=flagged)
+st.markdown(f"**{len(rows)}** of {len(everything)} diagnoses")
+st.dataframe(pd.DataFrame(rows, columns=list(COLUMNS)), hide_index=True, width="stretch", column_config={
+    "probability": st.column_config.NumberColumn(format="%.3f"),
+    "ood_score": st.column_config.NumberColumn(format="%.2f")})
+st.download_button("Download CSV", to_csv(rows), "pneumo-audit.csv", "text/csv")
