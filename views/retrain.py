@@ -86,7 +86,7 @@ else:
                                    ("AUC", "Sensitivity", "Specificity")):
             delta = None if version == active else f"{m[key] - base[key]:+.3f}"
             box.metric(label, f"{m[key]:.3f}", delta)
-        column.caption(f"threshold {m['threshold']:.3f} · accuracy {m['accuracy']:.3f} · {result.n_common} test films")
+        column.caption(f"threshold {m['threshold']:.3f} · accuracy {m['accuracy']:.3f} · {int(m['n'])} test films")
     st.plotly_chart(figures.roc_figure(result.curves(), result.metrics.loc["threshold"].to_dict()),
                     width="stretch", key="candidate_roc")
     differ = result.disagreements
