@@ -69,12 +69,7 @@ def current_train_params() -> dict:
 def user() -> str:
     """Who is at the screen, for the record: the signed-in user if the server has log-in, else the
     name typed in the sidebar, else 'dashboard user'."""
-    try:
-        if st.user.is_logged_in:
-            return str(st.user.get("email") or st.user.get("name"))
-    except Exception:   # no authentication configured on this server
-        pass
-    return st.session_state.get("user_name") or "dashboard user"
+    return current_user() or st.session_state.get("user_name") or "dashboard user"
 
 
 def user_box() -> None:
@@ -133,7 +128,7 @@ def audit_trail():
 def current_user() -> str | None:
     """The signed-in user when the dashboard has authentication set up, else None."""
     try:
-        return st.user.get("email") or st.user.get("name")
+        return (st.user.get("email") or st.user.get("name")) if st.user.is_logged_in else None
     except Exception:  # no authentication configured
         return None
 

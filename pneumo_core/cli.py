@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from .preprocessing import NORMALISATIONS
-from .settings import TrainConfig, load_settings
+from .settings import TrainConfig, load_settings, os_user
 
 def _parser(settings) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pneumo_core", description=__doc__)
@@ -137,7 +137,7 @@ def cmd_predict(args, settings) -> int:
     from .diagnosis import Diagnoser
     from .io import ImageError, read_film
     diagnoser = Diagnoser(_load(settings, args.model))
-    trail, who = AuditTrail(settings.audit_path), _user()
+    trail, who = AuditTrail(settings.audit_path), os_user()
     results, failed = [], False
     for path in args.images:
         try:
@@ -159,14 +159,6 @@ def cmd_predict(args, settings) -> int:
                                       f"{r['label']} (p={r['probability']:.3f}, threshold {r['threshold']:.3f})"
                                       + "".join(f"; caution: {w}" for w in r["warnings"])))
     return 1 if failed else 0
-
-def _user() -> str | None:
-    """The OS user running the command, for the audit trail."""
-    import getpass
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return None
 
 def cmd_cam(args, settings) -> int:
     import cv2

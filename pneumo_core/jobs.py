@@ -12,7 +12,6 @@ it becomes active only when someone promotes it (see `registry`).
 """
 from __future__ import annotations
 
-import getpass
 import json
 import os
 import re
@@ -28,7 +27,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from .registry import remove_partial
-from .settings import REPO_ROOT, Settings, TrainConfig
+from .settings import REPO_ROOT, Settings, TrainConfig, os_user
 
 STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 FINISHED = ("succeeded", "failed", "cancelled")
@@ -69,12 +68,6 @@ class JobError(ValueError):
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
-
-def _user() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "unknown"
 
 
 def train_argv(params: dict) -> list[str]:
@@ -218,8 +211,7 @@ class JobQueue:
         return next((j for j in jobs if j["state"] == "running"), jobs[-1] if jobs else None)
 
     def log_tail(self, job_id: int, lines: int = 20) -> list[str]:
-        job = self.get(job_id)
-        return _tail(Path(job["log_path"]), lines) if job["log_path"] else []
+        return _tail(self.log_dir / f"{int(job_id)}.log", lines)   # no status read: polled every 2 s
 
     def _reap(self) -> None:
         """Mark jobs whose runner died as failed, clean their output, and move the queue on."""
@@ -252,7 +244,8 @@ class JobQueue:
         with self._db() as db:
             job_id = db.execute("INSERT INTO jobs (state, submitted, submitted_by, params, checks) "
                                 "VALUES ('queued', ?, ?, ?, ?)",
-                                (_now(), who or _user(), json.dumps(params), json.dumps(checks))).lastrowid
+                                (_now(), who or os_user() or "unknown", json.dumps(params),
+                                 json.dumps(checks))).lastrowid
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self._update(job_id, log_path=str(self.log_dir / f"{job_id}.log"))
         self.start_next()

@@ -11,7 +11,6 @@ every later one is a *candidate* until someone promotes it. Every change of the 
 """
 from __future__ import annotations
 
-import getpass
 import json
 import os
 import shutil
@@ -20,6 +19,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import pandas as pd
+
+from .settings import os_user
 
 ACTIVE_FILE = "ACTIVE"
 LOG_FILE = "promotions.jsonl"
@@ -167,7 +168,8 @@ def promote(models_dir: Path, version_id: str, who: str | None = None) -> dict:
 
 
 def _set_active(models_dir: Path, version_id: str, current: str | None, action: str, who: str | None) -> dict:
-    entry = {"when": datetime.now(timezone.utc).isoformat(timespec="seconds"), "who": who or _user(),
+    entry = {"when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+             "who": who or os_user() or "unknown",
              "action": action, "from": current, "to": version_id}
     # The log line goes first: an active model nobody can account for is worse than a logged no-op.
     with open(Path(models_dir) / LOG_FILE, "a") as log:
@@ -177,12 +179,6 @@ def _set_active(models_dir: Path, version_id: str, current: str | None, action: 
     _write_text_atomic(Path(models_dir) / ACTIVE_FILE, version_id + "\n")
     return entry
 
-
-def _user() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "unknown"
 
 
 def resolve(models_dir: Path, ref: str | None = None) -> Path:

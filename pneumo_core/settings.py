@@ -17,6 +17,7 @@ Every knob a deployment may need to change lives here, so the rest of the librar
 """
 from __future__ import annotations
 
+import getpass
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -58,6 +59,14 @@ class Settings:
     @property
     def audit_path(self) -> Path:
         return self.home / "audit.sqlite"
+
+
+def os_user() -> str | None:
+    """The operating-system user running this process (recorded with jobs, promotions, audit rows)."""
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return None
 
 
 def load_settings(env: dict | None = None) -> Settings:
