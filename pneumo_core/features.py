@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import uuid
 from pathlib import Path
 from typing import Callable
 
@@ -81,7 +82,8 @@ class FeatureCache:
         vectors = embed(self.embedder, paths, self.image_size, self.normalisation, augmentation, seed,
                         progress=Progress(f"caching {label}", len(paths)))
         self.directory.mkdir(parents=True, exist_ok=True)
-        tmp = file.with_suffix(".tmp.npy")
+        # A name of its own: workers sharing the cache folder may compute the same entry at once.
+        tmp = file.with_suffix(f".{uuid.uuid4().hex}.tmp.npy")
         np.save(tmp, vectors)
         tmp.replace(file)
         return vectors

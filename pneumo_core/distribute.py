@@ -1,0 +1,69 @@
+"""Data-parallel fine-tuning on `tf.distribute`, mixed precision and XLA, for GPU servers and clusters.
+
+One 2-core machine is the default, and there nothing changes: the default strategy, float32, no XLA.
+
+- `mirrored`: one process, every local GPU (synchronous all-reduce); on a CPU-only box, one replica.
+- `multiworker`: one process per machine, the cluster described by `TF_CONFIG` (read by TensorFlow);
+  task 0 of the `worker` job is the chief, the only one that writes to the registry.
+
+Only the fine-tuning copy of the model runs under the strategy and the precision policy: caching,
+tuning and head training stay on the cheap cached-features path, and the saved model stays float32,
+so a model trained on a GPU server scores films on a CPU laptop at full speed.
+"""
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+STRATEGIES = ("default", "mirrored", "multiworker")
+# Kept float32 under mixed precision: the last logit's scaling and the sigmoid (numerical stability).
+FLOAT32_LAYERS = ("calibration", "probability")
+
+
+def make_strategy(name: str) -> tf.distribute.Strategy:
+    """The `tf.distribute` strategy called `name`; create it before any other TensorFlow work."""
+    if name not in STRATEGIES:
+        raise ValueError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
+    if name == "default":
+        return tf.distribute.get_strategy()
+    strategy = (tf.distribute.MirroredStrategy() if name == "mirrored"
+                else tf.distribute.MultiWorkerMirroredStrategy())
+    workers = strategy.cluster_resolver.cluster_spec().num_tasks("worker") if name == "multiworker" else 1
+    print(f"strategy: {name}, {strategy.num_replicas_in_sync} replicas in sync, {workers} worker(s)"
+          f"{'' if is_chief(strategy) else ', this one is not the chief'}", flush=True)
+    return strategy
+
+
+def is_chief(strategy: tf.distribute.Strategy) -> bool:
+    """True unless this process is a non-chief worker of a multi-worker cluster."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or resolver.task_type is None:
+        return True
+    return resolver.task_type == "chief" or (resolver.task_type == "worker" and resolver.task_id == 0
+                                             and "chief" not in resolver.cluster_spec().jobs)
+
+
+def gpu_count() -> int:
+    return len(tf.config.list_physical_devices("GPU"))
+
+
+def training_copy(model: keras.Model, mixed_precision: bool) -> keras.Model:
+    """A copy of `model` with its weights, built in the current strategy scope; float16 compute if asked.
+
+    Call it inside `strategy.scope()`, so its variables are mirrored across replicas.
+    """
+    def clone(layer):
+        config = layer.get_config()
+        if mixed_precision and "dtype" in config and layer.name not in FLOAT32_LAYERS:
+            config["dtype"] = "mixed_float16"
+        return layer.__class__.from_config(config)
+
+    copy = keras.models.clone_model(model, clone_function=clone, recursive=True)
+    copy.set_weights(model.get_weights())
+    return copy
+
+
+def optimizer(learning_rate: float, mixed_precision: bool) -> keras.optimizers.Optimizer:
+    """Adam; under mixed precision wrapped in dynamic loss scaling (float16 gradients underflow otherwise)."""
+    adam = keras.optimizers.Adam(learning_rate)
+    return keras.optimizers.LossScaleOptimizer(adam) if mixed_precision else adam
