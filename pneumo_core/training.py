@@ -22,7 +22,7 @@ import tensorflow as tf
 from . import __version__
 from .backbones import resolve_weights
 from .data import CLASSES, Dataset, class_weights, image_batches, load_dataset
-from .distribute import gpu_count, is_chief, make_strategy, optimizer, training_copy
+from .distribute import fit_replicated, gpu_count, is_chief, make_strategy, optimizer, training_copy
 from .evaluation import THRESHOLD_RULE, choose_threshold, evaluate, fit_platt
 from .features import FeatureCache
 from .model import assemble, build_classifier, build_embedder, PneumoModel
@@ -83,10 +83,16 @@ def fine_tune(model: keras.Model, train: pd.DataFrame, val: pd.DataFrame, config
         options = tf.data.Options()
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
         train_ds, val_ds = train_ds.with_options(options), val_ds.with_options(options)
-    history = trainee.fit(train_ds, validation_data=val_ds, epochs=config.fine_tune_epochs,
-                          steps_per_epoch=int(np.ceil(len(train) / 32)), class_weight=class_weight, verbose=2)
+    steps = int(np.ceil(len(train) / 32))
+    if config.strategy == "multiworker":
+        # Keras 3's `fit` does not run under MultiWorkerMirroredStrategy (keras-team/keras#20585).
+        history = {"loss": [fit_replicated(trainee, strategy, train_ds, steps, class_weight)
+                            for _ in range(config.fine_tune_epochs)]}
+    else:
+        history = trainee.fit(train_ds, validation_data=val_ds, epochs=config.fine_tune_epochs,
+                              steps_per_epoch=steps, class_weight=class_weight, verbose=2).history
     model.set_weights(trainee.get_weights())
-    return pd.DataFrame(history.history).rename_axis("epoch").reset_index().assign(member="fine-tune")
+    return pd.DataFrame(history).rename_axis("epoch").reset_index().assign(member="fine-tune")
 
 
 @dataclass
