@@ -149,7 +149,7 @@ def cached_features(config: TrainConfig, settings: Settings) -> CachedFeatures:
 
 
 def train(config: TrainConfig, settings: Settings) -> str | None:
-    """Train, evaluate and register a new model version; returns its id."""
+    """Train, evaluate and register a new model version; returns its id (None on a non-chief worker)."""
     strategy = make_strategy(config.strategy)  # first: MultiWorkerMirroredStrategy must precede other TF ops
     start = time.perf_counter()
     keras.utils.set_random_seed(config.seed)
