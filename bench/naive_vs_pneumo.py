@@ -38,8 +38,9 @@ def naive() -> None:
     embedder = build_embedder("mobilenet_v2", SIZE, str(SHARED_WEIGHTS))
     backbone = embedder.get_layer("backbone")
     backbone.trainable = False
-    for trial in range(TRIALS):
-        head = head_from_hp(kt.HyperParameters(), 1280)  # the space's defaults drawn afresh: cost, not quality, is measured
+    for _ in range(TRIALS):
+        # The search space's defaults as every trial's head: the cost is measured, not the quality.
+        head = head_from_hp(kt.HyperParameters(), 1280)
         model = assemble("mobilenet_v2", backbone, build_classifier(backbone.output_shape[1:], [head]))
         model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="binary_crossentropy")
         model.fit(image_batches(train.path, SIZE, "equalize", labels=train.label), epochs=EPOCHS,
