@@ -11,6 +11,7 @@ here = Path(__file__).resolve().parent
 home = here / "out" / "home"
 shutil.rmtree(home, ignore_errors=True)  # train_time.py must start from a cold cache
 env = {**os.environ, "PNEUMO_BENCH_HOME": str(home), "PNEUMO_HOME": str(home)}
-for script in ("embeddings.py", "tuning.py", "latency.py", "train_time.py", "jobs.py", "diagnose_browser.py"):
+for script in ("embeddings.py", "tuning.py", "latency.py", "train_time.py", "jobs.py", "diagnose_browser.py",
+               "naive_vs_pneumo.py"):
     print(f"== {script}", flush=True)
     subprocess.run([sys.executable, str(here / script)], cwd=here, env=env, check=True)

@@ -1,13 +1,14 @@
-"""Command line: python -m pneumo_core train | evaluate | predict | cam | models | promote."""
+"""Command line: python -m pneumo_core train | tune | evaluate | predict | cam | models | promote."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from pathlib import Path
 
 from .preprocessing import NORMALISATIONS
-from .settings import TrainConfig, load_settings, os_user
+from .settings import STRATEGIES, TrainConfig, load_settings, os_user
 
 def _parser(settings) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pneumo_core", description=__doc__)
@@ -20,6 +21,18 @@ def _parser(settings) -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train, evaluate and register a new model version",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     _add_train_options(train, defaults)
+
+    tune = commands.add_parser("tune", help="search head hyper-parameters on cached features, alone or shared "
+                               "by a chief and workers (Keras Tuner)",
+                               formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    _add_train_options(tune, defaults, final_model=False)
+    tune.add_argument("--distributed", choices=["chief", "worker"], default=settings.tuning_role,
+                      help="role in a shared search; unset: from KERASTUNER_TUNER_ID and KERASTUNER_ORACLE_IP")
+    tune.add_argument("--oracle", default=settings.oracle or None, metavar="HOST:PORT",
+                      help="the chief's oracle: where it listens (chief) or connects to (workers)")
+    tune.add_argument("--tuner-id", default=settings.tuner_id, help="a worker's unique id; random if empty")
+    tune.add_argument("--directory", default=str(settings.tuner_dir / "search"),
+                      help="search folder; each tuner writes its own subfolder (the chief: summary.json)")
 
     model_help = "model version id or folder (default: the active model)"
     evaluate = commands.add_parser("evaluate", help="metrics of a model on a dataset split")
@@ -67,12 +80,17 @@ def _parser(settings) -> argparse.ArgumentParser:
     return parser
 
 
-def _add_train_options(parser: argparse.ArgumentParser, defaults: TrainConfig) -> list[str]:
-    """The options of `train`, shared with `jobs submit`; returns their names (argparse dests)."""
+def _add_train_options(parser: argparse.ArgumentParser, defaults: TrainConfig, final_model: bool = True) -> list[str]:
+    """The options of `train`, shared with `jobs submit`; returns their names (argparse dests).
+
+    `final_model=False` leaves out what only shapes the final model (ensemble, fine-tuning): `tune`'s options.
+    """
     added = []
+    final_only = {"--ensemble", "--fine-tune-epochs", "--strategy", "--mixed-precision", "--xla"}
 
     def option(*names, **kwargs):
-        added.append(parser.add_argument(*names, **kwargs).dest)
+        if final_model or names[0] not in final_only:
+            added.append(parser.add_argument(*names, **kwargs).dest)
 
     option("--data", default=defaults.data_dir, help="dataset folder")
     option("--backbone", default=defaults.backbone, choices=["mobilenet_v2", "resnet50", "efficientnet_b0"])
@@ -87,6 +105,10 @@ def _add_train_options(parser: argparse.ArgumentParser, defaults: TrainConfig) -
     option("--views", type=int, default=defaults.augmented_views, help="augmented views per film")
     option("--ensemble", type=int, default=defaults.ensemble, help="best configurations averaged")
     option("--normalisation", default=defaults.normalisation, choices=NORMALISATIONS)
+    option("--strategy", default=defaults.strategy, choices=STRATEGIES,
+           help="fine-tuning on every local GPU (mirrored) or a TF_CONFIG cluster (multiworker)")
+    option("--mixed-precision", action="store_true", help="fine-tune in float16 compute (GPUs only)")
+    option("--xla", action="store_true", help="compile the fine-tuning step with XLA")
     return added
 
 
@@ -102,12 +124,25 @@ def _load(settings, ref):
     from .registry import resolve
     return PneumoModel.load(resolve(settings.models_dir, ref))
 
+def _train_config(args) -> TrainConfig:
+    """The TrainConfig of a `train` or `tune` command line (options named as the fields, but for two)."""
+    values = {{"data": "data_dir", "views": "augmented_views"}.get(k, k): v for k, v in vars(args).items()}
+    return TrainConfig(**{f.name: values[f.name] for f in dataclasses.fields(TrainConfig) if f.name in values})
+
 def cmd_train(args, settings) -> int:
     from .training import train
-    train(TrainConfig(data_dir=args.data, backbone=args.backbone, weights=args.weights, trials=args.trials,
-                      epochs=args.epochs, fine_tune_epochs=args.fine_tune_epochs, image_size=args.image_size,
-                      seed=args.seed, tuner=args.tuner, augmented_views=args.views, ensemble=args.ensemble,
-                      normalisation=args.normalisation), settings)
+    train(_train_config(args), settings)
+    return 0
+
+def cmd_tune(args, settings) -> int:
+    from .training import tune
+    from .tuning import join_search
+    tuner_id = join_search(args.distributed, args.oracle or "", args.tuner_id) if args.distributed else None
+    directory = Path(args.directory)
+    summary = tune(_train_config(args), settings, directory, tuner_id)
+    if tuner_id in (None, "chief"):
+        (directory / "summary.json").write_text(json.dumps(summary, indent=1))
+    print(json.dumps(summary), flush=True)
     return 0
 
 def cmd_evaluate(args, settings) -> int:

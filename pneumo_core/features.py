@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import uuid
 from pathlib import Path
 from typing import Callable
 
@@ -83,7 +84,9 @@ class FeatureCache:
         vectors = embed(self.embedder, paths, self.image_size, self.normalisation, augmentation, seed,
                         progress=Progress(f"caching {label}", len(paths)))
         self.directory.mkdir(parents=True, exist_ok=True)
-        tmp = file.with_suffix(f".{os.getpid()}.tmp.npy")   # per process: a stopped job's leftovers are findable
+        # A name of its own, as workers sharing the cache folder may compute the same entry at once;
+        # ending in the pid so that a stopped job's leftovers are findable (jobs.JobQueue).
+        tmp = file.with_suffix(f".{uuid.uuid4().hex[:8]}.{os.getpid()}.tmp.npy")
         np.save(tmp, vectors)
         tmp.replace(file)
         return vectors

@@ -14,6 +14,9 @@ Every knob a deployment may need to change lives here, so the rest of the librar
 | PNEUMO_BACKBONE       | `mobilenet_v2`                                             |
 | PNEUMO_IMAGE_SIZE     | 224                                                        |
 | PNEUMO_SEED           | 42                                                         |
+| KERASTUNER_TUNER_ID,  | distributed tuning (read by Keras Tuner too): `chief` or a |
+| KERASTUNER_ORACLE_IP, | worker id, and the chief's address; unset = one machine    |
+| KERASTUNER_ORACLE_PORT|                                                            |
 """
 from __future__ import annotations
 
@@ -43,6 +46,15 @@ class Settings:
     backbone: str
     image_size: int
     seed: int
+    tuner_id: str = ""
+    oracle: str = ""  # HOST:PORT of the chief's oracle
+
+    @property
+    def tuning_role(self) -> str | None:
+        """'chief' or 'worker' when Keras Tuner's distribution variables are set, else None."""
+        if not self.oracle:
+            return None
+        return "chief" if "chief" in self.tuner_id else "worker"
 
     @property
     def models_dir(self) -> Path:
@@ -85,7 +97,13 @@ def load_settings(env: dict | None = None) -> Settings:
         backbone=env.get("PNEUMO_BACKBONE", "mobilenet_v2"),
         image_size=int(env.get("PNEUMO_IMAGE_SIZE", 224)),
         seed=int(env.get("PNEUMO_SEED", 42)),
+        tuner_id=env.get("KERASTUNER_TUNER_ID", ""),
+        oracle=f"{env['KERASTUNER_ORACLE_IP']}:{env.get('KERASTUNER_ORACLE_PORT', '')}"
+        if env.get("KERASTUNER_ORACLE_IP") else "",
     )
+
+
+STRATEGIES = ("default", "mirrored", "multiworker")  # tf.distribute choices for fine-tuning (distribute.py)
 
 
 @dataclass
@@ -107,3 +125,6 @@ class TrainConfig:
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     augmentation: Augmentation = field(default_factory=Augmentation)
+    strategy: str = "default"  # fine-tuning: default | mirrored (local GPUs) | multiworker (TF_CONFIG cluster)
+    mixed_precision: bool = False  # fine-tuning in float16 compute; GPUs only (ignored, with a note, on CPU)
+    xla: bool = False  # fine-tuning step compiled by XLA (jit_compile)

@@ -11,17 +11,19 @@ import os
 import platform
 import shutil
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 import keras
 import numpy as np
 import pandas as pd
+import tensorflow as tf
 
 from . import __version__
 from .backbones import resolve_weights
-from .data import CLASSES, class_weights, image_batches, load_dataset
+from .data import CLASSES, Dataset, class_weights, image_batches, load_dataset
+from .distribute import fit_replicated, gpu_count, is_chief, make_strategy, optimizer, training_copy
 from .evaluation import THRESHOLD_RULE, choose_threshold, evaluate, fit_platt
 from .features import FeatureCache
 from .model import assemble, build_classifier, build_embedder, PneumoModel, scoring_model
@@ -29,7 +31,7 @@ from .ood import OODDetector
 from .progress import Progress
 from .registry import active_version, new_version_id, save_version
 from .settings import Settings, TrainConfig
-from .tuning import as_hp, fit_head, head_from_hp, tune_head, tuner_summary
+from .tuning import as_hp, fit_head, head_from_hp, serve_oracle, trials_run_here, tune_head, tuner_summary
 
 
 def _sigmoid(z):
@@ -59,22 +61,44 @@ def train_heads(hyperparameters: list[dict], x_train, y_train, x_val, y_val, cla
 
 
 def fine_tune(model: keras.Model, train: pd.DataFrame, val: pd.DataFrame, config: TrainConfig,
-              class_weight: dict) -> pd.DataFrame:
-    """Unfreeze the top fifth of the backbone (BatchNorm stays frozen) and train on images."""
+              class_weight: dict, strategy=None) -> pd.DataFrame:
+    """Unfreeze the top fifth of the backbone (BatchNorm stays frozen) and train on images.
+
+    A copy of the model trains under `strategy` (data-parallel), in mixed precision and with XLA if
+    the config asks; its weights are then copied back, so `model` stays a plain float32 model.
+    """
     backbone = model.get_layer("backbone")
     backbone.trainable = True
     cut = int(len(backbone.layers) * 0.8)
     for i, layer in enumerate(backbone.layers):
         layer.trainable = i >= cut and not isinstance(layer, keras.layers.BatchNormalization)
-    model.compile(optimizer=keras.optimizers.Adam(1e-5), loss="binary_crossentropy",
-                  metrics=[keras.metrics.AUC(name="auc")])
+    strategy = strategy or tf.distribute.get_strategy()
+    mixed = config.mixed_precision and gpu_count() > 0
+    if config.mixed_precision and not mixed:
+        print("note: no GPU found; mixed precision ignored (float16 is emulated, hence slower, on CPUs)", flush=True)
+    with strategy.scope():
+        trainee = training_copy(model, mixed)
+        trainee.compile(optimizer=optimizer(1e-5, mixed), loss="binary_crossentropy",
+                        metrics=[keras.metrics.AUC(name="auc")], jit_compile=config.xla)
     size, norm = config.image_size, config.normalisation
     train_ds = image_batches(train.path, size, norm, config.augmentation, config.seed, 32,
                              labels=train.label, shuffle=True, repeat=True)
     val_ds = image_batches(val.path, size, norm, None, 0, 32, labels=val.label)
-    history = model.fit(train_ds, validation_data=val_ds, epochs=config.fine_tune_epochs,
-                        steps_per_epoch=int(np.ceil(len(train) / 32)), class_weight=class_weight, verbose=2)
-    return pd.DataFrame(history.history).rename_axis("epoch").reset_index().assign(member="fine-tune")
+    if strategy.num_replicas_in_sync > 1 or config.strategy == "multiworker":
+        # Images come from Python (numpy_function), not files: shard by element; batches stay global.
+        options = tf.data.Options()
+        options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+        train_ds, val_ds = train_ds.with_options(options), val_ds.with_options(options)
+    steps = int(np.ceil(len(train) / 32))
+    if config.strategy == "multiworker":
+        # Keras 3's `fit` does not run under MultiWorkerMirroredStrategy (keras-team/keras#20585).
+        history = {"loss": [fit_replicated(trainee, strategy, train_ds, steps, class_weight)
+                            for _ in range(config.fine_tune_epochs)]}
+    else:
+        history = trainee.fit(train_ds, validation_data=val_ds, epochs=config.fine_tune_epochs,
+                              steps_per_epoch=steps, class_weight=class_weight, verbose=2).history
+    model.set_weights(trainee.get_weights())
+    return pd.DataFrame(history).rename_axis("epoch").reset_index().assign(member="fine-tune")
 
 
 def fit_ood(model: keras.Model, x_train_plain, x_val, train_set, val_set, config: TrainConfig) -> OODDetector:
@@ -92,10 +116,34 @@ def fit_ood(model: keras.Model, x_train_plain, x_val, train_set, val_set, config
     return OODDetector.fit(x_train_plain, x_val)
 
 
-def train(config: TrainConfig, settings: Settings) -> str:
-    """Train, evaluate and register a new model version; returns its id."""
-    start = time.perf_counter()
-    keras.utils.set_random_seed(config.seed)
+@dataclass
+class CachedFeatures:
+    """A dataset's splits and their backbone features: what `train` and `tune` start from."""
+    dataset: Dataset
+    train: pd.DataFrame
+    val: pd.DataFrame
+    test: pd.DataFrame
+    x_train: np.ndarray  # every view of every training film: plain first, then the augmented views
+    y_train: np.ndarray
+    x_val: np.ndarray
+    y_val: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
+    class_weight: dict
+    cache: FeatureCache
+    weights: str | None
+    views: int
+
+    def trial_vectors(self, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """One vector per training film for tuning trials, from its plain or first augmented view."""
+        # Enough to rank configurations at a fraction of the cost; the final heads then see every view.
+        n = len(self.train)
+        pick = np.arange(n) + n * np.random.default_rng(seed).integers(0, min(2, self.views), n)
+        return self.x_train[pick], self.y_train[pick]
+
+
+def cached_features(config: TrainConfig, settings: Settings) -> CachedFeatures:
+    """Load and split the dataset, then embed every split (and augmented views) via the feature cache."""
     dataset = load_dataset(config.data_dir, config.val_fraction, config.test_fraction, config.seed,
                            skip_unreadable=True)
     for note in dataset.notes:
@@ -118,15 +166,24 @@ def train(config: TrainConfig, settings: Settings) -> str:
     x_val = cache.get(val_set.path, label="validation")
     x_test = cache.get(test_set.path, label="test")
     y_val, y_test = val_set.label.to_numpy(np.float32), test_set.label.to_numpy(np.float32)
-    weights_per_class = class_weights(train_set.label)
+    return CachedFeatures(dataset, train_set, val_set, test_set, x_train, y_train, x_val, y_val, x_test, y_test,
+                          class_weights(train_set.label), cache, weights, len(views))
+
+
+def train(config: TrainConfig, settings: Settings) -> str | None:
+    """Train, evaluate and register a new model version; returns its id (None on a non-chief worker)."""
+    strategy = make_strategy(config.strategy)  # first: MultiWorkerMirroredStrategy must precede other TF ops
+    start = time.perf_counter()
+    keras.utils.set_random_seed(config.seed)
+    features = cached_features(config, settings)
+    dataset, cache, weights, sizes = features.dataset, features.cache, features.weights, features.dataset.sizes()
+    train_set, val_set, test_set = features.train, features.val, features.test
+    x_train, y_train, x_val, y_val = features.x_train, features.y_train, features.x_val, features.y_val
+    x_test, y_test, weights_per_class = features.x_test, features.y_test, features.class_weight
 
     tuner_dir = settings.tuner_dir / f"run-{datetime.now(timezone.utc):%Y%m%d-%H%M%S-%f}-p{os.getpid()}"
-    # Trials see one vector per training film, drawn from its plain or first augmented view: enough
-    # to rank configurations at a fraction of the cost; the final heads then see every view.
-    n = len(train_set)
-    pick = np.arange(n) + n * np.random.default_rng(config.seed).integers(0, min(2, len(views)), n)
-    tuner = tune_head(x_train[pick], y_train[pick], x_val, y_val, weights_per_class, tuner_dir, config.trials,
-                      config.epochs, config.tuner, config.seed)
+    tuner = tune_head(*features.trial_vectors(config.seed), x_val, y_val, weights_per_class, tuner_dir,
+                      config.trials, config.epochs, config.tuner, config.seed)
     summary = tuner_summary(tuner)
     shutil.rmtree(tuner_dir, ignore_errors=True)
     members = [t["hyperparameters"] for t in summary["best"][: config.ensemble]]
@@ -138,15 +195,18 @@ def train(config: TrainConfig, settings: Settings) -> str:
     classifier = build_classifier(backbone.output_shape[1:], heads, platt)
     model = assemble(config.backbone, backbone, classifier)
     if config.fine_tune_epochs > 0:
-        history = pd.concat([history, fine_tune(model, train_set, val_set, config, weights_per_class)])
+        history = pd.concat([history, fine_tune(model, train_set, val_set, config, weights_per_class, strategy)])
         scorer = PneumoModel(model, {"image_size": config.image_size, "normalisation": config.normalisation,
                                      "threshold": 0.5})
         p_val, p_test = (scorer.predict_files(s.path) for s in (val_set, test_set))
     else:
         p_val, p_test = (_sigmoid(platt[0] * _ensemble_logit(heads, x) + platt[1]) for x in (x_val, x_test))
 
+    if not is_chief(strategy):  # the chief evaluates and registers; the other workers only lend their replicas
+        print("done; the chief registers the model", flush=True)
+        return None
     threshold = choose_threshold(y_val, p_val, config.min_sensitivity)
-    ood = fit_ood(model, views[0], x_val, train_set, val_set, config)
+    ood = fit_ood(model, x_train[:len(train_set)], x_val, train_set, val_set, config)
     print("progress: evaluating 1/1 (100%)", flush=True)
     metrics = {"test": evaluate(y_test, p_test, threshold, seed=config.seed),
                "val": evaluate(y_val, p_val, threshold, seed=config.seed)}
@@ -185,3 +245,21 @@ def train(config: TrainConfig, settings: Settings) -> str:
         print(f"candidate: not active until promoted (python -m pneumo_core promote {version_id})", flush=True)
     print(version_id, flush=True)
     return version_id
+
+
+def tune(config: TrainConfig, settings: Settings, directory: Path, tuner_id: str | None = None) -> dict:
+    """Search head hyper-parameters on the cached features: alone, or as the chief or a worker of a shared search.
+
+    `tuner_id` (from `tuning.join_search`): None alone, 'chief' to serve the oracle, else a worker's id.
+    Returns the best trials (alone, chief) or the ids of the trials this worker ran.
+    """
+    if tuner_id == "chief":
+        return {**tuner_summary(serve_oracle(directory, config.trials, config.epochs, config.tuner, config.seed)),
+                "directory": str(directory)}
+    keras.utils.set_random_seed(config.seed)
+    features = cached_features(config, settings)
+    tuner = tune_head(*features.trial_vectors(config.seed), features.x_val, features.y_val, features.class_weight,
+                      directory, config.trials, config.epochs, config.tuner, config.seed, tuner_id)
+    if tuner_id:
+        return {"tuner_id": tuner_id, "trials_run_here": trials_run_here(tuner), "directory": str(directory)}
+    return {**tuner_summary(tuner), "directory": str(directory)}

@@ -7,6 +7,8 @@ function per epoch instead of Keras' general `fit` loop, which halves a trial's 
 """
 from __future__ import annotations
 
+import os
+import uuid
 from pathlib import Path
 
 import keras
@@ -109,25 +111,84 @@ def _trial_counter(progress: Progress) -> keras.callbacks.Callback:
     return keras.callbacks.LambdaCallback(on_train_end=trial_ended)
 
 
-def tune_head(x_train, y_train, x_val, y_val, class_weight: dict, directory: Path, trials: int = 20,
-              epochs: int = 12, algorithm: str = "random", seed: int = 42) -> kt.Tuner:
-    """Search head hyper-parameters; returns the finished tuner (best first in its oracle)."""
+def _make_tuner(feature_dim: int, directory: Path, trials: int, epochs: int, algorithm: str, seed: int,
+                project: str) -> kt.Tuner:
     if algorithm not in ALGORITHMS:
         raise ValueError(f"unknown tuner {algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
+    # overwrite=True is safe in a shared search too: each tuner (chief, workers) owns its project folder.
     common = dict(objective=kt.Objective("val_auc", "max"), seed=seed, directory=str(directory),
-                  project_name="head", overwrite=True)
-    hypermodel = HeadHyperModel(x_train.shape[1])
+                  project_name=project, overwrite=True)
+    hypermodel = HeadHyperModel(feature_dim)
     if algorithm == "random":
-        tuner = kt.RandomSearch(hypermodel, max_trials=trials, **common)
-    elif algorithm == "bayesian":
-        tuner = kt.BayesianOptimization(hypermodel, max_trials=trials, **common)
-    else:
-        tuner = kt.Hyperband(hypermodel, max_epochs=epochs, factor=3, hyperband_iterations=1, **common)
-    # Hyperband decides its own number of trials (brackets of max_epochs), so its total is unknown.
-    progress = Progress("tuning trial", trials if algorithm != "hyperband" else None)
+        return kt.RandomSearch(hypermodel, max_trials=trials, **common)
+    if algorithm == "bayesian":
+        return kt.BayesianOptimization(hypermodel, max_trials=trials, **common)
+    return kt.Hyperband(hypermodel, max_epochs=epochs, factor=3, hyperband_iterations=1, **common)
+
+
+def tune_head(x_train, y_train, x_val, y_val, class_weight: dict, directory: Path, trials: int = 20,
+              epochs: int = 12, algorithm: str = "random", seed: int = 42, tuner_id: str | None = None) -> kt.Tuner:
+    """Search head hyper-parameters; returns the finished tuner (best first in its oracle).
+
+    With a `tuner_id` (after `join_search`), this process is a worker of a shared search: it runs the
+    trials the chief's oracle hands out, in `directory/tuner_id`, until the oracle says stop.
+    """
+    tuner = _make_tuner(x_train.shape[1], directory, trials, epochs, algorithm, seed, tuner_id or "head")
+    # Hyperband decides its own number of trials (brackets of max_epochs), and a worker runs only its
+    # share, so then the total is unknown.
+    progress = Progress("tuning trial", trials if algorithm != "hyperband" and not tuner_id else None)
     tuner.search(x_train, y_train, validation_data=(x_val, y_val), epochs=epochs, class_weight=class_weight,
                  callbacks=[_trial_counter(progress)], verbose=0)
     return tuner
+
+
+def join_search(role: str, oracle: str, tuner_id: str = "") -> str:
+    """Make this process the chief or a worker of a shared search at `oracle` (HOST:PORT); returns its id.
+
+    Keras Tuner reads its distribution settings from these environment variables itself. The chief
+    listens on HOST:PORT (0.0.0.0 for every interface); workers connect to it. A worker without an
+    id gets a random one: ids must be unique, and one containing 'chief' would make it a chief.
+    """
+    host, _, port = oracle.rpartition(":")
+    if role not in ("chief", "worker") or not host or not port.isdigit():
+        raise ValueError(f"distributed tuning needs a role (chief or worker) and the oracle's HOST:PORT, "
+                         f"got {role!r} and {oracle!r}")
+    if role == "worker" and "chief" in tuner_id:
+        raise ValueError(f"a worker's id must not contain 'chief' (got {tuner_id!r})")
+    tuner_id = "chief" if role == "chief" else tuner_id or f"tuner-{uuid.uuid4().hex[:8]}"
+    os.environ.update(KERASTUNER_TUNER_ID=tuner_id, KERASTUNER_ORACLE_IP=host, KERASTUNER_ORACLE_PORT=port)
+    return tuner_id
+
+
+def serve_oracle(directory: Path, trials: int = 20, epochs: int = 12, algorithm: str = "random",
+                 seed: int = 42) -> kt.Tuner:
+    """Chief of a shared search (after `join_search`): serve the oracle until every worker was told to stop.
+
+    Runs no trial and needs no data: the search space does not depend on the feature size. Returns the
+    tuner, whose oracle holds every trial of every worker.
+    """
+    tuner = _make_tuner(1, directory, trials, epochs, algorithm, seed, "chief")
+    print(f"oracle: {algorithm} search of {trials} trials, waiting for workers", flush=True)
+    tuner.search()  # blocks; Keras Tuner polls for the end every 20 s once the first worker is stopped
+    return tuner
+
+
+def trials_run_here(tuner: kt.Tuner) -> list[str]:
+    """Ids of the trials this tuner trained (those with a checkpoint in its own project folder)."""
+    return sorted(p.name.removeprefix("trial_") for p in Path(tuner.project_dir).glob("trial_*")
+                  if (p / "checkpoint.weights.h5").exists())
+
+
+def best_head(directory: Path, summary: dict, feature_dim: int) -> keras.Model:
+    """The best trial's head with its trained weights, from whichever tuner's folder under `directory` ran it."""
+    best = summary["best"][0]
+    found = sorted(Path(directory).glob(f"*/trial_{best['trial']}/checkpoint.weights.h5"))
+    if not found:
+        raise FileNotFoundError(f"no checkpoint of trial {best['trial']} under {directory}; workers on other "
+                                f"machines keep theirs in their own tuner folder")
+    head = head_from_hp(as_hp(best["hyperparameters"]), feature_dim)
+    head.load_weights(found[0])
+    return head
 
 
 def tuner_summary(tuner: kt.Tuner, top: int = 10) -> dict:

@@ -1,0 +1,104 @@
+"""Scaling out on localhost: a shared Keras Tuner search (chief + 2 workers) and `train` under
+MultiWorkerMirroredStrategy with two CPU workers. Each process is the real command line."""
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+
+TINY = ["--weights", "none", "--image-size", "64", "--views", "1"]
+
+
+def free_ports(n: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+def start(args, home, log, env_extra=None) -> subprocess.Popen:
+    env = {**os.environ, "PNEUMO_HOME": str(home), "TF_CPP_MIN_LOG_LEVEL": "2", **(env_extra or {})}
+    return subprocess.Popen([sys.executable, "-m", "pneumo_core", *map(str, args)], cwd=REPO, env=env,
+                            stdout=log.open("w"), stderr=subprocess.STDOUT, text=True)
+
+
+def finish(processes, timeout=400) -> list[int]:
+    try:
+        return [p.wait(timeout=timeout) for p in processes]
+    finally:
+        for p in processes:
+            if p.poll() is None:
+                p.kill()
+
+
+@pytest.mark.slow
+def test_chief_and_two_workers_share_one_search(tmp_path, synthetic_data):
+    (port,) = free_ports(1)
+    search, trials = tmp_path / "search", 6
+    common = ["--trials", trials, "--epochs", 3, "--directory", search, "--oracle", f"127.0.0.1:{port}"]
+    chief = start(["tune", "--distributed", "chief", *common], tmp_path / "home", tmp_path / "chief.log")
+    # The second worker joins through Keras Tuner's own environment variables instead of options.
+    workers = [start(["tune", "--data", synthetic_data, *TINY, "--distributed", "worker", "--tuner-id", "tuner0",
+                      *common], tmp_path / "home", tmp_path / "tuner0.log"),
+               start(["tune", "--data", synthetic_data, *TINY, "--trials", trials, "--epochs", 3,
+                      "--directory", search], tmp_path / "home", tmp_path / "tuner1.log",
+                     {"KERASTUNER_TUNER_ID": "tuner1", "KERASTUNER_ORACLE_IP": "127.0.0.1",
+                      "KERASTUNER_ORACLE_PORT": str(port)})]
+    codes = finish([*workers, chief])
+    logs = {name: (tmp_path / f"{name}.log").read_text() for name in ("chief", "tuner0", "tuner1")}
+    assert codes == [0, 0, 0], {k: v[-2000:] for k, v in logs.items()}
+
+    ran = [json.loads(logs[w].strip().splitlines()[-1])["trials_run_here"] for w in ("tuner0", "tuner1")]
+    assert all(ran) and not set(ran[0]) & set(ran[1])  # each worker ran some, none twice
+    summary = json.loads((search / "summary.json").read_text())
+    assert summary["trials_run"] == trials and sorted(ran[0] + ran[1]) == sorted(t["trial"] for t in summary["best"])
+
+    from pneumo_core.tuning import best_head
+    dim = 1280  # MobileNetV2's pooled features
+    head = best_head(search, summary, dim)
+    assert head.output_shape == (None, 1)
+    assert head.get_layer(index=1).units == summary["best"][0]["hyperparameters"]["units"]
+
+
+@pytest.mark.slow
+def test_train_under_multiworker_mirrored_strategy_on_two_cpu_workers(tmp_path, synthetic_data):
+    ports = free_ports(2)
+    cluster = {"worker": [f"localhost:{p}" for p in ports]}
+    args = ["train", "--data", synthetic_data, *TINY, "--trials", 2, "--epochs", 2, "--ensemble", 1,
+            "--fine-tune-epochs", 1, "--strategy", "multiworker"]
+    processes = [start(args, tmp_path / "home", tmp_path / f"worker{i}.log",
+                       {"TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})})
+                 for i in range(2)]
+    codes = finish(processes)
+    logs = [(tmp_path / f"worker{i}.log").read_text() for i in range(2)]
+    assert codes == [0, 0], [log[-2000:] for log in logs]
+    assert all("strategy: multiworker, 2 replicas in sync, 2 worker(s)" in log for log in logs)
+    assert "the chief registers the model" in logs[1]
+    (version,) = [d for d in (tmp_path / "home" / "models").iterdir() if not d.name.startswith(".")]
+    assert logs[0].strip().splitlines()[-1] == version.name
+    history = (version / "history.csv").read_text()
+    assert "fine-tune" in history
+
+
+def test_training_copy_in_mixed_precision_keeps_weights_and_a_float32_output():
+    import numpy as np
+
+    from pneumo_core.distribute import training_copy
+    from pneumo_core.model import assemble, build_classifier, build_embedder, build_head
+
+    backbone = build_embedder("mobilenet_v2", 32, None).get_layer("backbone")
+    model = assemble("mobilenet_v2", backbone, build_classifier(backbone.output_shape[1:], [build_head(1280)]))
+    copy = training_copy(model, mixed_precision=True)
+    assert copy.get_layer("backbone").layers[1].dtype_policy.name == "mixed_float16"
+    assert copy.get_layer("probability").dtype_policy.name == "float32"
+    assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), copy.get_weights()))
+    out = copy.predict_on_batch(np.full((2, 32, 32, 3), 128, np.float32))
+    assert out.dtype == np.float32 and out.shape == (2, 1)
