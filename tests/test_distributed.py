@@ -82,8 +82,11 @@ def test_train_under_multiworker_mirrored_strategy_on_two_cpu_workers(tmp_path, 
     assert codes == [0, 0], [log[-2000:] for log in logs]
     assert all("strategy: multiworker, 2 replicas in sync, 2 worker(s)" in log for log in logs)
     assert "the chief registers the model" in logs[1]
-    (version,) = [d for d in (tmp_path / "home" / "models").iterdir() if not d.name.startswith(".")]
-    assert logs[0].strip().splitlines()[-1] == version.name
+    from pneumo_core.registry import list_versions
+    models = tmp_path / "home" / "models"
+    (registered,) = list_versions(models)  # one version: the chief's
+    assert logs[0].strip().splitlines()[-1] == registered["id"]
+    version = models / registered["id"]
     history = (version / "history.csv").read_text()
     assert "fine-tune" in history
 
