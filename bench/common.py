@@ -12,6 +12,9 @@ sys.path.insert(0, str(REPO))
 SHARED = REPO.parent / "shared"
 SHARED_DATA = SHARED / "data" / "chest_xray"
 SHARED_WEIGHTS = SHARED / "weights" / "mobilenet_v2_1.0_224_imagenet_notop.weights.h5"
+CHROMIUM = "/usr/bin/chromium"  # Debian's; Playwright cannot download its own browsers here
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--no-first-run"]
 
 
 def report(name: str, value, unit: str = "", target: str = "") -> None:
@@ -28,3 +31,31 @@ def timed(fn, repeat: int) -> np.ndarray:
         fn()
         out.append(time.perf_counter() - start)
     return np.array(out)
+
+
+def save_chart(figure, stem: str, width: int = 1100, height: int = 560) -> list[Path]:
+    """Write a Plotly figure to docs/STEM.html (plotly.js from its CDN) and docs/STEM.png (for the README).
+
+    The PNG is a screenshot of a self-contained copy in headless Chromium (no kaleido needed); it is
+    skipped, with a note, where Chromium is missing.
+    """
+    import tempfile
+
+    docs = REPO / "docs"
+    written = [docs / f"{stem}.html"]
+    figure.write_html(written[0], include_plotlyjs="cdn")
+    if not Path(CHROMIUM).exists():
+        print(f"note: {CHROMIUM} not found; docs/{stem}.png not drawn", flush=True)
+        return written
+    from playwright.sync_api import sync_playwright
+    with tempfile.TemporaryDirectory() as tmp, sync_playwright() as playwright:
+        page_file = Path(tmp) / "chart.html"
+        figure.write_html(page_file, include_plotlyjs=True, full_html=True, default_width=width,
+                          default_height=height)
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        page = browser.new_page(viewport={"width": width + 20, "height": height + 20})
+        page.goto(page_file.as_uri())
+        page.locator(".main-svg").first.wait_for()
+        page.locator(".plotly-graph-div").screenshot(path=str(docs / f"{stem}.png"))
+        browser.close()
+    return [*written, docs / f"{stem}.png"]

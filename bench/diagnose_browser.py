@@ -1,6 +1,6 @@
 """Diagnose in a real browser: seconds from upload to the call on screen (warm model), and the
 dashboard's resident memory with one model loaded. Needs a trained model in PNEUMO_HOME."""
-from common import REPO, SHARED_DATA, report  # noqa: I001
+from common import CHROMIUM, CHROMIUM_FLAGS, REPO, SHARED_DATA, report  # noqa: I001
 
 import os
 import subprocess
@@ -12,8 +12,6 @@ from pathlib import Path
 from playwright.sync_api import sync_playwright
 
 PORT = 8597
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--no-first-run"]
 films = sorted((SHARED_DATA / "train" / "NORMAL").glob("*.jpeg"))[:6]
 server = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(PORT),
                            "--server.headless", "true"], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
@@ -25,7 +23,7 @@ try:
         except OSError:
             time.sleep(0.5)
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=FLAGS)
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
         page = browser.new_page()
         page.goto(f"http://127.0.0.1:{PORT}")
         page.get_by_text("Upload one or more frontal chest films").wait_for(timeout=120_000)

@@ -65,7 +65,8 @@ def fine_tune(model: keras.Model, train: pd.DataFrame, val: pd.DataFrame, config
     """Unfreeze the top fifth of the backbone (BatchNorm stays frozen) and train on images.
 
     A copy of the model trains under `strategy` (data-parallel), in mixed precision and with XLA if
-    the config asks; its weights are then copied back, so `model` stays a plain float32 model.
+    the config asks and there is a GPU; its weights are then copied back, so `model` stays a plain
+    float32 model.
     """
     backbone = model.get_layer("backbone")
     backbone.trainable = True
@@ -73,13 +74,17 @@ def fine_tune(model: keras.Model, train: pd.DataFrame, val: pd.DataFrame, config
     for i, layer in enumerate(backbone.layers):
         layer.trainable = i >= cut and not isinstance(layer, keras.layers.BatchNormalization)
     strategy = strategy or tf.distribute.get_strategy()
-    mixed = config.mixed_precision and gpu_count() > 0
+    gpus = gpu_count()
+    mixed, xla = config.mixed_precision and gpus > 0, config.xla and gpus > 0
     if config.mixed_precision and not mixed:
         print("note: no GPU found; mixed precision ignored (float16 is emulated, hence slower, on CPUs)", flush=True)
+    if config.xla and not xla:  # bench/fine_tune_step.py: 7 vs 91 img/s on a 2-core CPU
+        print("note: no GPU found; XLA ignored (it makes fine-tuning an order of magnitude slower on CPUs)",
+              flush=True)
     with strategy.scope():
         trainee = training_copy(model, mixed)
         trainee.compile(optimizer=optimizer(1e-5, mixed), loss="binary_crossentropy",
-                        metrics=[keras.metrics.AUC(name="auc")], jit_compile=config.xla)
+                        metrics=[keras.metrics.AUC(name="auc")], jit_compile=xla)
     size, norm = config.image_size, config.normalisation
     train_ds = image_batches(train.path, size, norm, config.augmentation, config.seed, 32,
                              labels=train.label, shuffle=True, repeat=True)
