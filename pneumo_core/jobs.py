@@ -344,7 +344,10 @@ class JobQueue:
         """Body of the runner process: run `train` for the job, follow its progress, record the outcome."""
         job = self._claim(job_id)
         caching_stages = int(job["params"].get("views", TrainConfig().augmented_views)) + 3
-        env = {**os.environ, "PNEUMO_HOME": str(self.settings.home), "PYTHONUNBUFFERED": "1"}
+        # TF_CPP_MIN_LOG_LEVEL 2: TensorFlow's start-up chatter (CPU features, no CUDA) stays out of the
+        # log a clinician's engineer reads; its errors still show. Set it in the environment to override.
+        env = {"TF_CPP_MIN_LOG_LEVEL": "2", **os.environ, "PNEUMO_HOME": str(self.settings.home),
+               "PYTHONUNBUFFERED": "1"}
         log_path = Path(job["log_path"])
         with open(log_path, "a", buffering=1) as log:
             log.write(f"job {job_id}: python -m pneumo_core train {' '.join(train_argv(job['params']))}\n")

@@ -207,3 +207,18 @@ def test_retrain_page_submits_shows_progress_and_promotes(home, synthetic_data, 
     assert (last["from"], last["to"], last["who"]) == (active, job["model_id"], "lead engineer")
     history = at.dataframe[-1].value
     assert list(history["job"]) == [1] and list(history["state"]) == ["succeeded"]
+
+
+def test_retrain_log_follows_the_newest_job(tmp_path, monkeypatch, synthetic_data):
+    monkeypatch.setenv("PNEUMO_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("PNEUMO_DATA", str(synthetic_data))
+    monkeypatch.setattr(JobQueue, "start_next", lambda self: None)   # jobs stay queued: no training here
+    queue = JobQueue(load_settings())
+    queue.submit({"data": str(synthetic_data)})
+    at = page("retrain").run()
+    log_of = lambda: next(s for s in at.selectbox if s.label == "Log of job").value  # noqa: E731
+    assert log_of() == 1
+    queue.submit({"data": str(synthetic_data)})
+    at.run()
+    assert not at.exception
+    assert log_of() == 2        # the new job, not the earlier choice kept by its widget key

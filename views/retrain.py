@@ -122,7 +122,8 @@ else:
                            "minutes": round(j["seconds"] / 60, 1) if j["seconds"] else None,
                            "model": j["model_id"], "problem": (j["error"] or "").split("\n")[0]} for j in jobs])
     st.dataframe(table, hide_index=True, width="stretch")
-    chosen = st.selectbox("Log of job", [j["id"] for j in jobs], key="log_job")
+    # Keyed by the newest job, so a new job resets the choice to it instead of keeping an older one.
+    chosen = st.selectbox("Log of job", [j["id"] for j in jobs], key=f"log_job_{jobs[0]['id']}")
     job = next(j for j in jobs if j["id"] == chosen)
     if job["error"]:
         st.error(job["error"])
