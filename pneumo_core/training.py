@@ -201,15 +201,16 @@ def train(config: TrainConfig, settings: Settings) -> str | None:
     model = assemble(config.backbone, backbone, classifier)
     if config.fine_tune_epochs > 0:
         history = pd.concat([history, fine_tune(model, train_set, val_set, config, weights_per_class, strategy)])
+    if not is_chief(strategy):  # the chief scores, evaluates and registers; the others only lent their replicas
+        print("done; the chief registers the model", flush=True)
+        return None
+    if config.fine_tune_epochs > 0:
         scorer = PneumoModel(model, {"image_size": config.image_size, "normalisation": config.normalisation,
                                      "threshold": 0.5})
         p_val, p_test = (scorer.predict_files(s.path) for s in (val_set, test_set))
     else:
         p_val, p_test = (_sigmoid(platt[0] * _ensemble_logit(heads, x) + platt[1]) for x in (x_val, x_test))
 
-    if not is_chief(strategy):  # the chief evaluates and registers; the other workers only lend their replicas
-        print("done; the chief registers the model", flush=True)
-        return None
     threshold = choose_threshold(y_val, p_val, config.min_sensitivity)
     ood = fit_ood(model, x_train[:len(train_set)], x_val, train_set, val_set, config)
     print("progress: evaluating 1/1 (100%)", flush=True)
