@@ -45,6 +45,25 @@ def is_chief(strategy: tf.distribute.Strategy) -> bool:
                                              and "chief" not in resolver.cluster_spec().jobs)
 
 
+def wait_for_every_worker(strategy: tf.distribute.Strategy) -> None:
+    """Block until every worker of a multi-worker cluster gets here (a one-number all-reduce); else return.
+
+    Workers that are done wait here for the chief to finish registering: one that exits earlier stops
+    its heartbeats, and the chief's coordination service then reports the cluster as crashed.
+    """
+    if not isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
+        return
+
+    def one():
+        return tf.constant(1.0)
+
+    @tf.function
+    def all_reduce():
+        return strategy.reduce("SUM", strategy.run(one), axis=None)
+
+    all_reduce()
+
+
 def gpu_count() -> int:
     return len(tf.config.list_physical_devices("GPU"))
 

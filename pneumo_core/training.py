@@ -23,7 +23,8 @@ import tensorflow as tf
 from . import __version__
 from .backbones import resolve_weights
 from .data import CLASSES, Dataset, class_weights, image_batches, load_dataset
-from .distribute import fit_replicated, gpu_count, is_chief, make_strategy, optimizer, training_copy
+from .distribute import (fit_replicated, gpu_count, is_chief, make_strategy, optimizer, training_copy,
+                         wait_for_every_worker)
 from .evaluation import THRESHOLD_RULE, choose_threshold, evaluate, fit_platt
 from .features import FeatureCache
 from .model import assemble, build_classifier, build_embedder, PneumoModel, scoring_model
@@ -202,7 +203,8 @@ def train(config: TrainConfig, settings: Settings) -> str | None:
     if config.fine_tune_epochs > 0:
         history = pd.concat([history, fine_tune(model, train_set, val_set, config, weights_per_class, strategy)])
     if not is_chief(strategy):  # the chief scores, evaluates and registers; the others only lent their replicas
-        print("done; the chief registers the model", flush=True)
+        print("done; waiting for the chief to register the model", flush=True)
+        wait_for_every_worker(strategy)
         return None
     if config.fine_tune_epochs > 0:
         scorer = PneumoModel(model, {"image_size": config.image_size, "normalisation": config.normalisation,
@@ -249,6 +251,7 @@ def train(config: TrainConfig, settings: Settings) -> str | None:
     print(f"saved {path} in {time.perf_counter() - start:.0f}s", flush=True)
     if active_version(settings.models_dir) != version_id:
         print(f"candidate: not active until promoted (python -m pneumo_core promote {version_id})", flush=True)
+    wait_for_every_worker(strategy)  # releases the other workers of a cluster (a no-op otherwise)
     print(version_id, flush=True)
     return version_id
 
