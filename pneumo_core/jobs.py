@@ -69,7 +69,6 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-
 def train_argv(params: dict) -> list[str]:
     """`train` command-line options from a job's parameters ({"fine_tune_epochs": 2} -> --fine-tune-epochs 2)."""
     argv = []

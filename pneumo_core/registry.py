@@ -180,7 +180,6 @@ def _set_active(models_dir: Path, version_id: str, current: str | None, action: 
     return entry
 
 
-
 def resolve(models_dir: Path, ref: str | None = None) -> Path:
     """A version folder from an id, a folder path, or None (the active version)."""
     if ref is None:
