@@ -2,7 +2,6 @@
 dashboard's resident memory with one model loaded. Needs a trained model in PNEUMO_HOME."""
 from common import CHROMIUM, CHROMIUM_FLAGS, REPO, SHARED_DATA, report  # noqa: I001
 
-import os
 import subprocess
 import sys
 import time

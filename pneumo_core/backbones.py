@@ -6,11 +6,13 @@ can never be fed with another backbone's scaling.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import keras
+
+from .errors import ConfigError, WeightsError
 
 
 @dataclass(frozen=True)
@@ -36,15 +38,11 @@ BACKBONES = {
 }
 
 
-class WeightsError(ValueError):
-    """Backbone weights cannot be had; the message says how to fix it."""
-
-
 def get_spec(name: str) -> BackboneSpec:
     try:
         return BACKBONES[name]
     except KeyError:
-        raise ValueError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}") from None
+        raise ConfigError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}") from None
 
 
 def resolve_weights(backbone: str, weights: str, weights_dir: Path) -> str | None:

@@ -17,6 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from .backbones import get_spec
+from .errors import ConfigError
 from .model import parts
 
 
@@ -136,7 +137,7 @@ def make_cam(model: keras.Model, method: str = "gradcam", layer: str | None = No
     try:
         return METHODS[method](model, layer)
     except KeyError:
-        raise ValueError(f"unknown CAM method {method!r}; choose one of {', '.join(METHODS)}") from None
+        raise ConfigError(f"unknown CAM method {method!r}; choose one of {', '.join(METHODS)}") from None
 
 
 def to_original_size(heatmap: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

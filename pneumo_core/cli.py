@@ -7,8 +7,10 @@ import json
 import sys
 from pathlib import Path
 
+from .errors import PneumoError
 from .preprocessing import NORMALISATIONS
 from .settings import STRATEGIES, TrainConfig, load_settings, os_user
+
 
 def _parser(settings) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pneumo_core", description=__doc__)
@@ -147,6 +149,7 @@ def cmd_tune(args, settings) -> int:
 
 def cmd_evaluate(args, settings) -> int:
     from .data import load_dataset
+    from .errors import DatasetError
     from .evaluation import evaluate
     model = _load(settings, args.model)
     split = model.metadata.get("data", {})
@@ -154,8 +157,7 @@ def cmd_evaluate(args, settings) -> int:
                            split.get("split_seed", 42), require_train=False)
     frame = dataset.split(args.split)
     if frame.empty:
-        print(f"error: the {args.split} split of {args.data} has no images", file=sys.stderr)
-        return 2
+        raise DatasetError(f"the {args.split} split of {args.data} has no images")
     result = evaluate(frame.label.to_numpy(), model.predict_files(frame.path), model.threshold)
     result = {"model": model.id, "split": args.split, "data": str(args.data), **result}
     if args.json:
@@ -170,7 +172,8 @@ def cmd_evaluate(args, settings) -> int:
 def cmd_predict(args, settings) -> int:
     from .audit import AuditTrail
     from .diagnosis import Diagnoser
-    from .io import ImageError, read_film
+    from .errors import ImageError
+    from .io import read_film
     diagnoser = Diagnoser(_load(settings, args.model))
     trail, who = AuditTrail(settings.audit_path), os_user()
     results, failed = [], False
@@ -197,6 +200,7 @@ def cmd_predict(args, settings) -> int:
 
 def cmd_cam(args, settings) -> int:
     import cv2
+
     from .cam import make_cam, overlay, to_original_size
     from .io import read_image
     model = _load(settings, args.model)
@@ -236,7 +240,7 @@ def cmd_jobs(args, settings) -> int:
     if args.job_command == "submit":
         job_id = queue.submit({k: getattr(args, k) for k in args.train_options}, args.who)
         unreadable = queue.get(job_id)["checks"]["unreadable"]
-        for path, why in unreadable.items():
+        for why in unreadable.values():
             print(f"warning: skipped, unreadable: {why}", file=sys.stderr)
         print(job_id)
         return 0
@@ -270,11 +274,9 @@ def cmd_jobs(args, settings) -> int:
 def main(argv=None) -> int:
     settings = load_settings()
     args = _parser(settings).parse_args(argv)
-    from .registry import RegistryError
     try:
         return globals()[f"cmd_{args.command}"](args, settings)
-    # User errors (bad data, file, weights, job or model name) are ValueErrors or RegistryErrors;
-    # catching the bases keeps TensorFlow out of commands that don't need it (`jobs`, `models`).
-    except (ValueError, RegistryError) as error:
+    # Only errors a user can act on become one line; anything else is a bug and keeps its traceback.
+    except PneumoError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from .augment import Augmentation
+from .errors import DatasetError
 from .io import ImageError, read_image
 from .preprocessing import prepare, resize, to_model_input
 
@@ -28,10 +29,6 @@ _PATIENT_PATTERNS = (
     re.compile(r"^(person\d+)_", re.IGNORECASE),                 # person123_bacteria_456
     re.compile(r"^((?:NORMAL2-)?IM-\d+)-", re.IGNORECASE),       # IM-0115-0001, NORMAL2-IM-1345-0001
 )
-
-
-class DatasetError(ValueError):
-    """The dataset folder cannot be used; the message says what is wrong and what is expected."""
 
 
 def patient_id(filename: str) -> str:

@@ -4,14 +4,15 @@ from __future__ import annotations
 import hashlib
 import threading
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import numpy as np
 
 from .cam import BaseCAM, make_cam, to_original_size
 from .io import FilmInfo
 from .model import PneumoModel
-from .ood import WARNING as OOD_WARNING, OODDetector, assess
+from .ood import WARNING as OOD_WARNING
+from .ood import OODDetector, assess
 
 NOTICE = "Decision support, not a diagnosis: a clinician must review every film."
 
@@ -44,7 +45,7 @@ class Diagnosis:
     method: str | None
     model_id: str
     sha256: str
-    when: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    when: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     ood_score: float | None = None   # 1.0 = the flag line; None: the model version has no OOD detector
     ood_flag: bool | None = None
     info: FilmInfo | None = None     # format, and for DICOM modality, view and study date

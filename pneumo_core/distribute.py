@@ -16,6 +16,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from .errors import ConfigError
 from .settings import STRATEGIES
 
 # Kept float32 under mixed precision: the last logit's scaling and the sigmoid (numerical stability).
@@ -25,7 +26,7 @@ FLOAT32_LAYERS = ("calibration", "probability")
 def make_strategy(name: str) -> tf.distribute.Strategy:
     """The `tf.distribute` strategy called `name`; create it before any other TensorFlow work."""
     if name not in STRATEGIES:
-        raise ValueError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
+        raise ConfigError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
     if name == "default":
         return tf.distribute.get_strategy()
     strategy = (tf.distribute.MirroredStrategy() if name == "mirrored"

@@ -25,6 +25,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .errors import ImageError
+
 ACCEPTED = "PNG, JPEG or DICOM"
 MIN_SIDE = 64
 # Decompression-bomb guard: a 43x43 cm detector at 0.1 mm is ~18 Mpx, so 50 Mpx leaves room
@@ -37,10 +39,6 @@ MAX_CHROMA = 12.0
 RADIOGRAPH_MODALITIES = {"CR", "DX", "DR", "RG", "OT", "SC", ""}
 CHEST_BODY_PARTS = {"", "CHEST", "THORAX", "LUNG", "PORT CHEST", "CHEST_LAT", "TORSO"}
 LATERAL_VIEWS = {"LL", "RL", "LAT", "LATERAL", "LLD", "RLD"}
-
-
-class ImageError(ValueError):
-    """A file that cannot be used as a chest X-ray; the message says why and what is accepted."""
 
 
 @dataclass(frozen=True)

@@ -23,9 +23,10 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
+from .errors import JobError
 from .registry import remove_partial
 from .settings import REPO_ROOT, Settings, TrainConfig, os_user
 
@@ -61,12 +62,8 @@ CREATE TABLE IF NOT EXISTS jobs (
 )"""
 
 
-class JobError(ValueError):
-    """A job cannot be submitted or found; the message says why."""
-
-
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(UTC).isoformat(timespec="seconds")
 
 
 def train_argv(params: dict) -> list[str]:
@@ -182,7 +179,7 @@ class JobQueue:
         job = dict(row)
         job["params"] = json.loads(job["params"])
         job["checks"] = json.loads(job["checks"]) if job["checks"] else None
-        end = datetime.fromisoformat(job["ended"]) if job["ended"] else datetime.now(timezone.utc)
+        end = datetime.fromisoformat(job["ended"]) if job["ended"] else datetime.now(UTC)
         job["seconds"] = (end - datetime.fromisoformat(job["started"])).total_seconds() if job["started"] else None
         return job
 

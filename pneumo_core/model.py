@@ -95,7 +95,7 @@ class PneumoModel:
         self._scorer, self._lock = None, threading.Lock()
 
     @classmethod
-    def load(cls, version_dir) -> "PneumoModel":
+    def load(cls, version_dir) -> PneumoModel:
         version_dir = Path(version_dir)
         metadata = json.loads((version_dir / "metadata.json").read_text())
         return cls(keras.saving.load_model(version_dir / "model.keras", compile=False), metadata, version_dir)

@@ -30,7 +30,7 @@ class OODDetector:
     fitted: dict              # what it was fitted and calibrated on, for the model card
 
     @classmethod
-    def fit(cls, train: np.ndarray, val: np.ndarray, quantile: float = QUANTILE) -> "OODDetector":
+    def fit(cls, train: np.ndarray, val: np.ndarray, quantile: float = QUANTILE) -> OODDetector:
         """Fit on training embeddings; put the flag line at the `quantile` of validation distances."""
         from sklearn.covariance import LedoitWolf
         estimator = LedoitWolf(assume_centered=False).fit(np.asarray(train, np.float64))
@@ -59,7 +59,7 @@ class OODDetector:
         Path(path).write_bytes(buffer.getvalue())
 
     @classmethod
-    def load(cls, version_dir: Path | None) -> "OODDetector | None":
+    def load(cls, version_dir: Path | None) -> OODDetector | None:
         """The detector saved with a model version, or None for versions made before it existed."""
         path = Path(version_dir) / OOD_FILE if version_dir else None
         if path is None or not path.is_file():

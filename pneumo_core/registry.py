@@ -15,23 +15,20 @@ import json
 import os
 import shutil
 import tempfile
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
 
+from .errors import RegistryError
 from .settings import os_user
 
 ACTIVE_FILE = "ACTIVE"
 LOG_FILE = "promotions.jsonl"
 
 
-class RegistryError(LookupError):
-    """No such model, or no model at all; the message says what to do."""
-
-
 def new_version_id(backbone: str, when: datetime | None = None) -> str:
-    when = when or datetime.now(timezone.utc)
+    when = when or datetime.now(UTC)
     return f"{when:%Y%m%d-%H%M%S}-{backbone}"
 
 
@@ -168,7 +165,7 @@ def promote(models_dir: Path, version_id: str, who: str | None = None) -> dict:
 
 
 def _set_active(models_dir: Path, version_id: str, current: str | None, action: str, who: str | None) -> dict:
-    entry = {"when": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    entry = {"when": datetime.now(UTC).isoformat(timespec="seconds"),
              "who": who or os_user() or "unknown",
              "action": action, "from": current, "to": version_id}
     # The log line goes first: an active model nobody can account for is worse than a logged no-op.

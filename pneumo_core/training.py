@@ -12,7 +12,7 @@ import platform
 import shutil
 import time
 from dataclasses import asdict, dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import keras
@@ -23,11 +23,18 @@ import tensorflow as tf
 from . import __version__
 from .backbones import resolve_weights
 from .data import CLASSES, Dataset, class_weights, image_batches, load_dataset
-from .distribute import (fit_replicated, gpu_count, is_chief, make_strategy, optimizer, training_copy,
-                         wait_for_every_worker)
+from .distribute import (
+    fit_replicated,
+    gpu_count,
+    is_chief,
+    make_strategy,
+    optimizer,
+    training_copy,
+    wait_for_every_worker,
+)
 from .evaluation import THRESHOLD_RULE, choose_threshold, evaluate, fit_platt
 from .features import FeatureCache
-from .model import assemble, build_classifier, build_embedder, PneumoModel, scoring_model
+from .model import PneumoModel, assemble, build_classifier, build_embedder, scoring_model
 from .ood import OODDetector
 from .progress import Progress
 from .registry import active_version, new_version_id, save_version
@@ -187,7 +194,7 @@ def train(config: TrainConfig, settings: Settings) -> str | None:
     x_train, y_train, x_val, y_val = features.x_train, features.y_train, features.x_val, features.y_val
     x_test, y_test, weights_per_class = features.x_test, features.y_test, features.class_weight
 
-    tuner_dir = settings.tuner_dir / f"run-{datetime.now(timezone.utc):%Y%m%d-%H%M%S-%f}-p{os.getpid()}"
+    tuner_dir = settings.tuner_dir / f"run-{datetime.now(UTC):%Y%m%d-%H%M%S-%f}-p{os.getpid()}"
     tuner = tune_head(*features.trial_vectors(config.seed), x_val, y_val, weights_per_class, tuner_dir,
                       config.trials, config.epochs, config.tuner, config.seed)
     summary = tuner_summary(tuner)
@@ -223,7 +230,7 @@ def train(config: TrainConfig, settings: Settings) -> str | None:
         for name, s, p in (("val", val_set, p_val), ("test", test_set, p_test))], ignore_index=True)
     version_id = new_version_id(config.backbone)
     metadata = {
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "backbone": config.backbone, "weights": Path(weights).name if weights and weights != "imagenet" else weights,
         "image_size": config.image_size, "normalisation": config.normalisation,
         "class_names": list(CLASSES), "threshold": threshold,

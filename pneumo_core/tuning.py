@@ -17,6 +17,7 @@ import numpy as np
 import tensorflow as tf
 from sklearn.metrics import roc_auc_score
 
+from .errors import ConfigError
 from .model import build_head
 from .progress import Progress
 
@@ -114,7 +115,7 @@ def _trial_counter(progress: Progress) -> keras.callbacks.Callback:
 def _make_tuner(feature_dim: int, directory: Path, trials: int, epochs: int, algorithm: str, seed: int,
                 project: str) -> kt.Tuner:
     if algorithm not in ALGORITHMS:
-        raise ValueError(f"unknown tuner {algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
+        raise ConfigError(f"unknown tuner {algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
     # overwrite=True is safe in a shared search too: each tuner (chief, workers) owns its project folder.
     common = dict(objective=kt.Objective("val_auc", "max"), seed=seed, directory=str(directory),
                   project_name=project, overwrite=True)
@@ -151,10 +152,10 @@ def join_search(role: str, oracle: str, tuner_id: str = "") -> str:
     """
     host, _, port = oracle.rpartition(":")
     if role not in ("chief", "worker") or not host or not port.isdigit():
-        raise ValueError(f"distributed tuning needs a role (chief or worker) and the oracle's HOST:PORT, "
+        raise ConfigError(f"distributed tuning needs a role (chief or worker) and the oracle's HOST:PORT, "
                          f"got {role!r} and {oracle!r}")
     if role == "worker" and "chief" in tuner_id:
-        raise ValueError(f"a worker's id must not contain 'chief' (got {tuner_id!r})")
+        raise ConfigError(f"a worker's id must not contain 'chief' (got {tuner_id!r})")
     tuner_id = "chief" if role == "chief" else tuner_id or f"tuner-{uuid.uuid4().hex[:8]}"
     os.environ.update(KERASTUNER_TUNER_ID=tuner_id, KERASTUNER_ORACLE_IP=host, KERASTUNER_ORACLE_PORT=port)
     return tuner_id

@@ -5,10 +5,10 @@ import shutil
 
 import numpy as np
 import pytest
+from conftest import REPO, synthetic_film
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from conftest import REPO, synthetic_film
 from pneumo_core import registry
 from pneumo_core.jobs import JobQueue
 from pneumo_core.settings import load_settings

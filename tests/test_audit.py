@@ -6,8 +6,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-
 from conftest import synthetic_film
+
 from pneumo_core.audit import COLUMNS, AuditTrail, to_csv
 from pneumo_core.diagnosis import Diagnosis
 

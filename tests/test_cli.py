@@ -4,7 +4,6 @@ import json
 import cv2
 import numpy as np
 import pytest
-
 from conftest import run_cli, synthetic_film
 
 pytestmark = pytest.mark.slow
@@ -57,6 +56,7 @@ def test_predict_json_scores_good_files_and_explains_bad_ones(trained_home, synt
 def test_predict_json_on_many_bad_files_scores_the_good_and_audits_only_them(trained_home, synthetic_data,
                                                                              tmp_path):
     import shutil
+
     from test_io import CASES
     home = tmp_path / "home"
     shutil.copytree(trained_home, home, ignore=shutil.ignore_patterns("audit.sqlite*"))  # a fresh trail

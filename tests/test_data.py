@@ -1,8 +1,8 @@
 import numpy as np
 import pandas as pd
 import pytest
-
 from conftest import make_dataset
+
 from pneumo_core.data import DatasetError, class_weights, load_dataset, patient_id, split_by_patient
 
 

@@ -7,9 +7,7 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import REPO
-
 
 TINY = ["--weights", "none", "--image-size", "64", "--views", "1"]
 

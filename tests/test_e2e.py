@@ -16,8 +16,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
-
 from conftest import REPO, SHARED_DATA, synthetic_film
+
 from pneumo_core import registry
 
 pytestmark = pytest.mark.slow

@@ -2,8 +2,15 @@ import numpy as np
 import pytest
 from sklearn import metrics as sk
 
-from pneumo_core.evaluation import (bootstrap_ci, calibration_curve, choose_threshold, evaluate,
-                                    expected_calibration_error, fit_platt, metrics_at)
+from pneumo_core.evaluation import (
+    bootstrap_ci,
+    calibration_curve,
+    choose_threshold,
+    evaluate,
+    expected_calibration_error,
+    fit_platt,
+    metrics_at,
+)
 
 
 @pytest.fixture

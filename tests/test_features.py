@@ -2,8 +2,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import make_dataset
+
 from pneumo_core.augment import Augmentation
 from pneumo_core.data import image_batches, load_dataset
 from pneumo_core.features import FeatureCache, cache_key

@@ -3,8 +3,8 @@ import json
 
 import numpy as np
 import pytest
-
 from conftest import SHARED_DATA, SHARED_WEIGHTS, make_dataset, run_cli
+
 from pneumo_core.cam import make_cam
 from pneumo_core.data import load_dataset
 from pneumo_core.model import PneumoModel

@@ -12,8 +12,14 @@ from PIL import Image
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.sequence import Sequence
-from pydicom.uid import (JPEG2000Lossless, ExplicitVRLittleEndian, ImplicitVRLittleEndian, MPEG2MPML, RLELossless,
-                         generate_uid)
+from pydicom.uid import (
+    MPEG2MPML,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    RLELossless,
+    generate_uid,
+)
 
 from pneumo_core.io import ACCEPTED, ImageError, read_film, read_image
 

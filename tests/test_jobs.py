@@ -6,11 +6,11 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import make_dataset, run_cli
+
 from pneumo_core import registry
 from pneumo_core.data import check_dataset, load_dataset
-from pneumo_core.jobs import JobError, JobQueue, _PROGRESS, _alive, overall_percent, params_from_model, train_argv
+from pneumo_core.jobs import _PROGRESS, JobError, JobQueue, _alive, overall_percent, params_from_model, train_argv
 from pneumo_core.settings import load_settings
 
 TINY = {"weights": "none", "image_size": 64, "trials": 2, "epochs": 2, "views": 1, "ensemble": 1}

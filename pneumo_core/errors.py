@@ -1,0 +1,40 @@
+"""One family of errors: what a user can act on.
+
+Every error the library raises on purpose for a user's input, file, data, model or role is a
+`PneumoError`; its message says what was wrong and what is accepted. The command line turns a
+`PneumoError` into one line on stderr with exit code 2; any other exception is a bug and keeps
+its traceback. (Modelled on keras-tuner's `errors.py`.)
+"""
+from __future__ import annotations
+
+
+class PneumoError(Exception):
+    """Base of every error Pneumo raises for a user to act on."""
+
+
+class ConfigError(PneumoError, ValueError):
+    """An unknown option value (backbone, tuner, CAM method, strategy, normalisation) or setting."""
+
+
+class ImageError(PneumoError, ValueError):
+    """A file that cannot be used as a chest film; the message names the file, the problem and what is accepted."""
+
+
+class DatasetError(PneumoError, ValueError):
+    """A dataset folder that cannot be trained or evaluated on."""
+
+
+class WeightsError(PneumoError, ValueError):
+    """Backbone weights that cannot be found or loaded."""
+
+
+class RegistryError(PneumoError, LookupError):
+    """No such model, no model at all, or a registry change that is refused; the message says what to do."""
+
+
+class JobError(PneumoError, ValueError):
+    """A job that cannot be submitted, found, cancelled or run."""
+
+
+class PermissionDenied(PneumoError, PermissionError):
+    """The acting user's role does not allow the action."""
