@@ -146,3 +146,56 @@ def diagnose_and_record(version_path: str, data: bytes, name: str, method: str =
         audit_trail().record(d, source="dashboard", who=current_user())
         recorded.add(key)
     return gray, d
+
+
+# --- Diagnose and Heatmaps: film identity, the call's strength, faithfulness -------------------------------
+
+def film_key(d) -> str:
+    """A film's identity on the pages: its content hash (two films both named image.jpeg stay two films)."""
+    return d.sha256[:16]
+
+
+def open_new_films(keys: list[str], state_key: str = "open_film") -> None:
+    """A new upload opens itself: the first of `keys` (in worklist order) not shown before in this session.
+
+    Call before the widget keyed `state_key` is drawn.
+    """
+    seen = st.session_state.setdefault("_films_seen", set())
+    new = [k for k in keys if k not in seen]
+    if new:
+        st.session_state[state_key] = new[0]
+    seen.update(keys)
+
+
+def open_clicked_row(table_key: str = "worklist", order_key: str = "_worklist_keys",
+                     state_key: str = "open_film") -> None:
+    """Callback of the worklist table: open the film of the clicked row."""
+    rows = st.session_state[table_key].selection.rows
+    if rows:
+        st.session_state[state_key] = st.session_state[order_key][rows[0]]
+
+
+def strength_scale(position: float, words: str) -> None:
+    """The call's strength on a scale: the threshold in the middle, far below at the left, far above at the right."""
+    left = max(0.0, min(100.0, 100 * position))
+    st.html(f"""<div style="margin:0.2rem 0 0.6rem 0" aria-label="strength of the call: {words}">
+<div style="position:relative;height:14px;border-radius:7px;
+ background:linear-gradient(90deg,#2d6a4f 0%,#a7c957 40%,#f2e8cf 50%,#f4a259 60%,#bc4749 100%)">
+<div style="position:absolute;left:50%;top:-3px;height:20px;border-left:2px dashed #333"></div>
+<div style="position:absolute;left:calc({left:.1f}% - 7px);top:-4px;width:14px;height:22px;border-radius:3px;
+ background:#111;border:2px solid #fff"></div></div>
+<div style="display:flex;justify-content:space-between;font-size:0.8rem;color:#555;flex-wrap:wrap">
+<span>well below</span><span>threshold</span><span>well above</span></div></div>""")
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def faithfulness(version_path: str, data: bytes, name: str, method: str = "gradcam"):
+    """The deletion curve of the film's stored heatmap (cached like `diagnosis`)."""
+    gray, d = diagnosis(version_path, data, name, method)
+    return diagnoser_for(version_path).faithfulness(gray, d.heatmap, method)
+
+
+def figures_that_apply(version_path: str):
+    """The TrackRecord of a version (site figures where measured, else internal, labelled)."""
+    from pneumo_core.track_record import track_record
+    return track_record(version_path)

@@ -8,8 +8,13 @@ Why not `model.get_layer(conv).output` on the full model: the backbone is a nest
 layer's symbolic output inside it belongs to the backbone's own graph, so a model built from the
 outer input to it fails with "Graph disconnected". Instead we build a two-output model inside
 the backbone's graph (conv activations, backbone output) and run the outer pieces around it.
+
+`BaseCAM.deletion_curve` measures how faithful a heatmap is (the score as its hottest pixels are
+removed). Drawing, restricting to the chest and storing heatmaps is `heatmap.py`'s (no TensorFlow).
 """
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import cv2
 import keras
@@ -18,7 +23,22 @@ import tensorflow as tf
 
 from .backbones import get_spec
 from .errors import ConfigError
+from .heatmap import overlay, to_original_size  # noqa: F401  (drawing lives in heatmap.py, without TensorFlow)
 from .model import parts
+
+
+@dataclass(frozen=True)
+class DeletionCurve:
+    """Probability of PNEUMONIA as a growing share of pixels is removed, hottest first and at random.
+
+    `area` and `random_area` are the mean probability over the curve (0..1): the smaller `area` is
+    than `random_area`, the more the heatmap shows what the score depends on.
+    """
+    fractions: np.ndarray
+    probabilities: np.ndarray
+    random_probabilities: np.ndarray
+    area: float
+    random_area: float
 
 
 class BaseCAM:
@@ -81,13 +101,50 @@ class BaseCAM:
                          for m in maps]).clip(0, 1)
         return maps, probability, embeddings
 
+    def deletion_curve(self, image: np.ndarray, heatmap: np.ndarray, steps: int = 10,
+                       up_to: float = 0.5, seed: int = 0) -> DeletionCurve:
+        """How fast the probability of PNEUMONIA falls as the hottest pixels are removed (a faithfulness check).
+
+        Removed pixels are replaced by a heavily blurred copy of the film (a flat grey would be a new,
+        unnatural feature). The same removal in random order is the baseline: a heatmap that points
+        at what the score depends on falls faster (smaller area) than random order.
+
+        Args:
+            image: one model input (S, S, 3), as `PneumoModel.inputs` makes it.
+            heatmap: (S, S) map, uint8 or [0, 1]; ties (e.g. the zeros outside the chest) in random order.
+            steps: points on the curve after the first; up_to: largest share of pixels removed.
+        Returns:
+            A DeletionCurve (fractions, probabilities along the heatmap's order and random order, areas).
+        """
+        image = np.asarray(image, np.float32)
+        size = image.shape[0]
+        rng = np.random.default_rng(seed)
+        values = np.asarray(heatmap, np.float32).reshape(-1)
+        if values.size != size * size:
+            values = cv2.resize(np.asarray(heatmap, np.float32), (size, size)).reshape(-1)
+        jitter = rng.random(values.size)
+        orders = [np.lexsort((jitter, -values)), rng.permutation(values.size)]
+        blurred = cv2.GaussianBlur(image, (0, 0), sigmaX=size / 16).reshape(-1, 3)
+        fractions = np.linspace(0.0, up_to, steps + 1)
+        batch = []
+        for order in orders:
+            for fraction in fractions:
+                flat = image.reshape(-1, 3).copy()
+                removed = order[: int(round(fraction * values.size))]
+                flat[removed] = blurred[removed]
+                batch.append(flat.reshape(image.shape))
+        probability = 1.0 / (1.0 + np.exp(-self.target_score(np.stack(batch), 1.0)))
+        heat, random = probability[: len(fractions)], probability[len(fractions):]
+        area = lambda p: float(np.trapezoid(p, fractions) / up_to)  # noqa: E731
+        return DeletionCurve(fractions, heat, random, area(heat), area(random))
+
     def __call__(self, images: np.ndarray, target: int = 1) -> np.ndarray:
         """Maps in [0, 1] at input resolution, (N, S, S), explaining PNEUMONIA (target 1) or NORMAL (0)."""
         return self.explain(images, target)[0]
 
 
 class GradCAM(BaseCAM):
-    """Selvaraju et al. 2017: channel weight = spatial mean of the gradient."""
+    """Selvaraju et al. 2017: channel weight = spatial mean of the gradient. The default method."""
     name = "gradcam"
 
     def channel_weights(self, images, activations, gradients, signs):
@@ -138,15 +195,3 @@ def make_cam(model: keras.Model, method: str = "gradcam", layer: str | None = No
         return METHODS[method](model, layer)
     except KeyError:
         raise ConfigError(f"unknown CAM method {method!r}; choose one of {', '.join(METHODS)}") from None
-
-
-def to_original_size(heatmap: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Stretch a square map back over the original film (the model saw the whole film squashed)."""
-    return cv2.resize(heatmap, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR).clip(0, 1)
-
-
-def overlay(gray: np.ndarray, heatmap: np.ndarray, alpha: float = 0.4) -> np.ndarray:
-    """RGB uint8 film with the heatmap (same size, [0, 1]) blended on top in the JET colour map."""
-    colour = cv2.cvtColor(cv2.applyColorMap(np.uint8(255 * heatmap), cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
-    film = cv2.cvtColor(gray, cv2.COLOR_GRAY2RGB)
-    return cv2.addWeighted(colour, float(alpha), film, 1 - float(alpha), 0)

@@ -10,8 +10,10 @@ photo; DICOM without pixel data, with a compression no installed decoder reads, 
 that is not a radiograph, of a body part that is not the chest, or a lateral view. Everything
 else that merely looks unusual is scored and left to the out-of-distribution warning (`ood.py`).
 
-Patient privacy: of a DICOM header only modality, view position and study date leave this
-module (`FilmInfo`); body part is checked here and dropped. pydicom is kept from logging or
+Patient privacy: of a DICOM header only modality, view position, study date and the study's
+identifiers (accession number, Study Instance UID: what matches a report to its study in the
+PACS, never a patient's name or id) leave this module (`FilmInfo`); body part is checked here
+and dropped. pydicom is kept from logging or
 warning header values (`_pydicom`).
 """
 from __future__ import annotations
@@ -43,11 +45,14 @@ LATERAL_VIEWS = {"LL", "RL", "LAT", "LATERAL", "LLD", "RLD"}
 
 @dataclass(frozen=True)
 class FilmInfo:
-    """What may be shown about a film's source: format, and for DICOM modality, view and study date."""
+    """What may be shown about a film's source: format, and for DICOM modality, view, study date and
+    the study's identifiers (accession number, Study Instance UID; no patient identifiers)."""
     format: str
     modality: str | None = None
     view_position: str | None = None
     study_date: str | None = None
+    accession_number: str | None = None
+    study_instance_uid: str | None = None
 
     def summary(self) -> str:
         """One line for the screen, e.g. 'DICOM · DX · PA · 2024-03-01'."""
@@ -224,7 +229,8 @@ def read_dicom(data: bytes, name: str = "image") -> Film:
         if _dicom_text(ds, "PhotometricInterpretation") == "MONOCHROME1":  # low is white: invert
             gray = 255 - gray
     info = FilmInfo("DICOM", _dicom_text(ds, "Modality") or None, _dicom_text(ds, "ViewPosition") or None,
-                    _study_date(ds))
+                    _study_date(ds), str(ds.get("AccessionNumber", "") or "").strip() or None,
+                    str(ds.get("StudyInstanceUID", "") or "").strip() or None)
     return Film(np.ascontiguousarray(gray), info)
 
 

@@ -1,86 +1,150 @@
-"""Diagnose: upload films -> call, probability, certainty, heatmap, report."""
+"""Diagnose: upload films -> worklist -> one film's call, its strength, heatmap and report."""
 import pandas as pd
 import streamlit as st
 
 import ui
-from pneumo_core.cam import METHODS, overlay
-from pneumo_core.diagnosis import NOTICE
+from pneumo_core import diagnosis as dx
+from pneumo_core.heatmap import colour_bar, display_name, for_display, overlay
 from pneumo_core.io import ACCEPTED, ImageError
-from pneumo_core.registry import read_json
-from pneumo_core.report import report_bytes, report_page
+from pneumo_core.report import report_filename, report_pdf, study_reference, track_record_lines
 
 st.title("Diagnose")
-st.caption(NOTICE)
-diagnoser = ui.diagnoser()
+st.caption(dx.NOTICE)
+# Cold start: TensorFlow and the model take ~6 s to load; say so instead of a blank page.
+with st.spinner("Loading the model (first start of the server: about 10 s)…"):
+    diagnoser = ui.diagnoser()
 model = diagnoser.model
-test_metrics = read_json(model.path, "metrics.json").get("test")
+version_path = str(model.path)
 
 # Any file type: DICOM often has no extension, and a wrong file deserves a message, not a silent refusal.
 uploads = st.file_uploader(f"Chest X-rays ({ACCEPTED}), one or many", accept_multiple_files=True)
-left, right = st.columns(2)
-method = left.selectbox("Heatmap method", list(METHODS), format_func=lambda m: {
-    "gradcam": "Grad-CAM", "gradcam++": "Grad-CAM++", "scorecam": "Score-CAM (slower)"}[m])
-alpha = right.slider("Heatmap opacity", 0.0, 1.0, 0.4, 0.05)
 if not uploads:
     st.info(f"Upload one or more frontal chest films. Model {model.id} calls PNEUMONIA at probability "
-            f"≥ {model.threshold:.3f}.")
+            f"≥ {dx.format_probability(model.threshold)}.")
     st.stop()
 
-
-results, failures = [], []
+films, failures, copies = {}, [], []
 bar = st.progress(0.0, text="Scoring…")
 for i, upload in enumerate(uploads):
     try:
-        results.append(ui.diagnose_and_record(str(model.path), upload.getvalue(), upload.name, method))
+        gray, d = ui.diagnose_and_record(version_path, upload.getvalue(), upload.name)
     except ImageError as error:
         failures.append(str(error))
+    else:
+        key = ui.film_key(d)
+        if key in films:  # identity is the content: the same film twice is one film
+            copies.append(f"{upload.name} (file {i + 1}) is the same film as {films[key][1].name}.")
+        else:
+            films[key] = (gray, d, i + 1, upload.getvalue())
     bar.progress((i + 1) / len(uploads), text=f"Scored {i + 1} of {len(uploads)}")
 bar.empty()
 if failures:
     st.markdown(f"**{len(failures)} of {len(uploads)} files could not be scored**"
-                + (f"; the other {len(results)} were." if results else "."))
+                + (f"; the other {len(uploads) - len(failures)} were." if films else "."))
 for message in failures:
     st.error(message)
-if not results:
+for message in copies:
+    st.info(message)
+if not films:
     st.stop()
+order = [list(films)[i] for i in dx.worklist_order([film[1] for film in films.values()])]
+ui.open_new_films(order)
 
-results.sort(key=lambda r: r[1].probability, reverse=True)
-if len(results) > 1:
-    st.subheader("Worklist")
-    table = pd.DataFrame([{"film": ui.thumbnail_uri(g), "file": d.name, "call": d.label,
-                           "probability": d.probability, "certainty": d.certainty.split(":")[0],
-                           "caution": "unlike the training films" if d.ood_flag else ""}
-                          for g, d in results])
-    st.dataframe(table, hide_index=True, width="stretch", column_config={
-        "film": st.column_config.ImageColumn("film", width="small"),
-        "probability": st.column_config.ProgressColumn("probability", min_value=0.0, max_value=1.0, format="%.3f")})
-    chosen = st.selectbox("Show film", [d.name for _, d in results])
-    gray, d = next(r for r in results if r[1].name == chosen)
-else:
-    gray, d = results[0]
 
-st.subheader(d.name)
-call, probability, sure = st.columns(3)
-call.metric("Call", d.label)
-probability.metric("Probability of pneumonia", f"{d.probability:.3f}", f"threshold {d.threshold:.3f}",
-                   delta_color="off")
-sure.metric("Certainty", d.certainty.split(":")[0])
-if d.certainty.startswith("borderline"):
-    st.warning(d.certainty.capitalize() + ".")
-for caution in d.warnings:  # shown with the call, never instead of it
-    st.warning(caution, icon=":material/warning:")
-st.caption(("Out-of-distribution check unavailable for this model version" if d.ood_score is None else
-            f"Out-of-distribution score {d.ood_score:.2f} (flagged above 1.00)")
-           + (f" · {d.info.summary()}" if d.info else ""))
-film, heat = st.columns(2)
-film.image(gray, caption="Film", width=440, clamp=True)
-heat.image(overlay(gray, d.heatmap, alpha), caption=f"{method}: evidence for the {d.label} call (red = strongest)",
-           width=440)
-st.caption(f"Model {d.model_id} · {d.when}" + (
-    f" · test-set sensitivity {test_metrics['sensitivity']:.3f}, specificity {test_metrics['specificity']:.3f}"
-    if test_metrics else ""))
-page = report_page(gray, d, test_metrics, alpha)
-png, pdf = st.columns(2)
-stem = d.name.rsplit(".", 1)[0]
-png.download_button("Download report (PNG)", report_bytes(page, "PNG"), f"{stem}-report.png", "image/png")
-pdf.download_button("Download report (PDF)", report_bytes(page, "PDF"), f"{stem}-report.pdf", "application/pdf")
+@st.fragment
+def film_view(key: str) -> None:
+    """One film: reruns alone when its opacity, outline or heatmap choice changes."""
+    gray, d, position, data = films[key]
+    st.subheader(f"File {position}: {d.name}")
+    identity = [d.info.summary()] if d.info else []
+    identity += [f"{k}: {v}" for k, v in study_reference(d) if k != "Reference"]
+    st.caption(" · ".join(identity + [f"SHA-256 {d.sha256[:16]}…"]))
+    reference = None
+    if not (d.info and (d.info.accession_number or d.info.study_instance_uid)):
+        reference = st.text_input("Study reference for the report (optional)", key=f"reference_{key}",
+                                  placeholder="e.g. the accession number from the request")
+
+    colour = "red" if d.label == "PNEUMONIA" else "green"
+    st.markdown(f"#### Call: :{colour}[{d.label}]")
+    probability, sure = st.columns(2)
+    probability.metric("Probability of pneumonia", d.probability_text,
+                       f"{d.strength} ({dx.format_probability(d.threshold)})", delta_color="off",
+                       delta_arrow="up" if d.probability >= d.threshold else "down")
+    sure.metric("Certainty", d.certainty_word)
+    ui.strength_scale(dx.scale_position(d.probability, d.threshold), d.strength)
+    if d.certainty_word in ("borderline", "not assessable"):
+        st.warning(d.certainty[0].upper() + d.certainty[1:] + ".", icon=":material/priority_high:")
+    for caution in d.warnings:  # shown with the call, never instead of it
+        st.warning(caution, icon=":material/warning:")
+    st.caption("Out-of-distribution check unavailable for this model version" if d.ood_score is None else
+                f"Out-of-distribution score {d.ood_score:.2f} (flagged above 1.00)")
+
+    shown = d.shows_heatmap or st.checkbox("Show the heatmap for this NORMAL call", key=f"heat_{key}",
+                                           help="Drawn without asking for PNEUMONIA and borderline calls only: "
+                                                "on a NORMAL film the weakest evidence is easily read as a lesion.")
+    opacity, outline = st.columns(2)
+    alpha = opacity.slider("Heatmap opacity", 0.0, 1.0, 0.4, 0.05, key="opacity")
+    outline_only = outline.toggle("Outline of the strongest evidence only", key="outline_only")
+    small = for_display(gray)
+    left, right = st.columns(2)
+    left.image(small, caption="Film", width="stretch", clamp=True)
+    if shown:
+        right.image(overlay(small, d.heatmap, alpha, outline_only), width="stretch",
+                    caption=f"{display_name(d.method)}: evidence for pneumonia, inside the chest only")
+        if not outline_only:
+            right.image(colour_bar(), width="stretch")
+            right.caption("Blue: no evidence · red: the strongest evidence for pneumonia on this film.")
+    else:
+        right.caption("Heatmap not drawn for a NORMAL call (tick the box above to see it).")
+    with st.expander("Compare heatmap methods"):
+        st.caption("Grad-CAM is the default; the others often disagree with it. The Heatmaps page measures "
+                   "how faithful each one is (deletion curve).")
+        if st.checkbox("Compute Grad-CAM++ and Score-CAM (Score-CAM: about a second per film)", key=f"cmp_{key}"):
+            for column, method in zip(st.columns(2), ("gradcam++", "scorecam")):
+                _, other = ui.diagnose_and_record(version_path, data, d.name, method)
+                column.image(overlay(small, other.heatmap, alpha, outline_only), width="stretch",
+                             caption=display_name(method))
+
+    record = ui.figures_that_apply(version_path)
+    for line in [f"Model {d.model_id} · scored {dx.local_time(d.when)}"] + track_record_lines(record):
+        st.caption(line)
+    with st.container(key="diagnose-ready"):  # the browser tests wait for this: the film is fully drawn
+        st.download_button(
+            "Download report (PDF)", lambda: report_pdf(gray, d, record, reference, shown, alpha, outline_only),
+            report_filename(d, reference), "application/pdf", on_click="ignore", icon=":material/description:")
+    st.caption("The report carries the study's identifiers (never the file name) and a line for the reader's "
+               "name and signature.")
+
+
+@st.fragment
+def worklist() -> None:
+    """The worklist and the open film: a row click or a film switch reruns this part only."""
+    if len(order) > 1:
+        st.subheader("Worklist")
+        st.caption("Check first (not assessable or borderline), then urgent (PNEUMONIA), then routine (NORMAL); "
+                   "highest probability first within each. Click a row to open its film.")
+        st.session_state["_worklist_keys"] = order
+        rows = []
+        for k in order:
+            gray, d, position, _ = films[k]
+            rows.append({"priority": d.priority, "film": ui.thumbnail_uri(gray), "file": f"{position}: {d.name}",
+                         "call": d.label, "probability": d.probability_text, "certainty": d.certainty_word,
+                         "caution": "unlike the training films" if d.ood_flag else ""})
+        st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", key="worklist",
+                     on_select=ui.open_clicked_row, selection_mode="single-row", column_config={
+                         "priority": st.column_config.TextColumn("priority", help=" · ".join(
+                             f"{k}: {v}" for k, v in dx.PRIORITY_MEANING.items())),
+                         "film": st.column_config.ImageColumn("film", width="small"),
+                         "caution": st.column_config.TextColumn("caution", width="large")})
+        if st.session_state.get("open_film") not in order:
+            st.session_state["open_film"] = order[0]
+        st.selectbox("Open film", order, key="open_film",
+                     format_func=lambda k: f"{films[k][2]}: {films[k][1].name} · {films[k][1].label} "
+                                           f"{films[k][1].probability_text} · SHA-256 {k[:8]}")
+        key = st.session_state["open_film"]
+    else:
+        key = order[0]
+    film_view(key)
+
+
+worklist()

@@ -1,56 +1,94 @@
-"""Heatmaps: compare CAM methods, two model versions, or several films side by side."""
+"""Heatmaps: compare CAM methods, two model versions, or several films, each with its faithfulness."""
 from pathlib import Path
 
+import pandas as pd
 import streamlit as st
 
 import ui
-from pneumo_core.cam import METHODS, overlay
+from pneumo_core.diagnosis import truth_and_call
+from pneumo_core.heatmap import NAMES, colour_bar, display_name, for_display, overlay
 from pneumo_core.io import ImageError
 
 st.title("Heatmaps")
-st.caption("Every panel uses the same colour scale (0 = blue … 1 = red, relative to the strongest "
-           "evidence in that panel) and the same opacity.")
+st.caption("Evidence for pneumonia inside the chest (the film's outline, above the diaphragm), whatever the call. "
+           "Every panel uses the same colours (blue = none … red = the strongest evidence in that panel) and the "
+           "same opacity. Under each: the deletion curve, how fast the probability falls as the hottest pixels are "
+           "removed; a heatmap that shows what the score depends on falls faster than random removal.")
 if ui.version_picker("Model version", key="heatmap_model") is None:
     st.stop()
 version = st.session_state["heatmap_model"]
+versions = [v["id"] for v in ui.versions()]
+threshold = next(v["threshold"] for v in ui.versions() if v["id"] == version)
 predictions = ui.test_predictions(version)
 
 source = st.radio("Films", ["From the test split", "Upload"], horizontal=True)
 if source == "Upload":
     uploads = st.file_uploader("Chest X-rays", accept_multiple_files=True)
-    films = [(upload.name, upload.getvalue()) for upload in uploads or []]
+    films = [(f"{i + 1}: {u.name}", u.getvalue(), None) for i, u in enumerate(uploads or [])]
 else:
-    labels = {r.path: f"{Path(r.path).name} ({'PNEUMONIA' if r.label else 'NORMAL'}, p={r.probability:.2f})"
+    labels = {r.path: f"{Path(r.path).name} ({truth_and_call(r.label, r.probability, threshold)})"
               for r in predictions.itertuples()}
     picked = st.multiselect("Test-split films", list(labels), default=list(labels)[:1], format_func=labels.get,
                             max_selections=6)
-    films = [(Path(p).name, Path(p).read_bytes()) for p in picked]
+    films = [(Path(p).name, Path(p).read_bytes(), int(predictions.set_index("path").loc[p, "label"])) for p in picked]
 if not films:
     st.info("Choose at least one film.")
     st.stop()
 
 mode = st.radio("Compare", ["CAM methods", "Two model versions", "Several films"], horizontal=True)
-alpha = st.slider("Opacity (all panels)", 0.0, 1.0, 0.45, 0.05)
 if mode == "CAM methods":
-    panels = [(method, version, *films[0]) for method in METHODS]
+    rows = [[(method, version, film) for method in NAMES] for film in films]
 elif mode == "Two model versions":
+    if len(versions) < 2:
+        st.info(f"Only one model version exists ({version}): there is no second version to compare with. "
+                "Train another on the Retrain page.")
+        st.stop()
     other = ui.version_picker("Compare with", key="heatmap_other", index_of_active=False)
-    method = st.selectbox("Method", list(METHODS))
-    panels = [(method, v, *films[0]) for v in dict.fromkeys([version, other])]
+    if other == version:
+        st.info("Pick a different version to compare with.")
+        st.stop()
+    method = st.selectbox("Method", list(NAMES), format_func=display_name)
+    rows = [[(method, v, film) for v in (version, other)] for film in films]
 else:
-    method = st.selectbox("Method", list(METHODS))
-    panels = [(method, version, name, data) for name, data in films]
+    method = st.selectbox("Method", list(NAMES), format_func=display_name)
+    rows = [[(method, version, film) for film in films[i:i + 3]] for i in range(0, len(films), 3)]
 
-for column, (method, v, name, data) in zip(st.columns(len(panels)), panels):
-    with column:
-        try:
-            with st.spinner(f"{method}…"):
-                gray, d = ui.diagnose_and_record(str(ui.version_dir(v)), data, name, method)
-        except ImageError as error:
-            st.error(str(error))
-            continue
-        st.image(overlay(gray, d.heatmap, alpha), width="stretch")
-        st.markdown(f"**{method}** · {v}  \n{name}  \n**{d.label}**, p = {d.probability:.3f} "
-                    f"(threshold {d.threshold:.3f})")
-        for caution in d.warnings:
-            st.warning(caution)
+
+@st.fragment
+def panels() -> None:
+    """The heatmaps: moving the opacity or the outline toggle reruns this part only."""
+    opacity, outline = st.columns(2)
+    alpha = opacity.slider("Opacity (all panels)", 0.0, 1.0, 0.45, 0.05)
+    outline_only = outline.toggle("Outline of the strongest evidence only")
+    if not outline_only:
+        st.image(colour_bar(), width="stretch", caption="no evidence → strongest evidence for pneumonia")
+    for row in rows:
+        for column, (method, v, (name, data, truth)) in zip(st.columns(len(row)), row):
+            with column:
+                try:
+                    with st.spinner(f"{display_name(method)}…"):
+                        path = str(ui.version_dir(v))
+                        gray, d = ui.diagnose_and_record(path, data, name, method)
+                        curve = ui.faithfulness(path, data, name, method)
+                except ImageError as error:
+                    st.error(str(error))
+                    continue
+                st.image(overlay(for_display(gray), d.heatmap, alpha, outline_only), width="stretch")
+                st.markdown(f"**{display_name(method)}** · {v}  \n{name}  \n"
+                            f"{truth_and_call(truth, d.probability, d.threshold)} (threshold "
+                            f"{d.threshold:.2f})")
+                st.line_chart(pd.DataFrame({"hottest first": curve.probabilities,
+                                            "random order": curve.random_probabilities},
+                                           index=pd.Index(curve.fractions, name="share of pixels removed")),
+                              height=140, y_label="p(pneumonia)")
+                st.caption(f"Deletion area {curve.area:.2f} (random order {curve.random_area:.2f}): "
+                           + ("falls faster than random, the heatmap points at what the score uses."
+                              if curve.area < curve.random_area else
+                              "no faster than random: do not read this heatmap as the reason for the score.")
+                           + (" The probability is already low, so removing evidence can hardly lower it."
+                              if d.probability < 0.1 else ""))
+                for caution in d.warnings:
+                    st.warning(caution)
+
+
+panels()
