@@ -1,8 +1,10 @@
 import keras
 import numpy as np
 import pytest
+from helpers import chest_film
 
 from pneumo_core.cam import METHODS, make_cam, overlay, to_original_size
+from pneumo_core.heatmap import as_float, chest_mask, colour_bar, display_name, restrict, to_uint8, top_region
 from pneumo_core.model import assemble, build_classifier, build_embedder, build_head
 from pneumo_core.preprocessing import prepare
 
@@ -93,3 +95,74 @@ def test_with_a_threshold_each_film_explains_its_own_call(spot_model):
     for threshold, target in ((0.0, 1), (1.1, 0)):  # called PNEUMONIA, then called NORMAL
         maps, _ = cam.explain(x, threshold=threshold)
         np.testing.assert_array_equal(maps, cam(x, target=target))
+
+
+@pytest.mark.parametrize("diaphragm", [0.45, 0.55, 0.7])
+def test_chest_mask_keeps_the_lungs_and_drops_outside_the_body_and_below_the_diaphragm(diaphragm):
+    film = chest_film((260, 200), diaphragm=diaphragm)
+    size = 64
+    mask = chest_mask(film, size)
+    assert mask.shape == (size, size) and set(np.unique(mask)) <= {0.0, 1.0}
+    rows = np.arange(size) / size
+    for cx in (0.33, 0.67):  # the centre of each lung is kept
+        assert mask[int((diaphragm - 0.2) * size), int(cx * size)] == 1
+    assert mask[:4, :4].sum() == 0 and mask[:4, -4:].sum() == 0          # air outside the body, top corners
+    assert mask[rows > diaphragm + 0.1].sum() == 0                         # nothing under the diaphragm
+    assert mask[(rows > 0.1) & (rows < diaphragm - 0.05), size // 2].all()  # the mediastinum between the lungs
+
+
+def test_a_film_filling_the_frame_keeps_its_width_and_still_gets_a_lower_cutoff():
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:200, 0:160] / np.array([200, 160])[:, None, None]
+    film = np.full((200, 160), 180.0) + rng.normal(0, 4, (200, 160))
+    for cx in (0.3, 0.7):  # lungs down to 60 % of the height, no background air
+        film[(((xx - cx) / 0.13) ** 2 + ((yy - 0.35) / 0.25) ** 2) <= 1] = 60
+    mask = chest_mask(film.clip(0, 255).astype(np.uint8), 50)
+    assert mask[:25].all(axis=1).sum() >= 20          # whole rows kept in the upper chest
+    assert mask[int(0.75 * 50):].sum() == 0           # the abdomen is cut
+
+
+def test_heatmaps_are_restricted_rescaled_and_stored_as_uint8():
+    heat = np.zeros((64, 64), np.float32)
+    heat[10, 10], heat[60, 60] = 0.3, 1.0              # the strongest 'evidence' is in the abdomen
+    mask = np.zeros((64, 64), np.float32)
+    mask[:40] = 1
+    kept = restrict(heat, mask)
+    assert kept[60, 60] == 0 and kept[10, 10] == pytest.approx(1.0)  # peak inside the chest is 1
+    stored = to_uint8(kept)
+    assert stored.dtype == np.uint8 and stored.max() == 255 and stored.nbytes == 64 * 64
+    assert np.abs(as_float(stored) - kept).max() <= 1 / 255
+    assert restrict(heat, np.zeros_like(mask)).max() == 0           # nothing inside: nothing drawn
+
+
+def test_overlay_stretches_a_stored_map_over_the_film_and_can_draw_the_top_region_outline_only():
+    gray = np.full((120, 90), 100, np.uint8)
+    stored = np.zeros((32, 32), np.uint8)
+    stored[8:16, 8:16] = 255
+    colours = overlay(gray, stored, alpha=0.5)
+    assert colours.shape == (120, 90, 3) and colours[45, 30, 0] > colours[45, 30, 2]   # hot is red
+    outline = overlay(gray, stored, outline_only=True)
+    changed = np.any(outline != 100, axis=2)
+    assert 0 < changed.mean() < 0.2                      # a thin contour, not a colour wash
+    assert not changed[45, 30]                           # the inside of the region keeps the film
+    assert top_region(stored)[10, 10] and not top_region(stored)[0, 0]
+    assert np.array_equal(overlay(gray, None), np.repeat(gray[:, :, None], 3, axis=2))
+
+
+def test_colour_bar_runs_from_blue_to_red_and_methods_have_display_names():
+    bar = colour_bar(100, 5)
+    assert bar.shape == (5, 100, 3) and bar[0, 0, 2] > bar[0, 0, 0] and bar[0, -1, 0] > bar[0, -1, 2]
+    assert [display_name(m) for m in METHODS] == ["Grad-CAM", "Grad-CAM++", "Score-CAM"]
+
+
+def test_deletion_curve_falls_faster_along_a_faithful_heatmap_than_at_random(spot_model):
+    gray = film_with_spot()
+    x = prepare(gray, SIZE, "none")[None]
+    cam = make_cam(spot_model, "gradcam", layer="bright")
+    curve = cam.deletion_curve(x[0], cam(x)[0], steps=8, up_to=0.5)
+    assert curve.fractions[0] == 0 and curve.fractions[-1] == pytest.approx(0.5) and len(curve.fractions) == 9
+    assert curve.probabilities[0] == pytest.approx(float(np.asarray(spot_model(x))[0, 0]), abs=1e-4)
+    assert curve.probabilities[-1] < curve.probabilities[0]
+    assert curve.area < curve.random_area
+    flat = cam.deletion_curve(x[0], np.zeros((SIZE, SIZE), np.float32), steps=8)  # no information: random order
+    assert flat.area == pytest.approx(flat.random_area, abs=0.15)
