@@ -1,9 +1,13 @@
 """Pneumo dashboard: `streamlit run app.py` (or `make run`)."""
+from pathlib import Path
+
 import streamlit as st
 
 import ui
 
-st.set_page_config(page_title="Pneumo", page_icon=":material/pulmonology:", layout="wide")
+# A local favicon: an icon name would make the browser fetch it from a font server (fails offline).
+st.set_page_config(page_title="Pneumo", page_icon=str(Path(__file__).parent / "static" / "favicon.png"),
+                   layout="wide")
 
 pages = st.navigation([
     st.Page("views/diagnose.py", title="Diagnose", icon=":material/stethoscope:", default=True),

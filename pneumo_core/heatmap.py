@@ -11,9 +11,11 @@ way the model saw it:
    (the body fills the frame, as in most paediatric exports) keeps the whole frame.
 2. Lower cutoff (the diaphragm): the lung fields are the dark pixels inside that outline (a
    second Otsu threshold, inside the body only, away from its blurred edge), counted over the
-   central columns (flank air at the edges is left out). The cutoff is the row above which 97 % of them lie, plus a margin of
-   4 % of the height, kept between 45 % and 92 % of the height (an anatomical prior: a frontal
-   paediatric film never has its diaphragm above the upper 45 % or at the very bottom).
+   central columns (flank air at the edges is left out). The cutoff is the row above which 97 %
+   of them lie, plus a margin of 4 % of the height, kept between 45 % and 92 % of the height (an
+   anatomical prior: a frontal paediatric film never has its diaphragm above the upper 45 % or
+   at the very bottom). Checked by eye on 12 random training films (cut at or just below the
+   domes) and by tests on synthetic films with the diaphragm at 45, 55 and 70 %.
 
 Everything outside the outline or below the cutoff is set to zero and the rest is rescaled so
 that its strongest point is 1: the colours compare evidence inside the chest only.

@@ -125,6 +125,6 @@ else:
     # Keyed by the newest job, so a new job resets the choice to it instead of keeping an older one.
     chosen = st.selectbox("Log of job", [j["id"] for j in jobs], key=f"log_job_{jobs[0]['id']}")
     job = next(j for j in jobs if j["id"] == chosen)
-    if job["error"]:
-        st.error(job["error"])
+    if job["error"]:  # a cancel is the user's own choice, not a failure
+        (st.info if job["state"] == "cancelled" else st.error)(job["error"])
     st.code("\n".join(queue.log_tail(chosen, 40)) or "(no output)", language=None)
