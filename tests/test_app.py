@@ -1,4 +1,5 @@
 """Dashboard pages under Streamlit's AppTest, with a small model trained on synthetic films."""
+import hashlib
 import io
 import json
 import shutil
@@ -6,10 +7,12 @@ import shutil
 import numpy as np
 import pytest
 from conftest import REPO, synthetic_film
+from helpers import chest_film, dicom_film, png_bytes
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from pneumo_core import registry
+from pneumo_core.access import Actor
 from pneumo_core.jobs import JobQueue
 from pneumo_core.settings import load_settings
 
@@ -18,7 +21,9 @@ PAGES = ["diagnose", "heatmaps", "metrics", "models"]
 
 
 def page(name: str) -> AppTest:
-    return AppTest.from_file(str(REPO / "views" / f"{name}.py"), default_timeout=60)
+    at = AppTest.from_file(str(REPO / "views" / f"{name}.py"), default_timeout=120)
+    at.session_state["actor"] = Actor("test", "admin")   # who is signed in (the sign-in pages read this key)
+    return at
 
 
 def png(label: int, seed: int, shape=(90, 120)) -> bytes:
@@ -51,19 +56,48 @@ def test_first_run_state_shows_how_to_train(name, tmp_path, monkeypatch):
     assert any("pneumo_core train" in c.value for c in at.code)
 
 
-def test_upload_yields_a_call_a_heatmap_and_reports(home):
+def shown_text(at) -> str:
+    """Every text the page shows (markdown, captions, metrics, alerts, table cells but thumbnails)."""
+    parts = [e.value for kind in ("markdown", "caption", "info", "warning", "error", "subheader")
+             for e in at.get(kind)]
+    parts += [f"{m.label} {m.value} {m.proto.delta}" for m in at.metric]
+    parts += [frame.value.drop(columns=["film"], errors="ignore").to_csv() for frame in at.dataframe]
+    return "\n".join(map(str, parts))
+
+
+def film_keys(at) -> dict:
+    """{label: film key} of the 'Open film' box (a film's key is its content hash, shown at the label's end)."""
+    box = next(s for s in at.selectbox if s.label == "Open film")
+    return {label: label.rsplit("SHA-256 ", 1)[1] for label in box.options}
+
+
+def open_film(at, name_part: str):
+    """Open the film whose worklist label contains `name_part` (the 'Open film' box)."""
+    key = next(k for label, k in film_keys(at).items() if name_part in label)
+    next(s for s in at.selectbox if s.label == "Open film").set_value(key).run()
+
+
+def test_upload_yields_a_call_its_strength_a_heatmap_and_a_report(home):
     at = page("diagnose").run()
     at.file_uploader[0].set_value([("film.png", png(1, 0), "image/png")])
     at.run()
     assert not at.exception
-    metrics = {m.label: m.value for m in at.metric}
-    assert metrics["Call"] in ("NORMAL", "PNEUMONIA")
-    assert 0.0 <= float(metrics["Probability of pneumonia"]) <= 1.0
-    assert len(at.get("image")) == 2  # the film and its heatmap overlay
-    assert [b.label for b in at.get("download_button")] == ["Download report (PNG)", "Download report (PDF)"]
+    call = next(m.value for m in at.markdown if m.value.startswith("#### Call:"))
+    assert "PNEUMONIA" in call or "NORMAL" in call
+    metrics = {m.label: m for m in at.metric}
+    probability = metrics["Probability of pneumonia"]
+    assert probability.value in ("< 0.01", "> 0.99") or 0.01 <= float(probability.value) <= 0.99
+    assert "the threshold" in probability.proto.delta          # 'well above the threshold (0.50)' and the like
+    above = "above" in probability.proto.delta
+    assert ("PNEUMONIA" in call) == above                     # the badge agrees with the call
+    assert metrics["Certainty"].value in ("clear", "probable", "borderline", "not assessable")
+    assert "1.000" not in shown_text(at)
+    assert len(at.get("image")) >= 1
+    assert [b.label for b in at.get("download_button")] == ["Download report (PDF)"]
+    assert any("not validated at this site" in c.value for c in at.caption)   # figures name their data
 
 
-def test_many_files_make_a_worklist_and_bad_files_get_their_own_message(home):
+def test_many_files_make_a_triaged_worklist_and_bad_files_get_their_own_message(home):
     from test_io import CASES
     bad = {"broken.png": "damaged", "empty.jpg": "the file is empty", "scan.pdf": "PDF document",
            "holiday.jpg": "colour photo", "cine.dcm": "multi-frame DICOM", "side.dcm": "lateral view",
@@ -83,14 +117,48 @@ def test_many_files_make_a_worklist_and_bad_files_get_their_own_message(home):
         assert sum(e.value.startswith(name + ": ") and message in e.value for e in at.error) == 1, name
     assert any("8 of 11 files could not be scored" in m.value for m in at.markdown)
     table = at.dataframe[0].value
-    assert list(table["file"]) and set(table["file"]) == {"a.png", "b.png", "c.dcm"}
-    assert table["probability"].is_monotonic_decreasing  # highest probability first
-    at.selectbox[1].set_value("c.dcm").run()
+    assert {f.split(": ", 1)[1] for f in table["file"]} == {"a.png", "b.png", "c.dcm"}
+    ranks = [["check", "urgent", "routine"].index(p) for p in table["priority"]]
+    assert ranks == sorted(ranks)                            # check, then urgent, then routine
+    open_film(at, "c.dcm")
     assert any("DICOM · DX · PA · 2024-03-01" in c.value for c in at.caption)
-    assert not any("Doe" in c.value for c in at.caption)
+    assert "Doe" not in shown_text(at)
 
 
-def test_a_film_unlike_the_training_data_keeps_its_call_and_gets_the_warning(home):
+def test_two_different_films_with_the_same_name_are_both_reachable_and_a_new_upload_opens_itself(home):
+    first, second, third = png(0, 11), png(1, 12), png(1, 13)
+    at = page("diagnose").run()
+    at.file_uploader[0].set_value([("image.jpeg", first, "image/png"), ("image.jpeg", second, "image/png")]).run()
+    assert not at.exception
+    assert len(at.dataframe[0].value) == 2
+    keys = list(film_keys(at).values())
+    assert len(keys) == 2
+    seen = set()
+    for key in keys:
+        next(s for s in at.selectbox if s.label == "Open film").set_value(key).run()
+        identity = next(c.value for c in at.caption if "SHA-256" in c.value)
+        seen.add(identity.split("SHA-256 ")[1][:16])
+    assert seen == {hashlib.sha256(f).hexdigest()[:16] for f in (first, second)}   # each opens its own film
+    at.file_uploader[0].set_value([("image.jpeg", first, "image/png"), ("image.jpeg", second, "image/png"),
+                                   ("image.jpeg", third, "image/png")]).run()
+    identity = next(c.value for c in at.caption if "SHA-256" in c.value)
+    assert hashlib.sha256(third).hexdigest()[:16] in identity                      # the new film is open
+
+
+def test_a_dicom_film_shows_its_study_identifiers_and_png_gets_a_typed_reference(home):
+    at = page("diagnose").run()
+    at.file_uploader[0].set_value([("1.dcm", dicom_film(chest_film((200, 160))), "application/dicom")]).run()
+    assert not at.exception
+    identity = next(c.value for c in at.caption if "SHA-256" in c.value)
+    assert "Accession number: ACC-2024-0042" in identity and "Study Instance UID: 1.2.826.0.1.3680043.2.1125.1" \
+        in identity
+    assert not [t for t in at.text_input if t.label.startswith("Study reference")]   # DICOM has its own
+    assert "Doe" not in shown_text(at)
+    at.file_uploader[0].set_value([("x.png", png_bytes(chest_film((200, 160))), "image/png")]).run()
+    assert [t for t in at.text_input if t.label.startswith("Study reference")]
+
+
+def test_a_film_unlike_the_training_data_keeps_its_call_but_is_not_assessable_and_pinned_to_the_top(home):
     from pneumo_core.ood import OOD_FILE, WARNING, OODDetector
     for version in (home / "models").iterdir():
         if (version / OOD_FILE).is_file():  # move the flag line so that every film is flagged
@@ -100,9 +168,13 @@ def test_a_film_unlike_the_training_data_keeps_its_call_and_gets_the_warning(hom
     at = page("diagnose").run()
     at.file_uploader[0].set_value([("a.png", png(0, 1), "image/png"), ("b.png", png(1, 2), "image/png")]).run()
     assert not at.exception
-    assert {m.label for m in at.metric} >= {"Call", "Probability of pneumonia"}  # the call is still there
+    assert any(m.value.startswith("#### Call:") for m in at.markdown)     # the call is still there
+    assert {m.label: m.value for m in at.metric}["Certainty"] == "not assessable"
     assert any(WARNING in w.value for w in at.warning)
-    assert set(at.dataframe[0].value["caution"]) == {"unlike the training films"}
+    assert any(w.value.startswith("Not assessable: ") for w in at.warning)
+    table = at.dataframe[0].value
+    assert set(table["caution"]) == {"unlike the training films"}
+    assert set(table["priority"]) == {"check"} and set(table["certainty"]) == {"not assessable"}
 
 
 def test_audit_page_lists_each_diagnosis_once_and_exports_csv(home):
@@ -151,11 +223,27 @@ def test_version_comparison_draws_both_roc_curves(home):
     assert sum("AUC" in n for n in names) == 2 and any("@ 0.200" in n for n in names)
 
 
-def test_heatmaps_compare_the_three_methods(home):
+def test_heatmaps_compare_the_three_methods_on_several_films_with_their_faithfulness(home):
     at = page("heatmaps").run()
     assert not at.exception
-    assert len(at.get("image")) == 3
-    assert sum("p = " in m.value for m in at.markdown) == 3
+    panels = [m.value for m in at.markdown if "p = " in m.value or "p < " in m.value or "p > " in m.value]
+    assert [p.split("**")[1] for p in panels] == ["Grad-CAM", "Grad-CAM++", "Score-CAM"]
+    assert all("truth: " in p and ", call: " in p for p in panels)
+    assert sum(c.value.startswith("Deletion area") for c in at.caption) == 3
+    assert len(at.get("image")) == 4                         # the colour bar and three panels
+    paths = list(registry.test_predictions(registry.resolve(home / "models", None))["path"])
+    at.multiselect[0].select(paths[1]).run()
+    assert not at.exception
+    assert len(at.get("image")) == 7                         # two films x three methods, and the colour bar
+
+
+def test_heatmaps_with_one_model_version_say_there_is_nothing_to_compare(trained_home, tmp_path, monkeypatch):
+    shutil.copytree(trained_home, tmp_path / "home", ignore=shutil.ignore_patterns("audit.sqlite*"))
+    monkeypatch.setenv("PNEUMO_HOME", str(tmp_path / "home"))
+    at = page("heatmaps").run()
+    at.radio[1].set_value("Two model versions").run()
+    assert not at.exception
+    assert any("Only one model version exists" in i.value for i in at.info)
 
 
 def test_rollback_is_one_click_and_recorded(home):

@@ -140,7 +140,7 @@ def worklist() -> None:
             st.session_state["open_film"] = order[0]
         st.selectbox("Open film", order, key="open_film",
                      format_func=lambda k: f"{films[k][2]}: {films[k][1].name} · {films[k][1].label} "
-                                           f"{films[k][1].probability_text} · SHA-256 {k[:8]}")
+                                           f"{films[k][1].probability_text} · SHA-256 {k}")
         key = st.session_state["open_film"]
     else:
         key = order[0]
