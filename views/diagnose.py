@@ -4,7 +4,7 @@ import streamlit as st
 
 import ui
 from pneumo_core import diagnosis as dx
-from pneumo_core.heatmap import colour_bar, display_name, for_display, overlay
+from pneumo_core.heatmap import colour_bar, display_name, overlay
 from pneumo_core.io import ACCEPTED, ImageError
 from pneumo_core.report import report_filename, report_pdf, study_reference, track_record_lines
 
@@ -85,11 +85,11 @@ def film_view(key: str) -> None:
     opacity, outline = st.columns(2)
     alpha = opacity.slider("Heatmap opacity", 0.0, 1.0, 0.4, 0.05, key="opacity")
     outline_only = outline.toggle("Outline of the strongest evidence only", key="outline_only")
-    small = for_display(gray)
+    small = ui.display_film(key, gray)
     left, right = st.columns(2)
-    left.image(small, caption="Film", width="stretch", clamp=True)
+    left.image(ui.film_jpeg(key, gray), caption="Film", width="stretch")
     if shown:
-        right.image(overlay(small, d.heatmap, alpha, outline_only), width="stretch",
+        right.image(ui.jpeg(overlay(small, d.heatmap, alpha, outline_only)), width="stretch",
                     caption=f"{display_name(d.method)}: evidence for pneumonia, inside the chest only")
         if not outline_only:
             right.image(colour_bar(), width="stretch")
@@ -102,7 +102,7 @@ def film_view(key: str) -> None:
         if st.checkbox("Compute Grad-CAM++ and Score-CAM (Score-CAM: about a second per film)", key=f"cmp_{key}"):
             for column, method in zip(st.columns(2), ("gradcam++", "scorecam")):
                 _, other = ui.diagnose_and_record(version_path, data, d.name, method)
-                column.image(overlay(small, other.heatmap, alpha, outline_only), width="stretch",
+                column.image(ui.jpeg(overlay(small, other.heatmap, alpha, outline_only)), width="stretch",
                              caption=display_name(method))
 
     record = ui.figures_that_apply(version_path)
@@ -127,7 +127,7 @@ def worklist() -> None:
         rows = []
         for k in order:
             gray, d, position, _ = films[k]
-            rows.append({"priority": d.priority, "film": ui.thumbnail_uri(gray), "file": f"{position}: {d.name}",
+            rows.append({"priority": d.priority, "film": ui.film_thumbnail(k, gray), "file": f"{position}: {d.name}",
                          "call": d.label, "probability": d.probability_text, "certainty": d.certainty_word,
                          "caution": "unlike the training films" if d.ood_flag else ""})
         st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", key="worklist",
