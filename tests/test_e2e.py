@@ -15,6 +15,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pypdf
 import pytest
 from conftest import REPO, SHARED_DATA, synthetic_film
 
@@ -98,6 +99,34 @@ def _film(tmp_path: Path) -> Path:
     return path
 
 
+def _png(label: int, seed: int) -> bytes:
+    return cv2.imencode(".png", synthetic_film(label, np.random.default_rng(seed), (300, 360)))[1].tobytes()
+
+
+def _idle(page, timeout: int = 120_000) -> None:
+    """Wait until no script or fragment run is in progress (Streamlit's own marker on the app)."""
+    page.wait_for_function("() => document.querySelector('.stApp')?.getAttribute('data-test-script-state') "
+                           "=== 'notRunning'", timeout=timeout)
+
+
+def _diagnosed(page) -> None:
+    """Wait for the film view's last element (the report button) and the end of the run."""
+    page.locator(".st-key-diagnose-ready button").wait_for(timeout=120_000)
+    _idle(page)
+    page.wait_for_function("() => Array.from(document.images).every(i => i.complete)", timeout=60_000)
+
+
+def _upload(page, server, files) -> None:
+    page.goto(server)
+    page.get_by_text("Upload one or more frontal chest films").wait_for(timeout=120_000)
+    page.locator("input[type=file]").set_input_files(files)
+    _diagnosed(page)
+
+
+def _open_title(page) -> str:
+    return page.locator("h3", has_text="File ").first.inner_text()
+
+
 def _confusion_labels(page) -> list:
     return page.evaluate("""() => Array.from(document.querySelectorAll('.js-plotly-plot'))
         .map(p => p.data && p.data[0] && p.data[0].text).filter(t => t && String(t).includes('true negative'))""")
@@ -113,19 +142,79 @@ def test_a_deep_link_on_a_fresh_server_gets_the_apps_navigation(server, browser_
     assert {"Diagnose", "Retrain"} <= set(titles) and "app" not in titles
 
 
-def test_upload_gives_a_call_and_a_heatmap(server, browser_page, shots, tmp_path):
+def test_upload_gives_a_call_its_strength_and_a_heatmap_with_a_local_favicon(server, browser_page, shots, tmp_path):
     page = browser_page
     page.goto(server)
     page.get_by_text("Upload one or more frontal chest films").wait_for(timeout=120_000)
+    icons = page.evaluate("() => Array.from(document.querySelectorAll('link[rel*=icon]')).map(l => l.href)")
+    assert icons and all(href.startswith(server) for href in icons)       # nothing fetched from the internet
     page.locator("input[type=file]").set_input_files(str(_film(tmp_path)))
-    page.get_by_text("Probability of pneumonia").wait_for(timeout=120_000)
-    call = page.locator("[data-testid=stMetricValue]").first.inner_text()
-    assert call in ("NORMAL", "PNEUMONIA")
-    images = page.locator("[data-testid=stImage] img")
-    images.nth(1).wait_for(timeout=30_000)
-    assert images.count() == 2 and page.get_by_text("evidence for the").is_visible()
-    page.wait_for_timeout(500)
+    _diagnosed(page)
+    call = page.locator("h4", has_text="Call:").inner_text()
+    assert call in ("Call: NORMAL", "Call: PNEUMONIA")
+    assert page.get_by_text("the threshold (").first.is_visible()          # 'well above the threshold (0.50)'
+    body = page.locator("body").inner_text()
+    assert "1.000" not in body and "not validated at this site" in body
+    assert page.locator("[data-testid=stImage] img").count() >= 1
     page.screenshot(path=str(shots / "diagnose.png"), full_page=True)
+
+
+def test_the_pdf_report_is_text_on_a4_without_the_file_name(server, browser_page, tmp_path):
+    page = browser_page
+    _upload(page, server, {"name": "secret-name.png", "mimeType": "image/png", "buffer": _png(1, 5)})
+    page.get_by_label("Study reference for the report (optional)").fill("REQ-4711")
+    page.keyboard.press("Enter")
+    page.get_by_text("On the report as: Reference REQ-4711").wait_for(timeout=60_000)
+    _diagnosed(page)
+    with page.expect_download(timeout=60_000) as download:
+        page.get_by_role("button", name=re.compile("Download report")).click()
+    assert download.value.suggested_filename == "pneumo-report-REQ-4711.pdf"
+    path = tmp_path / "report.pdf"
+    download.value.save_as(path)
+    reader = pypdf.PdfReader(path)
+    box = reader.pages[0].mediabox
+    assert (round(float(box.width)), round(float(box.height))) == (595, 842)   # A4
+    text = reader.pages[0].extract_text()
+    assert "Call: " in text and "REQ-4711" in text and "Read by" in text and "secret-name" not in text
+
+
+def test_two_films_with_the_same_name_are_both_reachable_by_clicking_their_rows(server, browser_page):
+    page = browser_page
+    _upload(page, server, [{"name": "image.jpeg", "mimeType": "image/png", "buffer": _png(label, 20 + label)}
+                           for label in (0, 1)])
+    identity = page.locator("[data-testid=stCaptionContainer]", has_text="SHA-256").first
+    first = identity.inner_text()
+    grid = page.locator("[data-testid=stDataFrame]")
+    changed = "(old) => Array.from(document.querySelectorAll('[data-testid=stCaptionContainer]'))" \
+              ".some(e => e.innerText.includes('SHA-256') && e.innerText !== old)"
+    grid.click(position={"x": 15, "y": 35 + 35 * 1 + 17})   # the second row's selection box (rows are 35 px)
+    page.wait_for_function(changed, arg=first, timeout=60_000)
+    _diagnosed(page)
+    second = identity.inner_text()
+    grid.click(position={"x": 15, "y": 35 + 17})            # back to the first row
+    page.wait_for_function(changed, arg=second, timeout=60_000)
+    _diagnosed(page)
+    assert identity.inner_text() == first and first != second   # two films, each opened by its own row
+    assert _open_title(page) in ("File 1: image.jpeg", "File 2: image.jpeg")
+
+
+def test_at_1024_px_nothing_overflows_and_the_call_is_whole(server, browser_page):
+    page = browser_page.context.browser.new_page(viewport={"width": 1024, "height": 900})
+    try:
+        _upload(page, server, [{"name": f"film{i}.png", "mimeType": "image/png", "buffer": _png(i % 2, 30 + i)}
+                               for i in range(3)])
+        widths = page.evaluate("() => [document.documentElement.scrollWidth, window.innerWidth]")
+        assert widths[0] <= widths[1], widths
+        call = page.locator("h4", has_text="Call:")
+        assert call.evaluate("e => e.scrollWidth <= e.clientWidth")
+        assert call.inner_text().endswith(("NORMAL", "PNEUMONIA"))
+        for value in page.locator("[data-testid=stMetricValue]").all():   # probability and certainty in full
+            assert value.evaluate("e => e.scrollWidth <= e.clientWidth + 1"), value.inner_text()
+        for image in page.locator("[data-testid=stImage] img").all():
+            box = image.bounding_box()
+            assert box["x"] + box["width"] <= 1024
+    finally:
+        page.close()
 
 
 def test_threshold_slider_changes_the_matrix(server, browser_page, shots):
@@ -149,12 +238,14 @@ def test_threshold_slider_changes_the_matrix(server, browser_page, shots):
 
 def test_every_page_renders(server, browser_page, shots):
     page = browser_page
-    for path, marker, images in (("heatmaps", "Compare", 3), ("models", "Model card", 0), ("retrain", "Past jobs", 0)):
+    for path, marker, images in (("heatmaps", "Compare", 4), ("models", "Model card", 0), ("retrain", "Past jobs", 0)):
         page.goto(f"{server}/{path}")
         page.get_by_text(marker).first.wait_for(timeout=120_000)
-        if images:  # one panel per CAM method, Score-CAM last and slowest
+        if images:  # the colour bar and one panel per CAM method, Score-CAM last and slowest
             page.locator("[data-testid=stImage] img").nth(images - 1).wait_for(timeout=120_000)
-        page.wait_for_timeout(1500)
+            page.get_by_text("Deletion area").nth(2).wait_for(timeout=120_000)
+        _idle(page)
+        page.wait_for_function("() => Array.from(document.images).every(i => i.complete)", timeout=60_000)
         assert not page.locator("[data-testid=stException]").count()
         page.screenshot(path=str(shots / f"{path}.png"), full_page=True)
         assert (shots / f"{path}.png").stat().st_size > 10_000
@@ -173,7 +264,7 @@ def test_retrain_runs_to_completion_and_the_candidate_is_promoted(server, e2e_ho
     promote = page.get_by_role("button", name=re.compile(r"^Promote "))
     promote.wait_for(timeout=300_000)        # the fragment refreshes the page when the job ends
     page.get_by_text("called differently").wait_for(timeout=30_000)
-    page.wait_for_timeout(1000)
+    _idle(page)
     page.screenshot(path=str(shots / "retrain.png"), full_page=True)
     candidate = registry.candidates(e2e_home / "models")[0]
     before = registry.active_version(e2e_home / "models")

@@ -63,6 +63,8 @@ def film_view(key: str) -> None:
     if not (d.info and (d.info.accession_number or d.info.study_instance_uid)):
         reference = st.text_input("Study reference for the report (optional)", key=f"reference_{key}",
                                   placeholder="e.g. the accession number from the request")
+        if reference:
+            st.caption(f"On the report as: Reference {reference.strip()}")
 
     colour = "red" if d.label == "PNEUMONIA" else "green"
     st.markdown(f"#### Call: :{colour}[{d.label}]")
