@@ -80,8 +80,9 @@ def panels() -> None:
                 st.line_chart(pd.DataFrame({"hottest first": curve.probabilities,
                                             "random order": curve.random_probabilities},
                                            index=pd.Index(curve.fractions, name="share of pixels removed")),
-                              height=140, y_label="p(pneumonia)")
-                st.caption(f"Deletion area {curve.area:.2f} (random order {curve.random_area:.2f}): "
+                              height=180)
+                st.caption(f"Deletion area {curve.area:.2f}, random order {curve.random_area:.2f} (mean probability "
+                           "of pneumonia along the curve): "
                            + ("falls faster than random, the heatmap points at what the score uses."
                               if curve.area < curve.random_area else
                               "no faster than random: do not read this heatmap as the reason for the score.")
