@@ -193,7 +193,9 @@ def test_the_corpus_is_big_enough():
 def test_dicom_info_carries_no_patient_identifiers():
     info = read_film(dicom()).info
     assert PATIENT not in repr(info) and "SECRET" not in repr(info) and "2019" not in repr(info)
-    assert set(vars(info)) == {"format", "modality", "view_position", "study_date"}
+    # The study's identifiers match a report to its study (issue 12); they identify no patient.
+    assert set(vars(info)) == {"format", "modality", "view_position", "study_date", "accession_number",
+                               "study_instance_uid"}
 
 
 def test_reading_a_dicom_with_invalid_header_values_logs_and_warns_nothing_about_the_patient(caplog, recwarn):
