@@ -177,6 +177,22 @@ def test_a_film_unlike_the_training_data_keeps_its_call_but_is_not_assessable_an
     assert set(table["priority"]) == {"check"} and set(table["certainty"]) == {"not assessable"}
 
 
+def test_a_site_report_puts_its_figures_and_ppv_npv_at_the_sites_prevalence_under_the_call(home):
+    active = registry.resolve(home / "models", None)
+    (active / "site_reports").mkdir()
+    (active / "site_reports" / "north.json").write_text(json.dumps({
+        "site": "north", "n": 198, "created": "2026-11-26T06:00:00+00:00", "prevalence": 0.38, "sensitivity": 0.97,
+        "specificity": 0.63, "roc_auc": 0.93, "precision": 0.62, "npv": 0.97,
+        "ci": {"sensitivity": [0.93, 0.99], "specificity": [0.55, 0.71], "ppv": [0.54, 0.70], "npv": [0.93, 0.99]}}))
+    at = page("diagnose").run()
+    at.file_uploader[0].set_value([("a.png", png(1, 3), "image/png")]).run()
+    assert not at.exception
+    text = shown_text(at)
+    assert "Sensitivity 0.97 [0.93–0.99], specificity 0.63 [0.55–0.71]" in text and "site north" in text
+    assert "prevalence of 38 %: PPV 0.62 [0.54–0.70], NPV 0.97 [0.93–0.99]" in text
+    assert "not validated at this site" not in text
+
+
 def test_audit_page_lists_each_diagnosis_once_and_exports_csv(home):
     at = page("audit").run()
     assert not at.exception and any("No diagnosis has been recorded yet" in i.value for i in at.info)
@@ -295,6 +311,18 @@ def test_retrain_page_submits_shows_progress_and_promotes(home, synthetic_data, 
     assert (last["from"], last["to"], last["who"]) == (active, job["model_id"], "lead engineer")
     history = at.dataframe[-1].value
     assert list(history["job"]) == [1] and list(history["state"]) == ["succeeded"]
+
+
+def test_a_cancelled_job_is_reported_as_information_not_as_an_error(tmp_path, monkeypatch, synthetic_data):
+    monkeypatch.setenv("PNEUMO_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("PNEUMO_DATA", str(synthetic_data))
+    monkeypatch.setattr(JobQueue, "start_next", lambda self: None)   # the job stays queued: no training here
+    queue = JobQueue(load_settings())
+    queue.cancel(queue.submit({"data": str(synthetic_data)}))
+    at = page("retrain").run()
+    assert not at.exception
+    assert any("cancelled by the user" in i.value for i in at.info)
+    assert not any("cancelled" in e.value for e in at.error)
 
 
 def test_retrain_log_follows_the_newest_job(tmp_path, monkeypatch, synthetic_data):
