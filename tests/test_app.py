@@ -173,8 +173,8 @@ def test_a_film_unlike_the_training_data_keeps_its_call_but_is_not_assessable_an
     assert any(WARNING in w.value for w in at.warning)
     assert any(w.value.startswith("Not assessable: ") for w in at.warning)
     table = at.dataframe[0].value
-    assert set(table["caution"]) == {"unlike the training films"}
     assert set(table["priority"]) == {"check"} and set(table["certainty"]) == {"not assessable"}
+    assert any("*Not assessable*: the film is unlike the training films" in c.value for c in at.caption)
 
 
 def test_a_site_report_puts_its_figures_and_ppv_npv_at_the_sites_prevalence_under_the_call(home):

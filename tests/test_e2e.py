@@ -205,6 +205,9 @@ def test_at_1024_px_nothing_overflows_and_the_call_is_whole(server, browser_page
                                for i in range(3)])
         widths = page.evaluate("() => [document.documentElement.scrollWidth, window.innerWidth]")
         assert widths[0] <= widths[1], widths
+        grid = page.locator("[data-testid=stDataFrame]")   # the worklist's columns all fit: nothing scrolled off
+        assert grid.evaluate("e => { const s = e.querySelector('.dvn-scroller'); "
+                             "return s && s.scrollWidth <= s.clientWidth + 1; }")
         call = page.locator("h4", has_text="Call:")
         assert call.evaluate("e => e.scrollWidth <= e.clientWidth")
         assert call.inner_text().endswith(("NORMAL", "PNEUMONIA"))

@@ -123,21 +123,21 @@ def worklist() -> None:
     """The worklist and the open film: a row click or a film switch reruns this part only."""
     if len(order) > 1:
         st.subheader("Worklist")
+        # No separate caution column: it was cut off at 1360 px; 'not assessable' says it and fits at 1024 px.
         st.caption("Check first (not assessable or borderline), then urgent (PNEUMONIA), then routine (NORMAL); "
-                   "highest probability first within each. Click a row to open its film.")
+                   "highest probability first within each. *Not assessable*: the film is unlike the training "
+                   "films (the caution is shown with the film). Click a row's box to open its film.")
         st.session_state["_worklist_keys"] = order
         rows = []
         for k in order:
             gray, d, position, _ = films[k]
             rows.append({"priority": d.priority, "film": ui.film_thumbnail(k, gray), "file": f"{position}: {d.name}",
-                         "call": d.label, "probability": d.probability_text, "certainty": d.certainty_word,
-                         "caution": "unlike the training films" if d.ood_flag else ""})
+                         "call": d.label, "probability": d.probability_text, "certainty": d.certainty_word})
         st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", key="worklist",
                      on_select=ui.open_clicked_row, selection_mode="single-row", column_config={
                          "priority": st.column_config.TextColumn("priority", help=" · ".join(
                              f"{k}: {v}" for k, v in dx.PRIORITY_MEANING.items())),
-                         "film": st.column_config.ImageColumn("film", width="small"),
-                         "caution": st.column_config.TextColumn("caution", width="large")})
+                         "film": st.column_config.ImageColumn("film", width="small")})
         if st.session_state.get("open_film") not in order:
             st.session_state["open_film"] = order[0]
         st.selectbox("Open film", order, key="open_film",
