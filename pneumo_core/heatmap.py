@@ -17,6 +17,9 @@ way the model saw it:
    at the very bottom). Checked by eye on 12 random training films (cut at or just below the
    domes) and by tests on synthetic films with the diaphragm at 45, 55 and 70 %.
 
+The mediastinum (and a tube over it) is not masked: a lung mask made of dark pixels would also
+drop consolidation, which is bright, i.e. the very evidence for pneumonia.
+
 Everything outside the outline or below the cutoff is set to zero and the rest is rescaled so
 that its strongest point is 1: the colours compare evidence inside the chest only.
 """
