@@ -52,8 +52,15 @@ ui.open_new_films(order)
 
 
 @st.fragment
-def film_view(key: str) -> None:
-    """One film: reruns alone when its opacity, outline or heatmap choice changes."""
+def film_view() -> None:
+    """The open film: reruns alone when another film is picked or its opacity, outline or heatmap choice changes."""
+    if len(order) > 1:
+        if st.session_state.get("open_film") not in order:
+            st.session_state["open_film"] = order[0]
+        st.selectbox("Open film", order, key="open_film",
+                     format_func=lambda k: f"{films[k][2]}: {films[k][1].name} · {films[k][1].label} "
+                                           f"{films[k][1].probability_text} · SHA-256 {k}")
+    key = st.session_state["open_film"] if len(order) > 1 else order[0]
     gray, d, position, data = films[key]
     st.subheader(f"File {position}: {d.name}")
     identity = [d.info.summary()] if d.info else []
@@ -118,35 +125,26 @@ def film_view(key: str) -> None:
                "name and signature.")
 
 
-@st.fragment
 def worklist() -> None:
-    """The worklist and the open film: a row click or a film switch reruns this part only."""
-    if len(order) > 1:
-        st.subheader("Worklist")
-        # No separate caution column: it was cut off at 1360 px; 'not assessable' says it and fits at 1024 px.
-        st.caption("Check first (not assessable or borderline), then urgent (PNEUMONIA), then routine (NORMAL); "
-                   "highest probability first within each. *Not assessable*: the film is unlike the training "
-                   "films (the caution is shown with the film). Click a row's box to open its film.")
-        st.session_state["_worklist_keys"] = order
-        rows = []
-        for k in order:
-            gray, d, position, _ = films[k]
-            rows.append({"priority": d.priority, "film": ui.film_thumbnail(k, gray), "file": f"{position}: {d.name}",
-                         "call": d.label, "probability": d.probability_text, "certainty": d.certainty_word})
-        st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", key="worklist",
-                     on_select=ui.open_clicked_row, selection_mode="single-row", column_config={
-                         "priority": st.column_config.TextColumn("priority", help=" · ".join(
-                             f"{k}: {v}" for k, v in dx.PRIORITY_MEANING.items())),
-                         "film": st.column_config.ImageColumn("film", width="small")})
-        if st.session_state.get("open_film") not in order:
-            st.session_state["open_film"] = order[0]
-        st.selectbox("Open film", order, key="open_film",
-                     format_func=lambda k: f"{films[k][2]}: {films[k][1].name} · {films[k][1].label} "
-                                           f"{films[k][1].probability_text} · SHA-256 {k}")
-        key = st.session_state["open_film"]
-    else:
-        key = order[0]
-    film_view(key)
+    """The worklist (not a fragment: a row click reruns the page, ~0.9 s; the 'Open film' box reruns the film only)."""
+    st.subheader("Worklist")
+    # No separate caution column: it was cut off at 1360 px; 'not assessable' says it and fits at 1024 px.
+    st.caption("Check first (not assessable or borderline), then urgent (PNEUMONIA), then routine (NORMAL); "
+               "highest probability first within each. *Not assessable*: the film is unlike the training "
+               "films (the caution is shown with the film). Click a row's box to open its film.")
+    st.session_state["_worklist_keys"] = order
+    rows = []
+    for k in order:
+        gray, d, position, _ = films[k]
+        rows.append({"priority": d.priority, "film": ui.film_thumbnail(k, gray), "file": f"{position}: {d.name}",
+                     "call": d.label, "probability": d.probability_text, "certainty": d.certainty_word})
+    st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", key="worklist",
+                 on_select=ui.open_clicked_row, selection_mode="single-row", column_config={
+                     "priority": st.column_config.TextColumn("priority", help=" · ".join(
+                         f"{k}: {v}" for k, v in dx.PRIORITY_MEANING.items())),
+                     "film": st.column_config.ImageColumn("film", width="small")})
 
 
-worklist()
+if len(order) > 1:
+    worklist()
+film_view()
