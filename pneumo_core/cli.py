@@ -23,11 +23,13 @@ def _parser(settings) -> argparse.ArgumentParser:
     train = commands.add_parser("train", help="train, evaluate and register a new model version",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     _add_train_options(train, defaults)
+    train.set_defaults(func=cmd_train)
 
     tune = commands.add_parser("tune", help="search head hyper-parameters on cached features, alone or shared "
                                "by a chief and workers (Keras Tuner)",
                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     _add_train_options(tune, defaults, final_model=False)
+    tune.set_defaults(func=cmd_tune)
     tune.add_argument("--distributed", choices=["chief", "worker"], default=settings.tuning_role,
                       help="role in a shared search; unset: from KERASTUNER_TUNER_ID and KERASTUNER_ORACLE_IP")
     tune.add_argument("--oracle", default=settings.oracle or None, metavar="HOST:PORT",
@@ -38,17 +40,20 @@ def _parser(settings) -> argparse.ArgumentParser:
 
     model_help = "model version id or folder (default: the active model)"
     evaluate = commands.add_parser("evaluate", help="metrics of a model on a dataset split")
+    evaluate.set_defaults(func=cmd_evaluate)
     evaluate.add_argument("--model", help=model_help)
     evaluate.add_argument("--data", default=str(settings.data_dir))
     evaluate.add_argument("--split", default="test", choices=["train", "val", "test"])
     evaluate.add_argument("--json", action="store_true")
 
     predict = commands.add_parser("predict", help="score images")
+    predict.set_defaults(func=cmd_predict)
     predict.add_argument("--model", help=model_help)
     predict.add_argument("images", nargs="+", metavar="IMAGE")
     predict.add_argument("--json", action="store_true")
 
     cam = commands.add_parser("cam", help="write a heatmap overlay of one image")
+    cam.set_defaults(func=cmd_cam)
     cam.add_argument("--model", help=model_help)
     cam.add_argument("image", metavar="IMAGE")
     cam.add_argument("--method", default="gradcam", choices=["gradcam", "gradcam++", "scorecam"])
@@ -56,13 +61,16 @@ def _parser(settings) -> argparse.ArgumentParser:
     cam.add_argument("--alpha", type=float, default=0.4, help="heatmap opacity 0..1")
 
     models = commands.add_parser("models", help="list model versions")
+    models.set_defaults(func=cmd_models)
     models.add_argument("--json", action="store_true")
 
     promote = commands.add_parser("promote", help="make a version the active model (an older one: a rollback)")
+    promote.set_defaults(func=cmd_promote)
     promote.add_argument("version")
     promote.add_argument("--who", help="name recorded with the promotion (default: your user name)")
 
     jobs = commands.add_parser("jobs", help="retraining jobs run in the background, one at a time")
+    jobs.set_defaults(func=cmd_jobs)
     job_commands = jobs.add_subparsers(dest="job_command", required=True)
     submit = job_commands.add_parser("submit", help="check the data, queue a train job and print its id",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -275,7 +283,7 @@ def main(argv=None) -> int:
     settings = load_settings()
     args = _parser(settings).parse_args(argv)
     try:
-        return globals()[f"cmd_{args.command}"](args, settings)
+        return args.func(args, settings)
     # Only errors a user can act on become one line; anything else is a bug and keeps its traceback.
     except PneumoError as error:
         print(f"error: {error}", file=sys.stderr)
