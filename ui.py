@@ -55,8 +55,8 @@ def job_queue() -> JobQueue:
     return JobQueue(settings())
 
 
-def current_train_params() -> dict:
-    """Train options for 'Retrain with current settings': the configured data dir and the active
+def current_train_params():
+    """TrainConfig for 'Retrain with current settings': the configured data dir and the active
     model's options (the library's defaults before the first model)."""
     s = settings()
     active = registry.active_version(s.models_dir)

@@ -21,7 +21,7 @@ report("data check before a job (decode every film)", seconds, f"s for {films} f
 
 with tempfile.TemporaryDirectory() as scratch:
     queue = JobQueue(load_settings({**os.environ, "PNEUMO_HOME": os.environ.get("PNEUMO_BENCH_HOME") or scratch}))
-    params = {"data": str(SHARED_DATA)}
+    params = {"data_dir": str(SHARED_DATA)}
     start = time.perf_counter()
     job_id = queue.submit(params, who="bench")
     report("submit (data check + queue + runner start)", time.perf_counter() - start, "s")

@@ -17,6 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from .backbones import get_spec
+from .choices import CAM_METHODS
 from .errors import ConfigError
 from .model import parts
 
@@ -134,10 +135,9 @@ METHODS = {cls.name: cls for cls in (GradCAM, GradCAMPlusPlus, ScoreCAM)}
 
 
 def make_cam(model: keras.Model, method: str = "gradcam", layer: str | None = None) -> BaseCAM:
-    try:
-        return METHODS[method](model, layer)
-    except KeyError:
-        raise ConfigError(f"unknown CAM method {method!r}; choose one of {', '.join(METHODS)}") from None
+    if method not in CAM_METHODS:
+        raise ConfigError(f"unknown CAM method {method!r}; choose one of {', '.join(CAM_METHODS)}")
+    return METHODS[method](model, layer)
 
 
 def to_original_size(heatmap: np.ndarray, shape: tuple[int, int]) -> np.ndarray:

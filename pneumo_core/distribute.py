@@ -16,8 +16,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from .choices import STRATEGIES
 from .errors import ConfigError
-from .settings import STRATEGIES
 
 # Kept float32 under mixed precision: the last logit's scaling and the sigmoid (numerical stability).
 FLOAT32_LAYERS = ("calibration", "probability")

@@ -23,12 +23,13 @@ import sys
 import threading
 import time
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
 
-from .errors import JobError
+from .errors import ConfigError, JobError
 from .registry import remove_partial
-from .settings import REPO_ROOT, Settings, TrainConfig, os_user
+from .settings import REPO_ROOT, Settings, TrainConfig, option_name, os_user
 
 STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 FINISHED = ("succeeded", "failed", "cancelled")
@@ -66,33 +67,37 @@ def _now() -> str:
     return datetime.now(UTC).isoformat(timespec="seconds")
 
 
-def train_argv(params: dict) -> list[str]:
-    """`train` command-line options from a job's parameters ({"fine_tune_epochs": 2} -> --fine-tune-epochs 2)."""
-    argv = []
-    for key, value in params.items():
-        flag = "--" + key.replace("_", "-")
-        if isinstance(value, bool):
+def train_argv(config: TrainConfig) -> list[str]:
+    """`train` command-line options that reproduce `config` (fine_tune_epochs=2 -> --fine-tune-epochs 2).
+
+    Raises ConfigError when a field the command line has no option for differs from its default.
+    """
+    argv, defaults = [], TrainConfig().to_dict()
+    for key, value in config.to_dict().items():
+        flag = option_name(key)
+        if flag is None:
+            if value != defaults[key]:
+                raise ConfigError(f"{key}={value!r} cannot be passed to `train` (no command-line option)")
+        elif isinstance(value, bool):
             argv += [flag] if value else []
         elif value is not None:
             argv += [flag, str(value)]
     return argv
 
 
-def params_from_model(metadata: dict, data_dir: str) -> dict:
-    """Train options that reproduce a model version on `data_dir` (the 'current settings')."""
+def params_from_model(metadata: dict, data_dir: str) -> TrainConfig:
+    """The training config that reproduces a model version on `data_dir` (the 'current settings')."""
     training = metadata.get("training", {})
     defaults = TrainConfig()
     weights = metadata.get("weights")
     # The card stores the weights file name only; `auto` finds it again in the weights dir.
     weights = "none" if weights is None else weights if weights == "imagenet" else "auto"
-    return {"data": str(data_dir), "backbone": metadata.get("backbone", defaults.backbone), "weights": weights,
-            "trials": training.get("trials", defaults.trials), "epochs": training.get("epochs", defaults.epochs),
-            "fine_tune_epochs": training.get("fine_tune_epochs", defaults.fine_tune_epochs),
-            "image_size": metadata.get("image_size", defaults.image_size),
-            "seed": training.get("seed", defaults.seed), "tuner": training.get("tuner", defaults.tuner),
-            "views": training.get("augmented_views", defaults.augmented_views),
-            "ensemble": training.get("ensemble", defaults.ensemble),
-            "normalisation": metadata.get("normalisation", defaults.normalisation)}
+    same = ("trials", "epochs", "fine_tune_epochs", "seed", "tuner", "augmented_views", "ensemble")
+    return TrainConfig(data_dir=str(data_dir), weights=weights,
+                       backbone=metadata.get("backbone", defaults.backbone),
+                       image_size=metadata.get("image_size", defaults.image_size),
+                       normalisation=metadata.get("normalisation", defaults.normalisation),
+                       **{k: training.get(k, getattr(defaults, k)) for k in same})
 
 
 def overall_percent(stage: str, done: int, total: int | None, caching_stages: int, caching_seen: int) -> float:
@@ -226,21 +231,25 @@ class JobQueue:
 
     # -- changing ---------------------------------------------------------------------------------
 
-    def submit(self, params: dict, who: str | None = None) -> int:
-        """Check the data, queue a `train` job with these options and start it if nothing runs.
+    def submit(self, config: TrainConfig | dict, who: str | None = None) -> int:
+        """Check the data, queue a `train` job with this config and start it if nothing runs.
 
-        Raises JobError when the data check finds a blocking problem; unreadable films are listed in
-        the job's `checks` and skipped by training.
+        `config` may be a dict of TrainConfig fields; the row stores the whole config (`params`), and
+        an empty data_dir means the settings' data folder. Raises JobError when the data check finds a
+        blocking problem; unreadable films are listed in the job's `checks` and skipped by training.
         """
         from .data import check_dataset
-        check = check_dataset(params.get("data") or self.settings.data_dir)
+        config = TrainConfig.from_dict(config) if isinstance(config, dict) else config
+        config = replace(config, data_dir=str(config.data_dir or self.settings.data_dir))
+        train_argv(config)   # fails now, not in the runner, if the command line cannot express it
+        check = check_dataset(config.data_dir)
         if not check.ok:
             raise JobError("the data check failed: " + "; ".join(check.problems))
         checks = {"counts": check.counts, "unreadable": check.unreadable}
         with self._db() as db:
             job_id = db.execute("INSERT INTO jobs (state, submitted, submitted_by, params, checks) "
                                 "VALUES ('queued', ?, ?, ?, ?)",
-                                (_now(), who or os_user() or "unknown", json.dumps(params),
+                                (_now(), who or os_user() or "unknown", json.dumps(config.to_dict()),
                                  json.dumps(checks))).lastrowid
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self._update(job_id, log_path=str(self.log_dir / f"{job_id}.log"))
@@ -339,15 +348,16 @@ class JobQueue:
     def run(self, job_id: int) -> int:
         """Body of the runner process: run `train` for the job, follow its progress, record the outcome."""
         job = self._claim(job_id)
-        caching_stages = int(job["params"].get("views", TrainConfig().augmented_views)) + 3
+        config = TrainConfig.from_dict(job["params"])
+        caching_stages = config.feature_passes
         # TF_CPP_MIN_LOG_LEVEL 2: TensorFlow's start-up chatter (CPU features, no CUDA) stays out of the
         # log a clinician's engineer reads; its errors still show. Set it in the environment to override.
         env = {"TF_CPP_MIN_LOG_LEVEL": "2", **os.environ, "PNEUMO_HOME": str(self.settings.home),
                "PYTHONUNBUFFERED": "1"}
         log_path = Path(job["log_path"])
         with open(log_path, "a", buffering=1) as log:
-            log.write(f"job {job_id}: python -m pneumo_core train {' '.join(train_argv(job['params']))}\n")
-            child = subprocess.Popen([sys.executable, "-m", "pneumo_core", "train", *train_argv(job["params"])],
+            log.write(f"job {job_id}: python -m pneumo_core train {' '.join(train_argv(config))}\n")
+            child = subprocess.Popen([sys.executable, "-m", "pneumo_core", "train", *train_argv(config)],
                                      cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True, bufsize=1)
             self._update(job_id, "running", child_pid=child.pid, stage="starting")

@@ -10,9 +10,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from .choices import NORMALISATIONS
 from .errors import ConfigError
-
-NORMALISATIONS = ("equalize", "clahe", "stretch", "none")
 
 
 def normalise_intensity(gray: np.ndarray, method: str = "equalize") -> np.ndarray:
@@ -27,7 +26,7 @@ def normalise_intensity(gray: np.ndarray, method: str = "equalize") -> np.ndarra
         return np.clip(scaled, 0, 255).astype(np.uint8)
     if method == "none":
         return gray
-    raise ConfigError(f"unknown intensity normalisation {method!r}; choose one of {NORMALISATIONS}")
+    raise ConfigError(f"unknown intensity normalisation {method!r}; choose one of {', '.join(NORMALISATIONS)}")
 
 
 def resize(gray: np.ndarray, size: int) -> np.ndarray:

@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import getpass
 import os
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from .augment import Augmentation
+from .errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -84,7 +85,7 @@ def os_user() -> str | None:
 def load_settings(env: dict | None = None) -> Settings:
     """Build the settings from `env` (default: the process environment)."""
     env = os.environ if env is None else env
-    cwd = Path.cwd()
+    cwd, defaults = Path.cwd(), TrainConfig()
     data = env.get("PNEUMO_DATA")
     weights_dir = env.get("PNEUMO_WEIGHTS_DIR")
     return Settings(
@@ -93,22 +94,20 @@ def load_settings(env: dict | None = None) -> Settings:
         home=Path(env.get("PNEUMO_HOME", cwd / ".pneumo")),
         weights_dir=Path(weights_dir) if weights_dir else _first_existing(
             REPO_ROOT / "weights", REPO_ROOT.parent / "shared" / "weights"),
-        weights=env.get("PNEUMO_WEIGHTS", "auto"),
-        backbone=env.get("PNEUMO_BACKBONE", "mobilenet_v2"),
-        image_size=int(env.get("PNEUMO_IMAGE_SIZE", 224)),
-        seed=int(env.get("PNEUMO_SEED", 42)),
+        weights=env.get("PNEUMO_WEIGHTS", defaults.weights),
+        backbone=env.get("PNEUMO_BACKBONE", defaults.backbone),
+        image_size=int(env.get("PNEUMO_IMAGE_SIZE", defaults.image_size)),
+        seed=int(env.get("PNEUMO_SEED", defaults.seed)),
         tuner_id=env.get("KERASTUNER_TUNER_ID", ""),
         oracle=f"{env['KERASTUNER_ORACLE_IP']}:{env.get('KERASTUNER_ORACLE_PORT', '')}"
         if env.get("KERASTUNER_ORACLE_IP") else "",
     )
 
 
-STRATEGIES = ("default", "mirrored", "multiworker")  # tf.distribute choices for fine-tuning (distribute.py)
-
-
 @dataclass
 class TrainConfig:
-    """Everything `train` needs beyond the paths; the command line's defaults come from here."""
+    """Everything `train` needs beyond the paths, under the names the command line, the dashboard and
+    job rows use; the defaults of all three (and of `Settings`) come from here."""
     data_dir: str = ""
     backbone: str = "mobilenet_v2"
     weights: str = "auto"
@@ -128,3 +127,36 @@ class TrainConfig:
     strategy: str = "default"  # fine-tuning: default | mirrored (local GPUs) | multiworker (TF_CONFIG cluster)
     mixed_precision: bool = False  # fine-tuning in float16 compute; GPUs only (ignored, with a note, on CPU)
     xla: bool = False  # fine-tuning step compiled by XLA (jit_compile)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> TrainConfig:
+        """The config `to_dict` wrote (a job row). Raises ConfigError on a name that is not a field."""
+        names = [f.name for f in fields(cls)]
+        unknown = sorted(set(values) - set(names))
+        if unknown:
+            raise ConfigError(f"unknown training option(s) {', '.join(unknown)}; known: {', '.join(names)}")
+        values = dict(values)
+        if isinstance(values.get("augmentation"), dict):
+            values["augmentation"] = Augmentation(**values["augmentation"])
+        return cls(**values)
+
+    def to_dict(self) -> dict:
+        """Plain JSON-ready values, field by field."""
+        return asdict(self)
+
+    @property
+    def feature_passes(self) -> int:
+        """How many feature-cache passes `train` makes: the plain view, each augmented view,
+        validation and test (training.cached_features; a job's progress bar splits its band by it)."""
+        return 1 + self.augmented_views + 2
+
+
+# How `train`'s command line spells TrainConfig's fields: `--field-name` unless named here; None for
+# fields that only code sets (a job that changes one cannot be run as a command line).
+OPTION_NAMES = {"data_dir": "--data", "augmented_views": "--views", "min_sensitivity": None,
+                "val_fraction": None, "test_fraction": None, "augmentation": None}
+
+
+def option_name(field_name: str) -> str | None:
+    """The command-line option of a TrainConfig field ("fine_tune_epochs" -> "--fine-tune-epochs")."""
+    return OPTION_NAMES.get(field_name, "--" + field_name.replace("_", "-"))

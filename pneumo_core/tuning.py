@@ -17,11 +17,13 @@ import numpy as np
 import tensorflow as tf
 from sklearn.metrics import roc_auc_score
 
+from .choices import TUNERS
 from .errors import ConfigError
 from .model import build_head
 from .progress import Progress
 
-ALGORITHMS = ("random", "hyperband", "bayesian")
+# Keras Tuner's class for each name in choices.TUNERS (tests/test_choices.py checks they match).
+TUNER_CLASSES = {"random": kt.RandomSearch, "hyperband": kt.Hyperband, "bayesian": kt.BayesianOptimization}
 
 
 def head_from_hp(hp: kt.HyperParameters, feature_dim: int, name: str = "head") -> keras.Model:
@@ -114,17 +116,15 @@ def _trial_counter(progress: Progress) -> keras.callbacks.Callback:
 
 def _make_tuner(feature_dim: int, directory: Path, trials: int, epochs: int, algorithm: str, seed: int,
                 project: str) -> kt.Tuner:
-    if algorithm not in ALGORITHMS:
-        raise ConfigError(f"unknown tuner {algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
+    if algorithm not in TUNERS:
+        raise ConfigError(f"unknown tuner {algorithm!r}; choose one of {', '.join(TUNERS)}")
     # overwrite=True is safe in a shared search too: each tuner (chief, workers) owns its project folder.
     common = dict(objective=kt.Objective("val_auc", "max"), seed=seed, directory=str(directory),
                   project_name=project, overwrite=True)
     hypermodel = HeadHyperModel(feature_dim)
-    if algorithm == "random":
-        return kt.RandomSearch(hypermodel, max_trials=trials, **common)
-    if algorithm == "bayesian":
-        return kt.BayesianOptimization(hypermodel, max_trials=trials, **common)
-    return kt.Hyperband(hypermodel, max_epochs=epochs, factor=3, hyperband_iterations=1, **common)
+    if algorithm == "hyperband":
+        return kt.Hyperband(hypermodel, max_epochs=epochs, factor=3, hyperband_iterations=1, **common)
+    return TUNER_CLASSES[algorithm](hypermodel, max_trials=trials, **common)
 
 
 def tune_head(x_train, y_train, x_val, y_val, class_weight: dict, directory: Path, trials: int = 20,

@@ -10,10 +10,11 @@ from conftest import make_dataset, run_cli
 
 from pneumo_core import registry
 from pneumo_core.data import check_dataset, load_dataset
+from pneumo_core.errors import ConfigError
 from pneumo_core.jobs import _PROGRESS, JobError, JobQueue, _alive, overall_percent, params_from_model, train_argv
-from pneumo_core.settings import load_settings
+from pneumo_core.settings import TrainConfig, load_settings
 
-TINY = {"weights": "none", "image_size": 64, "trials": 2, "epochs": 2, "views": 1, "ensemble": 1}
+TINY = {"weights": "none", "image_size": 64, "trials": 2, "epochs": 2, "augmented_views": 1, "ensemble": 1}
 LONG = {**TINY, "trials": 500, "epochs": 40}   # long enough to be stopped mid-run
 
 
@@ -41,8 +42,12 @@ def tiny_data(tmp_path_factory):
 # -- pure parts -------------------------------------------------------------------------------------
 
 def test_train_argv_spells_options_as_the_cli_does():
-    assert train_argv({"fine_tune_epochs": 2, "data": "/d", "xla": True, "mixed": False, "none": None}) == \
-        ["--fine-tune-epochs", "2", "--data", "/d", "--xla"]
+    argv = train_argv(TrainConfig(data_dir="/d", fine_tune_epochs=2, augmented_views=1, xla=True))
+    assert argv[:2] == ["--data", "/d"] and "--mixed-precision" not in argv
+    assert {tuple(argv[i:i + 2]) for i in range(len(argv))} >= {("--fine-tune-epochs", "2"), ("--views", "1")}
+    assert argv[-1] == "--xla"
+    with pytest.raises(ConfigError, match="min_sensitivity"):     # no option: cannot be run as a command line
+        train_argv(TrainConfig(min_sensitivity=0.9))
 
 
 @pytest.mark.parametrize("line, stage, step", [
@@ -69,11 +74,11 @@ def test_params_from_model_reproduce_the_active_models_options():
     meta = {"backbone": "resnet50", "weights": "resnet50_notop.h5", "image_size": 160, "normalisation": "clahe",
             "training": {"trials": 7, "epochs": 5, "fine_tune_epochs": 1, "seed": 3, "tuner": "bayesian",
                          "augmented_views": 2, "ensemble": 2}}
-    params = params_from_model(meta, "/data")
-    assert params == {"data": "/data", "backbone": "resnet50", "weights": "auto", "trials": 7, "epochs": 5,
-                      "fine_tune_epochs": 1, "image_size": 160, "seed": 3, "tuner": "bayesian", "views": 2,
-                      "ensemble": 2, "normalisation": "clahe"}
-    assert params_from_model({**meta, "weights": None}, "/d")["weights"] == "none"
+    config = params_from_model(meta, "/data")
+    assert config == TrainConfig(data_dir="/data", backbone="resnet50", weights="auto", trials=7, epochs=5,
+                                 fine_tune_epochs=1, image_size=160, seed=3, tuner="bayesian", augmented_views=2,
+                                 ensemble=2, normalisation="clahe")
+    assert params_from_model({**meta, "weights": None}, "/d").weights == "none"
 
 
 # -- data checks ------------------------------------------------------------------------------------
@@ -96,7 +101,7 @@ def test_data_check_blocks_what_cannot_train(tmp_path, layout, message):
     check = check_dataset(root)
     assert not check.ok and message in check.problems[0]
     with pytest.raises(JobError, match=message):
-        _queue(tmp_path / "home").submit({"data": str(root), **TINY})
+        _queue(tmp_path / "home").submit({"data_dir": str(root), **TINY})
     assert _queue(tmp_path / "home").list() == []
 
 
@@ -120,8 +125,8 @@ def test_remove_partial_deletes_only_that_process_output(tmp_path):
 @pytest.mark.slow
 def test_two_jobs_run_one_after_the_other_and_register_candidates(tmp_path, tiny_data):
     queue = _queue(tmp_path)
-    first = queue.submit({"data": str(tiny_data), **TINY}, who="dr test")
-    second = queue.submit({"data": str(tiny_data), **TINY, "seed": 7})
+    first = queue.submit({"data_dir": str(tiny_data), **TINY}, who="dr test")
+    second = queue.submit({"data_dir": str(tiny_data), **TINY, "seed": 7})
     assert queue.get(second)["state"] == "queued" and queue.get(first)["state"] == "running"
     a, b = queue.wait(first, timeout=300), queue.wait(second, timeout=300)
     assert (a["state"], b["state"]) == ("succeeded", "succeeded"), (a["error"], b["error"])
@@ -146,7 +151,7 @@ def test_two_jobs_run_one_after_the_other_and_register_candidates(tmp_path, tiny
 @pytest.mark.slow
 def test_cancel_stops_the_process_group_and_leaves_no_partial_version(tmp_path, tiny_data):
     queue = _queue(tmp_path)
-    job_id = queue.submit({"data": str(tiny_data), **LONG})
+    job_id = queue.submit({"data_dir": str(tiny_data), **LONG})
     job = _wait_for(lambda: (j := queue.get(job_id))["stage"] and j["stage"].startswith("tuning") and j)
     assert 0 < job["percent"] < 100
     cancelled = queue.cancel(job_id)
@@ -161,7 +166,7 @@ def test_cancel_stops_the_process_group_and_leaves_no_partial_version(tmp_path, 
 @pytest.mark.slow
 def test_a_killed_job_is_reported_failed_with_its_last_log_lines(tmp_path, tiny_data):
     queue = _queue(tmp_path)
-    job_id = queue.submit({"data": str(tiny_data), **LONG})
+    job_id = queue.submit({"data_dir": str(tiny_data), **LONG})
     job = _wait_for(lambda: (j := queue.get(job_id))["stage"] and j["stage"].startswith("tuning") and j)
     os.killpg(job["pid"], signal.SIGKILL)     # runner and training process die without a word
     _wait_for(lambda: not _alive(job["pid"]), timeout=10)
@@ -174,7 +179,7 @@ def test_a_killed_job_is_reported_failed_with_its_last_log_lines(tmp_path, tiny_
 @pytest.mark.slow
 def test_promotion_and_rollback_change_the_active_model_and_are_recorded(tmp_path, tiny_data):
     queue = _queue(tmp_path)
-    ids = [queue.submit({"data": str(tiny_data), **TINY, "seed": s}) for s in (1, 2)]
+    ids = [queue.submit({"data_dir": str(tiny_data), **TINY, "seed": s}) for s in (1, 2)]
     first, second = (queue.wait(i, timeout=300)["model_id"] for i in ids)
     models = queue.settings.models_dir
     promoted = run_cli("promote", second, "--who", "lead engineer", home=tmp_path)

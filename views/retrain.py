@@ -4,7 +4,7 @@ import streamlit as st
 
 import ui
 from pneumo_core import figures, registry
-from pneumo_core.cli import train_choices
+from pneumo_core.choices import TRAIN_CHOICES
 from pneumo_core.comparison import compare
 from pneumo_core.io import ImageError, read_image
 from pneumo_core.jobs import JobError, describe
@@ -12,31 +12,30 @@ from pneumo_core.jobs import JobError, describe
 st.title("Retrain")
 queue = ui.job_queue()
 models_dir = ui.settings().models_dir
-params = ui.current_train_params()
+config = ui.current_train_params()
 
 st.subheader("New model")
 active = registry.active_version(models_dir)
-st.caption(f"Data `{params['data']}` · {params['backbone']} at {params['image_size']} px · "
-           f"{params['trials']} tuner trials · " + (f"options of the active model {active}" if active
+st.caption(f"Data `{config.data_dir}` · {config.backbone} at {config.image_size} px · "
+           f"{config.trials} tuner trials · " + (f"options of the active model {active}" if active
                                                      else "default options (no model yet)"))
 with st.expander("Advanced"):
-    choices = train_choices()
+    backbones = list(TRAIN_CHOICES["backbone"])
     left, right = st.columns(2)
-    params["backbone"] = left.selectbox("Backbone", choices["backbone"],
-                                        index=choices["backbone"].index(params["backbone"]))
-    params["weights"] = right.text_input("Weights", params["weights"],
-                                         help="auto (local file, else ImageNet download) | imagenet | none | "
-                                              "path to a .h5 file")
-    params["trials"] = left.number_input("Tuner trials", 1, 500, params["trials"])
-    params["epochs"] = right.number_input("Epochs per head", 1, 200, params["epochs"])
-    params["fine_tune_epochs"] = left.number_input("Fine-tuning epochs (slow without a GPU)", 0, 50,
-                                                   params["fine_tune_epochs"])
-    params["image_size"] = right.number_input("Image size (px)", 32, 512, params["image_size"], step=32)
-    params["seed"] = left.number_input("Seed", 0, 2**31 - 1, params["seed"])
+    config.backbone = left.selectbox("Backbone", backbones, index=backbones.index(config.backbone))
+    config.weights = right.text_input("Weights", config.weights,
+                                      help="auto (local file, else ImageNet download) | imagenet | none | "
+                                           "path to a .h5 file")
+    config.trials = left.number_input("Tuner trials", 1, 500, config.trials)
+    config.epochs = right.number_input("Epochs per head", 1, 200, config.epochs)
+    config.fine_tune_epochs = left.number_input("Fine-tuning epochs (slow without a GPU)", 0, 50,
+                                                config.fine_tune_epochs)
+    config.image_size = right.number_input("Image size (px)", 32, 512, config.image_size, step=32)
+    config.seed = left.number_input("Seed", 0, 2**31 - 1, config.seed)
 if st.button("Retrain with current settings", type="primary", icon=":material/model_training:"):
     with st.spinner("Checking the data…"):
         try:
-            job_id = queue.submit(params, who=ui.user())
+            job_id = queue.submit(config, who=ui.user())
         except JobError as error:
             st.error(str(error))
         else:
