@@ -4,11 +4,13 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import sys
 from pathlib import Path
 
 from .choices import CAM_METHODS, SPLITS, TRAIN_CHOICES
 from .errors import PneumoError
+from .progress import StreamReporter
 from .settings import TrainConfig, load_settings, option_name, os_user
 
 
@@ -136,7 +138,16 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
 
 def cmd_train(args, settings) -> int:
     from .training import train
-    train(train_config(args), settings)
+    result = train(train_config(args), settings, StreamReporter())
+    if result is None:   # a worker of a multi-worker cluster: the chief registered the model
+        return 0
+    test = result.metrics["test"]
+    print(f"test: AUC {test['roc_auc']:.4f}, accuracy {test['accuracy']:.3f}, sensitivity "
+          f"{test['sensitivity']:.3f}, specificity {test['specificity']:.3f} at threshold {result.threshold:.3f}")
+    print(f"saved {result.path} in {result.seconds:.0f}s")
+    if not result.active:
+        print(f"candidate: not active until promoted (python -m pneumo_core promote {result.version_id})")
+    print(result.version_id, flush=True)   # last: the job runner and scripts read the id from the last line
     return 0
 
 def cmd_tune(args, settings) -> int:
@@ -144,7 +155,7 @@ def cmd_tune(args, settings) -> int:
     from .tuning import join_search
     tuner_id = join_search(args.distributed, args.oracle or "", args.tuner_id) if args.distributed else None
     directory = Path(args.directory)
-    summary = tune(train_config(args), settings, directory, tuner_id)
+    summary = tune(train_config(args), settings, directory, tuner_id, StreamReporter())
     if tuner_id in (None, "chief"):
         (directory / "summary.json").write_text(json.dumps(summary, indent=1))
     print(json.dumps(summary), flush=True)
@@ -279,9 +290,28 @@ def parse_args(argv: list[str] | None = None, settings=None) -> argparse.Namespa
     return _parser(settings or load_settings()).parse_args(argv)
 
 
+class _NoteFormatter(logging.Formatter):
+    """The library's log records as the lines the command line always wrote: warnings as `note: ...`."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        return f"note: {text}" if record.levelno >= logging.WARNING else text
+
+
+def _show_library_log() -> None:
+    """The library's INFO and above on stderr (once per process; TensorFlow's own loggers untouched)."""
+    log = logging.getLogger("pneumo_core")
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(_NoteFormatter("%(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+
+
 def main(argv=None) -> int:
     settings = load_settings()
     args = parse_args(argv, settings)
+    _show_library_log()
     try:
         return args.func(args, settings)
     # Only errors a user can act on become one line; anything else is a bug and keeps its traceback.

@@ -18,7 +18,7 @@ import numpy as np
 
 from .augment import Augmentation
 from .data import image_batches
-from .progress import Progress
+from .progress import Progress, Reporter
 
 
 def weights_id(weights: str | None) -> str:
@@ -44,7 +44,17 @@ def cache_key(paths, backbone: str, weights: str | None, image_size: int, normal
 
 def embed(embedder, paths, image_size: int, normalisation: str, augmentation: Augmentation | None = None,
           seed: int = 0, batch_size: int = 32, progress: Progress | None = None) -> np.ndarray:
-    """Pooled backbone features of each image, (N, D) float32, in the order of `paths`."""
+    """Pooled backbone features of each image file.
+
+    Args:
+        embedder: a Keras model from (B, S, S, 3) float32 inputs to (B, D) features (model.build_embedder).
+        paths: N image files.
+        image_size, normalisation: S and the intensity normalisation of the inputs.
+        augmentation, seed: a reproducible random view of each film instead of the plain one.
+        progress: counts the films embedded.
+    Returns:
+        (N, D) float32, in the order of `paths`.
+    """
     out = []
     for batch in image_batches(paths, image_size, normalisation, augmentation, seed, batch_size):
         out.append(np.asarray(embedder.predict_on_batch(batch), np.float32))
@@ -54,11 +64,12 @@ def embed(embedder, paths, image_size: int, normalisation: str, augmentation: Au
 
 
 class FeatureCache:
-    """Embeddings on disk under `directory`, computed by a lazily built embedder on a miss."""
+    """Embeddings on disk under `directory`, computed by a lazily built embedder on a miss; each `get`
+    reports a `caching LABEL` stage to `reporter`."""
 
     def __init__(self, directory: Path, backbone: str, weights: str | None, image_size: int,
-                 normalisation: str, make_embedder: Callable):
-        self.directory = Path(directory)
+                 normalisation: str, make_embedder: Callable, reporter: Reporter | None = None):
+        self.directory, self.reporter = Path(directory), reporter
         self.backbone, self.weights, self.image_size = backbone, weights, image_size
         self.normalisation = normalisation
         self._make_embedder, self._embedder = make_embedder, None
@@ -72,17 +83,22 @@ class FeatureCache:
 
     def get(self, paths, augmentation: Augmentation | None = None, seed: int = 0,
             label: str = "features") -> np.ndarray:
+        """Features of N image files, (N, D) float32: from disk, else embedded and stored.
+
+        `augmentation` and `seed` ask for a reproducible random view of each film; `label` names the stage.
+        """
         paths = [str(p) for p in paths]
         key = cache_key(paths, self.backbone, self.weights, self.image_size, self.normalisation,
                         augmentation, seed)
         file = self.directory / f"{key}.npy"
+        progress = Progress(f"caching {label}", len(paths), self.reporter)
         if file.exists():
             self.hits += 1
-            print(f"progress: caching {label} {len(paths)}/{len(paths)} (100%) cached", flush=True)
+            progress.finish("cached")
             return np.load(file)
         self.misses += 1
         vectors = embed(self.embedder, paths, self.image_size, self.normalisation, augmentation, seed,
-                        progress=Progress(f"caching {label}", len(paths)))
+                        progress=progress)
         self.directory.mkdir(parents=True, exist_ok=True)
         # A name of its own, as workers sharing the cache folder may compute the same entry at once;
         # ending in the pid so that a stopped job's leftovers are findable (jobs.JobQueue).

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import signal
 import sqlite3
@@ -28,6 +27,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from .errors import ConfigError, JobError
+from .progress import parse_line
 from .registry import remove_partial
 from .settings import REPO_ROOT, Settings, TrainConfig, option_name, os_user
 
@@ -37,10 +37,6 @@ FINISHED = ("succeeded", "failed", "cancelled")
 # Overall progress: each stage of `train` fills one band of the bar.
 STAGE_BANDS = {"caching": (0, 45), "tuning": (45, 75), "training": (75, 90), "fine-tuning": (90, 97),
                "evaluating": (97, 100)}
-# progress.Progress lines: "progress: STAGE DONE/TOTAL (PCT%) 12s [detail]"; a stage name may hold a k/N itself
-# ("caching train augmented view 1/3 120/400 (30%) 5s"), so DONE/TOTAL is the first one followed by (PCT%) or Ns.
-_PROGRESS = re.compile(r"^progress: (?P<stage>.+?) (?P<done>\d+)/(?P<total>\d+|\?)(?= \(\d+%\)| \d+s|$)")
-_EPOCH = re.compile(r"^Epoch (?P<done>\d+)/(?P<total>\d+)\s*$")   # Keras' fit, used by fine-tuning
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -366,17 +362,16 @@ class JobQueue:
                 log.write(line)
                 line = line.strip()
                 last_line = line or last_line
-                match = _PROGRESS.match(line) or _EPOCH.match(line)
-                if not match:
+                update = parse_line(line)
+                if update is None:
                     continue
-                stage = match.groupdict().get("stage") or "fine-tuning epoch"
-                total = None if match["total"] == "?" else int(match["total"])
+                stage = update.stage
                 if stage != last_stage and stage.startswith("caching"):
                     caching_seen += 1
                 now = time.monotonic()
                 if stage != last_stage or now - last_write > 0.5:
-                    self._update(job_id, "running", stage=stage, step=f"{match['done']}/{match['total']}",
-                                 percent=overall_percent(stage, int(match["done"]), total, caching_stages,
+                    self._update(job_id, "running", stage=stage, step=update.step,
+                                 percent=overall_percent(stage, update.done, update.total, caching_stages,
                                                          caching_seen))
                     last_stage, last_write = stage, now
             code = child.wait()

@@ -11,7 +11,7 @@ from conftest import make_dataset, run_cli
 from pneumo_core import registry
 from pneumo_core.data import check_dataset, load_dataset
 from pneumo_core.errors import ConfigError
-from pneumo_core.jobs import _PROGRESS, JobError, JobQueue, _alive, overall_percent, params_from_model, train_argv
+from pneumo_core.jobs import JobError, JobQueue, _alive, overall_percent, params_from_model, train_argv
 from pneumo_core.settings import TrainConfig, load_settings
 
 TINY = {"weights": "none", "image_size": 64, "trials": 2, "epochs": 2, "augmented_views": 1, "ensemble": 1}
@@ -48,17 +48,6 @@ def test_train_argv_spells_options_as_the_cli_does():
     assert argv[-1] == "--xla"
     with pytest.raises(ConfigError, match="min_sensitivity"):     # no option: cannot be run as a command line
         train_argv(TrainConfig(min_sensitivity=0.9))
-
-
-@pytest.mark.parametrize("line, stage, step", [
-    ("progress: caching train augmented view 2/3 120/400 (30%) 5s", "caching train augmented view 2/3", "120/400"),
-    ("progress: tuning trial 7/20 (35%) 12s", "tuning trial", "7/20"),
-    ("progress: tuning trial 4/? 3s", "tuning trial", "4/?"),
-    ("progress: training epoch 14/36 (39%) 2s head 2/3 val_auc=0.9120", "training epoch", "14/36"),
-])
-def test_progress_lines_are_parsed(line, stage, step):
-    match = _PROGRESS.match(line)
-    assert match and match["stage"] == stage and f"{match['done']}/{match['total']}" == step
 
 
 def test_overall_percent_moves_forward_through_the_stages():
