@@ -63,6 +63,16 @@ def embed(embedder, paths, image_size: int, normalisation: str, augmentation: Au
     return np.concatenate(out) if out else np.zeros((0, embedder.output_shape[-1]), np.float32)
 
 
+def _partial_suffix(pid: int) -> str:
+    return f".{pid}.tmp.npy"
+
+
+def partial_paths(cache_dir: Path, pid: int) -> list[Path]:
+    """The half-written cache files of process `pid` (a training process stopped while it embedded)."""
+    cache_dir = Path(cache_dir)
+    return sorted(cache_dir.glob(f"*{_partial_suffix(pid)}")) if cache_dir.is_dir() else []
+
+
 class FeatureCache:
     """Embeddings on disk under `directory`, computed by a lazily built embedder on a miss; each `get`
     reports a `caching LABEL` stage to `reporter`."""
@@ -101,8 +111,8 @@ class FeatureCache:
                         progress=progress)
         self.directory.mkdir(parents=True, exist_ok=True)
         # A name of its own, as workers sharing the cache folder may compute the same entry at once;
-        # ending in the pid so that a stopped job's leftovers are findable (jobs.JobQueue).
-        tmp = file.with_suffix(f".{uuid.uuid4().hex[:8]}.{os.getpid()}.tmp.npy")
+        # with the pid in it, so that a stopped job's leftovers are findable (partial_paths).
+        tmp = file.with_suffix(f".{uuid.uuid4().hex[:8]}{_partial_suffix(os.getpid())}")
         np.save(tmp, vectors)
         tmp.replace(file)
         return vectors

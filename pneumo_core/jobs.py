@@ -309,9 +309,11 @@ class JobQueue:
     def _remove_partial(self, pid: int) -> list[Path]:
         """Half-written output of training process `pid`: a version folder not yet renamed into the
         registry, its tuner folder, and a feature file not yet renamed into the cache."""
+        # Imported here: `training` loads TensorFlow (about 5 s), needed only after a job stopped or failed.
+        from . import features, training
         removed = remove_partial(self.settings.models_dir, pid)
-        for path in [*Path(self.settings.tuner_dir).glob(f"run-*-p{pid}"),
-                     *Path(self.settings.cache_dir).glob(f"*.{pid}.tmp.npy")]:
+        for path in [*training.partial_paths(self.settings.tuner_dir, pid),
+                     *features.partial_paths(self.settings.cache_dir, pid)]:
             if path.is_dir():
                 shutil.rmtree(path, ignore_errors=True)
             else:

@@ -217,10 +217,22 @@ class Heads:
         return _sigmoid(self.platt[0] * _ensemble_logit(self.heads, features) + self.platt[1])
 
 
+def tuner_run_dir(tuner_dir: Path, pid: int | None = None) -> Path:
+    """A new folder for the tuner of one `train` run (removed when its heads are trained), named after the
+    process so that a stopped job's leftovers are findable (partial_paths)."""
+    return Path(tuner_dir) / f"run-{datetime.now(UTC):%Y%m%d-%H%M%S-%f}-p{os.getpid() if pid is None else pid}"
+
+
+def partial_paths(tuner_dir: Path, pid: int) -> list[Path]:
+    """The tuner folders a `train` process `pid` left behind (it was stopped before its heads were trained)."""
+    tuner_dir = Path(tuner_dir)
+    return sorted(tuner_dir.glob(f"run-*-p{pid}")) if tuner_dir.is_dir() else []
+
+
 def fit_heads(features: CachedFeatures, config: TrainConfig, settings: Settings,
               reporter: Reporter | None = None) -> Heads:
     """Tune the head on the cached features, train the `config.ensemble` best and calibrate them on validation."""
-    tuner_dir = settings.tuner_dir / f"run-{datetime.now(UTC):%Y%m%d-%H%M%S-%f}-p{os.getpid()}"
+    tuner_dir = tuner_run_dir(settings.tuner_dir)
     tuner = tune_head(*features.trial_vectors(config.seed), features.x_val, features.y_val, features.class_weight,
                       tuner_dir, config.trials, config.epochs, config.tuner, config.seed, reporter=reporter)
     summary = tuner_summary(tuner)

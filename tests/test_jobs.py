@@ -94,19 +94,22 @@ def test_data_check_blocks_what_cannot_train(tmp_path, layout, message):
     assert _queue(tmp_path / "home").list() == []
 
 
-def test_remove_partial_deletes_only_that_process_output(tmp_path):
-    queue = _queue(tmp_path)
-    s = queue.settings
-    mine = [s.models_dir / ".tmp-4242-v1-abc", s.tuner_dir / "run-20260101-p4242"]
-    others = [s.models_dir / ".tmp-999-v2-abc", s.tuner_dir / "run-20260101-p999", s.models_dir / "v0"]
+def test_each_writer_finds_only_that_process_partial_output(tmp_path):
+    from pneumo_core import features, training
+    s = _queue(tmp_path).settings
+    mine = [s.models_dir / f"{registry.partial_prefix(4242)}v1-abc", training.tuner_run_dir(s.tuner_dir, 4242)]
+    others = [s.models_dir / f"{registry.partial_prefix(999)}v2-abc", training.tuner_run_dir(s.tuner_dir, 999),
+              s.models_dir / "v0"]
     for folder in mine + others:
         folder.mkdir(parents=True)
     (s.cache_dir).mkdir()
-    (s.cache_dir / "key.4242.tmp.npy").write_bytes(b"half")
+    (s.cache_dir / "key.0badc0de.4242.tmp.npy").write_bytes(b"half")   # as FeatureCache.get names it
     (s.cache_dir / "key.npy").write_bytes(b"done")
-    queue._remove_partial(4242)
-    assert not any(p.exists() for p in mine) and all(p.exists() for p in others)
-    assert [p.name for p in s.cache_dir.iterdir()] == ["key.npy"]
+    assert training.partial_paths(s.tuner_dir, 4242) == [mine[1]]
+    assert features.partial_paths(s.cache_dir, 4242) == [s.cache_dir / "key.0badc0de.4242.tmp.npy"]
+    assert registry.remove_partial(s.models_dir, 4242) == [mine[0]]
+    assert not mine[0].exists() and all(p.exists() for p in others)
+    assert features.partial_paths(s.cache_dir, 999) == [] and training.partial_paths(tmp_path / "none", 1) == []
 
 
 # -- real jobs (subprocesses running `train`) ----------------------------------------------------------
