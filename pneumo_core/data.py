@@ -15,12 +15,11 @@ import numpy as np
 import pandas as pd
 
 from .augment import Augmentation
+from .choices import CLASSES, SPLITS, label_name  # noqa: F401  (data.CLASSES / data.label_name: the label names)
 from .errors import DatasetError
 from .io import ImageError, read_image
 from .preprocessing import prepare, resize, to_model_input
 
-CLASSES = ("NORMAL", "PNEUMONIA")
-SPLITS = ("train", "val", "test")
 IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png"}
 MIN_VAL_IMAGES = 100
 MIN_IMAGES_PER_CLASS = 20   # below this a patient-level val/test split leaves a handful of films per class

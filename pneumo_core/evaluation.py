@@ -9,6 +9,8 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
+from .choices import CLASSES
+
 THRESHOLD_RULE = "highest threshold keeping validation sensitivity >= {target:.2f}"
 
 
@@ -33,6 +35,25 @@ def metrics_at(y, p, threshold: float) -> dict:
         "f1": _ratio(2 * precision * recall, precision + recall),
         "confusion_matrix": [[tn, fp], [fn, tp]],
     }
+
+
+def classification_report(y, p, threshold: float) -> list[dict]:
+    """Per-class precision, recall, F1 and support at `threshold`, NORMAL first (as scikit-learn's report).
+
+    Args:
+        y: (N,) labels 0 = NORMAL, 1 = PNEUMONIA.
+        p: (N,) probabilities of PNEUMONIA.
+        threshold: PNEUMONIA is called when p >= threshold.
+    Returns:
+        Two dicts with class, precision, recall, f1, support: for NORMAL, precision is the NPV and recall
+        the specificity; for PNEUMONIA, the PPV and the sensitivity.
+    """
+    m = metrics_at(y, p, threshold)
+    (tn, fp), (fn, tp) = m["confusion_matrix"]
+    return [{"class": CLASSES[0], "precision": m["npv"], "recall": m["specificity"],
+             "f1": _ratio(2 * m["npv"] * m["specificity"], m["npv"] + m["specificity"]), "support": tn + fp},
+            {"class": CLASSES[1], "precision": m["precision"], "recall": m["recall"], "f1": m["f1"],
+             "support": fn + tp}]
 
 
 def choose_threshold(y_val, p_val, min_sensitivity: float = 0.95) -> float:

@@ -19,6 +19,7 @@ import keras
 import numpy as np
 
 from .backbones import BackbonePreprocess, build_backbone
+from .choices import label_name
 from .data import image_batches
 from .preprocessing import prepare
 
@@ -128,4 +129,4 @@ class PneumoModel:
         return np.concatenate(out) if out else np.zeros(0)
 
     def label(self, probability: float) -> str:
-        return "PNEUMONIA" if probability >= self.threshold else "NORMAL"
+        return label_name(probability >= self.threshold)

@@ -149,19 +149,26 @@ def active_version(models_dir: Path) -> str | None:
     return _active(models_dir, _versions(models_dir))
 
 
+def change_kind(models_dir: Path, version_id: str) -> str:
+    """What making `version_id` active would be: "rollback" to a version older than the active one, else
+    "promote" (what `promote` records, and what the dashboard's button says)."""
+    versions = _versions(models_dir)
+    current = _active(models_dir, versions)
+    order = [m["id"] for m in versions]      # newest first
+    return "rollback" if current in order and version_id in order and order.index(version_id) > order.index(
+        current) else "promote"
+
+
 def promote(models_dir: Path, version_id: str, who: str | None = None) -> dict:
     """Make `version_id` the active version and record it; returns the log entry.
 
-    Going back to a version older than the active one is recorded as a rollback.
+    Going back to a version older than the active one is recorded as a rollback (`change_kind`).
     """
     if not (Path(models_dir) / version_id / "metadata.json").is_file():
         raise RegistryError(f"no model version {version_id} in {models_dir}. "
                             f"List them with: python -m pneumo_core models")
-    versions = _versions(models_dir)
-    current = _active(models_dir, versions)
-    order = [m["id"] for m in versions]      # newest first
-    action = "rollback" if current in order and order.index(version_id) > order.index(current) else "promote"
-    return _set_active(models_dir, version_id, current, action, who)
+    action = change_kind(models_dir, version_id)
+    return _set_active(models_dir, version_id, active_version(models_dir), action, who)
 
 
 def _set_active(models_dir: Path, version_id: str, current: str | None, action: str, who: str | None) -> dict:
@@ -194,6 +201,12 @@ def resolve(models_dir: Path, ref: str | None = None) -> Path:
 
 def read_json(version_dir: Path, name: str) -> dict:
     return json.loads((Path(version_dir) / name).read_text())
+
+
+def read_history(version_dir: Path) -> pd.DataFrame:
+    """The version's training curves: one row per epoch and `member` (head number, or "fine-tune"), with
+    loss, val_loss, val_auc, val_accuracy where measured."""
+    return pd.read_csv(Path(version_dir) / "history.csv")
 
 
 def test_predictions(version_dir: Path) -> pd.DataFrame:

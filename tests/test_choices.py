@@ -35,6 +35,11 @@ def test_the_command_line_offers_the_choices(capsys, argv, names):
     assert "invalid choice" in error and all(name in error for name in names)
 
 
+def test_labels_have_one_name_each():
+    assert [choices.label_name(v) for v in (0, 1, False, True, np.int64(1), np.bool_(False))] == \
+        ["NORMAL", "PNEUMONIA", "NORMAL", "PNEUMONIA", "PNEUMONIA", "NORMAL"]
+
+
 def test_a_config_survives_a_job_row_and_the_command_line():
     config = TrainConfig(data_dir="/data", backbone="resnet50", weights="none", trials=3, epochs=4,
                          fine_tune_epochs=1, image_size=96, seed=7, tuner="bayesian", normalisation="clahe",

@@ -72,3 +72,14 @@ def test_a_registry_without_pointer_keeps_its_active_model(tmp_path, small_model
     _save(tmp_path, "20260103-000000-c", small_model)
     assert registry.active_version(tmp_path) == "20260102-000000-b"
     assert registry.candidates(tmp_path) == ["20260103-000000-c", "20260101-000000-a"]
+
+
+def test_going_back_to_an_older_version_is_a_rollback(tmp_path, small_model):
+    for version in ("20260101-000000-a", "20260102-000000-b", "20260103-000000-c"):
+        _save(tmp_path, version, small_model)
+    registry.promote(tmp_path, "20260102-000000-b")
+    assert registry.change_kind(tmp_path, "20260101-000000-a") == "rollback"
+    assert registry.change_kind(tmp_path, "20260103-000000-c") == "promote"
+    assert registry.promote(tmp_path, "20260101-000000-a")["action"] == "rollback"
+    history = registry.read_history(tmp_path / "20260101-000000-a")
+    assert list(history.columns) == ["epoch", "loss"] and history["loss"].tolist() == [0.5]

@@ -6,7 +6,7 @@ import streamlit as st
 
 import ui
 from pneumo_core import figures
-from pneumo_core.registry import promote, promotions, read_json, summaries
+from pneumo_core.registry import change_kind, promote, promotions, read_json, summaries
 
 st.title("Models")
 rows = ui.versions()
@@ -24,16 +24,14 @@ st.dataframe(table[["version", "role", "backbone", "created", "AUC", "sensitivit
 
 st.subheader("Active model: rollback and history")
 with st.container():
-    active = next(r["id"] for r in registry_rows if r["active"])
-    order = [r["id"] for r in registry_rows]
     for row in registry_rows:
         if row["active"]:
             continue
         text, button = st.columns([4, 1], vertical_alignment="center")
         text.markdown(f"`{row['id']}` · {row['role']} · test AUC {row['roc_auc']:.3f} · sensitivity "
                       f"{row['sensitivity']:.3f} · specificity {row['specificity']:.3f}")
-        older = order.index(row["id"]) > order.index(active)
-        if button.button("Roll back" if older else "Make active", key=f"activate_{row['id']}"):
+        rollback = change_kind(ui.settings().models_dir, row["id"]) == "rollback"
+        if button.button("Roll back" if rollback else "Make active", key=f"activate_{row['id']}"):
             entry = promote(ui.settings().models_dir, row["id"], who=ui.user())
             st.toast(f"{entry['action']}: {entry['from']} → {entry['to']}")
             st.rerun()

@@ -4,7 +4,7 @@ import streamlit as st
 
 import ui
 from pneumo_core import figures, registry
-from pneumo_core.choices import TRAIN_CHOICES
+from pneumo_core.choices import TRAIN_CHOICES, label_name
 from pneumo_core.comparison import compare
 from pneumo_core.io import ImageError, read_image
 from pneumo_core.jobs import JobError, describe
@@ -99,7 +99,7 @@ else:
             except ImageError:
                 return None
         shown.insert(0, "film", shown["path"].map(thumbnail))
-        shown["truth"] = shown["label"].map({0: "NORMAL", 1: "PNEUMONIA"})
+        shown["truth"] = shown["label"].map(label_name)
         st.dataframe(shown[["film", "truth", f"call_{active}", f"p_{active}", f"call_{candidate}",
                             f"p_{candidate}", "path"]],
                      hide_index=True, width="stretch", row_height=72,
