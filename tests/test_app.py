@@ -64,7 +64,7 @@ def test_upload_yields_a_call_a_heatmap_and_reports(home):
 
 
 def test_many_files_make_a_worklist_and_bad_files_get_their_own_message(home):
-    from test_io import CASES
+    from helpers import CASES
     bad = {"broken.png": "damaged", "empty.jpg": "the file is empty", "scan.pdf": "PDF document",
            "holiday.jpg": "colour photo", "cine.dcm": "multi-frame DICOM", "side.dcm": "lateral view",
            "bomb.png": "megapixels", "tiny.png": "at least 64x64"}
