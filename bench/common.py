@@ -1,14 +1,12 @@
 """Helpers shared by the benchmark scripts: timing and one result line per number."""
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 SHARED = REPO.parent / "shared"
 SHARED_DATA = SHARED / "data" / "chest_xray"
 SHARED_WEIGHTS = SHARED / "weights" / "mobilenet_v2_1.0_224_imagenet_notop.weights.h5"

@@ -3,11 +3,11 @@
 
 Run after train_time.py (run_all.py does) so the feature cache in PNEUMO_BENCH_HOME is warm; on a
 cold home the job also caches features (about 5 minutes more)."""
-from common import SHARED_DATA, report  # noqa: I001
-
 import os
 import tempfile
 import time
+
+from common import SHARED_DATA, report
 
 from pneumo_core.data import check_dataset
 from pneumo_core.jobs import JobQueue, _alive
