@@ -255,7 +255,15 @@ _KNOWN_OTHERS = {b"%PDF": "a PDF document", b"GIF8": "a GIF image", b"II*\x00": 
 
 
 def read_film(source: str | Path | bytes, name: str | None = None) -> Film:
-    """Read a file path or raw bytes into a `Film` (2-D uint8 grayscale + safe source facts)."""
+    """Read a file path or raw bytes into a `Film`.
+
+    Args:
+        source: a path, or the file's bytes; name: the file name used in messages (default: the path's).
+    Returns:
+        Film: `gray` (H, W) uint8, and `info` (format; for DICOM modality, view and study date only).
+    Raises:
+        ImageError: the file is not a usable chest film; the message says why and what is accepted.
+    """
     if isinstance(source, (str, Path)):
         name = name or Path(source).name
         try:
@@ -280,5 +288,5 @@ def read_film(source: str | Path | bytes, name: str | None = None) -> Film:
 
 
 def read_image(source: str | Path | bytes, name: str | None = None) -> np.ndarray:
-    """Read a file path or raw bytes into a 2-D uint8 grayscale array."""
+    """`read_film(source, name).gray`: an (H, W) uint8 grayscale array."""
     return read_film(source, name).gray

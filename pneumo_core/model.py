@@ -97,21 +97,23 @@ class PneumoModel:
 
     @classmethod
     def load(cls, version_dir) -> PneumoModel:
+        """The model of a version folder (registry.resolve gives one from an id)."""
         version_dir = Path(version_dir)
         metadata = json.loads((version_dir / "metadata.json").read_text())
         return cls(keras.saving.load_model(version_dir / "model.keras", compile=False), metadata, version_dir)
 
     def inputs(self, grays) -> np.ndarray:
-        """Grayscale films of any size -> a batch of model inputs."""
+        """N grayscale (H, W) uint8 films of any sizes -> (N, S, S, 3) float32 model inputs (S = image_size)."""
         return np.stack([prepare(g, self.image_size, self.normalisation) for g in grays])
 
     def predict_inputs(self, inputs: np.ndarray, batch_size: int = 32) -> np.ndarray:
+        """(N, S, S, 3) model inputs -> (N,) probabilities of PNEUMONIA."""
         # predict_on_batch: measured 2x faster than model.predict for small batches on CPU.
         return np.concatenate([np.asarray(self.keras.predict_on_batch(inputs[i:i + batch_size])).reshape(-1)
                                for i in range(0, len(inputs), batch_size)]) if len(inputs) else np.zeros(0)
 
     def predict(self, grays) -> np.ndarray:
-        """Probability of PNEUMONIA for each grayscale film."""
+        """N grayscale (H, W) uint8 films -> (N,) probabilities of PNEUMONIA."""
         return self.predict_inputs(self.inputs(grays))
 
     def predict_and_embed(self, grays) -> tuple[np.ndarray, np.ndarray]:
@@ -123,10 +125,11 @@ class PneumoModel:
         return np.asarray(probability).reshape(-1), np.asarray(embeddings)
 
     def predict_files(self, paths, batch_size: int = 32) -> np.ndarray:
-        """Probability of PNEUMONIA for each image file, decoded in parallel."""
+        """N image files -> (N,) probabilities of PNEUMONIA (files decoded in parallel)."""
         out = [np.asarray(self.keras.predict_on_batch(batch)).reshape(-1) for batch in image_batches(
             paths, self.image_size, self.normalisation, batch_size=batch_size)]
         return np.concatenate(out) if out else np.zeros(0)
 
     def label(self, probability: float) -> str:
+        """The call at this version's threshold: "PNEUMONIA" when probability >= threshold, else "NORMAL"."""
         return label_name(probability >= self.threshold)

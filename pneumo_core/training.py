@@ -337,8 +337,13 @@ def tune(config: TrainConfig, settings: Settings, directory: Path, tuner_id: str
          reporter: Reporter | None = None) -> dict:
     """Search head hyper-parameters on the cached features: alone, or as the chief or a worker of a shared search.
 
-    `tuner_id` (from `tuning.join_search`): None alone, 'chief' to serve the oracle, else a worker's id.
-    Returns the best trials (alone, chief) or the ids of the trials this worker ran.
+    Args:
+        config, settings: as for `train`; directory: the search folder (each tuner its own subfolder).
+        tuner_id: from `tuning.join_search`: None alone, 'chief' to serve the oracle, else a worker's id.
+        reporter: receives the caching and tuning stages.
+    Returns:
+        The best trials (alone, chief: tuning.tuner_summary plus `directory`) or, on a worker, the ids of
+        the trials it ran.
     """
     if tuner_id == "chief":
         return {**tuner_summary(serve_oracle(directory, config.trials, config.epochs, config.tuner, config.seed)),
