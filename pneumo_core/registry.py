@@ -155,8 +155,9 @@ def change_kind(models_dir: Path, version_id: str) -> str:
     versions = _versions(models_dir)
     current = _active(models_dir, versions)
     order = [m["id"] for m in versions]      # newest first
-    return "rollback" if current in order and version_id in order and order.index(version_id) > order.index(
-        current) else "promote"
+    if current not in order or version_id not in order:
+        return "promote"
+    return "rollback" if order.index(version_id) > order.index(current) else "promote"
 
 
 def promote(models_dir: Path, version_id: str, who: str | None = None) -> dict:
