@@ -102,8 +102,11 @@ class Progress:
         self._show("")
 
     def update(self, n: int = 1, detail: str = "") -> None:
-        """Count `n` more items done (never past the total) and report if due."""
+        """Count `n` more items done (never past the total) and report if due (never twice the same count)."""
+        before = self.done
         self.done = self.done + n if self.total is None else min(self.total, self.done + n)
+        if self.done == before and self.total is not None:
+            return
         if self.total is None or self.done == self.total or self.done / self.total - self._last_shown >= self.step:
             self._show(detail)
 

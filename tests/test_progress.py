@@ -21,6 +21,8 @@ def test_progress_never_counts_past_the_total_and_finish_completes_it():
     progress = Progress("tuning trial", 3, CallbackReporter(updates.append))
     progress.update(5)
     assert progress.done == 3 and updates[-1].done == 3
+    progress.update(0, "again")
+    assert len(updates) == 2                        # the same count is not reported twice
     other = Progress("caching val", 40, CallbackReporter(updates.append))
     other.finish("cached")
     assert (updates[-1].stage, updates[-1].done, updates[-1].detail) == ("caching val", 40, "cached")
