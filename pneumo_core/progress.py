@@ -59,7 +59,9 @@ class StreamReporter:
         self.stream = stream
 
     def report(self, update: Update) -> None:
-        print(format_line(update), file=self.stream or sys.stdout, flush=True)
+        stream = self.stream or sys.stdout   # looked up now: a test's or a caller's redirection applies
+        stream.write(format_line(update) + "\n")
+        stream.flush()
 
 
 class CallbackReporter:
