@@ -167,6 +167,15 @@ def _chain_holds(models_dir):
     return log
 
 
+def _promote_together(models_dir, target, seen, checked, barrier, outcome):
+    barrier.wait()   # both start together
+    try:
+        kwargs = {"expected_active": seen} if checked else {}
+        outcome.append(registry.promote(models_dir, target, actor=LEAD, **kwargs)["to"])
+    except registry.RegistryError as error:
+        outcome.append(None if "since you looked" in str(error) else str(error))
+
+
 @pytest.mark.parametrize("checked", [True, False])
 def test_two_hundred_pairs_of_simultaneous_promotions_lose_nothing(tmp_path, checked):
     versions = [f"2026010{i}-000000-v" for i in range(1, 5)]
@@ -177,21 +186,13 @@ def test_two_hundred_pairs_of_simultaneous_promotions_lose_nothing(tmp_path, che
         seen = registry.active_version(tmp_path)
         targets = [v for v in versions if v != seen][:2] if round_ % 2 else [v for v in versions if v != seen][1:]
         barrier, outcome = threading.Barrier(2), []
-
-        def go(target):
-            barrier.wait()   # both start together
-            try:
-                kwargs = {"expected_active": seen} if checked else {}
-                outcome.append(registry.promote(tmp_path, target, actor=LEAD, **kwargs)["to"])
-            except registry.RegistryError as error:
-                assert "since you looked" in str(error)
-                outcome.append(None)
-
-        threads = [threading.Thread(target=go, args=(t,)) for t in targets]
+        threads = [threading.Thread(target=_promote_together, args=(tmp_path, t, seen, checked, barrier, outcome))
+                   for t in targets]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
+        assert all(o is None or o.startswith("2026") for o in outcome), outcome   # refusals say "since you looked"
         won = [o for o in outcome if o]
         assert len(won) == (1 if checked else 2)          # a stale view never wins; unchecked, both are logged
         winners += won
