@@ -368,10 +368,11 @@ class JobQueue:
         the running job's processes, so a runner that died counts as a change). Pass the token back next time.
         """
         with self.store.transaction() as db:
+            current = int(db.execute("SELECT n FROM changes").fetchone()[0])
             running = db.execute("SELECT pid, pid_started FROM jobs WHERE state = 'running'").fetchall()
         if any(not is_ours(r["pid"], r["pid_started"]) for r in running):
             self._reap()
-        current = self.store.changes()
+            current = self.store.changes()
         return current != token, current
 
     def log_tail(self, job_id: int, lines: int = 20) -> list[str]:
@@ -451,7 +452,10 @@ class JobQueue:
             row = db.execute("SELECT id FROM jobs WHERE state = 'queued' ORDER BY id LIMIT 1").fetchone()
             if row is None:
                 return None
-            env = {**os.environ, "PNEUMO_HOME": str(self.settings.home), "PYTHONUNBUFFERED": "1"}
+            # The runner reads its settings from the environment: these are this queue's.
+            env = {**os.environ, "PNEUMO_HOME": str(self.settings.home), "PYTHONUNBUFFERED": "1",
+                   "PNEUMO_JOB_LOG_MB": str(self.settings.job_log_mb),
+                   "PNEUMO_FEATURE_CACHE_MB": str(self.settings.feature_cache_mb)}
             runner = subprocess.Popen([sys.executable, "-m", "pneumo_core", "jobs", "run", str(row["id"])],
                                       cwd=REPO_ROOT, env=env, start_new_session=True, stdin=subprocess.DEVNULL,
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

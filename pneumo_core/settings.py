@@ -55,7 +55,7 @@ class Settings:
     max_jobs_per_user: int = 2
     min_free_mb: int = 2048     # a default job writes ~100 MB (features, tuner, model); 2 GB leaves room for many
     feature_cache_mb: int = 4096   # ~80 MB per seed/size/backbone on the 5216 films: ~50 settings kept
-    job_log_mb: int = 5         # a default job's log is ~200 KB
+    job_log_mb: float = 5         # a default job's log is ~200 KB
 
     @property
     def tuning_role(self) -> str | None:
@@ -109,7 +109,7 @@ def load_settings(env: dict | None = None) -> Settings:
         max_jobs_per_user=int(env.get("PNEUMO_MAX_JOBS_PER_USER", 2)),
         min_free_mb=int(env.get("PNEUMO_MIN_FREE_MB", 2048)),
         feature_cache_mb=int(env.get("PNEUMO_FEATURE_CACHE_MB", 4096)),
-        job_log_mb=int(env.get("PNEUMO_JOB_LOG_MB", 5)),
+        job_log_mb=float(env.get("PNEUMO_JOB_LOG_MB", 5)),
         oracle=f"{env['KERASTUNER_ORACLE_IP']}:{env.get('KERASTUNER_ORACLE_PORT', '')}"
         if env.get("KERASTUNER_ORACLE_IP") else "",
     )
