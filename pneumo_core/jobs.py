@@ -162,6 +162,13 @@ def check_params(params: dict) -> dict:
     return params
 
 
+def clamp_params(params: dict) -> dict:
+    """`params` with every bounded number moved into its `settings.TRAIN_LIMITS` range (a form's
+    starting values: the active model may have been trained from a shell with more)."""
+    return {k: min(max(v, TRAIN_LIMITS[k][0]), TRAIN_LIMITS[k][1])
+            if k in TRAIN_LIMITS and isinstance(v, int) and not isinstance(v, bool) else v for k, v in params.items()}
+
+
 class ProgressTracker:
     """Turns the lines `train` prints into the job's stage, step and overall percent. Pure: no I/O.
 

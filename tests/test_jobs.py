@@ -21,6 +21,7 @@ from pneumo_core.jobs import (
     JobError,
     JobQueue,
     ProgressTracker,
+    clamp_params,
     is_ours,
     overall_percent,
     params_from_model,
@@ -187,6 +188,11 @@ def test_form_values_are_bounded(held_queue, tiny_data, change, message):
         held_queue.submit({"data": str(tiny_data), **TINY, **change}, actor=LEAD)
     assert held_queue.list() == []
     assert TRAIN_LIMITS["trials"] == (1, 100)      # the form's range comes from the same table
+
+
+def test_form_starting_values_are_brought_into_range():
+    assert clamp_params({"trials": 500, "image_size": 16, "seed": 3, "xla": True, "data": "/d"}) == \
+        {"trials": 100, "image_size": 32, "seed": 3, "xla": True, "data": "/d"}
 
 
 def test_a_job_needs_free_disk_space(tmp_path, tiny_data):

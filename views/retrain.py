@@ -8,13 +8,13 @@ from pneumo_core.cli import train_choices
 from pneumo_core.comparison import compare
 from pneumo_core.errors import PneumoError
 from pneumo_core.io import ImageError, read_image
-from pneumo_core.jobs import describe
+from pneumo_core.jobs import clamp_params, describe
 from pneumo_core.settings import TRAIN_LIMITS
 
 st.title("Retrain")
 queue = ui.job_queue()
 models_dir = ui.settings().models_dir
-params = ui.current_train_params()
+params = clamp_params(ui.current_train_params())   # within the ranges a job may use
 
 st.subheader("New model")
 active = registry.active_version(models_dir)
