@@ -246,10 +246,20 @@ def stop_processes(pid: int | None, pid_started: float | None, child_pid: int | 
     """Stop a job's runner (and its whole process group) and training process, only those that are
     still the processes the job started (pid and start time match); SIGKILL after `grace` s."""
     watched = [(p, s) for p, s in ((pid, pid_started), (child_pid, child_started)) if is_ours(p, s)]
-    if is_ours(pid, pid_started):     # the runner leads its own session: its group is the job's processes
+    if not watched:
+        return
+    try:
+        leads_group = is_ours(pid, pid_started) and os.getpgid(pid) == pid
+    except ProcessLookupError:
+        leads_group = False
+    if leads_group:     # a background runner leads its own session: its group is the job's processes
         _signal_and_wait(lambda sig: os.killpg(pid, sig), watched, grace)
-    elif is_ours(child_pid, child_started):   # the runner died; its training process lives on
-        _signal_and_wait(lambda sig: os.kill(child_pid, sig), watched, grace)
+    else:               # a runner run by hand in a terminal, or a training process whose runner died
+        def send(sig):
+            for p, s in watched:
+                if is_ours(p, s):
+                    os.kill(p, sig)
+        _signal_and_wait(send, watched, grace)
 
 
 # -- the rows ---------------------------------------------------------------------------------------

@@ -300,6 +300,24 @@ def test_cancel_stops_the_process_group_and_leaves_no_partial_version(tmp_path, 
 
 
 @pytest.mark.slow
+def test_cancel_stops_a_runner_started_by_hand_in_a_terminal(tmp_path, tiny_data, monkeypatch):
+    monkeypatch.setattr(JobQueue, "start_next", lambda self: None)     # no background runner
+    queue = _queue(tmp_path)
+    job_id = queue.submit({"data": str(tiny_data), **LONG}, actor=LEAD)
+    env = {**os.environ, "PNEUMO_HOME": str(tmp_path), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    # In the test's own process group, as from a shell: the group is not the job's to signal.
+    runner = subprocess.Popen([sys.executable, "-m", "pneumo_core", "jobs", "run", str(job_id)], cwd=REPO, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        job = _wait_for(lambda: (j := queue.get(job_id))["child_pid"] and j)
+        assert queue.cancel(job_id, actor=LEAD)["state"] == "cancelled"
+        assert runner.wait(timeout=30) != 0
+        _wait_for(lambda: not _alive(job["child_pid"]), timeout=20)
+    finally:
+        runner.kill()
+
+
+@pytest.mark.slow
 def test_a_killed_job_is_reported_failed_with_its_last_log_lines(tmp_path, tiny_data):
     queue = _queue(tmp_path)
     job_id = queue.submit({"data": str(tiny_data), **LONG}, actor=LEAD)
