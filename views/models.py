@@ -45,7 +45,8 @@ with st.container():
                 st.rerun()
     log = promotions(ui.settings().models_dir)
     if log:
-        st.dataframe(pd.DataFrame(log[::-1]), hide_index=True, width="stretch")
+        st.dataframe(pd.DataFrame(log[::-1]).reindex(columns=["when", "who", "action", "from", "to"]),
+                     hide_index=True, width="stretch")
 
 st.subheader("Model card")
 version = ui.version_picker(key="card_model")
