@@ -260,8 +260,9 @@ def verify_promotions(models_dir: Path) -> dict:
     pointer = _pointer_text(models_dir)
     if entries and pointer != entries[-1]["to"]:
         return {"ok": False, "entries": len(entries), "last": previous,
-                "problem": f"{ACTIVE_FILE} names {pointer} but the last recorded change made {entries[-1]['to']} "
-                           f"active (the pointer was changed outside Pneumo)"}
+                "problem": (f"{ACTIVE_FILE} names {pointer}" if pointer else f"{ACTIVE_FILE} is missing") +
+                           f" but the last recorded change made {entries[-1]['to']} active (the pointer was changed "
+                           f"outside Pneumo)"}
     return {"ok": True, "problem": None, "entries": len(entries), "last": previous}
 
 

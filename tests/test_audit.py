@@ -199,3 +199,15 @@ def test_twelve_threads_diagnose_through_one_model_and_one_trail(trained_home, t
     with_map, without = diagnoser.diagnose(films[0]), diagnoser.diagnose(films[0], method=None)
     assert with_map.probability == pytest.approx(without.probability, abs=1e-5)
     assert with_map.ood_score == pytest.approx(without.ood_score, rel=1e-4) and without.heatmap is None
+
+
+def test_audit_verify_also_checks_the_promotions_chain(tmp_path):
+    _history(tmp_path / "audit.sqlite")
+    models = tmp_path / "models"
+    models.mkdir()
+    (models / "promotions.jsonl").write_text('{"when": "x", "who": "a", "action": "promote", "from": null, '
+                                             '"to": "v1", "prev": "00", "hash": "11"}\n')
+    (models / "ACTIVE").write_text("v1\n")
+    result = run_cli("audit", "verify", home=tmp_path)
+    assert result.returncode == 1 and "promotions.jsonl entry 1: its link to the previous entry is broken" in \
+        result.stdout
