@@ -72,6 +72,13 @@ def user() -> str:
     return current_user() or st.session_state.get("user_name") or "dashboard user"
 
 
+def actor():
+    """The acting user for library calls (`access.Actor`): the signed-in one, else (until sign-in is
+    set up) the sidebar name with the admin role, as the dashboard allowed everything before."""
+    from pneumo_core.access import Actor
+    return st.session_state.get("actor") or Actor(user(), "admin")
+
+
 def user_box() -> None:
     st.sidebar.text_input("Your name", key="user_name", placeholder="recorded with promotions and jobs")
 

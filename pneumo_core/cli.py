@@ -69,7 +69,6 @@ def _parser(settings) -> argparse.ArgumentParser:
     promote = commands.add_parser("promote", help="make a version the active model (an older one: a rollback)")
     promote.set_defaults(func=cmd_promote)
     promote.add_argument("version")
-    promote.add_argument("--who", help="name recorded with the promotion (default: your user name)")
 
     jobs = commands.add_parser("jobs", help="retraining jobs run in the background, one at a time")
     jobs.set_defaults(func=cmd_jobs)
@@ -77,7 +76,6 @@ def _parser(settings) -> argparse.ArgumentParser:
     submit = job_commands.add_parser("submit", help="check the data, queue a train job and print its id",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     _add_train_options(submit, defaults)
-    submit.add_argument("--who", help="name recorded with the job (default: your user name)")
     job_list = job_commands.add_parser("list", help="jobs, newest first")
     job_list.add_argument("--json", action="store_true")
     status = job_commands.add_parser("status", help="state and progress of one job")
@@ -89,6 +87,7 @@ def _parser(settings) -> argparse.ArgumentParser:
     wait.add_argument("--timeout", type=float, help="give up after this many seconds (exit 3)")
     job_commands.add_parser("run", help="run a queued job in the foreground (what the background runner "
                                         "does)").add_argument("id", type=int)
+    _add_audit_parser(commands, settings)
     return parser
 
 
@@ -242,21 +241,21 @@ def cmd_models(args, settings) -> int:
     return 0
 
 def cmd_promote(args, settings) -> int:
+    from .access import cli_actor
+    from .audit import AuditTrail
     from .registry import promote
-    entry = promote(settings.models_dir, args.version, args.who)
+    entry = promote(settings.models_dir, args.version, actor=cli_actor(), trail=AuditTrail(settings.audit_path))
     print(f"active model: {args.version} ({entry['action']} from {entry['from']}, by {entry['who']})")
     return 0
 
 
 def cmd_jobs(args, settings) -> int:
+    from .access import cli_actor
     from .jobs import FINISHED, JobQueue
     queue = JobQueue(settings)
     if args.job_command == "submit":
-        job_id = queue.submit(train_config(args), args.who)
-        unreadable = queue.get(job_id)["checks"]["unreadable"]
-        for why in unreadable.values():
-            print(f"warning: skipped, unreadable: {why}", file=sys.stderr)
-        print(job_id)
+        job_id = queue.submit(train_config(args), actor=cli_actor())
+        print(job_id)   # the data check runs in the job: see `jobs status ID`
         return 0
     if args.job_command == "list":
         jobs = queue.list()
@@ -276,7 +275,7 @@ def cmd_jobs(args, settings) -> int:
                   + (f"\n{job['error']}" if job["error"] else ""))
         return 0
     if args.job_command == "cancel":
-        print(f"job {args.id}: {queue.cancel(args.id)['state']}")
+        print(f"job {args.id}: {queue.cancel(args.id, actor=cli_actor())['state']}")
         return 0
     if args.job_command == "wait":
         job = queue.wait(args.id, args.timeout)
@@ -307,6 +306,34 @@ def _show_library_log() -> None:
         log.addHandler(handler)
         log.setLevel(logging.INFO)
 
+
+# -- audit: records that changes cannot hide ----------------------------------------------------------
+
+def _add_audit_parser(commands, settings) -> None:
+    audit = commands.add_parser("audit", help="the audit trail: check that no record was changed or deleted")
+    audit.set_defaults(func=cmd_audit)
+    audit_commands = audit.add_subparsers(dest="audit_command", required=True)
+    audit_commands.add_parser("verify", help="check the hash chains of the audit trail and of the promotions; "
+                                             "exit 1 naming the first broken link, 0 when intact")
+
+
+def cmd_audit(args, settings) -> int:
+    from .audit import AuditTrail
+    from .registry import verify_promotions
+    if not settings.audit_path.is_file():
+        print(f"no audit trail yet at {settings.audit_path}")
+        trail_result = {"ok": True, "rows": {}, "last": {}}
+    else:
+        trail_result = AuditTrail(settings.audit_path).verify()
+    promotions_result = verify_promotions(settings.models_dir)
+    for where, result in ((settings.audit_path, trail_result), (settings.models_dir, promotions_result)):
+        if not result["ok"]:
+            print(f"BROKEN: {where}: {result['problem']}")
+            return 1
+    for table, count in trail_result["rows"].items():
+        print(f"intact: {count} {table} row(s); last hash {trail_result['last'][table]}")
+    print(f"intact: {promotions_result['entries']} promotion(s); last hash {promotions_result['last']}")
+    return 0
 
 def main(argv=None) -> int:
     settings = load_settings()

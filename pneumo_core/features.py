@@ -19,6 +19,7 @@ import numpy as np
 from .augment import Augmentation
 from .data import image_batches
 from .progress import Progress, Reporter
+from .settings import load_settings
 
 
 def weights_id(weights: str | None) -> str:
@@ -104,6 +105,7 @@ class FeatureCache:
         progress = Progress(f"caching {label}", len(paths), self.reporter)
         if file.exists():
             self.hits += 1
+            os.utime(file)   # marks it recently used for `evict`
             progress.finish("cached")
             return np.load(file)
         self.misses += 1
@@ -115,4 +117,41 @@ class FeatureCache:
         tmp = file.with_suffix(f".{uuid.uuid4().hex[:8]}{_partial_suffix(os.getpid())}")
         np.save(tmp, vectors)
         tmp.replace(file)
+        evict(self.directory, load_settings().feature_cache_mb * 2**20, keep=file)
         return vectors
+
+
+def evict(cache_dir: Path, max_bytes: int, keep: Path | None = None) -> list[Path]:
+    """Delete the least recently used cache entries until the cache holds at most `max_bytes`.
+
+    Each default-sized entry is ~80 MB (5216 films x 1280 floats x 3 views); without a bound every
+    new seed, size or backbone added one for ever. Use is the file's modification time (a hit
+    touches it). Files still being written (`*.tmp.npy`) are left alone.
+
+    Args:
+        cache_dir: the feature cache folder.
+        max_bytes: the size to get under (PNEUMO_FEATURE_CACHE_MB).
+        keep: an entry never to evict (the one just written).
+    Returns:
+        The files removed, oldest first.
+    """
+    entries = []
+    for path in Path(cache_dir).glob("*.npy"):
+        if path.name.endswith(".tmp.npy"):
+            continue
+        try:
+            stat = path.stat()
+        except FileNotFoundError:   # another process evicted it meanwhile
+            continue
+        entries.append((stat.st_mtime_ns, stat.st_size, path))
+    entries.sort()
+    total, removed = sum(size for _, size, _ in entries), []
+    for _, size, path in entries:
+        if total <= max_bytes:
+            break
+        if keep is not None and path == Path(keep):
+            continue
+        path.unlink(missing_ok=True)
+        total -= size
+        removed.append(path)
+    return removed

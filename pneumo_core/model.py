@@ -11,7 +11,6 @@ pooled features and dropped in unchanged.
 """
 from __future__ import annotations
 
-import json
 import threading
 from pathlib import Path
 
@@ -97,9 +96,11 @@ class PneumoModel:
 
     @classmethod
     def load(cls, version_dir) -> PneumoModel:
-        """The model of a version folder (registry.resolve gives one from an id)."""
+        """The version in `version_dir`, after checking `model.keras` against the SHA-256 stored at
+        registration (RegistryError if it changed: a changed model is never served)."""
+        from .registry import verify_model_file
         version_dir = Path(version_dir)
-        metadata = json.loads((version_dir / "metadata.json").read_text())
+        metadata = verify_model_file(version_dir)
         return cls(keras.saving.load_model(version_dir / "model.keras", compile=False), metadata, version_dir)
 
     def inputs(self, grays) -> np.ndarray:

@@ -14,6 +14,10 @@ Every knob a deployment may need to change lives here, so the rest of the librar
 | PNEUMO_BACKBONE       | `mobilenet_v2`                                             |
 | PNEUMO_IMAGE_SIZE     | 224                                                        |
 | PNEUMO_SEED           | 42                                                         |
+| PNEUMO_MAX_JOBS_PER_USER | 2: unfinished (queued or running) jobs one user may have |
+| PNEUMO_MIN_FREE_MB    | 2048: free disk space in PNEUMO_HOME a job needs at submit |
+| PNEUMO_FEATURE_CACHE_MB | 4096: feature cache size; least recently used evicted    |
+| PNEUMO_JOB_LOG_MB     | 5: a job log rotates at this size (one older part kept)    |
 | KERASTUNER_TUNER_ID,  | distributed tuning (read by Keras Tuner too): `chief` or a |
 | KERASTUNER_ORACLE_IP, | worker id, and the chief's address; unset = one machine    |
 | KERASTUNER_ORACLE_PORT|                                                            |
@@ -49,6 +53,10 @@ class Settings:
     seed: int
     tuner_id: str = ""
     oracle: str = ""  # HOST:PORT of the chief's oracle
+    max_jobs_per_user: int = 2
+    min_free_mb: int = 2048     # a default job writes ~100 MB (features, tuner, model); 2 GB leaves room for many
+    feature_cache_mb: int = 4096   # ~80 MB per seed/size/backbone on the 5216 films: ~50 settings kept
+    job_log_mb: float = 5         # a default job's log is ~200 KB
 
     @property
     def tuning_role(self) -> str | None:
@@ -99,10 +107,22 @@ def load_settings(env: dict | None = None) -> Settings:
         image_size=int(env.get("PNEUMO_IMAGE_SIZE", defaults.image_size)),
         seed=int(env.get("PNEUMO_SEED", defaults.seed)),
         tuner_id=env.get("KERASTUNER_TUNER_ID", ""),
+        max_jobs_per_user=int(env.get("PNEUMO_MAX_JOBS_PER_USER", 2)),
+        min_free_mb=int(env.get("PNEUMO_MIN_FREE_MB", 2048)),
+        feature_cache_mb=int(env.get("PNEUMO_FEATURE_CACHE_MB", 4096)),
+        job_log_mb=float(env.get("PNEUMO_JOB_LOG_MB", 5)),
         oracle=f"{env['KERASTUNER_ORACLE_IP']}:{env.get('KERASTUNER_ORACLE_PORT', '')}"
         if env.get("KERASTUNER_ORACLE_IP") else "",
     )
 
+
+# The values a queued training job may ask for: {option: (lowest, highest)}. One place, used by
+# `jobs.check_params` (so the Retrain form and `jobs submit` alike) and by the form's inputs. Bounded
+# because a job runs on the shared server: 500 trials or 512 px would hold it for hours.
+TRAIN_LIMITS: dict[str, tuple[int, int]] = {
+    "trials": (1, 100), "epochs": (1, 100), "fine_tune_epochs": (0, 20), "image_size": (32, 384),
+    "augmented_views": (0, 5), "ensemble": (1, 5), "seed": (0, 2**31 - 1),
+}
 
 @dataclass
 class TrainConfig:

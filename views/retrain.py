@@ -6,13 +6,15 @@ import ui
 from pneumo_core import figures, registry
 from pneumo_core.choices import TRAIN_CHOICES, label_name
 from pneumo_core.comparison import compare
+from pneumo_core.errors import PneumoError
 from pneumo_core.io import ImageError, read_image
-from pneumo_core.jobs import JobError, describe
+from pneumo_core.jobs import clamp_params, describe
+from pneumo_core.settings import TRAIN_LIMITS, TrainConfig
 
 st.title("Retrain")
 queue = ui.job_queue()
 models_dir = ui.settings().models_dir
-config = ui.current_train_params()
+config = TrainConfig.from_dict(clamp_params(ui.current_train_params().to_dict()))   # within job limits
 
 st.subheader("New model")
 active = registry.active_version(models_dir)
@@ -26,24 +28,21 @@ with st.expander("Advanced"):
     config.weights = right.text_input("Weights", config.weights,
                                       help="auto (local file, else ImageNet download) | imagenet | none | "
                                            "path to a .h5 file")
-    config.trials = left.number_input("Tuner trials", 1, 500, config.trials)
-    config.epochs = right.number_input("Epochs per head", 1, 200, config.epochs)
-    config.fine_tune_epochs = left.number_input("Fine-tuning epochs (slow without a GPU)", 0, 50,
-                                                config.fine_tune_epochs)
-    config.image_size = right.number_input("Image size (px)", 32, 512, config.image_size, step=32)
-    config.seed = left.number_input("Seed", 0, 2**31 - 1, config.seed)
+    config.trials = left.number_input("Tuner trials", *TRAIN_LIMITS["trials"], config.trials)
+    config.epochs = right.number_input("Epochs per head", *TRAIN_LIMITS["epochs"], config.epochs)
+    config.fine_tune_epochs = left.number_input("Fine-tuning epochs (slow without a GPU)",
+                                                *TRAIN_LIMITS["fine_tune_epochs"], config.fine_tune_epochs)
+    config.image_size = right.number_input("Image size (px)", *TRAIN_LIMITS["image_size"], config.image_size,
+                                           step=32)
+    config.seed = left.number_input("Seed", *TRAIN_LIMITS["seed"], config.seed)
 if st.button("Retrain with current settings", type="primary", icon=":material/model_training:"):
-    with st.spinner("Checking the data…"):
-        try:
-            job_id = queue.submit(config, who=ui.user())
-        except JobError as error:
-            st.error(str(error))
-        else:
-            unreadable = queue.get(job_id)["checks"]["unreadable"]
-            st.success(f"Job {job_id} submitted." + (f" {len(unreadable)} unreadable file(s) will be skipped."
-                                                     if unreadable else ""))
-            for why in list(unreadable.values())[:20]:
-                st.warning(why)
+    try:
+        job_id = queue.submit(config, actor=ui.actor())
+    except PneumoError as error:
+        st.error(str(error))
+    else:
+        st.success(f"Job {job_id} submitted. It checks the data first; unreadable films are skipped and listed "
+                   f"in its log.")
 
 
 @st.fragment(run_every=2)
@@ -59,8 +58,12 @@ def current_job():
     st.progress(job["percent"] / 100, text=f"Job {job['id']}: {describe(job)} · {job['percent']:.0f}%")
     st.code("\n".join(queue.log_tail(job["id"], 12)) or "(starting…)", language=None)
     if st.button("Cancel job", key=f"cancel_{job['id']}", icon=":material/cancel:"):
-        queue.cancel(job["id"])
-        st.rerun()
+        try:
+            queue.cancel(job["id"], actor=ui.actor())
+        except PneumoError as error:
+            st.error(str(error))
+        else:
+            st.rerun()
 
 
 st.subheader("Current job")
@@ -108,9 +111,14 @@ else:
                                     f"p_{active}": st.column_config.NumberColumn("active p", format="%.3f"),
                                     f"p_{candidate}": st.column_config.NumberColumn("candidate p", format="%.3f")})
     if st.button(f"Promote {candidate}", type="primary", icon=":material/upgrade:"):
-        entry = registry.promote(models_dir, candidate, who=ui.user())
-        st.toast(f"{candidate} is now the active model (was {entry['from']}).")
-        st.rerun()
+        try:
+            entry = registry.promote(models_dir, candidate, actor=ui.actor(), expected_active=active,
+                                     trail=ui.audit_trail())
+        except PneumoError as error:
+            st.error(str(error))
+        else:
+            st.toast(f"{candidate} is now the active model (was {entry['from']}).")
+            st.rerun()
 
 st.subheader("Past jobs")
 jobs = queue.list(limit=50)
