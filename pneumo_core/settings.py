@@ -14,6 +14,11 @@ Every knob a deployment may need to change lives here, so the rest of the librar
 | PNEUMO_BACKBONE       | `mobilenet_v2`                                             |
 | PNEUMO_IMAGE_SIZE     | 224                                                        |
 | PNEUMO_SEED           | 42                                                         |
+| PNEUMO_MAX_FILM_MPX,  | the dashboard's memory budget (`MemoryBudget` below and    |
+| PNEUMO_REQUEST_MPX,   | README "Memory budget"): megapixels per film and per       |
+| PNEUMO_FILES_PER_UPLOAD, | request, files per upload, MB of cached diagnoses, model |
+| PNEUMO_CACHE_MB,      | versions loaded at once                                    |
+| PNEUMO_MODELS_LOADED  |                                                            |
 | KERASTUNER_TUNER_ID,  | distributed tuning (read by Keras Tuner too): `chief` or a |
 | KERASTUNER_ORACLE_IP, | worker id, and the chief's address; unset = one machine    |
 | KERASTUNER_ORACLE_PORT|                                                            |
@@ -38,6 +43,34 @@ def _first_existing(*candidates: Path) -> Path:
 
 
 @dataclass(frozen=True)
+class MemoryBudget:
+    """Every limit that bounds what one dashboard process holds in memory (README "Memory budget").
+
+    The class defaults are the library's (io.py reads them); `load_settings` lets a deployment
+    override the five named in the module docstring.
+    """
+    # Per film, from the header before any pixel is decoded: a 43x43 cm detector at 0.1 mm is
+    # ~18 Mpx, so 50 Mpx leaves room while a crafted 20000x20000 header is refused.
+    max_film_pixels: int = 50_000_000
+    # Films are decoded straight down to this longest side (JPEG: DCT scaling, others: box
+    # reduction in strips); 2x the largest model input (512) and 2x the displayed film.
+    working_side: int = 2048
+    # Source pixels decoded per request (one Diagnose run): 20 films at the per-film limit.
+    request_pixels: int = 1_000_000_000
+    files_per_upload: int = 50
+    # Full-size decoder buffers held at once in one process (a film waits for room): a 7000 x 7000
+    # RGB PNG holds ~200 MB for ~0.5 s before it is reduced; one film always runs, whatever its size.
+    decode_bytes: int = 256 * 2 ** 20
+    # Cached diagnoses (display-size film + heatmap, <= 3 MB each), shared by all sessions.
+    cache_bytes: int = 256 * 2 ** 20
+    cache_ttl_s: int = 3600
+    display_side: int = 1024
+    models_loaded: int = 2  # model versions held at once (least recently used unloaded first)
+    # The Metrics error browser's overlays: a few pages' worth, small, never the diagnosis cache.
+    browser_entries: int = 16
+
+
+@dataclass(frozen=True)
 class Settings:
     data_dir: Path
     home: Path
@@ -48,6 +81,7 @@ class Settings:
     seed: int
     tuner_id: str = ""
     oracle: str = ""  # HOST:PORT of the chief's oracle
+    budget: MemoryBudget = field(default_factory=MemoryBudget)
 
     @property
     def tuning_role(self) -> str | None:
@@ -100,7 +134,24 @@ def load_settings(env: dict | None = None) -> Settings:
         tuner_id=env.get("KERASTUNER_TUNER_ID", ""),
         oracle=f"{env['KERASTUNER_ORACLE_IP']}:{env.get('KERASTUNER_ORACLE_PORT', '')}"
         if env.get("KERASTUNER_ORACLE_IP") else "",
+        budget=memory_budget(env),
     )
+
+
+def memory_budget(env: dict | None = None) -> MemoryBudget:
+    """The dashboard's memory budget, with the deployment's overrides from `env` (default: os.environ)."""
+    env = os.environ if env is None else env
+    default = MemoryBudget()
+
+    def number(name: str, fallback: int, scale: int = 1) -> int:
+        return int(float(env[name]) * scale) if env.get(name) else fallback
+
+    return MemoryBudget(
+        max_film_pixels=number("PNEUMO_MAX_FILM_MPX", default.max_film_pixels, 1_000_000),
+        request_pixels=number("PNEUMO_REQUEST_MPX", default.request_pixels, 1_000_000),
+        files_per_upload=number("PNEUMO_FILES_PER_UPLOAD", default.files_per_upload),
+        cache_bytes=number("PNEUMO_CACHE_MB", default.cache_bytes, 2 ** 20),
+        models_loaded=max(1, number("PNEUMO_MODELS_LOADED", default.models_loaded)))
 
 
 STRATEGIES = ("default", "mirrored", "multiworker")  # tf.distribute choices for fine-tuning (distribute.py)
