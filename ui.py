@@ -14,7 +14,6 @@ import pandas as pd
 import streamlit as st
 
 from pneumo_core import registry
-from pneumo_core.cam import overlay
 from pneumo_core.io import DecodeBudget, read_film
 from pneumo_core.jobs import JobQueue, params_from_model
 from pneumo_core.lru import ByteLRU
@@ -34,9 +33,10 @@ def versions() -> list[dict]:
     return registry.list_versions(settings().models_dir)
 
 
-@st.cache_resource(show_spinner="Loading model…")
+@st.cache_resource(show_spinner="Loading model…", max_entries=BUDGET.models_loaded)
 def diagnoser_for(version_dir: str):
-    """One loaded model per version for the whole server (shared by every session)."""
+    """One loaded model per version for the whole server (shared by every session); at most
+    `models_loaded` versions at once, the least recently used unloaded first."""
     from pneumo_core.diagnosis import Diagnoser
     from pneumo_core.model import PneumoModel
     return Diagnoser(PneumoModel.load(version_dir))
@@ -176,6 +176,7 @@ def error_overlay(version_path: str, film_path: str, side: int = 384) -> np.ndar
     Its own small cache (`browser_entries`, a few pages' worth), so paging through the errors never
     fills the diagnosis cache.
     """
+    from pneumo_core.cam import overlay  # imports TensorFlow: only where a model is used
     film = read_film(film_path, max_pixels=settings().budget.max_film_pixels)
     gray, d = for_display(film.gray, diagnoser_for(version_path).diagnose(film.gray, film_path), side)
     return overlay(gray, d.heatmap, 0.4)

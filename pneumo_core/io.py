@@ -104,6 +104,10 @@ class Film:
     info: FilmInfo
 
 
+def _megapixels(pixels: int) -> str:
+    return f"{pixels / 1e6:,.0f}" if pixels >= 10_000_000 else f"{pixels / 1e6:.3g}"
+
+
 class DecodeBudget:
     """Source pixels one request (e.g. one Diagnose run over an upload) may decode.
 
@@ -122,7 +126,7 @@ class DecodeBudget:
             if self.used + pixels > self.limit:
                 raise ImageError(
                     f"{name}: not read: with the films before it, this request would decode "
-                    f"{(self.used + pixels) / 1e6:.3g} megapixels, over its limit of {self.limit / 1e6:.3g} "
+                    f"{_megapixels(self.used + pixels)} megapixels, over its limit of {_megapixels(self.limit)} "
                     f"megapixels; send fewer or smaller films at a time.")
             self.used += pixels
 
@@ -234,7 +238,11 @@ def read_png_jpeg(data: bytes, name: str = "image", *, max_pixels: int = MAX_PIX
                 image.draft(image.mode, (-(-image.size[0] // factor), -(-image.size[1] // factor)))
                 factor = _factor(*image.size, max_side)
             with _DECODE_GATE.hold(image.size[0] * image.size[1] * _BUFFER_BYTES.get(image.mode, 4)):
-                image = ImageOps.exif_transpose(_reduce(image, factor))
+                reduced = _reduce(image, factor)
+                if reduced is not image:  # a reduced copy lacks the EXIF orientation: carry it over
+                    reduced.info.update(image.info)
+                    reduced.getexif().update(image.getexif())
+                image = ImageOps.exif_transpose(reduced)
             if image.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
                 gray = _to_uint8(np.asarray(image))
             elif image.mode in ("L", "LA", "1"):

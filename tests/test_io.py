@@ -322,3 +322,14 @@ def test_a_request_over_its_pixel_budget_refuses_the_film_that_crosses_it_by_nam
     assert budget.used == 18_000  # the refused film was not counted
     read_film(encode(FILM[:70, :100]), "small.png", budget=budget)  # 7000 px still fit
     assert budget.used == 25_000
+
+
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG"])
+def test_a_large_exif_rotated_film_is_still_rotated_after_reduction(fmt):
+    film = np.zeros((3000, 2000), np.uint8)
+    film[:100] = 255  # a bright top edge: after 'rotate 90°' it is the right edge
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    gray = read_film(encode(film, fmt, exif=exif.tobytes()), max_side=500).gray
+    assert gray.shape[1] > gray.shape[0] and max(gray.shape) <= 500
+    assert gray[:, -3:].mean() > 200 and gray[:, :3].mean() < 50

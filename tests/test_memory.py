@@ -130,8 +130,8 @@ def test_a_large_16_bit_png_decodes_with_a_bounded_peak(tmp_path):
 def test_50_distinct_7000_px_pngs_through_the_diagnose_path_grow_memory_under_500_mb(trained_home, tmp_path):
     films = [big_png(tmp_path / f"film{i:02d}.png", i) for i in range(51)]
     setup = ("import ui\nfrom pneumo_core import registry\n"
-             "version = str(registry.resolve(ui.settings().models_dir, None))\nbudget = ui.decode_budget()")
-    step = ("    gray, d = ui.diagnosis(version, data, name, 'gradcam', budget)\n"
+             "version = str(registry.resolve(ui.settings().models_dir, None))")
+    step = ("    gray, d = ui.diagnosis(version, data, name, 'gradcam', ui.decode_budget())\n"
             "    assert max(gray.shape) <= ui.BUDGET.display_side and d.heatmap.shape == gray.shape\n"
             "    extra['cache_mb'] = ui._diagnosis_cache().nbytes / 2 ** 20\n"
             "    extra['cached'] = len(ui._diagnosis_cache())")
@@ -203,3 +203,18 @@ def test_a_request_over_its_pixel_budget_gets_a_message_for_the_film_that_crosse
     assert not at.exception
     errors = [e.value for e in at.error]
     assert len(errors) == 1 and errors[0].startswith("budget2.png: not read") and "0.025 megapixels" in errors[0]
+
+
+@pytest.mark.slow
+def test_at_most_models_loaded_versions_stay_loaded_least_recently_used_first(home):
+    import ui
+    (first,) = [d for d in (home / "models").iterdir() if d.is_dir() and not d.name.startswith(".")]
+    versions = [str(first)] + [str(shutil.copytree(first, home / "models" / f"2000010{i}-000000-mobilenet_v2"))
+                               for i in (1, 2)]
+    assert ui.BUDGET.models_loaded == 2
+    ui.diagnoser_for.clear()
+    a, b = ui.diagnoser_for(versions[0]), ui.diagnoser_for(versions[1])
+    assert ui.diagnoser_for(versions[0]) is a  # a hit makes the first version the most recent
+    ui.diagnoser_for(versions[2])  # a third version unloads the least recently used: the second
+    assert ui.diagnoser_for(versions[0]) is a
+    assert ui.diagnoser_for(versions[1]) is not b
