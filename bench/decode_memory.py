@@ -1,8 +1,9 @@
 """Peak memory of reading one large or hostile film (README "Memory budget").
 
 Each film is read in a fresh process after a small warm-up film of the same kind; the number is
-the peak resident size during `read_film` minus the size just before (ru_maxrss, glibc's mmap
-threshold fixed so freed warm-up memory cannot hide an allocation). Pass another checkout's path
+the peak resident size during `read_film` (psutil, sampled every millisecond: `ru_maxrss` would
+carry over the parent's peak through exec) minus the size just before, with glibc's mmap
+threshold fixed so freed warm-up memory cannot hide an allocation. Pass another checkout's path
 to measure its reader instead (e.g. the commit before the memory budget).
 
     .venv/bin/python bench/decode_memory.py [REPO]
@@ -23,18 +24,29 @@ from pydicom.encaps import encapsulate
 from pydicom.uid import JPEG2000Lossless
 
 CHILD = r"""
-import resource, sys, time
+import sys, threading, time
+import psutil
 sys.path.insert(0, sys.argv[1])
 from pneumo_core.io import ImageError, read_film
 read_film(open(sys.argv[3], "rb").read())
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+data = open(sys.argv[2], "rb").read()
+process, top, done = psutil.Process(), [0], threading.Event()
+def sample():
+    while not done.is_set():
+        top[0] = max(top[0], process.memory_info().rss)
+        time.sleep(0.001)
+before = process.memory_info().rss
+sampler = threading.Thread(target=sample)
+sampler.start()
 start = time.perf_counter()
 try:
-    outcome = "x".join(map(str, read_film(open(sys.argv[2], "rb").read()).gray.shape[::-1]))
+    outcome = "x".join(map(str, read_film(data).gray.shape[::-1]))
 except ImageError:
     outcome = "refused"
 seconds = time.perf_counter() - start
-print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024, seconds, outcome)
+done.set()
+sampler.join()
+print((top[0] - before) / 2 ** 20, seconds, outcome)
 """
 
 
