@@ -60,10 +60,18 @@ class PeakRSS:
         self._thread = threading.Thread(target=self._run, daemon=True)
 
     def now(self) -> int:
+        """Resident bytes of the tree now."""
+        return self._sum(lambda p: p.memory_info().rss)
+
+    def cpu(self) -> float:
+        """CPU seconds (user + system) the tree has used so far."""
+        return self._sum(lambda p: sum(p.cpu_times()[:2]))
+
+    def _sum(self, measure):
         total = 0
         for p in [self.process, *self.process.children(recursive=True)]:
             try:
-                total += p.memory_info().rss
+                total += measure(p)
             except psutil.Error:
                 pass
         return total
@@ -164,10 +172,11 @@ def main() -> None:
                         break
                 except OSError:
                     time.sleep(0.5)
+            load_average = os.getloadavg()[0]
             with PeakRSS(server.pid) as rss:
-                idle = rss.now()
+                idle, cpu_before = rss.now(), rss.cpu()
                 warm_seconds, results = asyncio.run(drive(url, sessions))
-                after = rss.now()
+                after, cpu = rss.now(), rss.cpu() - cpu_before
         finally:
             server.terminate()
             server.wait(timeout=30)
@@ -191,6 +200,8 @@ def main() -> None:
             report("load: upload to calls on screen, p95", float(np.percentile(seconds, 95)), "s", "<= 5 s")
             report("load: upload to calls on screen, the 20 x 7000 px session",
                    float(results[-1]["seconds"] or -1), "s")
+        report("load: dashboard CPU time for all uploads (warm-up included)", cpu, "s")
+        report(f"load: machine load average at the start ({os.cpu_count()} CPUs)", load_average)
         report("load: dashboard RSS idle (before the first upload)", idle / 2 ** 30, "GB")
         report("load: dashboard RSS peak", rss.peak / 2 ** 30, "GB", "< 1.5 GB")
         report("load: dashboard RSS after the load", after / 2 ** 30, "GB")
