@@ -10,7 +10,6 @@ to measure its reader instead (e.g. the commit before the memory budget).
 """
 from common import REPO, report  # noqa: I001
 
-import io
 import os
 import subprocess
 import sys
@@ -20,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import pydicom
 from PIL import Image
+from pydicom.data import get_testdata_file
 from pydicom.encaps import encapsulate
-from pydicom.uid import JPEG2000Lossless
 
 CHILD = r"""
 import sys, threading, time
@@ -50,23 +49,17 @@ print((top[0] - before) / 2 ** 20, seconds, outcome)
 """
 
 
-def j2k_bomb(path: Path, side: int, header: int = 512) -> Path:
-    """A DX chest DICOM whose header says header x header around a side x side JPEG 2000 frame."""
+def j2k_film(path: Path, bomb_side: int | None = None) -> Path:
+    """pydicom's own JPEG 2000 test film, made a DX chest film; with `bomb_side`, its frame replaced
+    by a bomb_side x bomb_side one while the header still says 512 x 512."""
     import openjpeg
-    ds = pydicom.Dataset()
-    ds.file_meta = pydicom.dataset.FileMetaDataset()
-    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = pydicom.uid.generate_uid()
-    ds.file_meta.TransferSyntaxUID = JPEG2000Lossless
-    ds.Modality, ds.ViewPosition, ds.BodyPartExamined = "DX", "PA", "CHEST"
-    ds.Rows = ds.Columns = header
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
-    ds.PixelData = encapsulate([bytes(openjpeg.encode(np.zeros((side, side), np.uint8)))])
-    ds["PixelData"].VR = "OB"
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    path.write_bytes(buffer.getvalue())
+    ds = pydicom.dcmread(get_testdata_file("JPEG2000.dcm"))
+    ds.Modality, ds.BodyPartExamined, ds.ViewPosition = "DX", "CHEST", "PA"
+    if bomb_side:
+        ds.Rows = ds.Columns = 512
+        frame = openjpeg.encode(np.zeros((bomb_side, bomb_side), np.uint16), bits_stored=int(ds.BitsStored))
+        ds.PixelData = encapsulate([bytes(frame)])
+    ds.save_as(path, enforce_file_format=True)
     return path
 
 
@@ -96,7 +89,7 @@ def main() -> None:
             "7000 x 7000 RGB JPEG": (image(tmp / "rgb.jpg", 7000, "RGB", quality=90),
                                      image(tmp / "rgb-small.jpg", 300, "RGB")),
             "DICOM saying 512 x 512 around a 6000 x 6000 JPEG 2000 frame": (
-                j2k_bomb(tmp / "bomb.dcm", 6000), j2k_bomb(tmp / "ok.dcm", 512)),
+                j2k_film(tmp / "bomb.dcm", 6000), j2k_film(tmp / "ok.dcm")),
         }
         env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": "131072"}
         for name, (film, warm) in cases.items():

@@ -10,20 +10,16 @@ memory of the dashboard (the streamlit process and its children, sampled every 0
 PNEUMO_HOME is copied to a temporary folder first (models only: the audit rows go to the copy).
 Where the dashboard has a sign-in page, set PNEUMO_BENCH_USER and PNEUMO_BENCH_PASSWORD.
 """
-from common import CHROMIUM, CHROMIUM_FLAGS, REPO, SHARED_DATA, report  # noqa: I001
+from common import CHROMIUM, CHROMIUM_FLAGS, REPO, SHARED_DATA, report, start_dashboard  # noqa: I001
 
 import asyncio
 import hashlib
 import os
 import shutil
-import socket
 import sqlite3
-import subprocess
-import sys
 import tempfile
 import threading
 import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -34,12 +30,6 @@ from playwright.async_api import async_playwright
 SESSIONS, FILMS_PER_SESSION, BIG_FILMS, BIG_SIDE = 10, 5, 20, 7000
 READY = "Upload one or more frontal chest films"  # the Diagnose page before any upload
 TIMEOUT_MS = 600_000
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def big_png(path: Path, seed: int) -> Path:
@@ -157,21 +147,8 @@ def main() -> None:
         (tmp / "big").mkdir()
         sessions.append([big_png(tmp / "big" / f"large-{i:02d}.png", i) for i in range(BIG_FILMS)])
 
-        port = free_port()
-        log = (tmp / "server.log").open("w")
-        server = subprocess.Popen(
-            [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
-             "--server.address", "127.0.0.1", "--server.headless", "true"],
-            cwd=REPO, env={**os.environ, "PNEUMO_HOME": str(home)}, stdout=log, stderr=subprocess.STDOUT)
-        url = f"http://127.0.0.1:{port}"
+        server, url = start_dashboard(home, tmp / "server.log")
         try:
-            deadline = time.time() + 120
-            while time.time() < deadline:
-                try:
-                    if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
-                        break
-                except OSError:
-                    time.sleep(0.5)
             load_average = os.getloadavg()[0]
             with PeakRSS(server.pid) as rss:
                 idle, cpu_before = rss.now(), rss.cpu()
@@ -180,7 +157,6 @@ def main() -> None:
         finally:
             server.terminate()
             server.wait(timeout=30)
-            log.close()
 
         films = [f for r in results for f in r["films"]]
         shown = [f for r in results if r["seconds"] is not None and not r["crashed"] for f in r["films"]]
