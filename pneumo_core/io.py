@@ -29,6 +29,7 @@ import io as _io
 import logging
 import struct
 import threading
+import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cache
@@ -430,6 +431,34 @@ def _pydicom():
     return pydicom
 
 
+_DEFLATED = b"1.2.840.10008.1.2.1.99"
+
+
+def _check_deflated(data: bytes, name: str, max_pixels: int) -> None:
+    """Refuse a deflated DICOM that inflates to more than a film at the pixel limit can hold.
+
+    pydicom inflates the whole data set in memory before reading a tag (a 50 MB upload could
+    become ~50 GB): it is inflated here first, a megabyte at a time and thrown away, up to the
+    limit of 2 bytes a pixel plus 1 MB of header.
+    """
+    if _DEFLATED not in data[:1024] or not _has_dicm_preamble(data):  # the meta group is never deflated
+        return
+    group, element, vr, _, length = struct.unpack("<HH2sHI", data[132:144])
+    if (group, element, vr) != (2, 0, b"UL"):
+        raise ImageError(f"{name}: a deflated DICOM without a file meta group length; export it uncompressed.")
+    limit, size = 2 * max_pixels + 2 ** 20, 0
+    inflater, rest = zlib.decompressobj(-zlib.MAX_WBITS), data[144 + length:]
+    try:
+        while rest and size <= limit:
+            size += len(inflater.decompress(rest, 2 ** 20))
+            rest = inflater.unconsumed_tail
+    except zlib.error:
+        raise ImageError(f"{name}: the deflated DICOM data is damaged and cannot be inflated.") from None
+    if size > limit:
+        raise ImageError(f"{name}: the deflated DICOM inflates to more than {limit / 2 ** 20:.0f} MB, more than a "
+                         f"film of {max_pixels / 1e6:g} megapixels holds; refused as a decompression bomb.")
+
+
 def read_dicom(data: bytes, name: str = "image", *, max_pixels: int = MAX_PIXELS,
                max_side: int | None = WORKING_SIDE, budget: DecodeBudget | None = None) -> Film:
     """Decode a single-frame DICOM: rescale slope/intercept, VOI LUT or window, MONOCHROME1 inverted.
@@ -437,6 +466,7 @@ def read_dicom(data: bytes, name: str = "image", *, max_pixels: int = MAX_PIXELS
     Args and Returns: as `read_png_jpeg`; a compressed frame is also measured before decoding.
     """
     pydicom = _pydicom()
+    _check_deflated(data, name, max_pixels)
     try:
         ds = pydicom.dcmread(_io.BytesIO(data), force=not _has_dicm_preamble(data))
     except Exception as error:

@@ -15,6 +15,7 @@ from pydicom.encaps import encapsulate
 from pydicom.sequence import Sequence
 from pydicom.uid import (
     MPEG2MPML,
+    DeflatedExplicitVRLittleEndian,
     ExplicitVRLittleEndian,
     ImplicitVRLittleEndian,
     JPEG2000Lossless,
@@ -333,3 +334,24 @@ def test_a_large_exif_rotated_film_is_still_rotated_after_reduction(fmt):
     gray = read_film(encode(film, fmt, exif=exif.tobytes()), max_side=500).gray
     assert gray.shape[1] > gray.shape[0] and max(gray.shape) <= 500
     assert gray[:, -3:].mean() > 200 and gray[:, :3].mean() < 50
+
+
+def deflated(extra_zeros: int = 0) -> bytes:
+    """The DX film as a deflated DICOM, its deflated data set followed by `extra_zeros` zero bytes."""
+    ds = pydicom.dcmread(io.BytesIO(dicom()))
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    data = buffer.getvalue()
+    start = 144 + struct.unpack("<I", data[140:144])[0]  # after the file meta group
+    body = zlib.decompress(data[start:], -zlib.MAX_WBITS) + bytes(extra_zeros)
+    packer = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    return data[:start] + packer.compress(body) + packer.flush()
+
+
+def test_a_deflated_dicom_is_read_and_a_deflate_bomb_is_refused_before_pydicom_inflates_it():
+    assert np.array_equal(read_film(deflated()).gray, mono2(None))
+    bomb = deflated(extra_zeros=20 * 2 ** 20)
+    assert len(bomb) < 40_000
+    with pytest.raises(ImageError, match="inflates to more than 3 MB"):
+        read_film(bomb, "bomb.dcm", max_pixels=1_000_000)
