@@ -218,3 +218,24 @@ def test_at_most_models_loaded_versions_stay_loaded_least_recently_used_first(ho
     ui.diagnoser_for(versions[2])  # a third version unloads the least recently used: the second
     assert ui.diagnoser_for(versions[0]) is a
     assert ui.diagnoser_for(versions[1]) is not b
+
+
+def test_display_copies_are_bounded_and_keep_the_heatmap_on_the_film():
+    from dataclasses import dataclass
+
+    import ui
+
+    @dataclass
+    class Called:
+        heatmap: np.ndarray | None
+
+    film = np.zeros((1750, 1400), np.uint8)
+    heat = np.zeros((1750, 1400), np.float32)
+    heat[:875] = 1.0  # the top half
+    gray, d = ui.for_display(film, Called(heat), side=1024)
+    assert gray.shape == (1024, 819) and d.heatmap.shape == gray.shape and d.heatmap.dtype == np.float16
+    assert d.heatmap[:500].min() == 1.0 and d.heatmap[530:].max() == 0.0
+    model_sized = np.full((224, 224), 200, np.uint8)  # a uint8 map at model resolution stays as it is
+    assert ui.for_display(film, Called(model_sized))[1].heatmap is model_sized
+    small, none = ui.for_display(np.zeros((300, 200), np.uint8), Called(None))
+    assert small.shape == (300, 200) and none.heatmap is None
