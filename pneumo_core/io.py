@@ -16,8 +16,8 @@ Memory (README "Memory budget", limits in `settings.MemoryBudget`): every size i
 header before any pixel is decoded (for compressed DICOM, the frame's own JPEG / JPEG-LS / JPEG
 2000 header, not only Rows/Columns); films larger than `WORKING_SIDE` are decoded straight down
 to it (JPEG by DCT scaling, others by box reduction, 16-bit in strips) and mapped to 8 bits a
-megapixel at a time, so no full-size float copy ever exists; at most `decode_concurrency` films
-are decoded at once per process, at most `decode_bytes` of full-size decoder buffers at once.
+megapixel at a time, so no full-size float copy ever exists; films wait while other decodes hold
+`decode_bytes` of full-size decoder buffers. A deflated DICOM is measured before pydicom inflates it.
 
 Patient privacy: of a DICOM header only modality, view position and study date leave this
 module (`FilmInfo`); body part is checked here and dropped. pydicom is kept from logging or
@@ -49,7 +49,7 @@ WORKING_SIDE = MemoryBudget.working_side   # longest side films are decoded down
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 # Rows are mapped to 8 bits (and 16-bit films reduced) about a megapixel at a time: the float32
 # temporaries stay ~4-8 MB whatever the film. Measured on a 7000 x 7000 16-bit PNG: the whole-film
-# float mapping peaked at ~750 MB (README "Memory budget" has the figures after).
+# float mapping peaked at 748 MB, now 121 MB (README "Memory budget").
 _CHUNK_PIXELS = 1 << 20
 # Bytes per pixel of the full-size buffer a decoder fills before any reduction: Pillow keeps RGB
 # as 4 bytes, a palette film is expanded to RGB (1 + 4), 16-bit is 2; JPEG 2000 decodes to int32.
