@@ -305,13 +305,13 @@ def frame_size(frame: bytes) -> tuple[int, int, int] | None:
     Returns:
         The size the decoder would allocate for, or None.
     """
-    siz = frame.find(b"\xff\x4f\xff\x51")  # SOC then SIZ
-    if siz >= 0 and len(frame) >= siz + 4 + 38:
+    if not frame.startswith(b"\xff\xd8"):  # not JPEG / JPEG-LS: a JPEG 2000 codestream, SOC then SIZ
+        siz = frame.find(b"\xff\x4f\xff\x51")
+        if siz < 0 or len(frame) < siz + 42:
+            return None
         # Lsiz Rsiz (2 bytes each), Xsiz Ysiz XOsiz YOsiz XTsiz YTsiz XTOsiz YTOsiz (4 each), Csiz (2)
         _, _, xsiz, ysiz, xoffset, yoffset, *_, components = struct.unpack(">HHIIIIIIIIH", frame[siz + 4:siz + 42])
         return max(0, xsiz - xoffset), max(0, ysiz - yoffset), components
-    if not frame.startswith(b"\xff\xd8"):
-        return None
     position = 2
     while position + 9 < len(frame):
         if frame[position] != 0xFF:
