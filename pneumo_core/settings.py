@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .augment import Augmentation
+from .errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -144,14 +145,22 @@ def memory_budget(env: dict | None = None) -> MemoryBudget:
     default = MemoryBudget()
 
     def number(name: str, fallback: int, scale: int = 1) -> int:
-        return int(float(env[name]) * scale) if env.get(name) else fallback
+        if not env.get(name):
+            return fallback
+        try:
+            value = int(float(env[name]) * scale)
+        except ValueError:
+            value = -1
+        if value <= 0:
+            raise ConfigError(f"{name}={env[name]!r}: a positive number is needed")
+        return value
 
     return MemoryBudget(
         max_film_pixels=number("PNEUMO_MAX_FILM_MPX", default.max_film_pixels, 1_000_000),
         request_pixels=number("PNEUMO_REQUEST_MPX", default.request_pixels, 1_000_000),
         files_per_upload=number("PNEUMO_FILES_PER_UPLOAD", default.files_per_upload),
         cache_bytes=number("PNEUMO_CACHE_MB", default.cache_bytes, 2 ** 20),
-        models_loaded=max(1, number("PNEUMO_MODELS_LOADED", default.models_loaded)))
+        models_loaded=number("PNEUMO_MODELS_LOADED", default.models_loaded))
 
 
 STRATEGIES = ("default", "mirrored", "multiworker")  # tf.distribute choices for fine-tuning (distribute.py)

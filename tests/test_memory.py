@@ -239,3 +239,13 @@ def test_display_copies_are_bounded_and_keep_the_heatmap_on_the_film():
     assert ui.for_display(film, Called(model_sized))[1].heatmap is model_sized
     small, none = ui.for_display(np.zeros((300, 200), np.uint8), Called(None))
     assert small.shape == (300, 200) and none.heatmap is None
+
+
+def test_the_budget_is_read_from_the_environment_and_a_bad_value_is_a_config_error():
+    from pneumo_core.errors import ConfigError
+    from pneumo_core.settings import MemoryBudget, load_settings
+    budget = load_settings({"PNEUMO_MAX_FILM_MPX": "36", "PNEUMO_CACHE_MB": "64", "PNEUMO_MODELS_LOADED": "1"}).budget
+    assert (budget.max_film_pixels, budget.cache_bytes, budget.models_loaded) == (36_000_000, 64 * 2 ** 20, 1)
+    assert load_settings({}).budget == MemoryBudget()
+    with pytest.raises(ConfigError, match="PNEUMO_FILES_PER_UPLOAD"):
+        load_settings({"PNEUMO_FILES_PER_UPLOAD": "many"})
