@@ -249,3 +249,19 @@ def test_the_budget_is_read_from_the_environment_and_a_bad_value_is_a_config_err
     assert load_settings({}).budget == MemoryBudget()
     with pytest.raises(ConfigError, match="PNEUMO_FILES_PER_UPLOAD"):
         load_settings({"PNEUMO_FILES_PER_UPLOAD": "many"})
+
+
+@pytest.mark.slow
+def test_paging_the_metrics_error_browser_leaves_the_diagnosis_cache_alone(home):
+    from streamlit.testing.v1 import AppTest
+
+    import ui
+    at = AppTest.from_file(str(REPO / "views" / "metrics.py"), default_timeout=120).run()
+    at.radio[0].set_value("true positives").run()
+    pages = min(3, int(at.number_input[0].max))
+    assert pages >= 2, "the synthetic test split should give more than one page of true positives"
+    before = len(ui._diagnosis_cache())
+    for number in range(1, pages + 1):
+        at.number_input[0].set_value(number).run()
+        assert not at.exception and at.get("image")  # the page's films are drawn
+    assert len(ui._diagnosis_cache()) == before  # ... from their own small cache, not the diagnoses'
