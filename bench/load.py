@@ -15,6 +15,7 @@ from common import CHROMIUM, CHROMIUM_FLAGS, REPO, SHARED_DATA, report, start_da
 import asyncio
 import hashlib
 import os
+import re
 import shutil
 import sqlite3
 import tempfile
@@ -25,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import psutil
 from PIL import Image
+from playwright.async_api import TimeoutError as PlaywrightTimeout
 from playwright.async_api import async_playwright
 
 # PNEUMO_LOAD_SESSIONS / PNEUMO_LOAD_BIG_FILMS change the load (e.g. one session alone, to read its CPU cost).
@@ -95,7 +97,12 @@ async def open_diagnose(context, url: str):
         if await field.count():
             await page.locator("input[type=text], input[type=email], input:not([type])").first.fill(user)
             await field.first.fill(password)
-            await field.first.press("Enter")
+            await field.first.press("Enter")  # submits a Streamlit form; else the button below
+            button = page.get_by_role("button", name=re.compile(r"sign in|log in|login", re.IGNORECASE))
+            try:
+                await page.get_by_text(READY).wait_for(timeout=5_000)
+            except PlaywrightTimeout:
+                await button.first.click()
     await page.get_by_text(READY).wait_for(timeout=TIMEOUT_MS)
     return page
 
