@@ -18,6 +18,11 @@ Every knob a deployment may need to change lives here, so the rest of the librar
 | PNEUMO_MIN_FREE_MB    | 2048: free disk space in PNEUMO_HOME a job needs at submit |
 | PNEUMO_FEATURE_CACHE_MB | 4096: feature cache size; least recently used evicted    |
 | PNEUMO_JOB_LOG_MB     | 5: a job log rotates at this size (one older part kept)    |
+| PNEUMO_MAX_FILM_MPX,  | the dashboard's memory budget (`MemoryBudget` below and    |
+| PNEUMO_REQUEST_MPX,   | README "Memory budget"): megapixels per film and per       |
+| PNEUMO_FILES_PER_UPLOAD, | request, files per upload, MB of cached diagnoses, model |
+| PNEUMO_CACHE_MB,      | versions loaded at once                                    |
+| PNEUMO_MODELS_LOADED  |                                                            |
 | KERASTUNER_TUNER_ID,  | distributed tuning (read by Keras Tuner too): `chief` or a |
 | KERASTUNER_ORACLE_IP, | worker id, and the chief's address; unset = one machine    |
 | KERASTUNER_ORACLE_PORT|                                                            |
@@ -43,6 +48,34 @@ def _first_existing(*candidates: Path) -> Path:
 
 
 @dataclass(frozen=True)
+class MemoryBudget:
+    """Every limit that bounds what one dashboard process holds in memory (README "Memory budget").
+
+    The class defaults are the library's (io.py reads them); `load_settings` lets a deployment
+    override the five named in the module docstring.
+    """
+    # Per film, from the header before any pixel is decoded: a 43x43 cm detector at 0.1 mm is
+    # ~18 Mpx, so 50 Mpx leaves room while a crafted 20000x20000 header is refused.
+    max_film_pixels: int = 50_000_000
+    # Films are decoded straight down to this longest side (JPEG: DCT scaling, others: box
+    # reduction in strips); 2x the largest model input (512) and 2x the displayed film.
+    working_side: int = 2048
+    # Source pixels decoded per request (one Diagnose run): 20 films at the per-film limit.
+    request_pixels: int = 1_000_000_000
+    files_per_upload: int = 50
+    # Full-size decoder buffers held at once in one process (a film waits for room): a 7000 x 7000
+    # RGB PNG holds ~200 MB for ~0.5 s before it is reduced; one film always runs, whatever its size.
+    decode_bytes: int = 256 * 2 ** 20
+    # Cached diagnoses (display-size film + heatmap, <= 3 MB each), shared by all sessions.
+    cache_bytes: int = 256 * 2 ** 20
+    cache_ttl_s: int = 3600
+    display_side: int = 1024
+    models_loaded: int = 2  # model versions held at once (least recently used unloaded first)
+    # The Metrics error browser's overlays: a few pages' worth, small, never the diagnosis cache.
+    browser_entries: int = 16
+
+
+@dataclass(frozen=True)
 class Settings:
     data_dir: Path
     home: Path
@@ -57,6 +90,7 @@ class Settings:
     min_free_mb: int = 2048     # a default job writes ~100 MB (features, tuner, model); 2 GB leaves room for many
     feature_cache_mb: int = 4096   # ~80 MB per seed/size/backbone on the 5216 films: ~50 settings kept
     job_log_mb: float = 5         # a default job's log is ~200 KB
+    budget: MemoryBudget = field(default_factory=MemoryBudget)
 
     @property
     def tuning_role(self) -> str | None:
@@ -113,6 +147,7 @@ def load_settings(env: dict | None = None) -> Settings:
         job_log_mb=float(env.get("PNEUMO_JOB_LOG_MB", 5)),
         oracle=f"{env['KERASTUNER_ORACLE_IP']}:{env.get('KERASTUNER_ORACLE_PORT', '')}"
         if env.get("KERASTUNER_ORACLE_IP") else "",
+        budget=memory_budget(env),
     )
 
 
@@ -123,6 +158,32 @@ TRAIN_LIMITS: dict[str, tuple[int, int]] = {
     "trials": (1, 100), "epochs": (1, 100), "fine_tune_epochs": (0, 20), "image_size": (32, 384),
     "augmented_views": (0, 5), "ensemble": (1, 5), "seed": (0, 2**31 - 1),
 }
+
+
+def memory_budget(env: dict | None = None) -> MemoryBudget:
+    """The dashboard's memory budget, with the deployment's overrides from `env` (default: os.environ)."""
+    env = os.environ if env is None else env
+    default = MemoryBudget()
+
+    def number(name: str, fallback: int, scale: int = 1) -> int:
+        if not env.get(name):
+            return fallback
+        try:
+            value = int(float(env[name]) * scale)
+        except ValueError:
+            value = -1
+        if value <= 0:
+            raise ConfigError(f"{name}={env[name]!r}: a positive number is needed")
+        return value
+
+    return MemoryBudget(
+        max_film_pixels=number("PNEUMO_MAX_FILM_MPX", default.max_film_pixels, 1_000_000),
+        request_pixels=number("PNEUMO_REQUEST_MPX", default.request_pixels, 1_000_000),
+        files_per_upload=number("PNEUMO_FILES_PER_UPLOAD", default.files_per_upload),
+        cache_bytes=number("PNEUMO_CACHE_MB", default.cache_bytes, 2 ** 20),
+        models_loaded=number("PNEUMO_MODELS_LOADED", default.models_loaded))
+
+
 
 @dataclass
 class TrainConfig:

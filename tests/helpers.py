@@ -133,6 +133,36 @@ def wide_open(film):
 
 
 # Each case: file bytes, and either the message (part) expected or a check of the film read.
+def with_frame(frame: bytes, syntax, rows: int, columns: int) -> bytes:
+    """An 8-bit DX chest DICOM whose header says rows x columns around an encapsulated `frame`."""
+    ds = pydicom.dcmread(io.BytesIO(dicom(np.zeros((rows, columns), np.uint16), bits=8)))
+    ds.file_meta.TransferSyntaxUID = syntax
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
+    ds.PixelData = encapsulate([frame])
+    ds["PixelData"].VR = "OB"
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def j2k(pixels) -> bytes:
+    import openjpeg
+    return bytes(openjpeg.encode(pixels))
+
+
+def deflated(extra_zeros: int = 0) -> bytes:
+    """The DX film as a deflated DICOM, its deflated data set followed by `extra_zeros` zero bytes."""
+    ds = pydicom.dcmread(io.BytesIO(dicom()))
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    data = buffer.getvalue()
+    start = 144 + struct.unpack("<I", data[140:144])[0]  # after the file meta group
+    body = zlib.decompress(data[start:], -zlib.MAX_WBITS) + bytes(extra_zeros)
+    packer = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    return data[:start] + packer.compress(body) + packer.flush()
+
+
 CASES = {
     "zero-byte": (b"", "the file is empty"),
     "truncated PNG": (encode(FILM)[:300], "damaged or truncated"),
@@ -182,7 +212,15 @@ CASES = {
     "DICOM multi-frame": (dicom(np.stack([RAMP] * 3), NumberOfFrames=3), "multi-frame DICOM (3 frames)"),
     "DICOM no pixel data": (dicom(pixel_data=False), "no pixel data"),
     "DICOM truncated": (dicom()[:-4000], "damaged or truncated"),
-    "DICOM header not parseable": (deflated_garbage(), "the DICOM file is damaged or truncated"),
+    "DICOM deflated garbage": (deflated_garbage(), "the deflated DICOM data is damaged"),
+    "DICOM header not parseable": (b"\0" * 128 + b"DICM" + b"\x02\x00\x00\x00UL\x04\x00\x10\x00\x00\x00"
+                                   + b"\x02\x00\x10\x00ZZ\xff\xff" + b"x" * 40,
+                                   "the DICOM file is damaged or truncated"),
+    "DICOM deflated without meta length": (deflated()[:134] + b"\x01\x00" + deflated()[136:],
+                                           "without a file meta group length"),
+    "DICOM frame larger than its header": (with_frame(j2k(np.zeros((400, 300), np.uint8)), JPEG2000Lossless, 80, 96),
+                                           "its compressed frame holds 300x400"),
+    "DICOM frame without a header": (with_frame(b"\0" * 64, JPEG2000Lossless, 80, 96), "no readable"),
     "DICOM CT": (dicom(Modality="CT"), "DICOM CT image, not a plain radiograph"),
     "DICOM lateral view": (dicom(ViewPosition="LL"), "lateral view (LL)"),
     "DICOM knee": (dicom(BodyPartExamined="KNEE"), "body part KNEE"),

@@ -6,7 +6,6 @@ import streamlit as st
 
 import ui
 from pneumo_core import figures
-from pneumo_core.cam import overlay
 from pneumo_core.choices import label_name
 from pneumo_core.evaluation import calibration_curve, classification_report, expected_calibration_error, metrics_at
 from pneumo_core.registry import read_history, read_json
@@ -65,6 +64,5 @@ per_page = 4
 pages = (len(chosen) - 1) // per_page + 1
 page = st.number_input(f"Page (of {pages}; {len(chosen)} films)", 1, pages, 1)
 for column, row in zip(st.columns(per_page), chosen.iloc[(page - 1) * per_page: page * per_page].itertuples()):
-    gray, d = ui.diagnosis(str(folder), Path(row.path).read_bytes(), Path(row.path).name)
-    column.image(overlay(gray, d.heatmap, 0.4), width="stretch")
+    column.image(ui.error_overlay(str(folder), row.path), width="stretch")
     column.caption(f"{Path(row.path).name}  \ntruth {label_name(row.label)}, p = {row.probability:.3f}")
