@@ -22,6 +22,7 @@ import numpy as np
 import tensorflow as tf
 
 from .backbones import get_spec
+from .choices import CAM_METHODS
 from .errors import ConfigError
 from .heatmap import overlay, to_original_size  # noqa: F401  (drawing lives in heatmap.py, without TensorFlow)
 from .model import parts
@@ -191,7 +192,12 @@ METHODS = {cls.name: cls for cls in (GradCAM, GradCAMPlusPlus, ScoreCAM)}
 
 
 def make_cam(model: keras.Model, method: str = "gradcam", layer: str | None = None) -> BaseCAM:
-    try:
-        return METHODS[method](model, layer)
-    except KeyError:
-        raise ConfigError(f"unknown CAM method {method!r}; choose one of {', '.join(METHODS)}") from None
+    """A CAM of `method` (choices.CAM_METHODS) over a model made by model.assemble.
+
+    `layer`: the backbone layer explained (default: the backbone's last convolution). The result maps
+    (N, S, S, 3) model inputs to (N, S, S) heatmaps in [0, 1] (`__call__`, `explain`).
+    """
+    if method not in CAM_METHODS:
+        raise ConfigError(f"unknown CAM method {method!r}; choose one of {', '.join(CAM_METHODS)}")
+    return METHODS[method](model, layer)
+

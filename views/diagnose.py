@@ -23,11 +23,13 @@ if not uploads:
             f"≥ {dx.format_probability(model.threshold)}.")
     st.stop()
 
-films, failures, copies = {}, [], []
+
+ui.check_upload_count(uploads)
+films, failures, copies, budget = {}, [], [], ui.decode_budget()
 bar = st.progress(0.0, text="Scoring…")
 for i, upload in enumerate(uploads):
     try:
-        gray, d = ui.diagnose_and_record(version_path, upload.getvalue(), upload.name)
+        gray, d = ui.diagnose_and_record(version_path, upload.getvalue(), upload.name, "gradcam", budget)
     except ImageError as error:
         failures.append(str(error))
     else:

@@ -24,6 +24,7 @@ predictions = ui.test_predictions(version)
 source = st.radio("Films", ["From the test split", "Upload"], horizontal=True)
 if source == "Upload":
     uploads = st.file_uploader("Chest X-rays", accept_multiple_files=True)
+    ui.check_upload_count(uploads or [])
     films = [(f"{i + 1}: {u.name}", u.getvalue(), None) for i, u in enumerate(uploads or [])]
 else:
     labels = {r.path: f"{Path(r.path).name} ({truth_and_call(r.label, r.probability, threshold)})"
@@ -62,13 +63,14 @@ def panels() -> None:
     outline_only = outline.toggle("Outline of the strongest evidence only")
     if not outline_only:
         st.image(colour_bar(), width="stretch", caption="no evidence → strongest evidence for pneumonia")
+    budget = ui.decode_budget()
     for row in rows:
         for column, (method, v, (name, data, truth)) in zip(st.columns(len(row)), row):
             with column:
                 try:
                     with st.spinner(f"{display_name(method)}…"):
                         path = str(ui.version_dir(v))
-                        gray, d = ui.diagnose_and_record(path, data, name, method)
+                        gray, d = ui.diagnose_and_record(path, data, name, method, budget)
                         curve = ui.faithfulness(path, data, name, method)
                 except ImageError as error:
                     st.error(str(error))
