@@ -20,9 +20,10 @@ pytestmark = pytest.mark.slow
 PAGES = ["diagnose", "heatmaps", "metrics", "models"]
 
 
-def page(name: str) -> AppTest:
+def page(name: str, actor: Actor = Actor("tester", "admin")) -> AppTest:
+    """A page run on its own, signed in as `actor` (app.py's sign-in sets the same key)."""
     at = AppTest.from_file(str(REPO / "views" / f"{name}.py"), default_timeout=120)
-    at.session_state["actor"] = Actor("test", "admin")   # who is signed in (the sign-in pages read this key)
+    at.session_state["actor"] = actor
     return at
 
 
@@ -270,7 +271,7 @@ def test_rollback_is_one_click_and_recorded(home):
     assert not at.exception
     assert registry.active_version(home / "models") == "20000101-000000-mobilenet_v2"
     last = registry.promotions(home / "models")[-1]
-    assert (last["action"], last["to"], last["who"]) == ("rollback", "20000101-000000-mobilenet_v2", "dashboard user")
+    assert (last["action"], last["to"], last["who"]) == ("rollback", "20000101-000000-mobilenet_v2", "tester")
 
 
 def test_retrain_before_any_model_offers_default_options(tmp_path, monkeypatch, synthetic_data):
@@ -284,8 +285,7 @@ def test_retrain_before_any_model_offers_default_options(tmp_path, monkeypatch, 
 
 def test_retrain_page_submits_shows_progress_and_promotes(home, synthetic_data, monkeypatch):
     monkeypatch.setenv("PNEUMO_DATA", str(synthetic_data))
-    at = page("retrain")
-    at.session_state["user_name"] = "lead engineer"
+    at = page("retrain", Actor("lead engineer", "ml_lead"))
     at.run()
     active = registry.active_version(home / "models")
     assert f"options of the active model {active}" in at.caption[0].value
@@ -318,10 +318,11 @@ def test_a_cancelled_job_is_reported_as_information_not_as_an_error(tmp_path, mo
     monkeypatch.setenv("PNEUMO_DATA", str(synthetic_data))
     monkeypatch.setattr(JobQueue, "start_next", lambda self: None)   # the job stays queued: no training here
     queue = JobQueue(load_settings())
-    queue.cancel(queue.submit({"data": str(synthetic_data)}))
+    lead = Actor("lead engineer", "ml_lead")
+    queue.cancel(queue.submit({"data_dir": str(synthetic_data)}, actor=lead), actor=lead)
     at = page("retrain").run()
     assert not at.exception
-    assert any("cancelled by the user" in i.value for i in at.info)
+    assert any("cancelled by lead engineer" in i.value for i in at.info)
     assert not any("cancelled" in e.value for e in at.error)
 
 
@@ -330,11 +331,11 @@ def test_retrain_log_follows_the_newest_job(tmp_path, monkeypatch, synthetic_dat
     monkeypatch.setenv("PNEUMO_DATA", str(synthetic_data))
     monkeypatch.setattr(JobQueue, "start_next", lambda self: None)   # jobs stay queued: no training here
     queue = JobQueue(load_settings())
-    queue.submit({"data_dir": str(synthetic_data)})
+    queue.submit({"data_dir": str(synthetic_data)}, actor=Actor("lead engineer", "ml_lead"))
     at = page("retrain").run()
     log_of = lambda: next(s for s in at.selectbox if s.label == "Log of job").value  # noqa: E731
     assert log_of() == 1
-    queue.submit({"data_dir": str(synthetic_data)})
+    queue.submit({"data_dir": str(synthetic_data)}, actor=Actor("lead engineer", "ml_lead"))
     at.run()
     assert not at.exception
     assert log_of() == 2        # the new job, not the earlier choice kept by its widget key
