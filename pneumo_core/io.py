@@ -215,16 +215,23 @@ def read_dicom(data: bytes, name: str = "image") -> Film:
     except Exception as error:
         raise ImageError(f"{name}: the DICOM file is damaged or truncated ({type(error).__name__}). "
                          f"Accepted: {ACCEPTED}.") from None
-    _check_dicom_content(ds, name)
-    pixels = _dicom_pixels(ds, name)
-    if pixels.ndim == 3:  # colour DICOM (RGB, or YBR decoded to RGB by pydicom)
-        gray = gray_from_rgb(_to_uint8(pixels), name)
-    else:
-        gray = _voi(apply_modality_lut(pixels, ds).astype(np.float32), ds)
-        if _dicom_text(ds, "PhotometricInterpretation") == "MONOCHROME1":  # low is white: invert
-            gray = 255 - gray
-    info = FilmInfo("DICOM", _dicom_text(ds, "Modality") or None, _dicom_text(ds, "ViewPosition") or None,
-                    _study_date(ds))
+    try:
+        _check_dicom_content(ds, name)
+        pixels = _dicom_pixels(ds, name)
+        if pixels.ndim == 3:  # colour DICOM (RGB, or YBR decoded to RGB by pydicom)
+            gray = gray_from_rgb(_to_uint8(pixels), name)
+        else:
+            gray = _voi(apply_modality_lut(pixels, ds).astype(np.float32), ds)
+            if _dicom_text(ds, "PhotometricInterpretation") == "MONOCHROME1":  # low is white: invert
+                gray = 255 - gray
+        info = FilmInfo("DICOM", _dicom_text(ds, "Modality") or None, _dicom_text(ds, "ViewPosition") or None,
+                        _study_date(ds))
+    except ImageError:
+        raise
+    except Exception as error:  # a malformed header value: Python's message would quote it (a patient's name)
+        raise ImageError(f"{name}: the DICOM header holds a malformed value ({type(error).__name__}) in a field "
+                         f"needed to read the image (size, frames, window or rescale); export the film again. "
+                         f"Accepted: {ACCEPTED}.") from None
     return Film(np.ascontiguousarray(gray), info)
 
 

@@ -46,7 +46,8 @@ def report_page(gray: np.ndarray, diagnosis: Diagnosis, test_metrics: dict | Non
     draw.text((40, 710), f"Call: {diagnosis.label}", fill=colour, font=_font(34))
     lines = [f"Probability of pneumonia: {diagnosis.probability:.3f} (threshold {diagnosis.threshold:.3f}); "
              f"{diagnosis.certainty}",
-             f"Model version: {diagnosis.model_id}    Date: {diagnosis.when}    File: {diagnosis.name}"]
+             # Never the file name: exports often carry the patient's name or record number.
+             f"Model version: {diagnosis.model_id}    Date: {diagnosis.when}    Film SHA-256: {diagnosis.sha256[:16]}"]
     if diagnosis.info is not None or diagnosis.ood_score is not None:
         lines.append("    ".join(filter(None, [
             f"Source: {diagnosis.info.summary()}" if diagnosis.info else "",

@@ -5,6 +5,7 @@ import streamlit as st
 import ui
 from pneumo_core.audit import COLUMNS, to_csv
 
+ui.require_page("view_audit")
 st.title("Audit trail")
 st.caption("One row per diagnosis made on this server or its command line: time, film SHA-256, model "
            "version, probability, threshold, call, out-of-distribution score and flag, heatmap method, "
@@ -26,4 +27,6 @@ st.markdown(f"**{len(rows)}** of {len(everything)} diagnoses")
 st.dataframe(pd.DataFrame(rows, columns=list(COLUMNS)), hide_index=True, width="stretch", column_config={
     "probability": st.column_config.NumberColumn(format="%.3f"),
     "ood_score": st.column_config.NumberColumn(format="%.2f")})
-st.download_button("Download CSV", to_csv(rows), "pneumo-audit.csv", "text/csv")
+if ui.may("export_audit"):
+    st.download_button("Download CSV", to_csv(rows), "pneumo-audit.csv", "text/csv", on_click=ui.audit_event,
+                       args=("audit_export", ui.who()), kwargs={"rows": len(rows)})

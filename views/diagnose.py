@@ -5,10 +5,12 @@ import streamlit as st
 import ui
 from pneumo_core.cam import METHODS, overlay
 from pneumo_core.diagnosis import NOTICE
-from pneumo_core.io import ACCEPTED, ImageError
+from pneumo_core.errors import PneumoError
+from pneumo_core.io import ACCEPTED
 from pneumo_core.registry import read_json
 from pneumo_core.report import report_bytes, report_page
 
+ui.require_page("diagnose")
 st.title("Diagnose")
 st.caption(NOTICE)
 diagnoser = ui.diagnoser()
@@ -32,8 +34,10 @@ bar = st.progress(0.0, text="Scoring…")
 for i, upload in enumerate(uploads):
     try:
         results.append(ui.diagnose_and_record(str(model.path), upload.getvalue(), upload.name, method))
-    except ImageError as error:
+    except PneumoError as error:
         failures.append(str(error))
+    except Exception as error:  # one bad file never stops the batch; its message names no header value
+        failures.append(f"{upload.name}: could not be scored ({type(error).__name__}). Accepted: {ACCEPTED}.")
     bar.progress((i + 1) / len(uploads), text=f"Scored {i + 1} of {len(uploads)}")
 bar.empty()
 if failures:
@@ -81,6 +85,8 @@ st.caption(f"Model {d.model_id} · {d.when}" + (
     if test_metrics else ""))
 page = report_page(gray, d, test_metrics, alpha)
 png, pdf = st.columns(2)
-stem = d.name.rsplit(".", 1)[0]
-png.download_button("Download report (PNG)", report_bytes(page, "PNG"), f"{stem}-report.png", "image/png")
-pdf.download_button("Download report (PDF)", report_bytes(page, "PDF"), f"{stem}-report.pdf", "application/pdf")
+stem = f"pneumo-report-{d.sha256[:12]}"  # never the uploaded file's name: exports often carry the patient's
+for column, fmt, mime in ((png, "PNG", "image/png"), (pdf, "PDF", "application/pdf")):
+    column.download_button(f"Download report ({fmt})", report_bytes(page, fmt), f"{stem}.{fmt.lower()}", mime,
+                           on_click=ui.audit_event, args=("report_download", ui.who()),
+                           kwargs={"sha256": d.sha256, "model": d.model_id, "format": fmt})

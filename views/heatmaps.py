@@ -5,8 +5,9 @@ import streamlit as st
 
 import ui
 from pneumo_core.cam import METHODS, overlay
-from pneumo_core.io import ImageError
+from pneumo_core.errors import PneumoError
 
+ui.require_page("diagnose")
 st.title("Heatmaps")
 st.caption("Every panel uses the same colour scale (0 = blue … 1 = red, relative to the strongest "
            "evidence in that panel) and the same opacity.")
@@ -46,7 +47,7 @@ for column, (method, v, name, data) in zip(st.columns(len(panels)), panels):
         try:
             with st.spinner(f"{method}…"):
                 gray, d = ui.diagnose_and_record(str(ui.version_dir(v)), data, name, method)
-        except ImageError as error:
+        except PneumoError as error:
             st.error(str(error))
             continue
         st.image(overlay(gray, d.heatmap, alpha), width="stretch")

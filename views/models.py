@@ -8,6 +8,7 @@ import ui
 from pneumo_core import figures
 from pneumo_core.registry import promote, promotions, read_json, summaries
 
+ui.require_page("view_metrics")
 st.title("Models")
 rows = ui.versions()
 if not rows:
@@ -30,11 +31,13 @@ with st.container():
         if row["active"]:
             continue
         text, button = st.columns([4, 1], vertical_alignment="center")
+        if not ui.may("promote"):  # read-only for clinicians: no rollback or promote controls
+            button = None
         text.markdown(f"`{row['id']}` · {row['role']} · test AUC {row['roc_auc']:.3f} · sensitivity "
                       f"{row['sensitivity']:.3f} · specificity {row['specificity']:.3f}")
         older = order.index(row["id"]) > order.index(active)
-        if button.button("Roll back" if older else "Make active", key=f"activate_{row['id']}"):
-            entry = promote(ui.settings().models_dir, row["id"], who=ui.user())
+        if button and button.button("Roll back" if older else "Make active", key=f"activate_{row['id']}"):
+            entry = promote(ui.settings().models_dir, row["id"], who=ui.who())
             st.toast(f"{entry['action']}: {entry['from']} → {entry['to']}")
             st.rerun()
     log = promotions(ui.settings().models_dir)

@@ -6,9 +6,11 @@ import ui
 from pneumo_core import figures, registry
 from pneumo_core.cli import train_choices
 from pneumo_core.comparison import compare
+from pneumo_core.confine import check_form_paths
 from pneumo_core.io import ImageError, read_image
 from pneumo_core.jobs import JobError, describe
 
+ui.require_page("submit_job")
 st.title("Retrain")
 queue = ui.job_queue()
 models_dir = ui.settings().models_dir
@@ -36,7 +38,7 @@ with st.expander("Advanced"):
 if st.button("Retrain with current settings", type="primary", icon=":material/model_training:"):
     with st.spinner("Checking the data…"):
         try:
-            job_id = queue.submit(params, who=ui.user())
+            job_id = queue.submit(check_form_paths(params, ui.settings()), who=ui.who())
         except JobError as error:
             st.error(str(error))
         else:
@@ -44,7 +46,7 @@ if st.button("Retrain with current settings", type="primary", icon=":material/mo
             st.success(f"Job {job_id} submitted." + (f" {len(unreadable)} unreadable file(s) will be skipped."
                                                      if unreadable else ""))
             for why in list(unreadable.values())[:20]:
-                st.warning(why)
+                st.text(why)  # plain text: file names and messages are never read as Markdown
 
 
 @st.fragment(run_every=2)
@@ -59,7 +61,7 @@ def current_job():
     st.session_state["following_job"] = job["id"]
     st.progress(job["percent"] / 100, text=f"Job {job['id']}: {describe(job)} · {job['percent']:.0f}%")
     st.code("\n".join(queue.log_tail(job["id"], 12)) or "(starting…)", language=None)
-    if st.button("Cancel job", key=f"cancel_{job['id']}", icon=":material/cancel:"):
+    if ui.may("cancel_job") and st.button("Cancel job", key=f"cancel_{job['id']}", icon=":material/cancel:"):
         queue.cancel(job["id"])
         st.rerun()
 
@@ -108,8 +110,8 @@ else:
                                     f"call_{active}": "active's call", f"call_{candidate}": "candidate's call",
                                     f"p_{active}": st.column_config.NumberColumn("active p", format="%.3f"),
                                     f"p_{candidate}": st.column_config.NumberColumn("candidate p", format="%.3f")})
-    if st.button(f"Promote {candidate}", type="primary", icon=":material/upgrade:"):
-        entry = registry.promote(models_dir, candidate, who=ui.user())
+    if ui.may("promote") and st.button(f"Promote {candidate}", type="primary", icon=":material/upgrade:"):
+        entry = registry.promote(models_dir, candidate, who=ui.who())
         st.toast(f"{candidate} is now the active model (was {entry['from']}).")
         st.rerun()
 
@@ -126,5 +128,6 @@ else:
     chosen = st.selectbox("Log of job", [j["id"] for j in jobs], key=f"log_job_{jobs[0]['id']}")
     job = next(j for j in jobs if j["id"] == chosen)
     if job["error"]:
-        st.error(job["error"])
+        st.error(f"Job {chosen} failed:", icon=":material/error:")
+        st.code(job["error"], language=None)  # plain text, never Markdown
     st.code("\n".join(queue.log_tail(chosen, 40)) or "(no output)", language=None)
