@@ -1,0 +1,83 @@
+"""Helpers shared by tests: accounts made with the command line, a dashboard server, browser sign-in."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                  "--disable-component-update", "--no-first-run", "--disable-sync"]
+PASSWORD = "correct horse battery staple"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def users_cli(home: Path, *args, stdin: str | None = None) -> subprocess.CompletedProcess:
+    """`python -m pneumo_core users ARGS` with PNEUMO_HOME=home; stdin is not a terminal."""
+    return subprocess.run([sys.executable, "-m", "pneumo_core", "users", *map(str, args)], cwd=REPO, input=stdin or "",
+                          env={**os.environ, "PNEUMO_HOME": str(home)}, capture_output=True, text=True, timeout=120)
+
+
+def add_user(home: Path, name: str, role: str, password: str = PASSWORD) -> None:
+    """Create an account with the command line, the password given twice on standard input."""
+    result = users_cli(home, "add", name, "--role", role, stdin=f"{password}\n{password}\n")
+    assert result.returncode == 0, result.stderr
+
+
+def start_dashboard(home: Path, log: Path, port: int | None = None, extra_args=(), env=None,
+                    address: str | None = "127.0.0.1"):
+    """`streamlit run app.py` as a subprocess; returns (process, url) once /_stcore/health answers.
+
+    `address=None` leaves the address to .streamlit/config.toml, as `make run` does.
+    """
+    port = port or free_port()
+    command = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
+               "--server.headless", "true", *(["--server.address", address] if address else []), *extra_args]
+    process = subprocess.Popen(command, cwd=REPO, env={**os.environ, "PNEUMO_HOME": str(home), **(env or {})},
+                               stdout=log.open("w"), stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError("streamlit exited:\n" + log.read_text()[-2000:])
+        try:
+            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                return process, url
+        except OSError:
+            time.sleep(0.5)
+    process.kill()
+    raise RuntimeError("streamlit did not start:\n" + log.read_text()[-2000:])
+
+
+def stop(process: subprocess.Popen) -> None:
+    process.terminate()
+    try:
+        process.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(timeout=30)
+
+
+def sign_in(page, url: str, name: str, password: str = PASSWORD, timeout: int = 120_000) -> None:
+    """Sign in on the dashboard's sign-in page with a local account and wait for the signed-in sidebar."""
+    page.goto(url)
+    page.get_by_label("Account name").wait_for(timeout=timeout)
+    page.get_by_label("Account name").fill(name)
+    page.get_by_label("Password", exact=True).fill(password)
+    page.get_by_role("button", name="Sign in", exact=True).click()
+    page.get_by_text(f"Signed in as {name}").wait_for(timeout=timeout)
+
+
+def sign_out(page, timeout: int = 60_000) -> None:
+    page.get_by_role("button", name="Sign out").click()
+    page.get_by_label("Account name").wait_for(timeout=timeout)
