@@ -26,8 +26,11 @@ PAGES = [
 
 actor = ui.signed_in_actor()
 if actor is None:
-    pages = st.navigation([st.Page("views/signin.py", title="Sign in", icon=":material/login:", default=True)],
-                          position="hidden")
+    # The sign-in page answers every page's address: a deep link shows it (not "page not found"), and
+    # after sign-in the same address opens the page asked for, if the role allows it.
+    pages = st.navigation([st.Page("views/signin.py", title="Sign in", icon=":material/login:", default=True)]
+                          + [st.Page("views/signin.py", title="Sign in", url_path=Path(script).stem)
+                             for script, *_ in PAGES], position="hidden")
 else:
     allowed = [st.Page(script, title=title, icon=icon) for script, title, icon, action in PAGES
                if actor.may(action) and (HERE / script).is_file()]

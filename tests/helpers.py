@@ -28,10 +28,10 @@ def users_cli(home: Path, *args, stdin: str | None = None) -> subprocess.Complet
                           env={**os.environ, "PNEUMO_HOME": str(home)}, capture_output=True, text=True, timeout=120)
 
 
-def add_user(home: Path, name: str, role: str, password: str = PASSWORD) -> None:
+def add_user(home: Path, name: str, role: str, password: str = PASSWORD, exist_ok: bool = False) -> None:
     """Create an account with the command line, the password given twice on standard input."""
     result = users_cli(home, "add", name, "--role", role, stdin=f"{password}\n{password}\n")
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == 0 or (exist_ok and "already exists" in result.stderr), result.stderr
 
 
 def start_dashboard(home: Path, log: Path, port: int | None = None, extra_args=(), env=None,
@@ -69,10 +69,12 @@ def stop(process: subprocess.Popen) -> None:
 
 
 def sign_in(page, url: str, name: str, password: str = PASSWORD, timeout: int = 120_000) -> None:
-    """Sign in on the dashboard's sign-in page with a local account and wait for the signed-in sidebar."""
+    """Open `url` (any page's address: a new browser session starts signed out), sign in with a local
+    account and wait for the signed-in sidebar; the page of `url` is then shown if the role allows it."""
     page.goto(url)
-    page.get_by_label("Account name").wait_for(timeout=timeout)
-    page.get_by_label("Account name").fill(name)
+    field = page.get_by_label("Account name", exact=True)
+    field.wait_for(timeout=timeout)
+    field.fill(name)
     page.get_by_label("Password", exact=True).fill(password)
     page.get_by_role("button", name="Sign in", exact=True).click()
     page.get_by_text(f"Signed in as {name}").wait_for(timeout=timeout)
@@ -80,4 +82,4 @@ def sign_in(page, url: str, name: str, password: str = PASSWORD, timeout: int = 
 
 def sign_out(page, timeout: int = 60_000) -> None:
     page.get_by_role("button", name="Sign out").click()
-    page.get_by_label("Account name").wait_for(timeout=timeout)
+    page.get_by_label("Account name", exact=True).wait_for(timeout=timeout)

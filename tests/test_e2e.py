@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 import pytest
 from conftest import REPO, SHARED_DATA, synthetic_film
+from helpers import add_user, sign_in
 
 from pneumo_core import registry
 
@@ -51,6 +52,7 @@ def server(request, e2e_home, tmp_path_factory):
     home = e2e_home
     data = {} if os.environ.get("PNEUMO_E2E_HOME") else {"PNEUMO_DATA": str(request.getfixturevalue("synthetic_data"))}
     port = _free_port()
+    add_user(home, "tester", "admin", exist_ok=True)        # the dashboard opens on its sign-in page
     log = tmp_path_factory.mktemp("streamlit") / "server.log"
     process = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
@@ -107,7 +109,7 @@ def test_a_deep_link_on_a_fresh_server_gets_the_apps_navigation(server, browser_
     # First test of the module on purpose: Streamlit runs a deep-linked script of a `pages/` folder
     # on its own until app.py has run once, which is why the pages live in `views/`.
     page = browser_page
-    page.goto(f"{server}/models")
+    sign_in(page, f"{server}/models", "tester")
     page.get_by_text("Decision support, not a diagnosis.").wait_for(timeout=120_000)
     titles = page.locator("[data-testid=stSidebarNav]").inner_text().split()
     assert {"Diagnose", "Retrain"} <= set(titles) and "app" not in titles
@@ -115,7 +117,7 @@ def test_a_deep_link_on_a_fresh_server_gets_the_apps_navigation(server, browser_
 
 def test_upload_gives_a_call_and_a_heatmap(server, browser_page, shots, tmp_path):
     page = browser_page
-    page.goto(server)
+    sign_in(page, server, "tester")
     page.get_by_text("Upload one or more frontal chest films").wait_for(timeout=120_000)
     page.locator("input[type=file]").set_input_files(str(_film(tmp_path)))
     page.get_by_text("Probability of pneumonia").wait_for(timeout=120_000)
@@ -130,7 +132,7 @@ def test_upload_gives_a_call_and_a_heatmap(server, browser_page, shots, tmp_path
 
 def test_threshold_slider_changes_the_matrix(server, browser_page, shots):
     page = browser_page
-    page.goto(f"{server}/metrics")
+    sign_in(page, f"{server}/metrics", "tester")
     page.get_by_text("Threshold: call PNEUMONIA").wait_for(timeout=120_000)
     page.wait_for_function("() => document.querySelectorAll('.js-plotly-plot').length >= 3", timeout=60_000)
     before = _confusion_labels(page)
@@ -150,7 +152,7 @@ def test_threshold_slider_changes_the_matrix(server, browser_page, shots):
 def test_every_page_renders(server, browser_page, shots):
     page = browser_page
     for path, marker, images in (("heatmaps", "Compare", 3), ("models", "Model card", 0), ("retrain", "Past jobs", 0)):
-        page.goto(f"{server}/{path}")
+        sign_in(page, f"{server}/{path}", "tester")
         page.get_by_text(marker).first.wait_for(timeout=120_000)
         if images:  # one panel per CAM method, Score-CAM last and slowest
             page.locator("[data-testid=stImage] img").nth(images - 1).wait_for(timeout=120_000)
@@ -164,7 +166,7 @@ def test_retrain_runs_to_completion_and_the_candidate_is_promoted(server, e2e_ho
     if os.environ.get("PNEUMO_E2E_HOME"):
         pytest.skip("retraining a real model takes minutes; run against the tiny test home")
     page = browser_page
-    page.goto(f"{server}/retrain")
+    sign_in(page, f"{server}/retrain", "tester")
     page.get_by_text("Past jobs").wait_for(timeout=120_000)       # the first run has finished
     page.get_by_role("button", name="Retrain with current settings").click()
     page.get_by_text(re.compile(r"Job \d+ submitted")).wait_for(timeout=120_000)
