@@ -185,6 +185,23 @@ def test_the_users_page_adds_changes_and_disables_accounts(accounts):
     assert accounts.get("ana")["disabled"]
 
 
+def test_a_weights_path_outside_the_configured_folder_is_refused_as_plain_text(home, tmp_path, monkeypatch):
+    from pneumo_core.jobs import JobQueue
+    from pneumo_core.settings import load_settings
+    monkeypatch.setenv("PNEUMO_DATA", str(tmp_path / "data" / "chest_xray"))
+    monkeypatch.setenv("PNEUMO_WEIGHTS_DIR", str(tmp_path / "weights"))
+    at = AppTest.from_file(str(REPO / "views" / "retrain.py"), default_timeout=120)
+    at.session_state["actor"] = Actor("sam", "ml_lead")
+    at.run()
+    next(t for t in at.text_input if t.label == "Weights").input("/etc/*shadow*")
+    next(b for b in at.button if b.label == "Retrain with current settings").click()
+    at.run()
+    assert not at.exception
+    assert [e.value for e in at.error] == ["Not submitted:"]
+    assert any("weights file must lie inside" in c.value and str(tmp_path / "weights") in c.value for c in at.code)
+    assert JobQueue(load_settings()).list() == []
+
+
 def test_the_dashboard_started_as_make_run_does_listens_on_this_machine_only(tmp_path):
     import psutil
     process, _ = start_dashboard(tmp_path / "home", tmp_path / "server.log", address=None)  # config.toml decides

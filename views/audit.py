@@ -5,7 +5,10 @@ import streamlit as st
 import ui
 from pneumo_core.audit import COLUMNS, to_csv
 
-ui.require_page("view_audit")
+viewer = ui.require_page("view_audit")
+if not st.session_state.get("_audit_view_recorded"):  # who looked at the records is a record too (once a session)
+    ui.audit_event("audit_view", viewer.name)
+    st.session_state["_audit_view_recorded"] = True
 st.title("Audit trail")
 st.caption("One row per diagnosis made on this server or its command line: time, film SHA-256, model "
            "version, probability, threshold, call, out-of-distribution score and flag, heatmap method, "

@@ -40,7 +40,8 @@ if st.button("Retrain with current settings", type="primary", icon=":material/mo
         try:
             job_id = queue.submit(check_form_paths(params, ui.settings()), who=ui.who())
         except JobError as error:
-            st.error(str(error))
+            st.error("Not submitted:", icon=":material/error:")
+            st.code(str(error), language=None, wrap_lines=True)  # plain text: paths and messages are not Markdown
         else:
             unreadable = queue.get(job_id)["checks"]["unreadable"]
             st.success(f"Job {job_id} submitted." + (f" {len(unreadable)} unreadable file(s) will be skipped."
@@ -129,5 +130,5 @@ else:
     job = next(j for j in jobs if j["id"] == chosen)
     if job["error"]:
         st.error(f"Job {chosen} failed:", icon=":material/error:")
-        st.code(job["error"], language=None)  # plain text, never Markdown
+        st.code(job["error"], language=None, wrap_lines=True)  # plain text, never Markdown
     st.code("\n".join(queue.log_tail(chosen, 40)) or "(no output)", language=None)

@@ -7,7 +7,7 @@ from pneumo_core.errors import PneumoError
 from pneumo_core.users import MIN_PASSWORD, LockedOut, SignInError
 
 st.title("Pneumo")
-st.caption("Pneumonia detection on paediatric chest X-rays: decision support, not a diagnosis.")
+st.caption("Pneumonia detection on paediatric chest X-rays.")
 for key in ("signed_out_because", "oidc_refused"):
     if key in st.session_state:
         st.warning(st.session_state.pop(key))
