@@ -19,9 +19,10 @@ import streamlit as st
 
 from pneumo_core import registry
 from pneumo_core.access import Actor
+from pneumo_core.errors import AccountError, SignInError
 from pneumo_core.jobs import JobQueue, params_from_model
 from pneumo_core.settings import load_settings
-from pneumo_core.users import AccountError, SignInError, UserStore, oidc_role
+from pneumo_core.users import UserStore, oidc_role
 
 TRAIN_COMMAND = "python -m pneumo_core train --data DATA_DIR"
 IDLE_MINUTES = 30   # a session left alone this long is signed out (a shared ward workstation)

@@ -33,8 +33,9 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
 from .access import ROLES, Actor
-from .errors import PneumoError
+from .errors import AccountError, LockedOut, SetupError, SignInError
 
+__all__ = ["AccountError", "LockedOut", "SetupError", "SignInError", "UserStore", "oidc_role", "oidc_roles"]
 log = logging.getLogger(__name__)
 
 MIN_PASSWORD = 10
@@ -59,26 +60,6 @@ CREATE TABLE IF NOT EXISTS failures (key TEXT PRIMARY KEY, count INTEGER NOT NUL
 CREATE TABLE IF NOT EXISTS setup_code (id INTEGER PRIMARY KEY CHECK (id = 1), hash TEXT NOT NULL,
     expires REAL NOT NULL, used INTEGER NOT NULL DEFAULT 0);
 """
-
-
-class AccountError(PneumoError, ValueError):
-    """An account that cannot be added or changed: bad name, role or password, or no such account."""
-
-
-class SignInError(PneumoError):
-    """A sign-in refused: wrong name or password (never which of the two), or a disabled account."""
-
-
-class LockedOut(SignInError):
-    """Too many failed sign-ins from this account or client; `seconds` until the next try."""
-
-    def __init__(self, seconds: float):
-        self.seconds = max(1, int(seconds + 0.999))
-        super().__init__(f"too many failed sign-ins: try again in {self.seconds} s")
-
-
-class SetupError(PneumoError):
-    """The one-time setup code is wrong, used or expired, or an administrator already exists."""
 
 
 def _now_iso() -> str:

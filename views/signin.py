@@ -3,8 +3,8 @@ server, the one-time setup code that creates the first administrator."""
 import streamlit as st
 
 import ui
-from pneumo_core.errors import PneumoError
-from pneumo_core.users import MIN_PASSWORD, LockedOut, SignInError
+from pneumo_core.errors import LockedOut, PneumoError, SignInError
+from pneumo_core.users import MIN_PASSWORD
 
 st.title("Pneumo")
 st.caption("Pneumonia detection on paediatric chest X-rays.")
