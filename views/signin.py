@@ -16,6 +16,11 @@ for key in ("signed_out_because", "oidc_refused"):
                 st.logout()
             st.stop()
 
+if ui.oidc_configured():  # offered even before the first local administrator exists
+    if st.button("Sign in with your hospital account", type="primary", icon=":material/badge:"):
+        st.login()
+    st.caption("Or with a local Pneumo account:")
+
 if ui.setup_code_if_needed():
     st.subheader("Create the first administrator")
     st.markdown("This server has no administrator yet. The one-time **setup code** is printed in the terminal "
@@ -40,10 +45,6 @@ if ui.setup_code_if_needed():
     st.stop()
 
 st.subheader("Sign in")
-if ui.oidc_configured():
-    if st.button("Sign in with your hospital account", type="primary", icon=":material/badge:"):
-        st.login()
-    st.caption("Or with a local Pneumo account:")
 with st.form("signin"):
     name = st.text_input("Account name")
     password = st.text_input("Password", type="password")
