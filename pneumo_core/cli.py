@@ -336,7 +336,7 @@ def cmd_users(args, settings) -> int:
         change = {"account": account["name"]}
     trail = AuditTrail(settings.audit_path)
     if hasattr(trail, "event"):  # the chained audit's events (another branch of this issue)
-        trail.event(f"user_{args.users_command.replace('-', '_')}", actor.name, source="cli", **change)
+        trail.event("user_change", actor.name, source="cli", action=args.users_command.replace("-", "_"), **change)
     print(f"{account['name']}: {account['role']}, {'disabled' if account['disabled'] else 'enabled'} "
           f"(by {actor.name})")
     return 0

@@ -93,6 +93,20 @@ def test_failed_sign_ins_lock_the_account(accounts):
     assert accounts.failures("user:ana") == MAX_FAILURES
 
 
+def test_sign_in_sign_out_and_a_failed_sign_in_are_recorded_with_the_name(accounts):
+    from pneumo_core.audit import AuditTrail
+    from pneumo_core.settings import load_settings
+    if not hasattr(AuditTrail, "events"):
+        pytest.skip("AuditTrail has no events on this branch yet (the store branch of issue 13 adds them)")
+    at = sign_in_form(app().run(), "ana", "not the password")
+    at = sign_in_form(at, "ana", PASSWORD)
+    next(b for b in at.sidebar.button if b.label == "Sign out").click()
+    at.run()
+    trail = AuditTrail(load_settings().audit_path)
+    assert [(e["kind"], e["who"]) for e in trail.events()][::-1] == [
+        ("sign_in_failed", "ana"), ("sign_in", "ana"), ("sign_out", "ana")]
+
+
 def test_the_setup_code_printed_in_the_terminal_creates_the_first_admin(home, capsys):
     at = app().run()
     assert not at.exception and any(s.value == "Create the first administrator" for s in at.subheader)

@@ -5,10 +5,7 @@ import streamlit as st
 import ui
 from pneumo_core.audit import COLUMNS, to_csv
 
-viewer = ui.require_page("view_audit")
-if not st.session_state.get("_audit_view_recorded"):  # who looked at the records is a record too (once a session)
-    ui.audit_event("audit_view", viewer.name)
-    st.session_state["_audit_view_recorded"] = True
+ui.require_page("view_audit")
 st.title("Audit trail")
 st.caption("One row per diagnosis made on this server or its command line: time, film SHA-256, model "
            "version, probability, threshold, call, out-of-distribution score and flag, heatmap method, "
@@ -31,5 +28,4 @@ st.dataframe(pd.DataFrame(rows, columns=list(COLUMNS)), hide_index=True, width="
     "probability": st.column_config.NumberColumn(format="%.3f"),
     "ood_score": st.column_config.NumberColumn(format="%.2f")})
 if ui.may("export_audit"):
-    st.download_button("Download CSV", to_csv(rows), "pneumo-audit.csv", "text/csv", on_click=ui.audit_event,
-                       args=("audit_export", ui.who()), kwargs={"rows": len(rows)})
+    st.download_button("Download CSV", to_csv(rows), "pneumo-audit.csv", "text/csv")

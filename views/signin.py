@@ -36,10 +36,12 @@ if ui.setup_code_if_needed():
                     raise SignInError("the two passwords differ")
                 actor = ui.users().create_first_admin(code, name, password, ui.client())
             except PneumoError as error:
-                ui.audit_event("failed_setup", "unknown", reason=type(error).__name__)
+                ui.audit_event("sign_in_failed", name.strip().lower()[:64] or "unknown", method="setup code",
+                               reason=type(error).__name__)
                 st.error(str(error).capitalize() + ".")
             else:
-                ui.audit_event("user_add", actor.name, account=actor.name, role=actor.role, method="setup code")
+                ui.audit_event("user_change", actor.name, action="add", account=actor.name, role=actor.role,
+                               method="setup code")
                 ui.sign_in(actor, "local")
                 st.rerun()
     st.stop()
@@ -52,10 +54,10 @@ with st.form("signin"):
         try:
             actor = ui.users().verify(name, password, ui.client())
         except LockedOut as error:
-            ui.audit_event("failed_sign_in", name.strip().lower()[:64] or "unknown", reason="locked")
+            ui.audit_event("sign_in_failed", name.strip().lower()[:64] or "unknown", reason="locked")
             st.error(str(error).capitalize() + ".")
         except SignInError as error:
-            ui.audit_event("failed_sign_in", name.strip().lower()[:64] or "unknown", reason=str(error))
+            ui.audit_event("sign_in_failed", name.strip().lower()[:64] or "unknown", reason=str(error))
             st.error(str(error).capitalize() + ".")
         else:
             ui.sign_in(actor, "local")

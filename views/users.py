@@ -29,7 +29,7 @@ with st.form("add_user", clear_on_submit=True):
         except PneumoError as error:
             st.error(str(error).capitalize() + ".")
         else:
-            ui.audit_event("user_add", admin.name, account=account["name"], role=account["role"])
+            ui.audit_event("user_change", admin.name, action="add", account=account["name"], role=account["role"])
             st.toast(f"{account['name']} added as {account['role']}.")
             st.rerun()
 
@@ -43,17 +43,18 @@ if accounts:
     try:
         if left.button("Set role", disabled=new_role == account["role"]):
             store.set_role(chosen, new_role)
-            ui.audit_event("user_set_role", admin.name, account=chosen, role=new_role, was=account["role"])
+            ui.audit_event("user_change", admin.name, action="set_role", account=chosen, role=new_role,
+                           was=account["role"])
             st.rerun()
         if account["disabled"]:
             if middle.button("Enable", key=f"enable_{chosen}"):
                 store.enable(chosen)
-                ui.audit_event("user_enable", admin.name, account=chosen)
+                ui.audit_event("user_change", admin.name, action="enable", account=chosen)
                 st.rerun()
         elif middle.button("Disable", key=f"disable_{chosen}", disabled=chosen == admin.name,
                            help="You cannot disable yourself" if chosen == admin.name else None):
             store.disable(chosen)
-            ui.audit_event("user_disable", admin.name, account=chosen)
+            ui.audit_event("user_change", admin.name, action="disable", account=chosen)
             st.rerun()
     except PneumoError as error:
         st.error(str(error).capitalize() + ".")
