@@ -294,7 +294,7 @@ def _add_users_parser(commands, settings) -> None:
 
 def _read_new_password() -> str:
     """A new password: asked twice on a terminal; else one line of stdin, or two that must match."""
-    from .users import AccountError
+    from .errors import AccountError
     if sys.stdin.isatty():
         import getpass
         first, second = getpass.getpass("Password: "), getpass.getpass("Password again: ")

@@ -163,6 +163,15 @@ def test_a_disabled_account_is_signed_out_on_its_next_click(accounts):
     assert "actor" not in at.session_state and reachable(at) == set()
 
 
+def test_an_idle_session_is_signed_out(accounts):
+    at = sign_in_form(app().run(), "ana", PASSWORD)
+    assert at.session_state["actor"] == Actor("ana", "clinician")
+    at.session_state["last_seen"] = at.session_state["last_seen"] - 31 * 60   # as if left alone for 31 minutes
+    at.run()
+    assert "actor" not in at.session_state and reachable(at) == set()
+    assert any("without activity" in w.value for w in at.warning)
+
+
 def test_an_oidc_user_gets_the_role_of_their_email_or_is_refused(home):
     home.mkdir(parents=True)
     (home / "oidc_roles.toml").write_text('[roles]\n"ana@hospital.example" = "clinician"\n')
