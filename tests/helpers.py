@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -72,8 +73,12 @@ def sign_in(page, url: str, name: str, password: str = PASSWORD, timeout: int = 
     """Open `url` (any page's address: a new browser session starts signed out), sign in with a local
     account and wait for the signed-in sidebar; the page of `url` is then shown if the role allows it."""
     page.goto(url)
-    field = page.get_by_label("Account name", exact=True)
-    field.wait_for(timeout=timeout)
+    field, signed_in = page.get_by_label("Account name", exact=True), page.get_by_text(re.compile("^Signed in as "))
+    field.or_(signed_in).first.wait_for(timeout=timeout)
+    if signed_in.count():   # Streamlit kept this tab's session across the reload
+        if signed_in.first.inner_text().split("\n")[0] == f"Signed in as {name}":
+            return
+        sign_out(page, timeout)
     field.fill(name)
     page.get_by_label("Password", exact=True).fill(password)
     page.get_by_role("button", name="Sign in", exact=True).click()
