@@ -88,3 +88,11 @@ def sign_in(page, url: str, name: str, password: str = PASSWORD, timeout: int = 
 def sign_out(page, timeout: int = 60_000) -> None:
     page.get_by_role("button", name="Sign out").click()
     page.get_by_label("Account name", exact=True).wait_for(timeout=timeout)
+
+
+def pdf_text(data: bytes) -> str:
+    """Every page's text of a PDF (its streams are usually compressed, so a byte search would miss it)."""
+    import io
+
+    from pypdf import PdfReader
+    return "\n".join(page.extract_text() or "" for page in PdfReader(io.BytesIO(data)).pages)

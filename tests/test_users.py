@@ -263,17 +263,29 @@ def test_a_malformed_dicom_value_never_appears_in_the_error(keyword, vr, caplog)
     assert "DOE" not in str(caught.value) and "DOE" not in caplog.text
 
 
-def test_reports_and_audit_rows_never_carry_the_file_name(tmp_path, caplog):
+def report_files(gray: np.ndarray, d) -> dict[str, bytes]:
+    """{file name: bytes} of the reports `pneumo_core.report` makes for `d` (either of its two APIs)."""
     from pneumo_core import report
+    if hasattr(report, "report_pdf"):     # the ReportLab report (issue 12)
+        return {report.report_filename(d): report.report_pdf(gray, d, None, heatmap=False)}
+    page = report.report_page(gray, d)
+    return {f"pneumo-report-{d.sha256[:12]}.{fmt.lower()}": report.report_bytes(page, fmt) for fmt in ("PNG", "PDF")}
+
+
+def test_reports_and_audit_rows_never_carry_the_file_name(tmp_path, caplog):
+    from helpers import pdf_text
+
     from pneumo_core.audit import AuditTrail
     from pneumo_core.diagnosis import Diagnosis
     caplog.set_level("DEBUG")
     gray = np.tile(np.linspace(0, 255, 120).astype(np.uint8), (100, 1))
     d = Diagnosis(name="DOE_JANE_MRN123.png", probability=0.8, label="PNEUMONIA", threshold=0.5, certainty="clear",
                   heatmap=np.zeros((100, 120), np.float32), method="gradcam", model_id="m1", sha256="ab" * 32)
-    page = report.report_page(gray, d)
-    for fmt in ("PNG", "PDF"):
-        assert b"DOE" not in report.report_bytes(page, fmt)
+    for name, data in report_files(gray, d).items():
+        assert "DOE" not in name and b"DOE" not in data
+        if name.endswith(".pdf"):
+            text = pdf_text(data)
+            assert "DOE" not in text and "MRN" not in text
     trail = AuditTrail(tmp_path / "audit.sqlite")
     trail.record(d, source="dashboard", who="ana")
     assert "DOE" not in json.dumps(trail.rows()) and b"DOE" not in (tmp_path / "audit.sqlite").read_bytes()
