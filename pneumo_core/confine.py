@@ -7,10 +7,11 @@ training set can be chosen); weights files under the configured weights folder.
 """
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 from .errors import JobError
-from .settings import Settings
+from .settings import Settings, TrainConfig
 
 WEIGHTS_WORDS = ("auto", "imagenet", "none")
 
@@ -33,18 +34,17 @@ def within(path: str | Path, roots: list[Path], what: str) -> Path:
     return resolved
 
 
-def check_form_paths(params: dict, settings: Settings) -> dict:
-    """The train parameters of a dashboard form, with `data` and `weights` checked against the settings.
+def check_form_paths(config: TrainConfig, settings: Settings) -> TrainConfig:
+    """The train options of a dashboard form, with `data_dir` and `weights` checked against the settings.
 
     Args:
-        params: train options (`data`, `weights`, ...).
+        config: the form's options.
         settings: the server's settings (PNEUMO_DATA, PNEUMO_WEIGHTS_DIR).
     Returns:
-        The same parameters (paths resolved).
+        A copy with the paths resolved.
     """
-    checked = dict(params)
-    checked["data"] = str(within(params["data"], [settings.data_dir.parent], "data folder"))
-    weights = str(params.get("weights", "auto")).strip()
+    data_dir = str(within(config.data_dir, [settings.data_dir.parent], "data folder"))
+    weights = str(config.weights or "auto").strip()
     if weights.lower() not in WEIGHTS_WORDS:
-        checked["weights"] = str(within(weights, [settings.weights_dir], "weights file"))
-    return checked
+        weights = str(within(weights, [settings.weights_dir], "weights file"))
+    return dataclasses.replace(config, data_dir=data_dir, weights=weights)

@@ -6,7 +6,7 @@ import re
 import numpy as np
 import pytest
 from conftest import REPO, synthetic_film
-from helpers import PASSWORD, start_dashboard, stop
+from helpers import PASSWORD, poisoned_dicom, start_dashboard, stop
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
@@ -277,7 +277,6 @@ def test_a_clinician_sees_the_models_read_only_and_an_ml_lead_rolls_back_in_thei
 
 @pytest.mark.slow
 def test_patient_names_stay_on_screen_only(model_home, caplog, capfd):
-    from test_users import poisoned_dicom
     caplog.set_level("DEBUG")
     at = AppTest.from_file(str(REPO / "views" / "diagnose.py"), default_timeout=120)
     at.session_state["actor"] = Actor("ana", "clinician")

@@ -7,15 +7,12 @@ import stat
 import numpy as np
 import pydicom
 import pytest
-from helpers import PASSWORD, users_cli
-from pydicom.datadict import tag_for_keyword
-from pydicom.dataelem import RawDataElement
-from pydicom.tag import Tag
+from helpers import PASSWORD, poisoned_dicom, users_cli
 
 from pneumo_core.access import Actor, PermissionDenied, require
 from pneumo_core.confine import check_form_paths
 from pneumo_core.errors import JobError, PneumoError
-from pneumo_core.settings import load_settings
+from pneumo_core.settings import TrainConfig, load_settings
 from pneumo_core.users import (
     LOCK_SECONDS,
     MAX_CLIENT_FAILURES,
@@ -217,40 +214,17 @@ def test_form_paths_stay_inside_the_configured_folders(tmp_path):
     weights.mkdir()
     settings = load_settings({"PNEUMO_DATA": str(data), "PNEUMO_WEIGHTS_DIR": str(weights),
                               "PNEUMO_HOME": str(tmp_path / "home")})
-    ok = check_form_paths({"data": str(data.parent / "site"), "weights": "imagenet"}, settings)
-    assert ok["data"] == str((data.parent / "site").resolve()) and ok["weights"] == "imagenet"
-    assert check_form_paths({"data": str(data), "weights": str(weights / "w.h5")}, settings)["weights"].endswith("w.h5")
-    for params in ({"data": "/etc", "weights": "auto"}, {"data": str(data / ".." / ".." / ".."), "weights": "none"},
-                   {"data": str(data), "weights": "/etc/shadow"},
-                   {"data": str(data), "weights": str(weights / "../x")}):
+    ok = check_form_paths(TrainConfig(data_dir=str(data.parent / "site"), weights="imagenet"), settings)
+    assert ok.data_dir == str((data.parent / "site").resolve()) and ok.weights == "imagenet"
+    assert check_form_paths(TrainConfig(data_dir=str(data), weights=str(weights / "w.h5")), settings).weights \
+        == str((weights / "w.h5").resolve())
+    for data_dir, weight in (("/etc", "auto"), (str(data / ".." / ".." / ".."), "none"), (str(data), "/etc/shadow"),
+                             (str(data), str(weights / "../x"))):
         with pytest.raises(JobError, match="must lie inside"):
-            check_form_paths(params, settings)
+            check_form_paths(TrainConfig(data_dir=data_dir, weights=weight), settings)
 
 
 # Patient data stays out -------------------------------------------------------------------------
-
-def poisoned_dicom(keyword: str, vr: str) -> bytes:
-    """A chest DICOM whose numeric header field `keyword` holds a patient's name instead of a number."""
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = generate_uid()
-    ds.PatientName, ds.Modality, ds.ViewPosition, ds.BodyPartExamined = "DOE^JANE", "DX", "PA", "CHEST"
-    pixels = np.tile(np.linspace(0, 4095, 96).astype(np.uint16), (80, 1))
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.WindowCenter, ds.WindowWidth = 2048, 4096
-    ds.PixelData = pixels.tobytes()
-    tag = Tag(tag_for_keyword(keyword))
-    ds._dict[tag] = RawDataElement(tag, vr, 8, b"DOE^JANE", 0, False, True)  # as a broken exporter writes it
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
-
 
 @pytest.mark.parametrize("keyword, vr", [("WindowCenter", "DS"), ("WindowWidth", "DS"), ("NumberOfFrames", "IS")])
 def test_a_malformed_dicom_value_never_appears_in_the_error(keyword, vr, caplog):

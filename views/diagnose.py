@@ -29,11 +29,12 @@ if not uploads:
     st.stop()
 
 
-results, failures = [], []
+ui.check_upload_count(uploads)
+results, failures, budget = [], [], ui.decode_budget()
 bar = st.progress(0.0, text="Scoring…")
 for i, upload in enumerate(uploads):
     try:
-        results.append(ui.diagnose_and_record(str(model.path), upload.getvalue(), upload.name, method))
+        results.append(ui.diagnose_and_record(str(model.path), upload.getvalue(), upload.name, method, budget))
     except PneumoError as error:
         failures.append(str(error))
     except Exception as error:  # one bad file never stops the batch; its message names no header value
