@@ -381,3 +381,7 @@ def poisoned_dicom(keyword: str, vr: str) -> bytes:
     buffer = io.BytesIO()
     ds.save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()
+
+
+# Joins the hostile corpus: the reader's message for a malformed header value names no value.
+CASES["DICOM with a patient's name in a numeric field"] = (poisoned_dicom("WindowCenter", "DS"), "malformed value")

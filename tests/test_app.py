@@ -217,11 +217,11 @@ def test_retrain_log_follows_the_newest_job(tmp_path, monkeypatch, synthetic_dat
     monkeypatch.setenv("PNEUMO_DATA", str(synthetic_data))
     monkeypatch.setattr(JobQueue, "start_next", lambda self: None)   # jobs stay queued: no training here
     queue = JobQueue(load_settings())
-    queue.submit({"data_dir": str(synthetic_data)})
+    queue.submit({"data_dir": str(synthetic_data)}, actor=Actor("lead engineer", "ml_lead"))
     at = page("retrain").run()
     log_of = lambda: next(s for s in at.selectbox if s.label == "Log of job").value  # noqa: E731
     assert log_of() == 1
-    queue.submit({"data_dir": str(synthetic_data)})
+    queue.submit({"data_dir": str(synthetic_data)}, actor=Actor("lead engineer", "ml_lead"))
     at.run()
     assert not at.exception
     assert log_of() == 2        # the new job, not the earlier choice kept by its widget key
