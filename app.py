@@ -1,4 +1,8 @@
-"""Pneumo dashboard: `streamlit run app.py` (or `make run`)."""
+"""Pneumo dashboard: `streamlit run app.py` (or `make run`).
+
+Nobody signed in: the sign-in page is the only page, whatever the address asked for. Signed in:
+the pages the role may use (access.PERMISSIONS), and the pages check it again themselves.
+"""
 from pathlib import Path
 
 import streamlit as st
@@ -9,14 +13,33 @@ import ui
 st.set_page_config(page_title="Pneumo", page_icon=str(Path(__file__).parent / "static" / "favicon.png"),
                    layout="wide")
 
-pages = st.navigation([
-    st.Page("views/diagnose.py", title="Diagnose", icon=":material/stethoscope:", default=True),
-    st.Page("views/heatmaps.py", title="Heatmaps", icon=":material/compare:"),
-    st.Page("views/metrics.py", title="Metrics", icon=":material/monitoring:"),
-    st.Page("views/models.py", title="Models", icon=":material/inventory_2:"),
-    st.Page("views/retrain.py", title="Retrain", icon=":material/model_training:"),
-    st.Page("views/audit.py", title="Audit", icon=":material/history:"),
-])
+HERE = Path(__file__).parent
+# (script, title, icon, action the role needs); Site appears once that page exists.
+PAGES = [
+    ("views/diagnose.py", "Diagnose", ":material/stethoscope:", "diagnose"),
+    ("views/heatmaps.py", "Heatmaps", ":material/compare:", "diagnose"),
+    ("views/metrics.py", "Metrics", ":material/monitoring:", "view_metrics"),
+    ("views/models.py", "Models", ":material/inventory_2:", "view_metrics"),
+    ("views/retrain.py", "Retrain", ":material/model_training:", "submit_job"),
+    ("views/site.py", "Site", ":material/local_hospital:", "site_validate"),
+    ("views/audit.py", "Audit", ":material/history:", "view_audit"),
+    ("views/users.py", "Users", ":material/group:", "manage_users"),
+]
+
+actor = ui.signed_in_actor()
+if actor is None:
+    # The sign-in page answers every page's address: a deep link shows it (not "page not found"), and
+    # after sign-in the same address opens the page asked for, if the role allows it.
+    pages = st.navigation([st.Page("views/signin.py", title="Sign in", icon=":material/login:", default=True)]
+                          + [st.Page("views/signin.py", title="Sign in", url_path=Path(script).stem)
+                             for script, *_ in PAGES], position="hidden")
+else:
+    allowed = [st.Page(script, title=title, icon=icon) for script, title, icon, action in PAGES
+               if actor.may(action) and (HERE / script).is_file()]
+    pages = st.navigation(allowed)
+    st.sidebar.text(f"Signed in as {actor.name}\n({actor.role.replace('_', ' ')})")
+    if st.sidebar.button("Sign out", icon=":material/logout:"):
+        ui.sign_out()
+        st.rerun()
 st.sidebar.caption("Decision support, not a diagnosis.")
-ui.user_box()
 pages.run()

@@ -1,4 +1,4 @@
-"""Streamlit glue shared by the pages: cached model loading and the first-run message.
+"""Streamlit glue shared by the pages: cached model loading, the first-run message, and who is signed in.
 
 Everything here is about the screen; computing stays in pneumo_core.
 """
@@ -7,6 +7,10 @@ from __future__ import annotations
 import base64
 import dataclasses
 import hashlib
+import logging
+import sys
+import threading
+import time
 
 import cv2
 import numpy as np
@@ -14,15 +18,20 @@ import pandas as pd
 import streamlit as st
 
 from pneumo_core import registry
+from pneumo_core.access import Actor
+from pneumo_core.errors import AccountError, SignInError
 from pneumo_core.io import DecodeBudget, read_film
 from pneumo_core.jobs import JobQueue, params_from_model
 from pneumo_core.lru import ByteLRU
 from pneumo_core.settings import load_settings
+from pneumo_core.users import UserStore, oidc_role
 
 TRAIN_COMMAND = "python -m pneumo_core train --data DATA_DIR"
 # The memory budget (README "Memory budget"). The cache sizes are read once, when this module is
 # imported (decorators take them then); the per-request limits are read on each call.
 BUDGET = load_settings().budget
+IDLE_MINUTES = 30   # a session left alone this long is signed out (a shared ward workstation)
+log = logging.getLogger("pneumo.dashboard")
 
 
 def settings():
@@ -72,23 +81,6 @@ def current_train_params():
         return params_from_model(registry.read_json(s.models_dir / active, "metadata.json"), str(s.data_dir))
     return params_from_model({"backbone": s.backbone, "image_size": s.image_size, "weights": "auto",
                               "training": {"seed": s.seed}}, str(s.data_dir))
-
-
-def user() -> str:
-    """Who is at the screen, for the record: the signed-in user if the server has log-in, else the
-    name typed in the sidebar, else 'dashboard user'."""
-    return current_user() or st.session_state.get("user_name") or "dashboard user"
-
-
-def actor():
-    """The acting user for library calls (`access.Actor`): the signed-in one, else (until sign-in is
-    set up) the sidebar name with the admin role, as the dashboard allowed everything before."""
-    from pneumo_core.access import Actor
-    return st.session_state.get("actor") or Actor(user(), "admin")
-
-
-def user_box() -> None:
-    st.sidebar.text_input("Your name", key="user_name", placeholder="recorded with promotions and jobs")
 
 
 def version_picker(label: str = "Model version", key: str | None = None, index_of_active: bool = True) -> str | None:
@@ -200,14 +192,6 @@ def audit_trail():
     return _audit_trail_at(str(settings().audit_path))
 
 
-def current_user() -> str | None:
-    """The signed-in user when the dashboard has authentication set up, else None."""
-    try:
-        return (st.user.get("email") or st.user.get("name")) if st.user.is_logged_in else None
-    except Exception:  # no authentication configured
-        return None
-
-
 def diagnose_and_record(version_path: str, data: bytes, name: str, method: str = "gradcam",
                         budget: DecodeBudget | None = None):
     """`diagnosis`, plus one audit row the first time this session is shown that call.
@@ -219,7 +203,9 @@ def diagnose_and_record(version_path: str, data: bytes, name: str, method: str =
     key = (d.sha256, d.model_id, d.method)
     recorded = st.session_state.setdefault("_audit_recorded", set())
     if key not in recorded:
-        audit_trail().record(d, source="dashboard", who=current_user())
+        # The time it is shown to this user, not the cached result's: the same film shown later or to
+        # someone else is a new row with its own time. Never the file name (it often holds the patient's).
+        audit_trail().record(dataclasses.replace(d, name=""), source="dashboard", who=who())   # `shown`: now
         recorded.add(key)
     return gray, d
 
@@ -308,3 +294,163 @@ def figures_that_apply(version_path: str):
     """The TrackRecord of a version (site figures where measured, else internal, labelled)."""
     from pneumo_core.track_record import track_record
     return track_record(version_path)
+
+
+# Who is signed in ------------------------------------------------------------------------------
+
+def actor() -> Actor | None:
+    """The signed-in user (`st.session_state["actor"]`, set only by the server), or None."""
+    current = st.session_state.get("actor")
+    return current if isinstance(current, Actor) else None
+
+
+def who() -> str:
+    """The signed-in user's name, for the records."""
+    current = actor()
+    return current.name if current else "nobody"
+
+
+def may(action: str) -> bool:
+    """True when the signed-in user's role allows `action` (a key of access.PERMISSIONS)."""
+    current = actor()
+    return bool(current and current.may(action))
+
+
+def require_page(action: str) -> Actor:
+    """The signed-in user if their role allows `action`; else a message and the page stops.
+
+    app.py shows each role only its pages; this also guards a page script run on its own.
+    """
+    current = actor()
+    if current is None:
+        st.warning("Sign in first.")
+        st.stop()
+    if not current.may(action):
+        st.error(f"{current.name} ({current.role}) may not use this page.")
+        st.stop()
+    return current
+
+
+def users() -> UserStore:
+    return _users_at(str(settings().home))
+
+
+@st.cache_resource(show_spinner=False)
+def _users_at(home: str) -> UserStore:
+    return UserStore(home)
+
+
+def client() -> str:
+    """The browser's address for rate limiting ('local' on this machine or under AppTest)."""
+    try:
+        return st.context.ip_address or "local"
+    except Exception:  # no client context (AppTest)
+        return "local"
+
+
+def audit_event(kind: str, who_: str, **details) -> None:
+    """One event row (sign-in, sign-out, failed sign-in, user change, download) in the audit trail.
+
+    Calls `AuditTrail.event` (the chained audit of this issue's store branch); until that exists,
+    only the server log has it.
+    """
+    trail = audit_trail()
+    if hasattr(trail, "event"):
+        trail.event(kind, who_, source="dashboard", **details)
+    else:
+        log.info("%s by %s %s", kind, who_, details)
+
+
+def sign_in(signed_in: Actor, source: str) -> None:
+    """Make `signed_in` this session's user ('local' account or 'oidc') and record it."""
+    st.session_state["actor"] = signed_in
+    st.session_state["auth_source"] = source
+    st.session_state["last_seen"] = time.time()
+    audit_event("sign_in", signed_in.name, role=signed_in.role, method=source)
+
+
+def sign_out(reason: str = "signed out") -> None:
+    """End this session's sign-in (and the identity provider's cookie for OIDC users)."""
+    current, source = actor(), st.session_state.get("auth_source")
+    if current:
+        audit_event("sign_out", current.name, reason=reason)
+    for key in ("actor", "auth_source", "last_seen", "_audit_recorded"):
+        st.session_state.pop(key, None)
+    if source == "oidc" and oidc_configured():
+        st.logout()
+
+
+def oidc_configured() -> bool:
+    """True when `.streamlit/secrets.toml` has an [auth] section (OpenID Connect sign-in)."""
+    try:
+        return "auth" in st.secrets
+    except Exception:  # no secrets file at all
+        return False
+
+
+def oidc_logged_in() -> bool:
+    try:
+        return bool(st.user.is_logged_in)
+    except Exception:  # authentication not configured
+        return False
+
+
+def signed_in_actor() -> Actor | None:
+    """This session's user after the checks of every run, or None (show the sign-in page).
+
+    A local account disabled or given another role since sign-in takes effect on the next click;
+    an OIDC user is mapped to a role from the provider's claims; an idle session is signed out.
+    An actor put in the session by a test harness (no `auth_source`) is taken as it is: session
+    state lives on the server and no browser message can set it.
+    """
+    current, source = actor(), st.session_state.get("auth_source")
+    if current is None and oidc_logged_in():
+        try:
+            sign_in(Actor(str(st.user.get("email")).strip().lower(), oidc_role(st.user.to_dict(), settings().home)),
+                    "oidc")
+        except SignInError as error:
+            st.session_state["oidc_refused"] = str(error)
+            return None
+        current, source = actor(), "oidc"
+    if current is None or source is None:
+        return current
+    if time.time() - st.session_state.get("last_seen", 0) > IDLE_MINUTES * 60:
+        sign_out(f"idle for more than {IDLE_MINUTES} minutes")
+        st.session_state["signed_out_because"] = f"Signed out after {IDLE_MINUTES} minutes without activity."
+        return None
+    st.session_state["last_seen"] = time.time()
+    if source == "oidc" and not oidc_logged_in():
+        sign_out("identity provider session ended")
+        return None
+    if source == "local":
+        try:
+            account = users().get(current.name)
+        except AccountError:  # the account is gone (a restored PNEUMO_HOME)
+            account = None
+        if account is None or account["disabled"]:
+            sign_out("account disabled")
+            return None
+        if account["role"] != current.role:
+            st.session_state["actor"] = current = Actor(current.name, account["role"])
+    return current
+
+
+_setup_lock = threading.Lock()
+
+
+def setup_code_if_needed() -> bool:
+    """True when no administrator exists yet; then makes sure a setup code is pending and printed.
+
+    The code goes to the server's terminal only (whoever started `make run`), never to a page.
+    """
+    store = users()
+    if store.has_admin():
+        return False
+    with _setup_lock:
+        if not store.setup_code_pending():
+            code = store.issue_setup_code()
+            print(f"\nPneumo: no administrator yet. One-time setup code: {code}\n"
+                  f"  Open the dashboard and enter it to create the first administrator (valid 60 minutes, "
+                  f"single use),\n  or run: python -m pneumo_core users add NAME --role admin\n",
+                  file=sys.stderr, flush=True)
+    return True

@@ -38,3 +38,24 @@ class JobError(PneumoError, ValueError):
 
 class PermissionDenied(PneumoError, PermissionError):
     """The acting user's role does not allow the action."""
+
+
+class AccountError(PneumoError, ValueError):
+    """An account that cannot be added or changed: bad name, role or password, or no such account."""
+
+
+class SignInError(PneumoError):
+    """A sign-in refused: wrong name or password (never which of the two), a disabled account, or an
+    identity-provider user with no role."""
+
+
+class LockedOut(SignInError):
+    """Too many failed sign-ins from this account or client; `seconds` until the next try."""
+
+    def __init__(self, seconds: float):
+        self.seconds = max(1, int(seconds + 0.999))
+        super().__init__(f"too many failed sign-ins: try again in {self.seconds} s")
+
+
+class SetupError(PneumoError):
+    """The one-time setup code is wrong, used or expired, or an administrator already exists."""

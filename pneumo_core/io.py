@@ -41,7 +41,7 @@ import cv2
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .errors import ImageError
+from .errors import ImageError, PneumoError
 from .settings import MemoryBudget
 
 ACCEPTED = "PNG, JPEG or DICOM"
@@ -477,25 +477,32 @@ def read_dicom(data: bytes, name: str = "image", *, max_pixels: int = MAX_PIXELS
     except Exception as error:
         raise ImageError(f"{name}: the DICOM file is damaged or truncated ({type(error).__name__}). "
                          f"Accepted: {ACCEPTED}.") from None
-    _check_dicom_content(ds, name, max_pixels)
-    _check_compressed_frame(ds, name)
-    if budget is not None:
-        budget.charge(int(ds.Rows) * int(ds.Columns), name)
-    samples = int(ds.get("SamplesPerPixel", 1) or 1)
-    with _DECODE_GATE.hold(int(ds.Rows) * int(ds.Columns) * samples * 4):  # decoders output up to int32
-        pixels = _dicom_pixels(ds, name)
-        # Reduced in the stored integer type, before any float: the LUTs and windows below map values
-        # one by one, so applying them after area averaging changes nothing but the resolution.
-        pixels = _shrink(pixels, _factor(pixels.shape[1], pixels.shape[0], max_side))
-    if pixels.ndim == 3:  # colour DICOM (RGB, or YBR decoded to RGB by pydicom)
-        gray = gray_from_rgb(_to_uint8(pixels), name)
-    else:
-        gray = _dicom_gray(pixels, ds)
-        if _dicom_text(ds, "PhotometricInterpretation") == "MONOCHROME1":  # low is white: invert
-            gray = 255 - gray
-    info = FilmInfo("DICOM", _dicom_text(ds, "Modality") or None, _dicom_text(ds, "ViewPosition") or None,
-                    _study_date(ds), str(ds.get("AccessionNumber", "") or "").strip() or None,
-                    str(ds.get("StudyInstanceUID", "") or "").strip() or None)
+    try:
+        _check_dicom_content(ds, name, max_pixels)
+        _check_compressed_frame(ds, name)
+        if budget is not None:
+            budget.charge(int(ds.Rows) * int(ds.Columns), name)
+        samples = int(ds.get("SamplesPerPixel", 1) or 1)
+        with _DECODE_GATE.hold(int(ds.Rows) * int(ds.Columns) * samples * 4):  # decoders output up to int32
+            pixels = _dicom_pixels(ds, name)
+            # Reduced in the stored integer type, before any float: the LUTs and windows below map values
+            # one by one, so applying them after area averaging changes nothing but the resolution.
+            pixels = _shrink(pixels, _factor(pixels.shape[1], pixels.shape[0], max_side))
+        if pixels.ndim == 3:  # colour DICOM (RGB, or YBR decoded to RGB by pydicom)
+            gray = gray_from_rgb(_to_uint8(pixels), name)
+        else:
+            gray = _dicom_gray(pixels, ds)
+            if _dicom_text(ds, "PhotometricInterpretation") == "MONOCHROME1":  # low is white: invert
+                gray = 255 - gray
+        info = FilmInfo("DICOM", _dicom_text(ds, "Modality") or None, _dicom_text(ds, "ViewPosition") or None,
+                        _study_date(ds), str(ds.get("AccessionNumber", "") or "").strip() or None,
+                        str(ds.get("StudyInstanceUID", "") or "").strip() or None)
+    except PneumoError:
+        raise
+    except Exception as error:  # a malformed header value: Python's message would quote it (a patient's name)
+        raise ImageError(f"{name}: the DICOM header holds a malformed value ({type(error).__name__}) in a field "
+                         f"needed to read the image (size, frames, window or rescale); export the film again. "
+                         f"Accepted: {ACCEPTED}.") from None
     return Film(np.ascontiguousarray(gray), info)
 
 

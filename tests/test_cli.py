@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from conftest import run_cli, synthetic_film
 
+from pneumo_core.access import cli_actor
 from pneumo_core.progress import parse_line
 
 pytestmark = pytest.mark.slow
@@ -136,7 +137,7 @@ def test_promote_switches_the_active_model(trained_home, tmp_path):
         return {r["id"]: r["role"] for r in json.loads(run_cli("models", "--json", home=home).stdout)}
 
     assert roles() == {first: "active", later.name: "candidate"}  # a newer version waits for promotion
-    result = run_cli("promote", later.name, "--who", "qa", home=home)
-    assert result.returncode == 0 and later.name in result.stdout and "by qa" in result.stdout
+    result = run_cli("promote", later.name, home=home)
+    assert result.returncode == 0 and later.name in result.stdout and f"by {cli_actor().name}" in result.stdout
     assert roles() == {first: "previous", later.name: "active"}
     assert run_cli("promote", "no-such-version", home=home).returncode == 2

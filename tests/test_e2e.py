@@ -18,6 +18,7 @@ import numpy as np
 import pypdf
 import pytest
 from conftest import REPO, SHARED_DATA, synthetic_film
+from helpers import add_user, sign_in
 
 from pneumo_core import registry
 
@@ -52,6 +53,7 @@ def server(request, e2e_home, tmp_path_factory):
     home = e2e_home
     data = {} if os.environ.get("PNEUMO_E2E_HOME") else {"PNEUMO_DATA": str(request.getfixturevalue("synthetic_data"))}
     port = _free_port()
+    add_user(home, "tester", "admin", exist_ok=True)        # the dashboard opens on its sign-in page
     log = tmp_path_factory.mktemp("streamlit") / "server.log"
     process = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
@@ -136,7 +138,7 @@ def test_a_deep_link_on_a_fresh_server_gets_the_apps_navigation(server, browser_
     # First test of the module on purpose: Streamlit runs a deep-linked script of a `pages/` folder
     # on its own until app.py has run once, which is why the pages live in `views/`.
     page = browser_page
-    page.goto(f"{server}/models")
+    sign_in(page, f"{server}/models", "tester")
     page.get_by_text("Decision support, not a diagnosis.").wait_for(timeout=120_000)
     titles = page.locator("[data-testid=stSidebarNav]").inner_text().split()
     assert {"Diagnose", "Retrain"} <= set(titles) and "app" not in titles
@@ -144,7 +146,7 @@ def test_a_deep_link_on_a_fresh_server_gets_the_apps_navigation(server, browser_
 
 def test_upload_gives_a_call_its_strength_and_a_heatmap_with_a_local_favicon(server, browser_page, shots, tmp_path):
     page = browser_page
-    page.goto(server)
+    sign_in(page, server, "tester")
     page.get_by_text("Upload one or more frontal chest films").wait_for(timeout=120_000)
     icons = page.evaluate("() => Array.from(document.querySelectorAll('link[rel*=icon]')).map(l => l.href)")
     assert icons and all(href.startswith(server) for href in icons)       # nothing fetched from the internet
@@ -222,7 +224,7 @@ def test_at_1024_px_nothing_overflows_and_the_call_is_whole(server, browser_page
 
 def test_threshold_slider_changes_the_matrix(server, browser_page, shots):
     page = browser_page
-    page.goto(f"{server}/metrics")
+    sign_in(page, f"{server}/metrics", "tester")
     page.get_by_text("Threshold: call PNEUMONIA").wait_for(timeout=120_000)
     page.wait_for_function("() => document.querySelectorAll('.js-plotly-plot').length >= 3", timeout=60_000)
     before = _confusion_labels(page)
@@ -248,7 +250,7 @@ def test_every_page_renders(server, e2e_home, browser_page, shots):
         "retrain": page.get_by_role("button", name="Retrain with current settings"),
     }
     for path, marker in (("heatmaps", "Compare"), ("models", "Model card"), ("retrain", "Past jobs")):
-        page.goto(f"{server}/{path}")
+        sign_in(page, f"{server}/{path}", "tester")
         page.get_by_text(marker).first.wait_for(timeout=120_000)
         # Streamlit's own ready marker: the script has run to its end (the Retrain page's fragment
         # reruns every 2 s, and is idle in between).
@@ -263,7 +265,7 @@ def test_retrain_runs_to_completion_and_the_candidate_is_promoted(server, e2e_ho
     if os.environ.get("PNEUMO_E2E_HOME"):
         pytest.skip("retraining a real model takes minutes; run against the tiny test home")
     page = browser_page
-    page.goto(f"{server}/retrain")
+    sign_in(page, f"{server}/retrain", "tester")
     page.get_by_text("Past jobs").wait_for(timeout=120_000)       # the first run has finished
     page.get_by_role("button", name="Retrain with current settings").click()
     page.get_by_text(re.compile(r"Job \d+ submitted")).wait_for(timeout=120_000)

@@ -6,6 +6,7 @@ import ui
 from pneumo_core.audit import COLUMNS
 from pneumo_core.errors import PermissionDenied
 
+ui.require_page("view_audit")
 st.title("Audit trail")
 st.caption("One row per diagnosis made on this server or its command line: time, film SHA-256, model "
            "version, probability, threshold, call, out-of-distribution score and flag, heatmap method, "
@@ -32,5 +33,5 @@ st.markdown(f"**{len(rows)}** of {len(everything)} diagnoses")
 st.dataframe(pd.DataFrame(rows, columns=list(COLUMNS)), hide_index=True, width="stretch", column_config={
     "probability": st.column_config.NumberColumn(format="%.3f"),
     "ood_score": st.column_config.NumberColumn(format="%.2f")})
-if ui.actor().may("export_audit"):   # the export is made, and recorded, only when clicked
+if ui.may("export_audit"):   # the export is made, and recorded, only when clicked
     st.download_button("Download CSV", lambda: trail.export(ui.actor(), **filters), "pneumo-audit.csv", "text/csv")

@@ -4,10 +4,12 @@ import streamlit as st
 
 import ui
 from pneumo_core import diagnosis as dx
+from pneumo_core.errors import PneumoError
 from pneumo_core.heatmap import colour_bar, display_name, overlay
-from pneumo_core.io import ACCEPTED, ImageError
+from pneumo_core.io import ACCEPTED
 from pneumo_core.report import report_filename, report_pdf, study_reference, track_record_lines
 
+ui.require_page("diagnose")
 st.title("Diagnose")
 st.caption(dx.NOTICE)
 # Cold start: TensorFlow and the model take ~6 s to load; say so instead of a blank page.
@@ -30,8 +32,10 @@ bar = st.progress(0.0, text="Scoring…")
 for i, upload in enumerate(uploads):
     try:
         gray, d = ui.diagnose_and_record(version_path, upload.getvalue(), upload.name, "gradcam", budget)
-    except ImageError as error:
+    except PneumoError as error:
         failures.append(str(error))
+    except Exception as error:  # one bad file never stops the batch; its message names no header value
+        failures.append(f"{upload.name}: could not be scored ({type(error).__name__}). Accepted: {ACCEPTED}.")
     else:
         key = ui.film_key(d)
         if key in films:  # identity is the content: the same film twice is one film
@@ -122,7 +126,9 @@ def film_view() -> None:
     with st.container(key="diagnose-ready"):  # the browser tests wait for this: the film is fully drawn
         st.download_button(
             "Download report (PDF)", lambda: report_pdf(gray, d, record, reference, shown, alpha, outline_only),
-            report_filename(d, reference), "application/pdf", on_click="ignore", icon=":material/description:")
+            report_filename(d, reference), "application/pdf", icon=":material/description:",
+            on_click=ui.audit_event, args=("report_download", ui.who()),
+            kwargs={"sha256": d.sha256, "model": d.model_id, "format": "PDF"})
     st.caption("The report carries the study's identifiers (never the file name) and a line for the reader's "
                "name and signature.")
 

@@ -6,9 +6,10 @@ import streamlit as st
 
 import ui
 from pneumo_core.diagnosis import truth_and_call
+from pneumo_core.errors import PneumoError
 from pneumo_core.heatmap import NAMES, colour_bar, display_name, for_display, overlay
-from pneumo_core.io import ImageError
 
+ui.require_page("diagnose")
 st.title("Heatmaps")
 st.caption("Evidence for pneumonia inside the chest (the film's outline, above the diaphragm), whatever the call. "
            "Every panel uses the same colours (blue = none … red = the strongest evidence in that panel) and the "
@@ -72,7 +73,7 @@ def panels() -> None:
                         path = str(ui.version_dir(v))
                         gray, d = ui.diagnose_and_record(path, data, name, method, budget)
                         curve = ui.faithfulness(path, data, name, method)
-                except ImageError as error:
+                except PneumoError as error:
                     st.error(str(error))
                     continue
                 st.image(overlay(for_display(gray), d.heatmap, alpha, outline_only), width="stretch")

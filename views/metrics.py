@@ -10,6 +10,7 @@ from pneumo_core.choices import label_name
 from pneumo_core.evaluation import calibration_curve, classification_report, expected_calibration_error, metrics_at
 from pneumo_core.registry import read_history, read_json
 
+ui.require_page("view_metrics")
 st.title("Metrics")
 version = ui.version_picker(key="metrics_model")
 if version is None:

@@ -9,6 +9,7 @@ from pneumo_core import figures
 from pneumo_core.errors import PneumoError
 from pneumo_core.registry import change_kind, promote, promotions, read_json, summaries
 
+ui.require_page("view_metrics")
 st.title("Models")
 rows = ui.versions()
 if not rows:
@@ -30,10 +31,12 @@ with st.container():
         if row["active"]:
             continue
         text, button = st.columns([4, 1], vertical_alignment="center")
+        if not ui.may("promote"):  # read-only for clinicians: no rollback or promote controls
+            button = None
         text.markdown(f"`{row['id']}` · {row['role']} · test AUC {row['roc_auc']:.3f} · sensitivity "
                       f"{row['sensitivity']:.3f} · specificity {row['specificity']:.3f}")
         rollback = change_kind(ui.settings().models_dir, row["id"], active) == "rollback"
-        if button.button("Roll back" if rollback else "Make active", key=f"activate_{row['id']}"):
+        if button and button.button("Roll back" if rollback else "Make active", key=f"activate_{row['id']}"):
             try:
                 entry = promote(ui.settings().models_dir, row["id"], actor=ui.actor(), expected_active=active,
                                 trail=ui.audit_trail())

@@ -6,11 +6,13 @@ import ui
 from pneumo_core import figures, registry
 from pneumo_core.choices import TRAIN_CHOICES, label_name
 from pneumo_core.comparison import compare
+from pneumo_core.confine import check_form_paths
 from pneumo_core.errors import PneumoError
 from pneumo_core.io import ImageError, read_image
 from pneumo_core.jobs import clamp_params, describe
 from pneumo_core.settings import TRAIN_LIMITS, TrainConfig
 
+ui.require_page("submit_job")
 st.title("Retrain")
 queue = ui.job_queue()
 models_dir = ui.settings().models_dir
@@ -37,9 +39,10 @@ with st.expander("Advanced"):
     config.seed = left.number_input("Seed", *TRAIN_LIMITS["seed"], config.seed)
 if st.button("Retrain with current settings", type="primary", icon=":material/model_training:"):
     try:
-        job_id = queue.submit(config, actor=ui.actor())
+        job_id = queue.submit(check_form_paths(config, ui.settings()), actor=ui.actor())
     except PneumoError as error:
-        st.error(str(error))
+        st.error("Not submitted:", icon=":material/error:")
+        st.code(str(error), language=None, wrap_lines=True)  # plain text: paths and messages are not Markdown
     else:
         st.success(f"Job {job_id} submitted. It checks the data first; unreadable films are skipped and listed "
                    f"in its log.")
@@ -57,7 +60,7 @@ def current_job():
     st.session_state["following_job"] = job["id"]
     st.progress(job["percent"] / 100, text=f"Job {job['id']}: {describe(job)} · {job['percent']:.0f}%")
     st.code("\n".join(queue.log_tail(job["id"], 12)) or "(starting…)", language=None)
-    if st.button("Cancel job", key=f"cancel_{job['id']}", icon=":material/cancel:"):
+    if ui.may("cancel_job") and st.button("Cancel job", key=f"cancel_{job['id']}", icon=":material/cancel:"):
         try:
             queue.cancel(job["id"], actor=ui.actor())
         except PneumoError as error:
@@ -110,7 +113,7 @@ else:
                                     f"call_{active}": "active's call", f"call_{candidate}": "candidate's call",
                                     f"p_{active}": st.column_config.NumberColumn("active p", format="%.3f"),
                                     f"p_{candidate}": st.column_config.NumberColumn("candidate p", format="%.3f")})
-    if st.button(f"Promote {candidate}", type="primary", icon=":material/upgrade:"):
+    if ui.may("promote") and st.button(f"Promote {candidate}", type="primary", icon=":material/upgrade:"):
         try:
             entry = registry.promote(models_dir, candidate, actor=ui.actor(), expected_active=active,
                                      trail=ui.audit_trail())
@@ -132,6 +135,9 @@ else:
     # Keyed by the newest job, so a new job resets the choice to it instead of keeping an older one.
     chosen = st.selectbox("Log of job", [j["id"] for j in jobs], key=f"log_job_{jobs[0]['id']}")
     job = next(j for j in jobs if j["id"] == chosen)
-    if job["error"]:  # a cancel is the user's own choice, not a failure
-        (st.info if job["state"] == "cancelled" else st.error)(job["error"])
+    if job["error"] and job["state"] == "cancelled":  # a cancel is the user's own choice, not a failure
+        st.info(job["error"])
+    elif job["error"]:
+        st.error(f"Job {chosen} failed:", icon=":material/error:")
+        st.code(job["error"], language=None, wrap_lines=True)  # plain text, never Markdown
     st.code("\n".join(queue.log_tail(chosen, 40)) or "(no output)", language=None)

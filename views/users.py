@@ -1,0 +1,70 @@
+"""Users: local accounts (add, disable, enable, change role) and who gets which role through OIDC."""
+import pandas as pd
+import streamlit as st
+
+import ui
+from pneumo_core.access import ROLES
+from pneumo_core.errors import PneumoError
+from pneumo_core.users import MIN_PASSWORD, OIDC_ROLES_FILE, ROLE_CLAIM, oidc_roles
+
+admin = ui.require_page("manage_users")
+st.title("Users")
+store = ui.users()
+accounts = store.list()
+st.dataframe(pd.DataFrame(accounts, columns=["name", "role", "disabled", "created", "changed"]),
+             hide_index=True, width="stretch")
+
+st.subheader("Add an account")
+with st.form("add_user", clear_on_submit=True):
+    left, right = st.columns(2)
+    name = left.text_input("Account name", placeholder="e.g. a.lopez")
+    role = right.selectbox("Role", ROLES)
+    password = left.text_input(f"Initial password (at least {MIN_PASSWORD} characters)", type="password")
+    again = right.text_input("Password again", type="password")
+    if st.form_submit_button("Add account", type="primary"):
+        try:
+            if password != again:
+                raise PneumoError("the two passwords differ")
+            account = store.add(name, role, password)
+        except PneumoError as error:
+            st.error(str(error).capitalize() + ".")
+        else:
+            ui.audit_event("user_change", admin.name, action="add", account=account["name"], role=account["role"])
+            st.toast(f"{account['name']} added as {account['role']}.")
+            st.rerun()
+
+if accounts:
+    st.subheader("Change an account")
+    names = [a["name"] for a in accounts]
+    chosen = st.selectbox("Account", names)
+    account = accounts[names.index(chosen)]
+    left, middle, right = st.columns(3)
+    new_role = left.selectbox("Role", ROLES, index=ROLES.index(account["role"]), key=f"role_{chosen}")
+    try:
+        if left.button("Set role", disabled=new_role == account["role"]):
+            store.set_role(chosen, new_role)
+            ui.audit_event("user_change", admin.name, action="set_role", account=chosen, role=new_role,
+                           was=account["role"])
+            st.rerun()
+        if account["disabled"]:
+            if middle.button("Enable", key=f"enable_{chosen}"):
+                store.enable(chosen)
+                ui.audit_event("user_change", admin.name, action="enable", account=chosen)
+                st.rerun()
+        elif middle.button("Disable", key=f"disable_{chosen}", disabled=chosen == admin.name,
+                           help="You cannot disable yourself" if chosen == admin.name else None):
+            store.disable(chosen)
+            ui.audit_event("user_change", admin.name, action="disable", account=chosen)
+            st.rerun()
+    except PneumoError as error:
+        st.error(str(error).capitalize() + ".")
+
+st.subheader("Hospital sign-in (OpenID Connect)")
+if not ui.oidc_configured():
+    st.caption("Not configured: see `.streamlit/secrets.toml.example` and the README's \"Deploying on a hospital "
+               "network\".")
+mapping = oidc_roles(ui.settings().home)
+st.caption(f"A user signed in through the identity provider gets the role of its `{ROLE_CLAIM}` claim, else the "
+           f"one their email has in `{ui.settings().home / OIDC_ROLES_FILE}`, else no access.")
+if mapping:
+    st.dataframe(pd.DataFrame([{"email": e, "role": r} for e, r in mapping.items()]), hide_index=True)
