@@ -119,7 +119,7 @@ def _diagnosed(page) -> None:
 
 
 def _upload(page, server, files) -> None:
-    page.goto(server)
+    sign_in(page, server, "tester")
     page.get_by_text("Upload one or more frontal chest films").wait_for(timeout=120_000)
     page.locator("input[type=file]").set_input_files(files)
     _diagnosed(page)
