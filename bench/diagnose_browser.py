@@ -1,19 +1,18 @@
 """Diagnose in a real browser (warm model): seconds from upload to the call on screen, from an opacity
 change to the redrawn heatmap, and from a film switch to the other film's call (both rerun a fragment
 only), and the dashboard's resident memory with one model loaded. Needs a trained model in PNEUMO_HOME."""
-from common import CHROMIUM, CHROMIUM_FLAGS, REPO, SHARED_DATA, report  # noqa: I001
+from common import CHROMIUM, CHROMIUM_FLAGS, REPO, SHARED_DATA, report, start_dashboard  # noqa: I001
 
+import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
-import urllib.request
 from pathlib import Path
 
 from playwright.sync_api import sync_playwright
 
-PORT = 8597
-URL = f"http://127.0.0.1:{PORT}"
 films = sorted((SHARED_DATA / "train" / "NORMAL").glob("*.jpeg"))[:6]
 pair = [sorted((SHARED_DATA / "train" / "PNEUMONIA").glob("*.jpeg"))[0], films[0]]
 IDLE = "() => document.querySelector('.stApp')?.getAttribute('data-test-script-state') === 'notRunning'"
@@ -40,20 +39,35 @@ def ready(page) -> None:
     page.wait_for_function(IDLE, timeout=120_000)
 
 
-server = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(PORT),
-                           "--server.headless", "true"], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+PASSWORD = "bench password, not a secret"
+# A home of its own (the models linked, not copied): the bench's account and audit rows stay out of PNEUMO_HOME.
+source = Path(os.environ.get("PNEUMO_HOME", REPO / ".pneumo"))
+tmp = tempfile.TemporaryDirectory()
+home = Path(tmp.name)
+(home / "models").symlink_to((source / "models").resolve())
+subprocess.run([sys.executable, "-m", "pneumo_core", "users", "add", "bench", "--role", "admin"], cwd=REPO,
+               input=f"{PASSWORD}\n{PASSWORD}\n", text=True, check=True, capture_output=True,
+               env={**os.environ, "PNEUMO_HOME": str(home)})
+LOG = Path(tempfile.gettempdir()) / "pneumo-bench-dashboard.log"
+server, URL = start_dashboard(home, LOG)
+
+
+def open_diagnose(page) -> None:
+    page.goto(URL)
+    field, signed_in = page.get_by_label("Account name", exact=True), page.get_by_text("Signed in as bench")
+    field.or_(signed_in).first.wait_for(timeout=120_000)
+    if not signed_in.count():
+        field.fill("bench")
+        page.get_by_label("Password", exact=True).fill(PASSWORD)
+        page.get_by_role("button", name="Sign in", exact=True).click()
+    page.get_by_text("Upload one or more frontal chest films").wait_for(timeout=120_000)
+
+
 try:
-    for _ in range(120):
-        try:
-            urllib.request.urlopen(f"{URL}/_stcore/health", timeout=2)
-            break
-        except OSError:
-            time.sleep(0.5)
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
         page = browser.new_page(viewport={"width": 1360, "height": 2000})
-        page.goto(URL)
-        page.get_by_text("Upload one or more frontal chest films").wait_for(timeout=120_000)
+        open_diagnose(page)
         seconds = []
         for film in films:  # the first upload loads the model; the rest are warm
             start = time.perf_counter()
@@ -61,8 +75,7 @@ try:
             page.get_by_text(film.name).last.wait_for(timeout=120_000)
             ready(page)
             seconds.append(time.perf_counter() - start)
-            page.goto(URL)  # a fresh page: a new upload, same warm server
-            page.get_by_text("Upload one or more frontal chest films").wait_for(timeout=120_000)
+            open_diagnose(page)  # a fresh page: a new upload, same warm server
 
         page.locator("input[type=file]").set_input_files([str(f) for f in pair])  # a worklist of two
         ready(page)
@@ -108,3 +121,4 @@ try:
 finally:
     server.terminate()
     server.wait(timeout=30)
+    tmp.cleanup()
