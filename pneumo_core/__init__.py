@@ -18,7 +18,7 @@ _API = {
     # scoring films
     "Diagnoser": "diagnosis", "Diagnosis": "diagnosis", "certainty": "diagnosis",
     "PneumoModel": "model", "read_film": "io", "read_image": "io", "Film": "io",
-    "make_cam": "cam", "overlay": "cam", "OODDetector": "ood", "report_page": "report",
+    "make_cam": "cam", "overlay": "cam", "OODDetector": "ood", "report_pdf": "report",
     # training and evaluation
     "train": "training", "tune": "training", "TrainResult": "training", "TrainConfig": "settings",
     "Settings": "settings", "load_settings": "settings", "load_dataset": "data", "check_dataset": "data",
