@@ -78,6 +78,13 @@ def train_argv(params: dict) -> list[str]:
     return argv
 
 
+def job_argv(params: dict) -> list[str]:
+    """The pneumo_core command line of a job: `train` and its options, or the command named in
+    params["command"] (e.g. ["site", "adapt"], for a site adaptation) with the other params as options."""
+    options = {k: v for k, v in params.items() if k != "command"}
+    return [*(params.get("command") or ["train"]), *train_argv(options)]
+
+
 def params_from_model(metadata: dict, data_dir: str) -> dict:
     """Train options that reproduce a model version on `data_dir` (the 'current settings')."""
     training = metadata.get("training", {})
@@ -346,8 +353,8 @@ class JobQueue:
                "PYTHONUNBUFFERED": "1"}
         log_path = Path(job["log_path"])
         with open(log_path, "a", buffering=1) as log:
-            log.write(f"job {job_id}: python -m pneumo_core train {' '.join(train_argv(job['params']))}\n")
-            child = subprocess.Popen([sys.executable, "-m", "pneumo_core", "train", *train_argv(job["params"])],
+            log.write(f"job {job_id}: python -m pneumo_core {' '.join(job_argv(job['params']))}\n")
+            child = subprocess.Popen([sys.executable, "-m", "pneumo_core", *job_argv(job["params"])],
                                      cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True, bufsize=1)
             self._update(job_id, "running", child_pid=child.pid, stage="starting")

@@ -22,12 +22,17 @@ are fitted on the other folds' out-of-fold predictions (cross-fitting), so the s
 """
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import logging
 import os
 import re
+import shutil
+import stat
 import tempfile
 import time
+import zipfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -441,3 +446,90 @@ def adapt(settings, data_dir, name: str | None = None, model_ref: str | None = N
                         ood=OODDetector.load(base_dir))
     log.info("adapted version saved in %s", path)
     return version_id
+
+
+# -- where site films come from (the dashboard) -----------------------------------------------------
+
+UPLOADS = "sites"                  # PNEUMO_HOME/sites/<name>-<hash>/: extracted zip uploads
+MAX_ZIP_FILES = 5000
+MAX_ZIP_BYTES = 1 << 30            # uncompressed total
+MAX_FILM_BYTES = 50 << 20
+
+
+def _is_site_folder(folder: Path) -> bool:
+    names = {p.name.lower() for p in folder.iterdir() if p.is_dir()} if folder.is_dir() else set()
+    return {"normal", "pneumonia"} <= names or ("test" in names and _is_site_folder(
+        next(p for p in folder.iterdir() if p.is_dir() and p.name.lower() == "test")))
+
+
+def site_folders(settings) -> list[Path]:
+    """Labelled folders a dashboard user may pick: under the data folder's parent, and uploaded ones.
+
+    Only these roots are offered (two levels deep), so a browser user cannot point the server at an
+    arbitrary path.
+    """
+    roots = [Path(settings.data_dir).parent, Path(settings.home) / UPLOADS]
+    found = []
+    for root in roots:
+        if not root.is_dir():
+            continue
+        for child in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            candidates = [child, *sorted(p for p in child.iterdir() if p.is_dir() and not p.name.startswith("."))]
+            found += [c for c in candidates if _is_site_folder(c)]
+    return list(dict.fromkeys(found))
+
+
+def extract_zip(data: bytes, home: Path, name: str) -> Path:
+    """Unpack an uploaded zip of NORMAL/ and PNEUMONIA/ films into PNEUMO_HOME/sites; returns the site folder.
+
+    Refuses (DatasetError) what is not a zip, members with absolute paths or '..', links, more than
+    MAX_ZIP_FILES films or MAX_ZIP_BYTES uncompressed; only .png/.jpg/.jpeg files are written.
+    """
+    from .data import IMAGE_SUFFIXES
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(data))
+    except zipfile.BadZipFile:
+        raise DatasetError("the upload is not a zip file; zip a folder holding NORMAL/ and PNEUMONIA/ films") from None
+    members, total = [], 0
+    for info in archive.infolist():
+        parts = Path(info.filename).parts
+        if info.filename.startswith(("/", "\\")) or ".." in parts or ":" in info.filename:
+            raise DatasetError(f"the zip holds an unsafe path {info.filename!r}; only relative paths are accepted")
+        if stat.S_ISLNK(info.external_attr >> 16):
+            raise DatasetError(f"the zip holds a link {info.filename!r}; links are not accepted")
+        if info.is_dir() or Path(info.filename).suffix.lower() not in IMAGE_SUFFIXES or \
+                any(p.startswith(".") or p == "__MACOSX" for p in parts):
+            continue
+        if info.file_size > MAX_FILM_BYTES:
+            raise DatasetError(f"{info.filename} is {info.file_size >> 20} MB; films up to "
+                               f"{MAX_FILM_BYTES >> 20} MB are accepted")
+        total += info.file_size
+        members.append(info)
+    if len(members) > MAX_ZIP_FILES or total > MAX_ZIP_BYTES:
+        raise DatasetError(f"the zip holds {len(members)} films, {total >> 20} MB; at most {MAX_ZIP_FILES} films "
+                           f"and {MAX_ZIP_BYTES >> 20} MB are accepted")
+    target = Path(home) / UPLOADS / f"{site_name(Path(name), name)}-{hashlib.sha256(data).hexdigest()[:8]}"
+    Path(home).mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=home, prefix=".site-upload-"))
+    try:
+        for info in members:
+            out = tmp.joinpath(*Path(info.filename).parts)
+            out.parent.mkdir(parents=True, exist_ok=True)
+            with archive.open(info) as source:
+                chunk = source.read(MAX_FILM_BYTES + 1)   # the header's size may lie
+                if len(chunk) > MAX_FILM_BYTES:
+                    raise DatasetError(f"{info.filename} is over {MAX_FILM_BYTES >> 20} MB uncompressed")
+                out.write_bytes(chunk)
+        roots = [tmp, *sorted(p for p in tmp.rglob("*") if p.is_dir())]
+        root = next((r for r in roots if _is_site_folder(r)), None)
+        if root is None:
+            raise DatasetError("the zip has no NORMAL/ and PNEUMONIA/ folders of films (nor test/NORMAL and "
+                               "test/PNEUMONIA)")
+        relative = root.relative_to(tmp)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if not target.exists():
+            os.rename(tmp, target)
+        return target / relative
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
