@@ -12,6 +12,8 @@ pages = st.navigation([
     st.Page("views/models.py", title="Models", icon=":material/inventory_2:"),
     st.Page("views/retrain.py", title="Retrain", icon=":material/model_training:"),
     st.Page("views/audit.py", title="Audit", icon=":material/history:"),
+    st.Page("views/site.py", title="Site", icon=":material/local_hospital:"),
+    st.Page("views/monitor.py", title="Monitor", icon=":material/query_stats:"),
 ])
 st.sidebar.caption("Decision support, not a diagnosis.")
 ui.user_box()

@@ -156,39 +156,45 @@ def _internal_figures(version_dir: Path) -> dict:
     return json.loads(path.read_text()).get("test", {}) if path.is_file() else {}
 
 
-def verdict(site: dict, internal: dict, name: str) -> str:
-    """One plain paragraph: the site's figures against the internal test split, and what it means.
+def findings(site: dict, internal: dict) -> list[str]:
+    """What is worse at the site than on the internal test split, in words (empty: the figures hold).
 
-    A site figure is called worse when the internal value lies above the site's 95 % interval.
+    A figure is worse when the internal value lies beyond the site's 95 % interval; probabilities
+    are called miscalibrated above ECE 0.05.
     """
     ci = site.get("ci", {})
-
-    def text(metric):
-        low_high = ci.get(metric)
-        value = site.get(metric)
-        return f"{value:.2f}" + (f" [{low_high[0]:.2f}–{low_high[1]:.2f}]" if low_high else "")
 
     def worse(metric):
         low_high, ref = ci.get(metric), internal.get(metric)
         return bool(low_high and ref is not None and ref > low_high[1])
 
-    parts, findings = [], []
-    for metric, words in (("sensitivity", "the model misses pneumonia at this site"),
-                          ("specificity", "the model over-calls at this site (normal films called PNEUMONIA)")):
-        ref = internal.get(metric)
-        parts.append(f"{metric} here {text(metric)}" + (f" vs {ref:.2f} internal" if ref is not None else ""))
-        if worse(metric):
-            findings.append(words)
-    if site.get("roc_auc") is not None:
-        ref = internal.get("roc_auc")
-        parts.append(f"AUC {text('roc_auc')}" + (f" vs {ref:.3f} internal" if ref is not None else ""))
-        if worse("roc_auc"):
-            findings.append("it ranks this site's films less well")
-    if site.get("ece", 0) > 0.05:
-        findings.append(f"its probabilities are miscalibrated here (ECE {site['ece']:.2f})")
+    found = [words for metric, words in (
+        ("sensitivity", "the model misses pneumonia at this site"),
+        ("specificity", "the model over-calls at this site (normal films called PNEUMONIA)"),
+        ("roc_auc", "it ranks this site's films less well")) if worse(metric)]
+    if (site.get("ece") or 0) > 0.05:
+        found.append(f"its probabilities are miscalibrated here (ECE {site['ece']:.2f})")
+    return found
+
+
+def verdict(site: dict, internal: dict, name: str) -> str:
+    """One plain paragraph: the site's figures against the internal test split, and what it means."""
+    ci = site.get("ci", {})
+
+    def text(metric, digits=2):
+        low_high = ci.get(metric)
+        return f"{site[metric]:.{digits}f}" + (f" [{low_high[0]:.{digits}f}–{low_high[1]:.{digits}f}]"
+                                               if low_high else "")
+
+    parts = []
+    for metric, words in (("sensitivity", "sensitivity here"), ("specificity", "specificity here"),
+                          ("roc_auc", "AUC")):
+        if site.get(metric) is not None:
+            ref = internal.get(metric)
+            parts.append(f"{words} {text(metric)}" + (f" vs {ref:.2f} internal" if ref is not None else ""))
     head = f"Site {name}, {site['n']} films: " + "; ".join(parts) + "."
-    if findings:
-        found = "; ".join(findings)
+    found = "; ".join(findings(site, internal))
+    if found:
         return (head + " " + found[0].upper() + found[1:] + ". Adapt the model to this site "
                 "(python -m pneumo_core site adapt) and validate again before relying on its calls here.")
     return head + " The internal figures hold at this site within the 95 % intervals."
@@ -243,7 +249,7 @@ def validate(version_dir, data_dir, name: str | None = None, n_boot: int = 1000,
         "model": model.id, "split": "site", "data": str(Path(data_dir).resolve()), **result,
         "site": site.name, "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "fingerprint": site.fingerprint, "notes": site.notes,
-        "verdict": verdict(result, internal, site.name),
+        "verdict": verdict(result, internal, site.name), "holds": not findings(result, internal),
         "calibration": calibration_curve(y, p),
         "ood": {"available": flags is not None, "flagged": int(flags.sum()) if flags is not None else None,
                 "rate": float(flags.mean()) if flags is not None else None,
