@@ -469,19 +469,21 @@ def _is_site_folder(folder: Path) -> bool:
 
 
 def site_folders(settings) -> list[Path]:
-    """Labelled folders a dashboard user may pick: under the data folder's parent, and uploaded ones.
+    """Labelled folders a dashboard user may pick: beside the training data folder, and uploaded ones.
 
     Only these roots are offered (two levels deep), so a browser user cannot point the server at an
     arbitrary path.
     """
     roots = [Path(settings.data_dir).parent, Path(settings.home) / UPLOADS]
+    training = Path(settings.data_dir).resolve()
     found = []
     for root in roots:
         if not root.is_dir():
             continue
         for child in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
             candidates = [child, *sorted(p for p in child.iterdir() if p.is_dir() and not p.name.startswith("."))]
-            found += [c for c in candidates if _is_site_folder(c)]
+            # The training data itself is no site: its films are what the model learned from.
+            found += [c for c in candidates if _is_site_folder(c) and not c.resolve().is_relative_to(training)]
     return list(dict.fromkeys(found))
 
 

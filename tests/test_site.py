@@ -178,8 +178,11 @@ def test_site_validate_reports_figures_with_intervals_and_a_verdict(real_home):
     assert report["n"] == len(list(films.rglob("*.jpeg"))) and report["model"] == version
     meta = json.loads((home / "models" / version / "metadata.json").read_text())
     assert report["threshold"] == pytest.approx(meta["threshold"])          # the model's own threshold
-    for metric in ("roc_auc", "sensitivity", "specificity", "ppv", "npv", "ece"):
+    for metric in ("roc_auc", "sensitivity", "specificity", "ece"):
         assert len(report["ci"][metric]) == 2, metric
+    (tn, fp), (fn, tp) = report["confusion_matrix"]
+    for metric, calls in (("ppv", tp + fp), ("npv", tn + fn)):   # undefined (None) only if never called
+        assert (report["ci"][metric] is None) == (calls == 0), metric
     assert report["verdict"].startswith("Site hospital, ") and "internal" in report["verdict"]
     assert len(report["calibration"]["count"]) >= 1 and report["ood"]["available"]
     stored = json.loads((home / "models" / version / "site_reports" / "hospital.json").read_text())
@@ -280,3 +283,21 @@ def test_metrics_page_names_site_figures_or_says_not_validated(page_home):
     shown = " ".join(m.value for m in at.markdown)
     assert "site clinic: 24 labelled films" in shown and INTERNAL_LABEL not in shown
     assert not any("Not validated at a site" in w.value for w in at.warning)
+
+
+@pytest.mark.slow
+def test_site_adapt_runs_as_a_job_through_the_queue(real_home, monkeypatch):
+    from pneumo_core import registry
+    from pneumo_core.jobs import JobQueue
+    from pneumo_core.settings import load_settings
+    home, films, base = real_home
+    monkeypatch.setenv("PNEUMO_HOME", str(home))
+    queue = JobQueue(load_settings())
+    job_id = queue.submit({"command": ["site", "adapt"], "data": str(films), "name": "hospital", "model": base},
+                          who="tester")
+    job = queue.wait(job_id, timeout=600, poll=0.5)
+    assert job["state"] == "succeeded", job["error"]
+    assert job["model_id"] in registry.candidates(home / "models")
+    card = json.loads((home / "models" / job["model_id"] / "metadata.json").read_text())
+    assert card["site"]["name"] == "hospital" and card["adapted_from"] == base
+    assert "site adapt --data" in (home / "jobs" / f"{job_id}.log").read_text()
