@@ -94,15 +94,14 @@ def load_site(data_dir, name: str | None = None) -> SiteData:
               "holding PNG or JPEG films.")
     if not root.is_dir():
         raise DatasetError(f"site folder {root} does not exist. {layout}")
-    has_test = any(p.is_dir() and p.name.lower() == "test" for p in root.iterdir())
+    name = name or root.resolve().name
+    # test/NORMAL and test/PNEUMONIA: the films are those of test/ (and the fingerprint is the same either way).
+    root = class_folder(root)
     try:
         dataset = load_dataset(root, require_train=False, skip_unreadable=True)
     except DatasetError as error:
         raise DatasetError(f"{error} {layout}") from None
-    frame = dataset.frame
-    if has_test:
-        frame = frame[frame["split"] == "test"]
-    frame = frame[["path", "label", "patient"]].reset_index(drop=True)
+    frame = dataset.frame[["path", "label", "patient"]].reset_index(drop=True)
     counts = {c: int((frame["label"] == i).sum()) for i, c in enumerate(CLASSES)}
     short = [f"{n} {c}" for c, n in counts.items() if n < MIN_FILMS_PER_CLASS]
     if short:
@@ -111,6 +110,15 @@ def load_site(data_dir, name: str | None = None) -> SiteData:
     notes = [n for n in dataset.notes if n.startswith("skipped")]
     fingerprint = Dataset(root=root, frame=frame).fingerprint()
     return SiteData(site_name(root, name), root, frame, fingerprint, notes)
+
+
+def class_folder(root: Path) -> Path:
+    """The folder holding a site's NORMAL/ and PNEUMONIA/ folders: `root` itself or its test/ folder."""
+    root = Path(root)
+    names = {p.name.lower(): p for p in root.iterdir() if p.is_dir()} if root.is_dir() else {}
+    if "test" in names and not {"normal", "pneumonia"} <= set(names):
+        return names["test"]
+    return root
 
 
 def patient_folds(patients, labels, k: int = FOLDS, seed: int = 0) -> np.ndarray:

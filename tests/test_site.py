@@ -127,7 +127,10 @@ def test_a_site_folder_with_too_few_films_is_refused_with_what_is_needed(tmp_pat
         site.load_site(tmp_path / "tiny")
     with pytest.raises(DatasetError, match="does not exist"):
         site.load_site(tmp_path / "nowhere")
-    assert site.load_site(make_dataset(tmp_path / "ok", {"test": (10, 10)})).frame["label"].sum() == 10
+    nested = site.load_site(make_dataset(tmp_path / "ok", {"test": (10, 10)}))
+    flat = site.load_site(make_dataset(tmp_path / "flat", {".": (10, 10)}))
+    assert nested.frame["label"].sum() == 10 and nested.name == "ok"
+    assert nested.fingerprint == flat.fingerprint          # the same films, whichever layout holds them
 
 
 # -- the command line on real films (slow) ------------------------------------------------------------

@@ -56,7 +56,7 @@ else:
             st.error(str(error))
 if folder is None:
     st.stop()
-default_name = site.site_name(folder.parent if folder.name.lower() == "test" else folder)
+default_name = site.site_name(folder)
 name = site.site_name(folder, st.text_input("Site name", value=default_name, key="site_name"))
 
 folder_dir = ui.version_dir(version)
@@ -108,7 +108,8 @@ st.caption("A new candidate model trained on the original films together with th
            "thresholded (sensitivity ≥ 0.95) on the site's out-of-fold predictions. It runs as a job (about a minute).")
 if st.button("Adapt to this site", icon=":material/tune:") and allowed("site_adapt"):
     try:
-        job_id = queue.submit({"command": ["site", "adapt"], "data": str(folder), "name": name, "model": version},
+        job_id = queue.submit({"command": ["site", "adapt"], "data": str(site.class_folder(folder)), "name": name,
+                               "model": version},
                               who=ui.user())
         st.success(f"Job {job_id} submitted.")
     except PneumoError as error:
