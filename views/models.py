@@ -35,8 +35,9 @@ with st.container():
         if row["active"]:
             continue
         text, button = st.columns([4, 1], vertical_alignment="center")
-        text.markdown(f"`{row['id']}` · {row['role']} · test AUC {row['roc_auc']:.3f} · sensitivity "
-                      f"{row['sensitivity']:.3f} · specificity {row['specificity']:.3f}")
+        record = records[row["id"]]
+        text.markdown(f"`{row['id']}` · {row['role']} · AUC {record.text('roc_auc')} · sensitivity "
+                      f"{record.text('sensitivity')} · specificity {record.text('specificity')}  \n*{record.label}*")
         older = order.index(row["id"]) > order.index(active)
         if button.button("Roll back" if older else "Make active", key=f"activate_{row['id']}"):
             entry = promote(ui.settings().models_dir, row["id"], who=ui.user())
