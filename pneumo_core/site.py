@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .data import CLASSES, Dataset, load_dataset
+from .data import CLASSES, MIN_IMAGES_PER_CLASS, Dataset, load_dataset
 from .errors import DatasetError
 from .evaluation import calibration_curve, choose_threshold, evaluate, evaluate_with_ci, fit_platt
 from .progress import Progress
@@ -48,7 +48,7 @@ from .track_record import INTERNAL_LABEL, SITE_REPORTS
 
 log = logging.getLogger(__name__)
 
-MIN_FILMS_PER_CLASS = 10          # below this a site's CIs span most of 0..1
+MIN_FILMS_PER_CLASS = MIN_IMAGES_PER_CLASS   # 20, as for training jobs: below it a site's CIs span most of 0..1
 FOLDS = 5
 SITE_WEIGHT = 10.0                # bench/site.py: w 1 / 5 / 10 / 20 -> CV AUC 0.952 / 0.955 / 0.956 / 0.956
 HEAD_C = 0.005                    # inverse L2 strength of the logistic head; 0.005 vs 0.05: CV AUC 0.959 vs 0.956

@@ -37,7 +37,7 @@ def site_server(trained_home, tmp_path_factory):
     home = root / "home"
     shutil.copytree(trained_home, home, ignore=shutil.ignore_patterns("audit.sqlite*", "jobs*"))
     (root / "data" / "chest_xray").mkdir(parents=True)
-    make_dataset(root / "data" / "clinic", {".": (12, 12)}, seed=11)
+    make_dataset(root / "data" / "clinic", {".": (20, 20)}, seed=11)
     port = _free_port()
     log = root / "server.log"
     process = subprocess.Popen(
@@ -86,7 +86,7 @@ def test_validating_a_site_shows_its_report(site_server, browser_page, shots):
     button.wait_for(timeout=120_000)
     assert page.get_by_text("clinic").first.is_visible()               # the folder beside the data is offered
     button.click()
-    page.get_by_text("Site clinic, 24 films").wait_for(timeout=180_000)  # the verdict
+    page.get_by_text("Site clinic, 40 films").wait_for(timeout=180_000)  # the verdict
     page.wait_for_function("() => document.querySelectorAll('.js-plotly-plot').length >= 3", timeout=60_000)
     assert page.get_by_text("Calibration at site clinic").first.is_visible()
     assert not page.locator("[data-testid=stException]").count()

@@ -105,13 +105,13 @@ def _zip(entries: dict) -> bytes:
 
 
 def test_zip_upload_is_unpacked_safely(tmp_path):
-    data = make_dataset(tmp_path / "films", {"hospital": (10, 10)})
+    data = make_dataset(tmp_path / "films", {"hospital": (20, 20)})
     entries = {f"hospital/{p.parent.name}/{p.name}": p.read_bytes() for p in (data / "hospital").rglob("*.jpeg")}
     folder = site.extract_zip(_zip({**entries, "hospital/notes.txt": b"x", "__MACOSX/._a.jpeg": b"x"}),
                               tmp_path / "home", "St Mary's")
     assert folder.is_relative_to(tmp_path / "home" / "sites") and folder.name == "hospital"
     assert site.load_site(folder, "St Mary's").name == "St-Mary-s"
-    assert len(site.load_site(folder).frame) == 20
+    assert len(site.load_site(folder).frame) == 40
     for bad, why in (({"../evil.jpeg": b"x"}, "unsafe path"), ({"/abs/NORMAL/a.jpeg": b"x"}, "unsafe path"),
                      ({"NORMAL/a.jpeg": b"x"}, "no NORMAL/ and PNEUMONIA/")):
         with pytest.raises(DatasetError, match=why):
@@ -122,14 +122,14 @@ def test_zip_upload_is_unpacked_safely(tmp_path):
 
 
 def test_a_site_folder_with_too_few_films_is_refused_with_what_is_needed(tmp_path):
-    make_dataset(tmp_path / "tiny", {"test": (4, 12)})
-    with pytest.raises(DatasetError, match="at least 10 of each class"):
+    make_dataset(tmp_path / "tiny", {"test": (4, 24)})
+    with pytest.raises(DatasetError, match="at least 20 of each class"):
         site.load_site(tmp_path / "tiny")
     with pytest.raises(DatasetError, match="does not exist"):
         site.load_site(tmp_path / "nowhere")
-    nested = site.load_site(make_dataset(tmp_path / "ok", {"test": (10, 10)}))
-    flat = site.load_site(make_dataset(tmp_path / "flat", {".": (10, 10)}))
-    assert nested.frame["label"].sum() == 10 and nested.name == "ok"
+    nested = site.load_site(make_dataset(tmp_path / "ok", {"test": (20, 20)}))
+    flat = site.load_site(make_dataset(tmp_path / "flat", {".": (20, 20)}))
+    assert nested.frame["label"].sum() == 20 and nested.name == "ok"
     assert nested.fingerprint == flat.fingerprint          # the same films, whichever layout holds them
 
 
@@ -161,7 +161,7 @@ def real_home(tmp_path_factory):
         pytest.skip("../shared data not present")
     root = tmp_path_factory.mktemp("site_real")
     train = _link_subset(root / "data" / "train", SHARED_DATA / "train", {"NORMAL": 40, "PNEUMONIA": 40})
-    films = _link_subset(root / "data" / "hospital", SHARED_SITE, {"NORMAL": 14, "PNEUMONIA": 14}, seed=1)
+    films = _link_subset(root / "data" / "hospital", SHARED_SITE, {"NORMAL": 20, "PNEUMONIA": 20}, seed=1)
     home = root / "home"
     result = run_cli("train", "--data", train.parent, "--weights", "none", "--image-size", 64, "--trials", 2,
                      "--epochs", 3, "--views", 1, "--ensemble", 2, home=home)
@@ -247,7 +247,7 @@ def page_home(trained_home, tmp_path, monkeypatch):
     shutil.copytree(trained_home, home, ignore=shutil.ignore_patterns("audit.sqlite*", "jobs*"))
     data_root = tmp_path / "data"
     make_dataset(data_root / "chest_xray", {"train": (2, 2)})
-    make_dataset(data_root / "clinic", {".": (12, 12)}, seed=5)
+    make_dataset(data_root / "clinic", {".": (20, 20)}, seed=5)
     monkeypatch.setenv("PNEUMO_HOME", str(home))
     monkeypatch.setenv("PNEUMO_DATA", str(data_root / "chest_xray"))
     return home, data_root / "clinic"
@@ -264,7 +264,7 @@ def test_site_page_validates_a_folder_and_shows_the_report(page_home):
     next(b for b in at.button if b.label == "Validate at this site").click()
     at.run()
     assert not at.exception
-    verdicts = [m.value for m in [*at.warning, *at.success] if m.value.startswith("Site clinic, 24 films")]
+    verdicts = [m.value for m in [*at.warning, *at.success] if m.value.startswith("Site clinic, 40 films")]
     assert verdicts, [m.value for m in at.warning]
     assert {"AUC", "sensitivity", "specificity", "ECE"} <= {m.label for m in at.metric}
     assert any("Validation at site clinic" in h.value for h in at.subheader)
@@ -284,7 +284,7 @@ def test_metrics_page_names_site_figures_or_says_not_validated(page_home):
     at = _app("metrics").run()
     assert not at.exception
     shown = " ".join(m.value for m in at.markdown)
-    assert "site clinic: 24 labelled films" in shown and INTERNAL_LABEL not in shown
+    assert "site clinic: 40 labelled films" in shown and INTERNAL_LABEL not in shown
     assert not any("Not validated at a site" in w.value for w in at.warning)
 
 
