@@ -100,6 +100,6 @@ def test_monitor_page_renders(site_server, browser_page, shots):
     page = browser_page
     page.goto(f"{url}/monitor")
     page.get_by_text("Recent window (days)").wait_for(timeout=120_000)
-    page.get_by_text("Diagnoses in the window").wait_for(timeout=60_000)
+    page.get_by_text("Diagnoses in the window").first.wait_for(timeout=60_000)
     assert not page.locator("[data-testid=stException]").count()
     page.screenshot(path=str(shots / "monitor.png"), full_page=True)
