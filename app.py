@@ -14,7 +14,7 @@ st.set_page_config(page_title="Pneumo", page_icon=str(Path(__file__).parent / "s
                    layout="wide")
 
 HERE = Path(__file__).parent
-# (script, title, icon, action the role needs); Site appears once that page exists.
+# (script, title, icon, action the role needs)
 PAGES = [
     ("views/diagnose.py", "Diagnose", ":material/stethoscope:", "diagnose"),
     ("views/heatmaps.py", "Heatmaps", ":material/compare:", "diagnose"),
@@ -22,6 +22,7 @@ PAGES = [
     ("views/models.py", "Models", ":material/inventory_2:", "view_metrics"),
     ("views/retrain.py", "Retrain", ":material/model_training:", "submit_job"),
     ("views/site.py", "Site", ":material/local_hospital:", "site_validate"),
+    ("views/monitor.py", "Monitor", ":material/query_stats:", "view_monitor"),
     ("views/audit.py", "Audit", ":material/history:", "view_audit"),
     ("views/users.py", "Users", ":material/group:", "manage_users"),
 ]

@@ -22,6 +22,7 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "promote": frozenset({"ml_lead", "admin"}),
     "site_adapt": frozenset({"ml_lead", "admin"}),
     "site_validate": frozenset({"ml_lead", "admin"}),
+    "view_monitor": frozenset({"ml_lead", "auditor", "admin"}),
     "view_audit": frozenset({"auditor", "admin"}),
     "export_audit": frozenset({"auditor", "admin"}),
     "manage_users": frozenset({"admin"}),

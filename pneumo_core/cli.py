@@ -89,6 +89,8 @@ def _parser(settings) -> argparse.ArgumentParser:
                                         "does)").add_argument("id", type=int)
     _add_audit_parser(commands, settings)
     _add_users_parser(commands, settings)
+    _add_site_parser(commands, settings)
+    _add_monitor_parser(commands, settings)
     return parser
 
 
@@ -404,6 +406,76 @@ def cmd_users(args, settings) -> int:
         trail.event("user_change", actor.name, source="cli", action=args.users_command.replace("-", "_"), **change)
     print(f"{account['name']}: {account['role']}, {'disabled' if account['disabled'] else 'enabled'} "
           f"(by {actor.name})")
+
+# -- site go-live (validate, adapt) and monitoring ----------------------------------------------------
+
+def _add_site_parser(commands, settings) -> None:
+    site = commands.add_parser("site", help="go-live at a site: validate a model on its labelled films, adapt it")
+    site.set_defaults(func=cmd_site)
+    site_commands = site.add_subparsers(dest="site_command", required=True)
+    data_help = "site folder: NORMAL/ and PNEUMONIA/ (or test/NORMAL and test/PNEUMONIA)"
+    validate = site_commands.add_parser("validate", help="figures with 95%% CIs at the model's threshold on a "
+                                        "site's films, OOD rate, verdict; stored with the model version")
+    adapt = site_commands.add_parser("adapt", help="a candidate version adapted to a site's films; prints its id "
+                                     "last (figures by patient-grouped cross-validation)")
+    for sub in (validate, adapt):
+        sub.add_argument("--data", required=True, help=data_help)
+        sub.add_argument("--model", help="model version id or folder (default: the active model)")
+        sub.add_argument("--name", help="site name (default: the folder's name)")
+    validate.add_argument("--json", action="store_true")
+
+
+def cmd_site(args, settings) -> int:
+    from . import site
+    from .registry import resolve
+    if args.site_command == "validate":
+        report = site.validate(resolve(settings.models_dir, args.model), args.data, args.name)
+        if args.json:
+            print(json.dumps(report))
+            return 0
+        ci = report["ci"]
+        for key in ("roc_auc", "sensitivity", "specificity", "ppv", "npv", "ece"):
+            interval = f" [{ci[key][0]:.3f}-{ci[key][1]:.3f}]" if ci.get(key) else ""
+            print(f"{key:>12}: {report[key]:.3f}{interval}" if report[key] is not None else f"{key:>12}: -")
+        ood = report["ood"]
+        print(f"{'threshold':>12}: {report['threshold']:.3f} (the model's own)\n{'films':>12}: {report['n']}"
+              + (f"\n{'OOD flagged':>12}: {ood['rate']:.1%}" if ood["available"] else ""))
+        print(report["verdict"])
+        print(f"site report: {resolve(settings.models_dir, args.model) / 'site_reports' / (report['site'] + '.json')}")
+        return 0
+    version_id = site.adapt(settings, args.data, args.name, args.model)
+    card = json.loads((settings.models_dir / version_id / "metadata.json").read_text())
+    cv = card["site"]["cross_validated"]
+    print(f"site {card['site']['name']} ({card['site']['n']} films, {cv['folds']}-fold by patient): AUC "
+          f"{cv['roc_auc']:.3f}, sensitivity {cv['sensitivity']:.3f}, specificity {cv['specificity']:.3f}, "
+          f"ECE {cv['ece']:.3f}; threshold {card['threshold']:.3f}")
+    print(f"candidate: not active until promoted (python -m pneumo_core promote {version_id})")
+    print(version_id, flush=True)
+    return 0
+
+
+def _add_monitor_parser(commands, settings) -> None:
+    monitor = commands.add_parser("monitor", help="drift of recent diagnoses (audit trail) against the model's "
+                                  "validation distribution: PSI, KS, OOD rate, calls per day")
+    monitor.set_defaults(func=cmd_monitor)
+    monitor.add_argument("--days", type=int, default=30, help="recent window in days")
+    monitor.add_argument("--model", help="model version id (default: the active model)")
+    monitor.add_argument("--json", action="store_true")
+
+
+def cmd_monitor(args, settings) -> int:
+    from .monitor import monitor
+    report = monitor(settings, args.days, args.model)
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    print(f"model {report['model']}: {report['n']} diagnoses in the last {report['days']} days; reference: "
+          f"{report['reference']['label']} ({report['reference']['n']} films)")
+    if report["psi"] is not None:
+        print(f"PSI {report['psi']:.3f}, KS {report['ks']:.3f} (p {report['ks_p']:.3g}), OOD flagged "
+              + (f"{report['ood_rate']:.1%}" if report["ood_rate"] is not None else "-"))
+    for warning in report["warnings"]:
+        print(f"warning: {warning}")
     return 0
 
 

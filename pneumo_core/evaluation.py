@@ -186,3 +186,83 @@ def evaluate(y, p, threshold: float, n_boot: int = 1000, seed: int = 0) -> dict:
         "prevalence": float(y.mean()),
         "ci": bootstrap_ci(y, p, threshold, n_boot, seed),
     }
+
+
+def _auc_fast(y: np.ndarray, p: np.ndarray) -> float:
+    """ROC-AUC by the Mann-Whitney rank sum (ties averaged): equal to roc_auc_score, ~20x faster on 200 films."""
+    from scipy.stats import rankdata
+    ranks = rankdata(p)
+    n1 = int(y.sum())
+    return float((ranks[y].sum() - n1 * (n1 + 1) / 2) / (n1 * (len(y) - n1)))
+
+
+def _ece_fast(y: np.ndarray, p: np.ndarray, bins: int = 10) -> float:
+    """`expected_calibration_error` with bincount instead of a loop over bins."""
+    which = np.minimum((p * bins).astype(int), bins - 1)
+    gap = np.abs(np.bincount(which, y, bins) - np.bincount(which, p, bins))
+    return float(gap.sum() / len(y))
+
+
+def bootstrap_figures_ci(y, p, threshold, groups=None, n_boot: int = 1000, seed: int = 0,
+                         level: float = 0.95) -> dict:
+    """Percentile bootstrap CIs of the figures a clinician is shown, resampling patients when known.
+
+    Films of one patient are not independent, so with `groups` (a patient id per film) whole
+    patients are drawn with replacement; without, films are.
+
+    Args:
+        y: labels (0 NORMAL, 1 PNEUMONIA); p: probabilities of PNEUMONIA.
+        threshold: the operating threshold, or one threshold per film (cross-fitted thresholds).
+        groups: patient id per film, or None.
+        n_boot, seed, level: resamples, random seed, interval level.
+    Returns:
+        {metric: [low, high]} for roc_auc, sensitivity, specificity, ppv, npv, ece and accuracy
+        (None where a resample never had both classes), with "level", "n_boot" and "resampled".
+    """
+    y, p = np.asarray(y).astype(int), np.asarray(p, np.float64)
+    call = p >= np.asarray(threshold, np.float64)
+    if groups is None:
+        members = [np.array([i]) for i in range(len(y))]
+    else:
+        codes = np.unique(np.asarray(groups).astype(str), return_inverse=True)[1]
+        members = [np.flatnonzero(codes == g) for g in range(codes.max() + 1)]
+    rng = np.random.default_rng(seed)
+    values: dict[str, list] = {k: [] for k in ("roc_auc", "sensitivity", "specificity", "ppv", "npv", "ece",
+                                               "accuracy")}
+    for _ in range(n_boot):
+        i = np.concatenate([members[g] for g in rng.integers(0, len(members), len(members))])
+        yi, ci, pi = y[i].astype(bool), call[i], p[i]
+        tp, fp = int((yi & ci).sum()), int((~yi & ci).sum())
+        fn, tn = int((yi & ~ci).sum()), int((~yi & ~ci).sum())
+        for key, (num, den) in {"sensitivity": (tp, tp + fn), "specificity": (tn, tn + fp), "ppv": (tp, tp + fp),
+                                "npv": (tn, tn + fn), "accuracy": (tp + tn, len(i))}.items():
+            if den:
+                values[key].append(num / den)
+        values["ece"].append(_ece_fast(yi, pi))
+        if 0 < yi.sum() < len(i):
+            values["roc_auc"].append(_auc_fast(yi, pi))
+    q = [(1 - level) / 2 * 100, (1 + level) / 2 * 100]
+    out = {k: [float(x) for x in np.percentile(v, q)] if v else None for k, v in values.items()}
+    return {**out, "level": level, "n_boot": n_boot, "resampled": "films" if groups is None else "patients"}
+
+
+def evaluate_with_ci(y, p, threshold, groups=None, n_boot: int = 1000, seed: int = 0) -> dict:
+    """`evaluate`'s keys plus "ppv", with "ci" holding bootstrap intervals for every figure shown.
+
+    `threshold` may be one value or one per film (cross-fitted thresholds; "threshold" is then their
+    median). Intervals resample patients when `groups` is given (see `bootstrap_figures_ci`).
+    """
+    y, p = np.asarray(y).astype(int), np.asarray(p, np.float64)
+    per_film = np.ndim(threshold) > 0
+    # Per-film thresholds: the calls are what counts, so score them as 0/1 at 0.5.
+    calls = (p >= np.asarray(threshold, np.float64)).astype(float) if per_film else p
+    both = 0 < y.sum() < len(y)
+    result = {**metrics_at(y, calls, 0.5 if per_film else float(threshold)),
+              "roc_auc": float(roc_auc_score(y, p)) if both else None,
+              "pr_auc": float(average_precision_score(y, p)) if both else None,
+              "brier": float(np.mean((p - y) ** 2)), "ece": expected_calibration_error(y, p),
+              "prevalence": float(y.mean())}
+    result["threshold"] = float(np.median(threshold)) if per_film else float(threshold)
+    result["ppv"] = result["precision"]
+    ci = bootstrap_figures_ci(y, p, threshold, groups, n_boot, seed)
+    return {**result, "ci": ci}

@@ -58,7 +58,7 @@ def confusion_figure(matrix) -> go.Figure:
                              yaxis_autorange="reversed", **{**CALM, "height": 320})
 
 
-def calibration_figure(curve: dict, ece: float) -> go.Figure:
+def calibration_figure(curve: dict, ece: float, title: str | None = None) -> go.Figure:
     """Reliability diagram: observed pneumonia rate against mean predicted probability per bin."""
     fig = go.Figure(go.Scatter(x=[0, 1], y=[0, 1], mode="lines", line=dict(dash="dot", color="#aaa"),
                                name="perfect calibration"))
@@ -66,7 +66,7 @@ def calibration_figure(curve: dict, ece: float) -> go.Figure:
                              marker=dict(size=[6 + 14 * c / max(curve["count"]) for c in curve["count"]]),
                              customdata=curve["count"], name="model", line=dict(color=COLOURS[0]),
                              hovertemplate="predicted %{x:.2f}<br>observed %{y:.2f}<br>%{customdata} films"))
-    return fig.update_layout(title=f"Calibration (ECE {ece:.3f})", xaxis_title="predicted probability",
+    return fig.update_layout(title=title or f"Calibration (ECE {ece:.3f})", xaxis_title="predicted probability",
                              yaxis_title="observed pneumonia rate", **CALM)
 
 
@@ -79,3 +79,50 @@ def history_figure(history: pd.DataFrame) -> go.Figure:
                 fig.add_trace(go.Scatter(x=rows["epoch"], y=rows[column], mode="lines",
                                          line=dict(color=colour, dash=dash), name=f"{column} (head {member})"))
     return fig.update_layout(title="Training curves", xaxis_title="epoch", **CALM)
+
+
+FIGURE_NAMES = {"roc_auc": "AUC", "sensitivity": "sensitivity", "specificity": "specificity", "ppv": "PPV",
+                "npv": "NPV", "ece": "ECE"}
+
+
+def ci_figure(sources: dict[str, tuple[dict, dict]], title: str) -> go.Figure:
+    """Figures with their 95 % intervals as error bars, one colour per source.
+
+    Args:
+        sources: {name naming the data: (figures {metric: value}, ci {metric: (low, high)})}.
+        title: the figure's title (say which films the figures come from).
+    """
+    fig = go.Figure()
+    for colour, (name, (values, ci)) in zip(COLOURS, sources.items()):
+        metrics = [m for m in FIGURE_NAMES if values.get(m) is not None]
+        y = [values[m] for m in metrics]
+        high = [(ci.get(m) or (v, v))[1] - v for m, v in zip(metrics, y)]
+        low = [v - (ci.get(m) or (v, v))[0] for m, v in zip(metrics, y)]
+        fig.add_trace(go.Scatter(x=[FIGURE_NAMES[m] for m in metrics], y=y, mode="markers", name=name,
+                                 marker=dict(size=11, color=colour),
+                                 error_y=dict(type="data", symmetric=False, array=high, arrayminus=low),
+                                 hovertemplate="%{x} %{y:.3f}<extra>" + name + "</extra>"))
+    return fig.update_layout(title=title, yaxis=dict(range=[0, 1.02], title="value [95 % CI]"),
+                             scattermode="group", **CALM)
+
+
+def distribution_figure(reference, recent, reference_label: str, recent_label: str) -> go.Figure:
+    """Probability histograms (share of films per bin) of a reference set and recent diagnoses."""
+    fig = go.Figure()
+    for colour, (name, values) in zip(COLOURS, ((reference_label, reference), (recent_label, recent))):
+        fig.add_trace(go.Histogram(x=list(values), name=f"{name} ({len(values)})", histnorm="probability",
+                                   xbins=dict(start=0, end=1, size=0.05), opacity=0.6, marker_color=colour))
+    return fig.update_layout(title="Probability of pneumonia: recent diagnoses vs reference", barmode="overlay",
+                             xaxis_title="probability", yaxis_title="share of films", **CALM)
+
+
+def per_day_figure(per_day: list[dict]) -> go.Figure:
+    """Diagnoses per day (bars) with the PNEUMONIA calls and OOD-flagged films among them."""
+    days = [d["day"] for d in per_day]
+    fig = go.Figure(go.Bar(x=days, y=[d["diagnoses"] for d in per_day], name="diagnoses", marker_color=COLOURS[0]))
+    fig.add_trace(go.Scatter(x=days, y=[d["pneumonia"] for d in per_day], name="called PNEUMONIA",
+                             mode="lines+markers", line=dict(color=COLOURS[1])))
+    fig.add_trace(go.Scatter(x=days, y=[d["ood_flagged"] for d in per_day], name="unlike the training films",
+                             mode="lines+markers", line=dict(color=COLOURS[3], dash="dot")))
+    return fig.update_layout(title="Diagnoses per day (audit trail)", xaxis_title="day (UTC)",
+                             yaxis_title="films", **CALM)

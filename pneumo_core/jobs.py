@@ -105,6 +105,20 @@ def train_argv(config: TrainConfig) -> list[str]:
     return argv
 
 
+def site_adapt_argv(params: dict) -> list[str]:
+    """The command line of a site adaptation job: `site adapt --data D --name N [--model M]`."""
+    argv = ["site", "adapt", "--data", str(params["data"]), "--name", str(params["name"])]
+    return argv + (["--model", str(params["model"])] if params.get("model") else [])
+
+
+def job_argv(params: dict) -> list[str]:
+    """The pneumo_core command line of a job row's params: `site adapt ...` for a site adaptation
+    (params["command"] == ["site", "adapt"]), else `train` with the TrainConfig the row holds."""
+    if params.get("command") == ["site", "adapt"]:
+        return site_adapt_argv(params)
+    return ["train", *train_argv(TrainConfig.from_dict(params))]
+
+
 def params_from_model(metadata: dict, data_dir: str) -> TrainConfig:
     """The training config that reproduces a model version on `data_dir` (the 'current settings')."""
     training = metadata.get("training", {})
@@ -440,8 +454,25 @@ class JobQueue:
         config = replace(config, data_dir=str(config.data_dir or self.settings.data_dir))
         check_params(config.to_dict())
         train_argv(config)   # fails now, not in the runner, if the command line cannot express it
-        params = config.to_dict()
-        data = Path(config.data_dir)
+        return self._enqueue(config.to_dict(), Path(config.data_dir), actor)
+
+    def submit_site_adapt(self, data: str | Path, name: str, model: str | None = None, *, actor: Actor) -> int:
+        """Queue a site adaptation (`site adapt --data DATA --name NAME [--model MODEL]`); returns its id.
+
+        Args:
+            data: the site's labelled folder (NORMAL/ and PNEUMONIA/, or test/NORMAL and test/PNEUMONIA).
+            name: the site's name, recorded in the adapted version's card.
+            model: the version to adapt (default: the active one).
+            actor: who submits; needs the "site_adapt" permission.
+        Raises:
+            PermissionDenied for other roles; JobError as for `submit`.
+        """
+        require(actor, "site_adapt")
+        params = {"command": ["site", "adapt"], "data": str(data), "name": str(name), "model": model}
+        return self._enqueue(params, Path(data), actor)
+
+    def _enqueue(self, params: dict, data: Path, actor: Actor) -> int:
+        """Checks shared by every kind of job, then the row and its log path in one transaction."""
         if not data.is_dir():
             raise JobError(f"the data folder {data} does not exist (give a folder with NORMAL/ and PNEUMONIA/ "
                            f"films, or train/NORMAL and train/PNEUMONIA)")
@@ -571,8 +602,8 @@ class JobQueue:
     def run(self, job_id: int) -> int:
         """Body of the runner process: check the data, run `train`, follow its progress, record the outcome."""
         job = self._claim(job_id)
-        config = TrainConfig.from_dict(job["params"])
-        tracker = ProgressTracker(config.feature_passes)
+        site_job = job["params"].get("command") == ["site", "adapt"]
+        tracker = ProgressTracker(1 if site_job else TrainConfig.from_dict(job["params"]).feature_passes)
         # TF_CPP_MIN_LOG_LEVEL 2: TensorFlow's start-up chatter (CPU features, no CUDA) stays out of the
         # log a clinician's engineer reads; its errors still show. Set it in the environment to override.
         env = {"TF_CPP_MIN_LOG_LEVEL": "2", **os.environ, "PNEUMO_HOME": str(self.settings.home),
@@ -580,11 +611,11 @@ class JobQueue:
         log_path = Path(job["log_path"])
         log_file = _BoundedLog(log_path, self.settings.job_log_mb * 2**20)
         try:
-            if not self._check_data(job, log_file):
+            if not site_job and not self._check_data(job, log_file):   # `site adapt` checks its own films
                 self.start_next()
                 return 1
-            log_file.write(f"job {job_id}: python -m pneumo_core train {' '.join(train_argv(config))}\n")
-            child = subprocess.Popen([sys.executable, "-m", "pneumo_core", "train", *train_argv(config)],
+            log_file.write(f"job {job_id}: python -m pneumo_core {' '.join(job_argv(job['params']))}\n")
+            child = subprocess.Popen([sys.executable, "-m", "pneumo_core", *job_argv(job["params"])],
                                      cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                      stderr=subprocess.STDOUT, text=True, bufsize=1)
             self._update(job_id, "running", child_pid=child.pid, child_started=start_time(child.pid),

@@ -9,6 +9,7 @@ from pneumo_core import figures
 from pneumo_core.choices import label_name
 from pneumo_core.evaluation import calibration_curve, classification_report, expected_calibration_error, metrics_at
 from pneumo_core.registry import read_history, read_json
+from pneumo_core.track_record import FIGURES, track_record
 
 ui.require_page("view_metrics")
 st.title("Metrics")
@@ -20,8 +21,14 @@ meta, metrics = read_json(folder, "metadata.json"), read_json(folder, "metrics.j
 test = ui.test_predictions(version)
 y, p = test["label"].to_numpy(), test["probability"].to_numpy()
 stored = float(meta["threshold"])
-st.caption(f"Test split of {meta['data']['dir']}: {len(test)} films. Stored threshold {stored:.3f} "
-           f"({meta['threshold_rule']}).")
+record = track_record(folder, meta)
+st.markdown(f"**Figures that apply to this version** — {record.label}:  \n"
+            + " · ".join(f"{figures.FIGURE_NAMES[m]} {record.text(m)}" for m in FIGURES))
+if record.source == "internal":
+    st.warning("Not validated at a site: these are internal test-split figures (same source as training), which "
+               "overstate how the model does at a new hospital. Validate it on the Site page.")
+st.caption(f"Below: the internal test split of {meta['data']['dir']} ({len(test)} films, same source as training; "
+           f"not validated at a site). Stored threshold {stored:.3f} ({meta['threshold_rule']}).")
 
 key = f"threshold_{version}"
 if st.button("Reset to the stored threshold") or key not in st.session_state:

@@ -8,6 +8,7 @@ import ui
 from pneumo_core import figures
 from pneumo_core.errors import PneumoError
 from pneumo_core.registry import change_kind, promote, promotions, read_json, summaries
+from pneumo_core.track_record import track_record
 
 ui.require_page("view_metrics")
 st.title("Models")
@@ -18,11 +19,15 @@ if not rows:
 
 
 registry_rows = summaries(ui.settings().models_dir)
-table = pd.DataFrame(registry_rows).rename(columns={"id": "version", "roc_auc": "AUC"})
-st.dataframe(table[["version", "role", "backbone", "created", "AUC", "sensitivity", "specificity", "threshold"]],
-             hide_index=True, width="stretch",
-             column_config={c: st.column_config.NumberColumn(format="%.3f")
-                            for c in ("AUC", "sensitivity", "specificity", "threshold")})
+records = {r["id"]: track_record(ui.version_dir(r["id"])) for r in registry_rows}
+table = pd.DataFrame([{"version": r["id"], "role": r["role"], "backbone": r["backbone"], "created": r["created"],
+                       "AUC": records[r["id"]].text("roc_auc"), "sensitivity": records[r["id"]].text("sensitivity"),
+                       "specificity": records[r["id"]].text("specificity"), "threshold": r["threshold"],
+                       "figures measured on": records[r["id"]].label} for r in registry_rows])
+st.dataframe(table, hide_index=True, width="stretch",
+             column_config={"threshold": st.column_config.NumberColumn(format="%.3f")})
+st.caption("AUC, sensitivity and specificity [95 % CI] are the figures that apply to each version: a site's where "
+           "it was validated or adapted there, else its internal test split (same source as training).")
 
 st.subheader("Active model: rollback and history")
 with st.container():
@@ -33,8 +38,9 @@ with st.container():
         text, button = st.columns([4, 1], vertical_alignment="center")
         if not ui.may("promote"):  # read-only for clinicians: no rollback or promote controls
             button = None
-        text.markdown(f"`{row['id']}` · {row['role']} · test AUC {row['roc_auc']:.3f} · sensitivity "
-                      f"{row['sensitivity']:.3f} · specificity {row['specificity']:.3f}")
+        record = records[row["id"]]
+        text.markdown(f"`{row['id']}` · {row['role']} · AUC {record.text('roc_auc')} · sensitivity "
+                      f"{record.text('sensitivity')} · specificity {record.text('specificity')}  \n*{record.label}*")
         rollback = change_kind(ui.settings().models_dir, row["id"], active) == "rollback"
         if button and button.button("Roll back" if rollback else "Make active", key=f"activate_{row['id']}"):
             try:
@@ -66,6 +72,13 @@ st.markdown(f"""
 - **Training time**: {meta['training']['seconds']:.0f} s
 - **Limitations**: {meta['limitations']}
 """)
+card_record = track_record(ui.version_dir(version), meta)
+st.markdown(f"**Figures that apply** ({card_record.label}): " + ", ".join(
+    f"{figures.FIGURE_NAMES[m]} {card_record.text(m)}" for m in figures.FIGURE_NAMES))
+if meta.get("site"):
+    adapted = meta["site"]
+    st.markdown(f"**Adapted to site {adapted['name']}** from `{meta.get('adapted_from')}` on {adapted['n']} films "
+                f"(fingerprint `{adapted['fingerprint']}`): {adapted['method']}.")
 st.dataframe(pd.DataFrame([{"split": s, **v} for s, v in data["sizes"].items()]), hide_index=True)
 with st.expander("Ensemble hyper-parameters and tuner summary"):
     st.dataframe(pd.DataFrame(meta["ensemble"]), hide_index=True)

@@ -1,0 +1,306 @@
+"""Go-live at a site: grouped folds, cross-fitting, CIs, zip uploads, `site validate` / `site adapt`, pages."""
+import io
+import json
+import shutil
+import zipfile
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import REPO, SHARED, SHARED_DATA, make_dataset, run_cli
+
+from pneumo_core import site
+from pneumo_core.access import Actor
+from pneumo_core.errors import DatasetError
+from pneumo_core.evaluation import bootstrap_figures_ci, evaluate_with_ci
+from pneumo_core.track_record import INTERNAL_LABEL, track_record
+
+SHARED_SITE = SHARED / "data" / "site"
+
+
+# -- invariants (fast) ------------------------------------------------------------------------------
+
+def _patients(n_patients=60, seed=0):
+    rng = np.random.default_rng(seed)
+    rows = []
+    for p in range(n_patients):
+        label = int(p % 3 != 0)
+        rows += [(f"patient{p}", label)] * int(rng.integers(1, 5))
+    return pd.DataFrame(rows, columns=["patient", "label"])
+
+
+def test_patient_folds_keep_every_patient_whole_and_spread_both_classes():
+    films = _patients()
+    folds = site.patient_folds(films["patient"], films["label"], k=5, seed=3)
+    films["fold"] = folds
+    assert films.groupby("patient")["fold"].nunique().max() == 1          # no patient in two folds
+    assert sorted(np.unique(folds)) == [0, 1, 2, 3, 4]
+    per_fold = films.groupby(["fold", "label"]).size().unstack()
+    assert (per_fold > 0).all().all()                                      # both classes in every fold
+    assert per_fold.max().max() - per_fold.min().min() <= per_fold.max().max()  # sane spread
+    assert (per_fold[1].max() - per_fold[1].min()) <= 4                     # at most one patient's films apart
+
+
+def test_no_site_film_is_scored_by_a_head_that_trained_on_it(monkeypatch):
+    rng = np.random.default_rng(0)
+    films = _patients(40)
+    x_site = rng.normal(size=(len(films), 4))
+    x_site[:, 0] = np.arange(len(films))            # a film's id travels in its first feature
+    y_site = films["label"].to_numpy()
+    folds = site.patient_folds(films["patient"], y_site, k=4)
+    seen = []
+
+    class SpyHead:
+        def __init__(self, trained_ids):
+            self.trained = set(trained_ids)
+
+        def logit(self, x):
+            scored = set(x[:, 0].astype(int))
+            seen.append((self.trained, scored))
+            return np.zeros(len(x))
+
+    monkeypatch.setattr(site, "fit_site_head", lambda x_tr, y_tr, x_s, y_s, **_: SpyHead(x_s[:, 0].astype(int)))
+    logits = site.out_of_fold_logits(rng.normal(size=(10, 4)), np.arange(10) % 2, x_site, y_site, folds)
+    assert np.isfinite(logits).all()                                        # every film scored once
+    assert len(seen) == 4
+    for trained, scored in seen:
+        assert not trained & scored                                         # never by a head that trained on it
+        trained_patients = set(films["patient"].iloc[sorted(trained)])
+        assert not trained_patients & set(films["patient"].iloc[sorted(scored)])   # nor on the same patient
+    assert set().union(*(s for _, s in seen)) == set(range(len(films)))
+
+
+def test_cross_fitted_threshold_of_a_fold_ignores_that_folds_labels():
+    rng = np.random.default_rng(1)
+    films = _patients(80)
+    y = films["label"].to_numpy()
+    logits = rng.normal(size=len(y)) + 2 * y
+    folds = site.patient_folds(films["patient"], y, k=5)
+    p, t = site.cross_fit(logits, y, folds)
+    flipped = y.copy()
+    flipped[folds == 0] = 1 - flipped[folds == 0]
+    p2, t2 = site.cross_fit(logits, flipped, folds)
+    assert np.allclose(t[folds == 0], t2[folds == 0]) and np.allclose(p[folds == 0], p2[folds == 0])
+    assert not np.allclose(t[folds != 0], t2[folds != 0])
+
+
+def test_bootstrap_intervals_resample_patients_and_hold_the_estimate():
+    films = _patients(80)
+    y = films["label"].to_numpy()
+    p = np.clip(0.5 + 0.3 * (y - 0.5) + np.random.default_rng(2).normal(0, 0.2, len(y)), 0, 1)
+    result = evaluate_with_ci(y, p, 0.5, groups=films["patient"], n_boot=300)
+    assert result["ci"]["resampled"] == "patients"
+    for metric in ("roc_auc", "sensitivity", "specificity", "ppv", "npv", "ece"):
+        low, high = result["ci"][metric]
+        assert low <= result[metric] <= high, metric
+    per_film = bootstrap_figures_ci(y, p, np.full(len(y), 0.5), n_boot=300)
+    assert per_film["resampled"] == "films" and per_film["sensitivity"][0] < per_film["sensitivity"][1]
+
+
+def _zip(entries: dict) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for name, data in entries.items():
+            archive.writestr(name, data)
+    return buffer.getvalue()
+
+
+def test_zip_upload_is_unpacked_safely(tmp_path):
+    data = make_dataset(tmp_path / "films", {"hospital": (20, 20)})
+    entries = {f"hospital/{p.parent.name}/{p.name}": p.read_bytes() for p in (data / "hospital").rglob("*.jpeg")}
+    folder = site.extract_zip(_zip({**entries, "hospital/notes.txt": b"x", "__MACOSX/._a.jpeg": b"x"}),
+                              tmp_path / "home", "St Mary's")
+    assert folder.is_relative_to(tmp_path / "home" / "sites") and folder.name == "hospital"
+    assert site.load_site(folder, "St Mary's").name == "St-Mary-s"
+    assert len(site.load_site(folder).frame) == 40
+    for bad, why in (({"../evil.jpeg": b"x"}, "unsafe path"), ({"/abs/NORMAL/a.jpeg": b"x"}, "unsafe path"),
+                     ({"NORMAL/a.jpeg": b"x"}, "no NORMAL/ and PNEUMONIA/")):
+        with pytest.raises(DatasetError, match=why):
+            site.extract_zip(_zip(bad), tmp_path / "home", "bad")
+    with pytest.raises(DatasetError, match="not a zip"):
+        site.extract_zip(b"plain text", tmp_path / "home", "bad")
+    assert not (tmp_path / "evil.jpeg").exists() and not list((tmp_path / "home").glob(".site-upload-*"))
+
+
+def test_a_site_folder_with_too_few_films_is_refused_with_what_is_needed(tmp_path):
+    make_dataset(tmp_path / "tiny", {"test": (4, 24)})
+    with pytest.raises(DatasetError, match="at least 20 of each class"):
+        site.load_site(tmp_path / "tiny")
+    with pytest.raises(DatasetError, match="does not exist"):
+        site.load_site(tmp_path / "nowhere")
+    nested = site.load_site(make_dataset(tmp_path / "ok", {"test": (20, 20)}))
+    flat = site.load_site(make_dataset(tmp_path / "flat", {".": (20, 20)}))
+    assert nested.frame["label"].sum() == 20 and nested.name == "ok"
+    assert nested.fingerprint == flat.fingerprint          # the same films, whichever layout holds them
+
+
+# -- the command line on real films (slow) ------------------------------------------------------------
+
+def _link_subset(root, source, per_class: dict, seed: int = 0):
+    """Whole patients of `source`'s class folders, linked (not copied) under `root`/CLASS/."""
+    from pneumo_core.data import patient_id
+    rng = np.random.default_rng(seed)
+    for cls, n in per_class.items():
+        files = sorted((source / cls).glob("*.jpeg"))
+        patients = sorted({patient_id(f.name) for f in files})
+        rng.shuffle(patients)
+        taken = []
+        for patient in patients:
+            taken += [f for f in files if patient_id(f.name) == patient]
+            if len(taken) >= n:
+                break
+        (root / cls).mkdir(parents=True, exist_ok=True)
+        for f in taken:
+            (root / cls / f.name).symlink_to(f)
+    return root
+
+
+@pytest.fixture(scope="module")
+def real_home(tmp_path_factory):
+    """A tiny model (random-init MobileNetV2 at 64 px) trained on real training films, and real site films."""
+    if not (SHARED_DATA / "train").is_dir() or not SHARED_SITE.is_dir():
+        pytest.skip("../shared data not present")
+    root = tmp_path_factory.mktemp("site_real")
+    train = _link_subset(root / "data" / "train", SHARED_DATA / "train", {"NORMAL": 40, "PNEUMONIA": 40})
+    films = _link_subset(root / "data" / "hospital", SHARED_SITE, {"NORMAL": 20, "PNEUMONIA": 20}, seed=1)
+    home = root / "home"
+    result = run_cli("train", "--data", train.parent, "--weights", "none", "--image-size", 64, "--trials", 2,
+                     "--epochs", 3, "--views", 1, "--ensemble", 2, home=home)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    return home, films, result.stdout.strip().splitlines()[-1]
+
+
+@pytest.mark.slow
+def test_site_validate_reports_figures_with_intervals_and_a_verdict(real_home):
+    home, films, version = real_home
+    result = run_cli("site", "validate", "--data", films, "--name", "hospital", "--json", home=home)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(result.stdout.strip().splitlines()[-1])
+    for key in ("model", "n", "roc_auc", "sensitivity", "specificity", "precision", "npv", "ece", "threshold",
+                "confusion_matrix", "verdict", "ci"):
+        assert key in report, key
+    assert report["n"] == len(list(films.rglob("*.jpeg"))) and report["model"] == version
+    meta = json.loads((home / "models" / version / "metadata.json").read_text())
+    assert report["threshold"] == pytest.approx(meta["threshold"])          # the model's own threshold
+    for metric in ("roc_auc", "sensitivity", "specificity", "ece"):
+        assert len(report["ci"][metric]) == 2, metric
+    (tn, fp), (fn, tp) = report["confusion_matrix"]
+    for metric, calls in (("ppv", tp + fp), ("npv", tn + fn)):   # undefined (None) only if never called
+        assert (report["ci"][metric] is None) == (calls == 0), metric
+    assert report["verdict"].startswith("Site hospital, ") and "internal" in report["verdict"]
+    assert len(report["calibration"]["count"]) >= 1 and report["ood"]["available"]
+    stored = json.loads((home / "models" / version / "site_reports" / "hospital.json").read_text())
+    assert stored["verdict"] == report["verdict"]
+    record = track_record(home / "models" / version)
+    assert record.source == "site" and record.site == "hospital" and record.label != INTERNAL_LABEL
+    assert record.text("specificity").count("[") == 1
+
+
+@pytest.mark.slow
+def test_site_adapt_registers_a_candidate_with_its_threshold_calibration_and_card(real_home, tmp_path):
+    from pneumo_core import registry
+    from pneumo_core.model import PneumoModel
+    home, films, base = real_home
+    result = run_cli("site", "adapt", "--data", films, "--name", "hospital", home=home)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    version = result.stdout.strip().splitlines()[-1]
+    assert version in registry.candidates(home / "models") and registry.active_version(home / "models") == base
+    folder = home / "models" / version
+    meta = json.loads((folder / "metadata.json").read_text())
+    card = meta["site"]
+    assert card["name"] == "hospital" and card["n"] == len(list(films.rglob("*.jpeg")))
+    assert card["fingerprint"] == site.load_site(films).fingerprint
+    cv = card["cross_validated"]
+    assert cv["n"] == card["n"] and cv["folds"] >= 2 and set(cv["ci"]) >= {"roc_auc", "sensitivity", "specificity"}
+    assert meta["adapted_from"] == base and "site hospital" in meta["calibration"]["fitted_on"]
+    assert meta["threshold_rule"].startswith("highest threshold keeping out-of-fold site sensitivity")
+    # The saved model carries the site head and calibration: it reproduces the stored predictions.
+    model = PneumoModel.load(folder)
+    assert model.threshold == pytest.approx(meta["threshold"])
+    stored = pd.read_csv(folder / "predictions.csv")
+    test = stored[stored["split"] == "test"].head(8)
+    assert np.allclose(model.predict_files(test["path"]), test["probability"], atol=2e-3)
+    calibration = model.keras.get_layer("classifier").get_layer("calibration").get_weights()
+    assert calibration[0].item() == pytest.approx(meta["calibration"]["a"], rel=1e-5)
+    assert len(stored[stored["split"] == "site_cv"]) == card["n"]
+    record = track_record(folder)
+    assert record.source == "site" and "cross-validation" in record.label
+    # Its own training films cannot validate it.
+    again = run_cli("site", "validate", "--data", films, "--model", version, home=home)
+    assert again.returncode == 2 and "adapted on these very films" in again.stderr
+
+
+# -- pages (AppTest) ----------------------------------------------------------------------------------
+
+def _app(name):
+    from streamlit.testing.v1 import AppTest
+
+    from pneumo_core.access import Actor
+    at = AppTest.from_file(str(REPO / "views" / f"{name}.py"), default_timeout=120)
+    at.session_state["actor"] = Actor("test", "admin")
+    return at
+
+
+@pytest.fixture
+def page_home(trained_home, tmp_path, monkeypatch):
+    """A copy of the tiny trained home; PNEUMO_DATA's parent holds a labelled site folder."""
+    home = tmp_path / "home"
+    shutil.copytree(trained_home, home, ignore=shutil.ignore_patterns("audit.sqlite*", "jobs*"))
+    data_root = tmp_path / "data"
+    make_dataset(data_root / "chest_xray", {"train": (2, 2)})
+    make_dataset(data_root / "clinic", {".": (20, 20)}, seed=5)
+    monkeypatch.setenv("PNEUMO_HOME", str(home))
+    monkeypatch.setenv("PNEUMO_DATA", str(data_root / "chest_xray"))
+    return home, data_root / "clinic"
+
+
+@pytest.mark.slow
+def test_site_page_validates_a_folder_and_shows_the_report(page_home):
+    home, clinic = page_home
+    at = _app("site").run()
+    assert not at.exception
+    assert str(clinic) in at.selectbox[1].options
+    at.selectbox[1].set_value(clinic)
+    at.run()
+    next(b for b in at.button if b.label == "Validate at this site").click()
+    at.run()
+    assert not at.exception
+    verdicts = [m.value for m in [*at.warning, *at.success] if m.value.startswith("Site clinic, 40 films")]
+    assert verdicts, [m.value for m in at.warning]
+    assert {"AUC", "sensitivity", "specificity", "ECE"} <= {m.label for m in at.metric}
+    assert any("Validation at site clinic" in h.value for h in at.subheader)
+    (version,) = [d for d in (home / "models").iterdir() if d.is_dir() and not d.name.startswith(".")]
+    assert (version / "site_reports" / "clinic.json").is_file()
+
+
+@pytest.mark.slow
+def test_metrics_page_names_site_figures_or_says_not_validated(page_home):
+    home, clinic = page_home
+    at = _app("metrics").run()
+    assert not at.exception
+    assert any(INTERNAL_LABEL in m.value for m in at.markdown)
+    assert any("Not validated at a site" in w.value for w in at.warning)
+    (version,) = [d for d in (home / "models").iterdir() if d.is_dir() and not d.name.startswith(".")]
+    site.validate(version, clinic, "clinic", n_boot=100)
+    at = _app("metrics").run()
+    assert not at.exception
+    shown = " ".join(m.value for m in at.markdown)
+    assert "site clinic: 40 labelled films" in shown and INTERNAL_LABEL not in shown
+    assert not any("Not validated at a site" in w.value for w in at.warning)
+
+
+@pytest.mark.slow
+def test_site_adapt_runs_as_a_job_through_the_queue(real_home, monkeypatch):
+    from pneumo_core import registry
+    from pneumo_core.jobs import JobQueue
+    from pneumo_core.settings import load_settings
+    home, films, base = real_home
+    monkeypatch.setenv("PNEUMO_HOME", str(home))
+    queue = JobQueue(load_settings())
+    job_id = queue.submit_site_adapt(films, "hospital", base, actor=Actor("tester", "ml_lead"))
+    job = queue.wait(job_id, timeout=600, poll=0.5)
+    assert job["state"] == "succeeded", job["error"]
+    assert job["model_id"] in registry.candidates(home / "models")
+    card = json.loads((home / "models" / job["model_id"] / "metadata.json").read_text())
+    assert card["site"]["name"] == "hospital" and card["adapted_from"] == base
+    assert "site adapt --data" in (home / "jobs" / f"{job_id}.log").read_text()

@@ -1,0 +1,146 @@
+"""Site: validate the model on a hospital's own labelled films, adapt it to them, promote."""
+from pathlib import Path
+
+import streamlit as st
+
+import ui
+from pneumo_core import figures, registry, site
+from pneumo_core.errors import PneumoError
+from pneumo_core.jobs import describe
+from pneumo_core.track_record import FIGURES, site_reports, track_record
+
+st.title("Site go-live")
+st.caption("Before the model is used at a hospital, score a labelled set of that hospital's own films (NORMAL/ and "
+           "PNEUMONIA/ folders): the figures that hold there, with 95 % intervals, and a verdict. If they fall short, "
+           "adapt the model to the site; the candidate's figures come from patient-grouped cross-validation.")
+settings = ui.settings()
+models_dir = settings.models_dir
+
+
+actor = ui.require_page("site_validate")
+
+
+version = ui.version_picker(key="site_model")
+if version is None:
+    st.stop()
+
+source = st.radio("Site films", ["A folder on this server", "Upload a zip"], horizontal=True)
+folder = None
+if source == "A folder on this server":
+    folders = site.site_folders(settings)
+    if not folders:
+        st.info(f"No labelled folder (NORMAL/ and PNEUMONIA/) under {Path(settings.data_dir).parent} yet; "
+                "upload a zip.")
+    else:
+        folder = st.selectbox("Folder", folders, format_func=str)
+else:
+    upload = st.file_uploader("Zip of NORMAL/ and PNEUMONIA/ films (PNG or JPEG)", type=["zip"])
+    upload_name = st.text_input("Site name", value=Path(upload.name).stem if upload else "", key="upload_site")
+    if upload is not None and upload_name:
+        key = f"site_zip_{upload.file_id}_{upload_name}"
+        try:
+            if key not in st.session_state:   # unpacked once per upload, not on every rerun
+                st.session_state[key] = site.extract_zip(upload.getvalue(), settings.home, upload_name)
+            folder = st.session_state[key]
+        except PneumoError as error:
+            st.error(str(error))
+if folder is None:
+    st.stop()
+default_name = site.site_name(folder)
+name = site.site_name(folder, st.text_input("Site name", value=default_name, key="site_name"))
+
+folder_dir = ui.version_dir(version)
+if st.button("Validate at this site", type="primary", icon=":material/fact_check:"):
+    with st.spinner("Scoring the site's films…"):
+        try:
+            site.validate(folder_dir, folder, name)
+        except PneumoError as error:
+            st.error(str(error))
+
+report = next((r for r in site_reports(folder_dir) if r["site"] == name), None)
+st.subheader(f"Validation at site {name}")
+if report is None:
+    st.caption(f"Model {version} has not been validated at site {name} yet.")
+else:
+    record = track_record(folder_dir)
+    st.caption(f"Model {version} at its own threshold {report['threshold']:.3f} on {report['n']} labelled films of "
+               f"site {name} ({report['created'][:16]}); 95 % intervals resample patients.")
+    columns = st.columns(len(FIGURES))
+    for column, metric in zip(columns, FIGURES):
+        low_high = report["ci"].get(metric)
+        column.metric(figures.FIGURE_NAMES[metric], f"{report[metric]:.3f}" if report[metric] is not None else "–",
+                      help=f"95 % CI {low_high[0]:.3f}–{low_high[1]:.3f}" if low_high else None)
+        if low_high:
+            column.caption(f"[{low_high[0]:.2f}–{low_high[1]:.2f}]")
+    (st.success if report.get("holds") else st.warning)(report["verdict"])
+    if report["ood"]["available"]:
+        st.markdown(f"**{report['ood']['rate']:.1%}** of the site's films were flagged as unlike the training films "
+                    f"(about 5 % expected).")
+    internal = report["internal"]
+    internal_figures = {**internal, "ppv": internal.get("precision")}
+    left, right = st.columns(2)
+    left.plotly_chart(figures.ci_figure({f"site {name} ({report['n']} films)": (report, report["ci"]),
+                                         "internal test split": (internal_figures, {})},
+                                        f"Figures at site {name} vs the internal test split"),
+                      width="stretch", key="site_ci")
+    right.plotly_chart(figures.calibration_figure(report["calibration"], report["ece"],
+                                                  f"Calibration at site {name} (ECE {report['ece']:.3f})"),
+                       width="stretch", key="site_calibration")
+    if report.get("probabilities"):
+        roc = figures.roc_figure({f"site {name}": (report["labels"], report["probabilities"])},
+                                 {f"site {name}": report["threshold"]})
+        st.plotly_chart(roc.update_layout(title=f"ROC at site {name}, operating point at the stored threshold"),
+                        width="stretch", key="site_roc")
+
+st.subheader("Adapt to this site")
+queue = ui.job_queue()
+st.caption("A new candidate model trained on the original films together with this site's films, calibrated and "
+           "thresholded (sensitivity ≥ 0.95) on the site's out-of-fold predictions. It runs as a job (about a minute).")
+if actor.may("site_adapt") and st.button("Adapt to this site", icon=":material/tune:"):
+    try:
+        job_id = queue.submit_site_adapt(site.class_folder(folder), name, version, actor=actor)
+        st.success(f"Job {job_id} submitted.")
+    except PneumoError as error:
+        st.error(str(error))
+
+
+@st.fragment(run_every=2)
+def current_job():
+    """Progress of the running job, refreshed every 2 s."""
+    job = queue.current()
+    if job is None:
+        if st.session_state.pop("following_site_job", None):
+            st.rerun()
+        st.caption("No job running.")
+        return
+    st.session_state["following_site_job"] = job["id"]
+    st.progress(job["percent"] / 100, text=f"Job {job['id']}: {describe(job)} · {job['percent']:.0f}%")
+    st.code("\n".join(queue.log_tail(job["id"], 8)) or "(starting…)", language=None)
+    if actor.may("cancel_job") and st.button("Cancel job", key=f"cancel_site_{job['id']}", icon=":material/cancel:"):
+        queue.cancel(job["id"], actor=actor)
+        st.rerun()
+
+
+current_job()
+
+adapted = [m for m in ui.versions() if (m.get("site") or {}).get("name") == name]
+if not adapted:
+    st.caption(f"No version adapted to site {name} yet.")
+    st.stop()
+active = registry.active_version(models_dir)
+candidate = st.selectbox("Adapted version", [m["id"] for m in adapted])
+chosen = track_record(ui.version_dir(candidate))
+current = track_record(ui.version_dir(active))
+sources = {f"{candidate} ({chosen.label})": (chosen.figures, chosen.ci),
+           f"active {active} ({current.label})": (current.figures, current.ci)}
+st.plotly_chart(figures.ci_figure(sources, f"Adapted candidate vs active model at site {name}"),
+                width="stretch", key="adapted_ci")
+for title, record in (("Adapted", chosen), ("Active", current)):
+    st.markdown(f"**{title}** — " + ", ".join(f"{figures.FIGURE_NAMES[m]} {record.text(m)}" for m in FIGURES)
+                + f"  \n*{record.label}*")
+if candidate == active:
+    st.success(f"{candidate} is the active model.")
+elif actor.may("promote") and st.button(f"Promote {candidate}", type="primary", icon=":material/upgrade:"):
+    entry = registry.promote(models_dir, candidate, actor=actor, expected_active=active, trail=ui.audit_trail())
+    st.toast(f"{candidate} is now the active model (was {entry['from']}).")
+    st.rerun()
