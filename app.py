@@ -7,6 +7,7 @@ st.set_page_config(page_title="Pneumo", page_icon=":material/pulmonology:", layo
 
 pages = st.navigation([
     st.Page("views/diagnose.py", title="Diagnose", icon=":material/stethoscope:", default=True),
+    st.Page("views/worklist.py", title="Worklist", icon=":material/view_list:"),
     st.Page("views/heatmaps.py", title="Heatmaps", icon=":material/compare:"),
     st.Page("views/metrics.py", title="Metrics", icon=":material/monitoring:"),
     st.Page("views/models.py", title="Models", icon=":material/inventory_2:"),

@@ -38,3 +38,11 @@ class JobError(PneumoError, ValueError):
 
 class PermissionDenied(PneumoError, PermissionError):
     """The acting user's role does not allow the action."""
+
+
+class PacsError(PneumoError, RuntimeError):
+    """The DICOM archive refused a request (wrong credentials, bad URL, unknown study)."""
+
+
+class PacsUnavailable(PacsError, ConnectionError):
+    """The DICOM archive cannot be reached now; the watcher retries with back-off and loses nothing."""

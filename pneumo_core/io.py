@@ -209,12 +209,26 @@ def _pydicom():
 def read_dicom(data: bytes, name: str = "image") -> Film:
     """Decode a single-frame DICOM: rescale slope/intercept, VOI LUT or window, MONOCHROME1 inverted."""
     pydicom = _pydicom()
-    from pydicom.pixels import apply_modality_lut
     try:
         ds = pydicom.dcmread(_io.BytesIO(data), force=not _has_dicm_preamble(data))
     except Exception as error:
         raise ImageError(f"{name}: the DICOM file is damaged or truncated ({type(error).__name__}). "
                          f"Accepted: {ACCEPTED}.") from None
+    return read_dataset(ds, name)
+
+
+def read_dataset(ds, name: str = "image") -> Film:
+    """A `Film` from a pydicom Dataset already in memory (e.g. retrieved from a PACS), with the same
+    checks as a DICOM file: frontal chest radiographs only.
+
+    Args:
+        ds: the pydicom Dataset, with its pixel data.
+        name: what messages call it (never a patient's name; e.g. the SOP Instance UID).
+    Returns:
+        The film; raises ImageError with the reason when it is not a usable frontal chest film.
+    """
+    from pydicom.pixels import apply_modality_lut
+    _pydicom()
     _check_dicom_content(ds, name)
     pixels = _dicom_pixels(ds, name)
     if pixels.ndim == 3:  # colour DICOM (RGB, or YBR decoded to RGB by pydicom)
