@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 DEV_STAMP := $(VENV)/.installed-dev
 
-.PHONY: setup setup-dev run test test-fast lint system-packages bench train clean
+.PHONY: setup setup-dev run test test-fast lint system-packages bench train clean pacs-demo
 
 $(STAMP): requirements.txt
 	$(PYTHON) -m venv $(VENV)
@@ -47,6 +47,10 @@ train: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/run_all.py
+
+# A local Orthanc with a few site films as DICOM, and the watcher scoring them (needs a model: make train).
+pacs-demo: $(STAMP) system-packages
+	$(PY) scripts/pacs_demo.py
 
 clean:
 	rm -rf $(VENV) .pneumo

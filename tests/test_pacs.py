@@ -230,7 +230,7 @@ def test_a_second_run_adds_nothing_and_status_reports_it(archive):
     assert summary["found"] == 5 and summary["new"] == 0 and summary["scored"] == summary["stored"] == 0
     assert archive.server.get("/statistics")["CountInstances"] == before == 5 + 2 * 3
     audit = AuditTrail(archive.home / "audit.sqlite").rows()
-    assert audit == audit_before and len(audit) == 3 and {r["source"] for r in audit} == {"pacs"}
+    assert audit == audit_before and len([r for r in audit if r["source"] == "pacs"]) == 3
     status = json.loads(run_cli("pacs", "status", "--json", home=archive.home).stdout)
     assert status["backlog"] == 0 and status["counts"] == {"stored": 3, "skipped": 2}
     assert status["last_poll"] and status["url"] == archive.server.dicomweb and not status["errors"]
