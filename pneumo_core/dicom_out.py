@@ -19,6 +19,7 @@ result after a failure replaces the same instance in the archive instead of addi
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime
 
 import cv2
@@ -36,6 +37,9 @@ MANUFACTURER = "Pneumo"
 ALGORITHM = "Pneumo pneumonia classifier (chest X-ray)"
 LABEL = "DECISION SUPPORT, NOT A DIAGNOSIS"
 SR_SERIES_NUMBER, SC_SERIES_NUMBER = 9901, 9902  # high numbers: after the acquisition series in viewers
+# The capture's longer side: a 2500x2000 CR would make a 15 MB RGB capture; 1024 px keeps it ~2.5 MB
+# and loses nothing of the heatmap (a 7x7 map stretched). The film itself stays in the archive.
+MAX_CAPTURE_SIDE = 1024
 SCHEME = "99PNEUMO"  # private coding scheme for what SNOMED/DCM have no code for
 
 PNEUMONIA = Code("233604007", "SCT", "Pneumonia")
@@ -129,7 +133,8 @@ def heatmap_capture(source, gray: np.ndarray, diagnosis: Diagnosis, alpha: float
 
     Args:
         source: the scored film's pydicom Dataset.
-        gray: the film as scored (2-D uint8, the size of the heatmap).
+        gray: the film as scored (2-D uint8, the size of the heatmap); the capture is at most
+            `MAX_CAPTURE_SIDE` pixels on its longer side.
         diagnosis: its `Diagnosis`, with a heatmap.
         alpha: heatmap opacity.
     Returns:
@@ -138,6 +143,11 @@ def heatmap_capture(source, gray: np.ndarray, diagnosis: Diagnosis, alpha: float
     if diagnosis.heatmap is None:
         raise ValueError("the diagnosis has no heatmap; diagnose with a CAM method")
     uids = result_uids(source.SOPInstanceUID, diagnosis.model_id)
+    scale = MAX_CAPTURE_SIDE / max(gray.shape)
+    if scale < 1:  # the heatmap is a 7x7 map stretched; a full-size copy of the film would add only megabytes
+        size = (max(1, round(gray.shape[1] * scale)), max(1, round(gray.shape[0] * scale)))
+        gray = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
+        diagnosis = replace(diagnosis, heatmap=cv2.resize(diagnosis.heatmap, size, interpolation=cv2.INTER_LINEAR))
     orientation = source.get("PatientOrientation")
     # A frontal chest film is displayed with the patient's left on the right, feet down (L, F);
     # the source's own orientation wins when it has one.

@@ -308,3 +308,10 @@ def test_the_notice_is_burned_into_a_film_of_any_width():
     gray = synthetic_film(1, np.random.default_rng(0), (120, 100))
     rgb = dicom_out.overlay_with_label(gray, _diagnosis(gray.shape))
     assert rgb.shape == (120, 100, 3) and (rgb[:5].max(axis=2) < 10).mean() > 0.5
+
+
+def test_heatmap_capture_of_a_large_film_is_at_most_1024_px():
+    source = _roundtrip(chest_studies([FRONTAL[0]], shape=(1400, 1200))[0])
+    gray = read_dataset(source, "film").gray
+    sc = dicom_out.heatmap_capture(source, gray, _diagnosis(gray.shape))
+    assert (sc.Rows, sc.Columns) == (1024, 878)
