@@ -26,10 +26,11 @@ st.caption(f"Archive {status['url']} · last poll {status['last_poll']} · waiti
               if status["last_error"] else ""))
 
 table = pd.DataFrame([{
-    "priority": r["priority_name"], "call": r["label"] or "", "probability": r["probability"],
-    "certainty": (r["certainty"] or "").split(":")[0], "caution": "unlike the training films" if r["ood_flag"] else "",
-    "result in archive": "yes" if r["in_archive"] else "no", "model": r["model"], "study date": r["study_date"],
-    "accession": r["accession"], "film": f"{r['modality']} {r['view']}".strip(), "note": r["reason"] or ""}
+    "priority": r["priority_name"], "accession": r["accession"], "call": r["label"] or "",
+    "probability": r["probability"], "certainty": (r["certainty"] or "").split(":")[0],
+    "caution": "unlike the training films" if r["ood_flag"] else "",
+    "result in archive": "yes" if r["in_archive"] else "no", "note": r["reason"] or "",
+    "film": f"{r['modality']} {r['view']}".strip(), "study date": r["study_date"], "model": r["model"]}
     for r in rows])
 event = st.dataframe(table, hide_index=True, width="stretch", on_select="rerun", selection_mode="single-row",
                      key="worklist_table", column_config={
