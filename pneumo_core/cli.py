@@ -320,12 +320,15 @@ def cmd_pacs(args, settings) -> int:
     watcher = Watcher(client, Diagnoser(_load(settings, args.model)), state, AuditTrail(settings.audit_path),
                       outbox_dir(settings), who=os_user(), method=args.method,
                       lookback_days=getattr(args, "lookback_days", 7))
-    show = lambda summary: print(json.dumps({"time": state.get_meta("last_poll"), **summary}), flush=True)
+    def show(summary, always=True):   # a quiet archive prints nothing between polls; `pacs status` says when
+        if always or any(summary[k] for k in ("new", "stored", "failed")):
+            print(json.dumps({"time": state.get_meta("last_poll"), **summary}), flush=True)
     if args.pacs_command == "score":
         show(watcher.poll(study_uid=args.study))
         return 0
     try:
-        watcher.run(args.interval, once=args.once, on_poll=show, max_failures=8 if args.once else None)
+        watcher.run(args.interval, once=args.once, on_poll=lambda summary: show(summary, args.once),
+                    max_failures=8 if args.once else None)
     except KeyboardInterrupt:
         print("stopped; a restart resumes where this one stopped", file=sys.stderr)
     return 0

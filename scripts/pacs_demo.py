@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -52,6 +53,7 @@ def main() -> None:
         sys.exit("Debian's orthanc and orthanc-dicomweb are needed: sudo make system-packages")
     if registry.active_version(settings.models_dir) is None:
         sys.exit(f"no trained model in {settings.models_dir}; train one first: make train")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))   # stop Orthanc and the watcher on `kill` too
     folder = settings.home / "pacs-demo"
     secrets_file = settings.home / "pacs.json"
     old = json.loads(secrets_file.read_text()) if secrets_file.is_file() else {}
