@@ -41,7 +41,12 @@ class PermissionDenied(PneumoError, PermissionError):
 
 
 class PacsError(PneumoError, RuntimeError):
-    """The DICOM archive refused a request (wrong credentials, bad URL, unknown study)."""
+    """The DICOM archive refused a request (wrong credentials, bad URL, unknown study); `status` is
+    the HTTP status when there was one."""
+
+    def __init__(self, message: str = "", status: int | None = None):
+        super().__init__(message)
+        self.status = status
 
 
 class PacsUnavailable(PacsError, ConnectionError):

@@ -98,12 +98,12 @@ class PacsClient:
         except requests.HTTPError as error:
             status = error.response.status_code if error.response is not None else 0
             if status in (401, 403):
-                raise PacsError(f"the archive at {self.url} refused the credentials ({status}) during {what}; "
-                                f"check PNEUMO_PACS_USER / PNEUMO_PACS_PASSWORD or PNEUMO_PACS_TOKEN") from None
+                raise PacsError(f"the archive at {self.url} refused the credentials ({status}) during {what}; check "
+                                f"PNEUMO_PACS_USER / PNEUMO_PACS_PASSWORD or PNEUMO_PACS_TOKEN", status) from None
             if status >= 500 or status in (408, 429):
-                raise PacsUnavailable(f"the archive at {self.url} answered {status} during {what}") from None
+                raise PacsUnavailable(f"the archive at {self.url} answered {status} during {what}", status) from None
             raise PacsError(f"the archive at {self.url} answered {status} during {what}: "
-                            f"{error.response.text[:200] if error.response is not None else ''}") from None
+                            f"{error.response.text[:200] if error.response is not None else ''}", status) from None
 
     def search_films(self, since: date | None = None, study_uid: str | None = None,
                      modalities: tuple[str, ...] = MODALITIES) -> list[FilmRef]:
@@ -316,15 +316,31 @@ class Watcher:
         todo = [r for r in self.state.films(self.model, ("new", "failed"), study_uid)
                 if r["status"] == "new" or r["attempts"] < MAX_ATTEMPTS]
         for row in todo:
-            outcome = self._score(row)
+            outcome = self._refusal_is_a_failure(row, self._score, "failed")
             summary[outcome] += 1
-            if outcome == "scored" and self._store(row):
+            if outcome == "scored" and self._refusal_is_a_failure(row, self._store, False):
                 summary["stored"] += 1
         for row in self.state.films(self.model, ("scored",), study_uid):   # left from an earlier failure
-            summary["stored"] += self._store(row)
+            summary["stored"] += self._refusal_is_a_failure(row, self._store, False)
         if not study_uid:
             self.state.set_meta(last_poll=started)
         return summary
+
+    def _refusal_is_a_failure(self, row: dict, step, failed):
+        """Run `step(row)`; the archive refusing this one film (not down, not our credentials) makes
+        it a failure of that film, retried up to MAX_ATTEMPTS times, instead of stopping the watcher."""
+        try:
+            return step(row)
+        except PacsUnavailable:
+            raise
+        except PacsError as error:
+            if error.status in (401, 403):
+                raise
+            attempts = row["attempts"] + 1
+            status = row["status"] if row["status"] == "scored" and attempts < MAX_ATTEMPTS else "failed"
+            self.state.update(row["sop_uid"], self.model, status=status, attempts=attempts, reason=str(error)[:500])
+            log.warning("%s: %s", row["sop_uid"], error)
+            return failed
 
     def _paths(self, sop_uid: str) -> tuple[Path, Path]:
         return self.outbox / f"{sop_uid}.sr.dcm", self.outbox / f"{sop_uid}.sc.dcm"

@@ -315,3 +315,34 @@ def test_heatmap_capture_of_a_large_film_is_at_most_1024_px():
     gray = read_dataset(source, "film").gray
     sc = dicom_out.heatmap_capture(source, gray, _diagnosis(gray.shape))
     assert (sc.Rows, sc.Columns) == (1024, 878)
+
+
+def test_wrong_credentials_are_a_clear_error_not_an_outage(orthanc):
+    from pneumo_core.errors import PacsError
+    with pytest.raises(PacsError, match="refused the credentials") as caught:
+        PacsClient(orthanc.dicomweb, orthanc.user, "wrong").search_films()
+    assert caught.value.status == 401 and not isinstance(caught.value, PacsUnavailable)
+
+
+@pytest.mark.slow
+def test_a_film_gone_from_the_archive_fails_alone_and_the_rest_is_stored(orthanc, trained_home, tmp_path):
+    from pneumo_core.diagnosis import Diagnoser
+    from pneumo_core.model import PneumoModel
+    from pneumo_core.pacs import MAX_ATTEMPTS, FilmRef, Watcher
+    from pneumo_core.registry import resolve
+    client = PacsClient(orthanc.dicomweb, orthanc.user, orthanc.password)
+    (ds,) = chest_studies([FRONTAL[0]], seed=5)
+    client.store([ds], ds.StudyInstanceUID)
+    diagnoser = Diagnoser(PneumoModel.load(resolve(trained_home / "models")))
+    state = PacsState(tmp_path / "pacs.sqlite")
+    # Found by an earlier search, deleted from the archive since.
+    state.add([FilmRef(ds.StudyInstanceUID, ds.SeriesInstanceUID, "1.2.3.4.5.6")], diagnoser.model.id)
+    watcher = Watcher(client, diagnoser, state, AuditTrail(tmp_path / "audit.sqlite"), tmp_path / "outbox")
+    for _ in range(MAX_ATTEMPTS + 1):
+        summary = watcher.poll()
+    rows = {r["sop_uid"]: r for r in state.films()}
+    assert rows[ds.SOPInstanceUID]["status"] == "stored"
+    gone = rows["1.2.3.4.5.6"]
+    assert gone["status"] == "failed" and gone["attempts"] == MAX_ATTEMPTS and "404" in gone["reason"]
+    assert summary["failed"] == 0   # given up after MAX_ATTEMPTS: not tried again
+    assert watcher.timings["retrieve"] > 0 and watcher.timings["store_sr"] > 0
