@@ -346,3 +346,16 @@ def test_a_film_gone_from_the_archive_fails_alone_and_the_rest_is_stored(orthanc
     assert gone["status"] == "failed" and gone["attempts"] == MAX_ATTEMPTS and "404" in gone["reason"]
     assert summary["failed"] == 0   # given up after MAX_ATTEMPTS: not tried again
     assert watcher.timings["retrieve"] > 0 and watcher.timings["store_sr"] > 0
+
+
+@pytest.mark.parametrize("role, shown", [("clinician", "pneumo_core pacs watch"), ("auditor", "may not see calls")])
+def test_worklist_page_before_any_poll_says_how_to_start_and_checks_the_role(role, shown, tmp_path, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    from pneumo_core.access import Actor
+    monkeypatch.setenv("PNEUMO_HOME", str(tmp_path / "home"))
+    at = AppTest.from_file(str(REPO / "views" / "worklist.py"), default_timeout=120)
+    at.session_state["actor"] = Actor("test", role)
+    at.run()
+    assert not at.exception
+    assert any(shown in e.value for e in [*at.code, *at.error])
