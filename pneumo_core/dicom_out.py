@@ -40,6 +40,7 @@ SR_SERIES_NUMBER, SC_SERIES_NUMBER = 9901, 9902  # high numbers: after the acqui
 # The capture's longer side: a 2500x2000 CR would make a 15 MB RGB capture; 1024 px keeps it ~2.5 MB
 # and loses nothing of the heatmap (a 7x7 map stretched). The film itself stays in the archive.
 MAX_CAPTURE_SIDE = 1024
+MIN_CAPTURE_WIDTH = 640   # below this the label's three lines would be too small to read
 SCHEME = "99PNEUMO"  # private coding scheme for what SNOMED/DCM have no code for
 
 PNEUMONIA = Code("233604007", "SCT", "Pneumonia")
@@ -110,12 +111,14 @@ def structured_report(source, diagnosis: Diagnosis) -> hd.sr.ComprehensiveSR:
 def _burn_in(rgb: np.ndarray, lines: list[str]) -> np.ndarray:
     """White text on a black band across the top, sized to the film so it reads at any resolution."""
     image = rgb.copy()
-    scale = max(0.4, image.shape[1] / 1400)
+    font = cv2.FONT_HERSHEY_SIMPLEX
+    widest = max(cv2.getTextSize(line, font, 1.0, 2)[0][0] for line in lines)
+    scale = min(max(0.5, image.shape[1] / 900), 0.94 * image.shape[1] / widest)   # every line fits the width
     thickness = max(1, round(scale * 2))
     line_height = int(34 * scale)
     cv2.rectangle(image, (0, 0), (image.shape[1], line_height * len(lines) + int(10 * scale)), (0, 0, 0), -1)
     for i, line in enumerate(lines):
-        cv2.putText(image, line, (int(10 * scale), line_height * (i + 1)), cv2.FONT_HERSHEY_SIMPLEX,
+        cv2.putText(image, line, (int(10 * scale), line_height * (i + 1)), font,
                     scale, (255, 255, 255), thickness, cv2.LINE_AA)
     return image
 
@@ -124,8 +127,8 @@ def overlay_with_label(gray: np.ndarray, diagnosis: Diagnosis, alpha: float = 0.
     """RGB uint8 heatmap overlay with the decision-support label, the call and the model burned in."""
     d = diagnosis
     return _burn_in(overlay(gray, d.heatmap, alpha), [
-        LABEL, f"AI: {d.label} p={d.probability:.3f} (threshold {d.threshold:.3f}) - {d.method} heatmap",
-        f"Pneumo model {d.model_id}"])
+        LABEL, f"AI: {d.label} p={d.probability:.3f} (threshold {d.threshold:.3f})",
+        f"Pneumo {d.model_id} - {d.method}"])
 
 
 def heatmap_capture(source, gray: np.ndarray, diagnosis: Diagnosis, alpha: float = 0.4) -> hd.sc.SCImage:
@@ -133,8 +136,8 @@ def heatmap_capture(source, gray: np.ndarray, diagnosis: Diagnosis, alpha: float
 
     Args:
         source: the scored film's pydicom Dataset.
-        gray: the film as scored (2-D uint8, the size of the heatmap); the capture is at most
-            `MAX_CAPTURE_SIDE` pixels on its longer side.
+        gray: the film as scored (2-D uint8, the size of the heatmap); the capture is resized to
+            at least `MIN_CAPTURE_WIDTH` pixels wide and at most `MAX_CAPTURE_SIDE` on its longer side.
         diagnosis: its `Diagnosis`, with a heatmap.
         alpha: heatmap opacity.
     Returns:
@@ -143,10 +146,12 @@ def heatmap_capture(source, gray: np.ndarray, diagnosis: Diagnosis, alpha: float
     if diagnosis.heatmap is None:
         raise ValueError("the diagnosis has no heatmap; diagnose with a CAM method")
     uids = result_uids(source.SOPInstanceUID, diagnosis.model_id)
-    scale = MAX_CAPTURE_SIDE / max(gray.shape)
-    if scale < 1:  # the heatmap is a 7x7 map stretched; a full-size copy of the film would add only megabytes
+    # Small films are enlarged so the burned-in label stays legible; large ones reduced: the heatmap is
+    # a 7x7 map stretched, and a full-size copy of the film would add only megabytes.
+    scale = min(MAX_CAPTURE_SIDE / max(gray.shape), max(1.0, MIN_CAPTURE_WIDTH / gray.shape[1]))
+    if scale != 1:
         size = (max(1, round(gray.shape[1] * scale)), max(1, round(gray.shape[0] * scale)))
-        gray = cv2.resize(gray, size, interpolation=cv2.INTER_AREA)
+        gray = cv2.resize(gray, size, interpolation=cv2.INTER_AREA if scale < 1 else cv2.INTER_CUBIC)
         diagnosis = replace(diagnosis, heatmap=cv2.resize(diagnosis.heatmap, size, interpolation=cv2.INTER_LINEAR))
     orientation = source.get("PatientOrientation")
     # A frontal chest film is displayed with the patient's left on the right, feet down (L, F);

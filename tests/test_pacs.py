@@ -84,7 +84,7 @@ def test_heatmap_capture_is_labelled_and_in_a_new_series_of_the_study():
         source, d).SeriesInstanceUID)
     assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
     pixels = sc.pixel_array
-    assert pixels.shape == (*film.gray.shape, 3)
+    assert pixels.shape == (731, 640, 3)   # a 256 x 224 film, enlarged so that the label reads
     # The label band: a black strip with white text across the top, the heatmap colours below it.
     band = pixels[:20]
     assert (band.max(axis=2) < 10).mean() > 0.5 and (band.min(axis=2) > 200).sum() > 20
@@ -189,7 +189,7 @@ def test_watcher_stores_an_sr_and_a_heatmap_in_each_frontal_films_study(archive)
         assert result["source_sop_uid"] == ds.SOPInstanceUID and result["study_uid"] == ds.StudyInstanceUID
         assert sr.PatientName == ds.PatientName and sc.PatientID == ds.PatientID
         assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == ds.SOPInstanceUID
-        assert sc.pixel_array.shape == (ds.Rows, ds.Columns, 3)
+        assert sc.pixel_array.shape[2] == 3 and sc.Columns == 640
 
 
 @pytest.mark.slow
@@ -304,13 +304,17 @@ def test_archive_down_mid_run_every_film_is_scored_exactly_once(trained_home, tm
     assert not list((home / "pacs_outbox").iterdir())
 
 
-def test_the_notice_is_burned_into_a_film_of_any_width():
-    gray = synthetic_film(1, np.random.default_rng(0), (120, 100))
+@pytest.mark.parametrize("width", [640, 1024, 2000])   # heatmap_capture makes every film 640+ wide
+def test_the_label_fits_inside_a_film_of_any_width(width):
+    gray = synthetic_film(1, np.random.default_rng(0), (300, width))
     rgb = dicom_out.overlay_with_label(gray, _diagnosis(gray.shape))
-    assert rgb.shape == (120, 100, 3) and (rgb[:5].max(axis=2) < 10).mean() > 0.5
+    band = rgb[: int(rgb.shape[0] * 0.3)]
+    text_columns = np.flatnonzero((band.min(axis=2) > 200).any(axis=0))
+    assert rgb.shape == (300, width, 3) and (rgb[:3].max(axis=2) < 10).mean() > 0.5
+    assert text_columns.size and text_columns.max() < width - 1   # no line runs off the right edge
 
 
-def test_heatmap_capture_of_a_large_film_is_at_most_1024_px():
+def test_heatmap_capture_of_a_large_film_is_at_most_1024_px():  # and the label fits (see above)
     source = _roundtrip(chest_studies([FRONTAL[0]], shape=(1400, 1200))[0])
     gray = read_dataset(source, "film").gray
     sc = dicom_out.heatmap_capture(source, gray, _diagnosis(gray.shape))
