@@ -35,16 +35,18 @@ def _free_port() -> int:
 def scored(trained_home, tmp_path_factory):
     """A home whose watcher has scored four frontal films and skipped a lateral, and its archive."""
     server = start_orthanc(tmp_path_factory.mktemp("orthanc"))
-    home = tmp_path_factory.mktemp("e2e-pacs") / "home"
-    shutil.copytree(trained_home, home, ignore=shutil.ignore_patterns("audit.sqlite*"))
-    client = PacsClient(server.dicomweb, server.user, server.password)
-    for ds in chest_studies([(1, "PA", "CHEST", "CR"), (0, "PA", "CHEST", "CR"), (1, "AP", "CHEST", "DX"),
-                             (1, "LL", "CHEST", "CR"), (0, "PA", "CHEST", "DX")], seed=7):
-        client.store([ds], ds.StudyInstanceUID)
-    result = run_cli("pacs", "watch", "--once", home=home, env_extra=pacs_env(server))
-    assert result.returncode == 0, result.stderr[-3000:]
-    yield home, server
-    server.stop()
+    try:
+        home = tmp_path_factory.mktemp("e2e-pacs") / "home"
+        shutil.copytree(trained_home, home, ignore=shutil.ignore_patterns("audit.sqlite*"))
+        client = PacsClient(server.dicomweb, server.user, server.password)
+        for ds in chest_studies([(1, "PA", "CHEST", "CR"), (0, "PA", "CHEST", "CR"), (1, "AP", "CHEST", "DX"),
+                                 (1, "LL", "CHEST", "CR"), (0, "PA", "CHEST", "DX")], seed=7):
+            client.store([ds], ds.StudyInstanceUID)
+        result = run_cli("pacs", "watch", "--once", home=home, env_extra=pacs_env(server))
+        assert result.returncode == 0, result.stderr[-3000:]
+        yield home, server
+    finally:
+        server.stop()
 
 
 @pytest.fixture(scope="module")

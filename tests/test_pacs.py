@@ -270,18 +270,19 @@ def test_worklist_page_lists_the_films_and_opens_one_with_its_heatmap(archive, m
 @pytest.mark.slow
 def test_archive_down_mid_run_every_film_is_scored_exactly_once(trained_home, tmp_path_factory):
     folder = tmp_path_factory.mktemp("orthanc")
-    server = start_orthanc(folder)
-    home = _home(trained_home, tmp_path_factory)
-    films = chest_studies([(i % 2, "PA", "CHEST", "CR") for i in range(12)], seed=3, shape=(768, 640))
-    client = PacsClient(server.dicomweb, server.user, server.password)
-    for ds in films:
-        client.store([ds], ds.StudyInstanceUID)
-    state = PacsState(home / "pacs.sqlite")
-    stored = lambda: state.status()["counts"].get("stored", 0)
-    env = {**os.environ, "PNEUMO_HOME": str(home), **pacs_env(server)}
-    watcher = subprocess.Popen([sys.executable, "-m", "pneumo_core", "pacs", "watch", "--interval", "0.5"], cwd=REPO,
-                               env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    servers, watcher, output = [start_orthanc(folder)], None, ""
     try:
+        server = servers[0]
+        home = _home(trained_home, tmp_path_factory)
+        films = chest_studies([(i % 2, "PA", "CHEST", "CR") for i in range(12)], seed=3, shape=(768, 640))
+        client = PacsClient(server.dicomweb, server.user, server.password)
+        for ds in films:
+            client.store([ds], ds.StudyInstanceUID)
+        state = PacsState(home / "pacs.sqlite")
+        stored = lambda: state.status()["counts"].get("stored", 0)
+        env = {**os.environ, "PNEUMO_HOME": str(home), **pacs_env(server)}
+        watcher = subprocess.Popen([sys.executable, "-m", "pneumo_core", "pacs", "watch", "--interval", "0.5"],
+                                   cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         deadline = time.monotonic() + 300
         while stored() == 0 and time.monotonic() < deadline and watcher.poll() is None:
             time.sleep(0.02)
@@ -291,13 +292,16 @@ def test_archive_down_mid_run_every_film_is_scored_exactly_once(trained_home, tm
         while not state.status()["last_error"] and time.monotonic() < deadline:
             time.sleep(0.1)
         assert "cannot be reached" in state.status()["last_error"]
-        server = start_orthanc(folder, server.port, server.password)   # same storage and port: the archive is back
+        # Same storage and port: the archive is back.
+        servers.append(start_orthanc(folder, server.port, server.password))
         while stored() < len(films) and time.monotonic() < deadline and watcher.poll() is None:
             time.sleep(0.2)
     finally:
-        watcher.terminate()
-        output = watcher.communicate(timeout=60)[0]
-        server.stop()
+        if watcher is not None:
+            watcher.terminate()
+            output = watcher.communicate(timeout=60)[0]
+        for server in servers:
+            server.stop()
     assert stored() == len(films), output[-3000:]
     audit = AuditTrail(home / "audit.sqlite").rows()
     assert len(audit) == len(films) and len({r["sha256"] for r in audit}) == len(films)
