@@ -1,21 +1,43 @@
 # Two commands: `make run` (dashboard) and `make test` (every test). Both set up .venv first.
+# The environment is pinned whole: `make` installs the lock files (every transitive package, with
+# hashes) made by `make lock` from the hand-edited requirements*.txt. `make setup GPU=1` on a GPU
+# server installs tensorflow[and-cuda] of the same version instead of tensorflow-cpu.
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-STAMP := $(VENV)/.installed
+# Once set up with GPU=1, later commands keep the GPU build (no reinstall of the CPU one over it).
+GPU ?= $(if $(wildcard $(VENV)/.installed-gpu),1,)
+LOCK := $(if $(GPU),requirements-gpu.lock,requirements.lock)
+STAMP := $(VENV)/.installed$(if $(GPU),-gpu)
 DEV_STAMP := $(VENV)/.installed-dev
+PIP_COMPILE := $(VENV)/bin/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras \
+	--no-emit-index-url --no-emit-find-links
 
-.PHONY: setup setup-dev run test test-fast lint system-packages bench train clean pacs-demo
+.PHONY: setup setup-dev run test test-fast lint lock system-packages bench train clean pacs-demo
 
-$(STAMP): requirements.txt
+$(STAMP): $(LOCK) pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --require-hashes -r $(LOCK)
+	@# pneumo_core itself, editable and without dependencies (the lock holds them), so scripts outside
+	@# the repository root (bench/) import it without path edits.
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
 	touch $(STAMP)
 
-$(DEV_STAMP): $(STAMP) requirements-dev.txt
-	$(PY) -m pip install --quiet -r requirements-dev.txt
+$(DEV_STAMP): $(STAMP) requirements-dev.lock
+	$(if $(GPU),$(error the test tools are locked with the CPU build (requirements-dev.lock); run the tests in \
+		a venv of their own: make test VENV=.venv-test),)
+	$(PY) -m pip install --quiet --require-hashes -r requirements-dev.lock
 	touch $(DEV_STAMP)
+
+# Regenerate the locks after editing requirements*.txt (needs the package index; a few minutes).
+# The GPU lock is requirements.txt with tensorflow-cpu swapped for tensorflow[and-cuda] of the same version.
+lock:
+	$(PY) -m pip install --quiet pip-tools==7.6.2
+	$(PIP_COMPILE) -o requirements.lock requirements.txt
+	$(PIP_COMPILE) -o requirements-dev.lock requirements.txt requirements-dev.txt
+	sed 's/^tensorflow-cpu==/tensorflow[and-cuda]==/' requirements.txt > requirements-gpu.in
+	$(PIP_COMPILE) -o requirements-gpu.lock requirements-gpu.in
+	rm requirements-gpu.in
 
 setup: $(STAMP)
 

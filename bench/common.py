@@ -1,20 +1,49 @@
 """Helpers shared by the benchmark scripts: timing and one result line per number."""
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
 
 REPO = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(REPO))
 SHARED = REPO.parent / "shared"
 SHARED_DATA = SHARED / "data" / "chest_xray"
 SHARED_WEIGHTS = SHARED / "weights" / "mobilenet_v2_1.0_224_imagenet_notop.weights.h5"
 CHROMIUM = "/usr/bin/chromium"  # Debian's; Playwright cannot download its own browsers here
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--no-first-run"]
+
+
+def start_dashboard(home: Path, log: Path) -> tuple[subprocess.Popen, str]:
+    """`streamlit run app.py` with PNEUMO_HOME=home on a free local port, once its health check answers.
+
+    Returns the server process (terminate it when done) and its URL; its output goes to `log`.
+    """
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "streamlit", "run", "app.py", f"--server.port={port}",
+                               "--server.address=127.0.0.1", "--server.headless=true"], cwd=REPO,
+                              env={**os.environ, "PNEUMO_HOME": str(home)}, stdout=log.open("w"),
+                              stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(240):
+        if server.poll() is not None:
+            break
+        try:
+            with urllib.request.urlopen(f"{url}/_stcore/health", timeout=2) as answer:
+                if answer.read() == b"ok":
+                    return server, url
+        except OSError:
+            time.sleep(0.5)
+    server.kill()
+    raise RuntimeError(f"the dashboard did not start; see {log}")
 
 
 def report(name: str, value, unit: str = "", target: str = "") -> None:

@@ -1,13 +1,12 @@
 """Diagnose in a real browser: seconds from upload to the call on screen (warm model), and the
 dashboard's resident memory with one model loaded. Needs a trained model in PNEUMO_HOME."""
-from common import CHROMIUM, CHROMIUM_FLAGS, REPO, SHARED_DATA, report  # noqa: I001
-
 import subprocess
 import sys
 import time
 import urllib.request
 from pathlib import Path
 
+from common import CHROMIUM, CHROMIUM_FLAGS, REPO, SHARED_DATA, report
 from playwright.sync_api import sync_playwright
 
 PORT = 8597

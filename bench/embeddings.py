@@ -1,7 +1,6 @@
 """Embeddings per second: a predict_on_batch loop vs model.predict, and the full file pipeline."""
-from common import SHARED_DATA, report, timed  # noqa: I001
-
 import numpy as np
+from common import SHARED_DATA, report, timed
 
 from pneumo_core.data import load_dataset
 from pneumo_core.features import embed

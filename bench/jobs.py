@@ -3,14 +3,16 @@
 
 Run after train_time.py (run_all.py does) so the feature cache in PNEUMO_BENCH_HOME is warm; on a
 cold home the job also caches features (about 5 minutes more)."""
-from common import SHARED_DATA, report  # noqa: I001
-
 import os
 import tempfile
 import time
 
+from common import SHARED_DATA, report
+from psutil import pid_exists
+
+from pneumo_core.access import cli_actor
 from pneumo_core.data import check_dataset
-from pneumo_core.jobs import JobQueue, _alive
+from pneumo_core.jobs import JobQueue
 from pneumo_core.settings import load_settings
 
 start = time.perf_counter()
@@ -21,18 +23,18 @@ report("data check before a job (decode every film)", seconds, f"s for {films} f
 
 with tempfile.TemporaryDirectory() as scratch:
     queue = JobQueue(load_settings({**os.environ, "PNEUMO_HOME": os.environ.get("PNEUMO_BENCH_HOME") or scratch}))
-    params = {"data": str(SHARED_DATA)}
+    params = {"data_dir": str(SHARED_DATA)}
     start = time.perf_counter()
-    job_id = queue.submit(params, who="bench")
-    report("submit (data check + queue + runner start)", time.perf_counter() - start, "s")
+    job_id = queue.submit(params, actor=cli_actor())
+    report("submit (queue + runner start; the data check runs in the job)", time.perf_counter() - start, "s")
     job = queue.wait(job_id, poll=0.5)
     report(f"retraining job, default settings, {job['state']}", job["seconds"] / 60, "min")
 
-    job_id = queue.submit(params, who="bench")
+    job_id = queue.submit(params, actor=cli_actor())
     while (job := queue.get(job_id))["state"] == "running" and not (job["stage"] or "").startswith("tuning"):
         time.sleep(0.2)
     start = time.perf_counter()
-    queue.cancel(job_id)
-    while _alive(job["pid"]) or _alive(job["child_pid"]):
+    queue.cancel(job_id, actor=cli_actor())
+    while any(pid and pid_exists(pid) for pid in (job["pid"], job["child_pid"])):
         time.sleep(0.05)
     report("cancel during tuning until every process is gone", time.perf_counter() - start, "s", "< 10 s")

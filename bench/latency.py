@@ -1,7 +1,6 @@
 """Single-image predict + Grad-CAM latency (warm), p50/p95: one pass gives the call and the map."""
-from common import report, timed  # noqa: I001
-
 import numpy as np
+from common import report, timed
 
 from pneumo_core.cam import make_cam, to_original_size
 from pneumo_core.model import PneumoModel, assemble, build_classifier, build_embedder, build_head

@@ -6,8 +6,6 @@ once (feature cache), trials train the head on vectors (`tune_head`), scoring us
 and the compiled CAM. Writes docs/bench_naive_vs_pneumo.{json,html,png} (Plotly) and prints a table.
 Real films from the shared train set (patient split), ImageNet MobileNetV2 from ../shared/weights.
 """
-from common import REPO, SHARED_DATA, SHARED_WEIGHTS, report, save_chart, timed  # noqa: I001
-
 import json
 import os
 import tempfile
@@ -16,6 +14,7 @@ import time
 import keras
 import numpy as np
 import plotly.graph_objects as go
+from common import REPO, SHARED_DATA, SHARED_WEIGHTS, report, save_chart, timed
 
 from pneumo_core.cam import make_cam
 from pneumo_core.data import class_weights, image_batches, load_dataset

@@ -1,17 +1,11 @@
 """Out-of-distribution flag rates of the active model: its validation rate (from training), its
 test split, and test films turned into the inputs people send by mistake (negative, rotated,
 screenshot, phone photo of a screen, crop, blank, noise)."""
-from common import report  # noqa: I001
-
 import cv2
 import numpy as np
+from common import report
 
-from pneumo_core.data import load_dataset
-from pneumo_core.diagnosis import Diagnoser
-from pneumo_core.io import read_image
-from pneumo_core.model import PneumoModel
-from pneumo_core.registry import resolve
-from pneumo_core.settings import load_settings
+from pneumo_core import Diagnoser, PneumoModel, load_dataset, load_settings, read_image, resolve
 
 rng = np.random.default_rng(0)
 

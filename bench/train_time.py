@@ -1,7 +1,5 @@
 """Full `train` on the shared data with default settings: wall time (cold and warm feature cache),
 peak memory, and the internal test split's metrics. Runs the real command line."""
-from common import REPO, SHARED_DATA, report  # noqa: I001
-
 import json
 import os
 import resource
@@ -10,6 +8,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from common import REPO, SHARED_DATA, report
 
 # A fresh home (cold feature cache); PNEUMO_BENCH_HOME keeps it for the browser benchmark.
 with tempfile.TemporaryDirectory() as scratch:

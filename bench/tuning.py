@@ -1,10 +1,9 @@
 """Keras Tuner trials per minute on cached features of the real size (MobileNetV2: 1280-d)."""
-from common import report  # noqa: I001
-
 import tempfile
 import time
 
 import numpy as np
+from common import report
 
 from pneumo_core.data import class_weights
 from pneumo_core.tuning import tune_head

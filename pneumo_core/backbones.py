@@ -12,6 +12,7 @@ from pathlib import Path
 
 import keras
 
+from .choices import BACKBONES as BACKBONE_NAMES
 from .errors import ConfigError, WeightsError
 
 
@@ -39,10 +40,10 @@ BACKBONES = {
 
 
 def get_spec(name: str) -> BackboneSpec:
-    try:
-        return BACKBONES[name]
-    except KeyError:
-        raise ConfigError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONES)}") from None
+    """The spec of a backbone named in choices.BACKBONES; ConfigError for any other name."""
+    if name not in BACKBONE_NAMES:
+        raise ConfigError(f"unknown backbone {name!r}; choose one of {', '.join(BACKBONE_NAMES)}")
+    return BACKBONES[name]
 
 
 def resolve_weights(backbone: str, weights: str, weights_dir: Path) -> str | None:

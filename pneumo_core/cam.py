@@ -17,6 +17,7 @@ import numpy as np
 import tensorflow as tf
 
 from .backbones import get_spec
+from .choices import CAM_METHODS
 from .errors import ConfigError
 from .model import parts
 
@@ -134,19 +135,33 @@ METHODS = {cls.name: cls for cls in (GradCAM, GradCAMPlusPlus, ScoreCAM)}
 
 
 def make_cam(model: keras.Model, method: str = "gradcam", layer: str | None = None) -> BaseCAM:
-    try:
-        return METHODS[method](model, layer)
-    except KeyError:
-        raise ConfigError(f"unknown CAM method {method!r}; choose one of {', '.join(METHODS)}") from None
+    """A CAM of `method` (choices.CAM_METHODS) over a model made by model.assemble.
+
+    `layer`: the backbone layer explained (default: the backbone's last convolution). The result maps
+    (N, S, S, 3) model inputs to (N, S, S) heatmaps in [0, 1] (`__call__`, `explain`).
+    """
+    if method not in CAM_METHODS:
+        raise ConfigError(f"unknown CAM method {method!r}; choose one of {', '.join(CAM_METHODS)}")
+    return METHODS[method](model, layer)
 
 
 def to_original_size(heatmap: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Stretch a square map back over the original film (the model saw the whole film squashed)."""
+    """Stretch an (S, S) map back over the original (H, W) film (the model saw the whole film squashed).
+
+    Returns:
+        (H, W) float32 in [0, 1].
+    """
     return cv2.resize(heatmap, (shape[1], shape[0]), interpolation=cv2.INTER_LINEAR).clip(0, 1)
 
 
 def overlay(gray: np.ndarray, heatmap: np.ndarray, alpha: float = 0.4) -> np.ndarray:
-    """RGB uint8 film with the heatmap (same size, [0, 1]) blended on top in the JET colour map."""
+    """The film with its heatmap blended on top in the JET colour map.
+
+    Args:
+        gray: (H, W) uint8 film; heatmap: (H, W) in [0, 1]; alpha: the heatmap's opacity 0..1.
+    Returns:
+        (H, W, 3) uint8 RGB.
+    """
     colour = cv2.cvtColor(cv2.applyColorMap(np.uint8(255 * heatmap), cv2.COLORMAP_JET), cv2.COLOR_BGR2RGB)
     film = cv2.cvtColor(gray, cv2.COLOR_GRAY2RGB)
     return cv2.addWeighted(colour, float(alpha), film, 1 - float(alpha), 0)

@@ -4,30 +4,34 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import logging
 import sys
 from pathlib import Path
 
+from .choices import CAM_METHODS, SPLITS, TRAIN_CHOICES
 from .errors import PneumoError
-from .preprocessing import NORMALISATIONS
-from .settings import STRATEGIES, TrainConfig, load_settings, os_user
+from .progress import StreamReporter
+from .settings import TrainConfig, load_settings, option_name, os_user
 
 
 def _parser(settings) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m pneumo_core", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
 
-    # Backbone, tuner and CAM names are spelled out: their modules import TensorFlow, which would
+    # Backbone, tuner and CAM names come from `choices`: their modules import TensorFlow, which would
     # make `--help` take seconds. tests/test_choices.py checks they match the modules.
     defaults = TrainConfig(data_dir=str(settings.data_dir), backbone=settings.backbone, weights=settings.weights,
                            image_size=settings.image_size, seed=settings.seed)
     train = commands.add_parser("train", help="train, evaluate and register a new model version",
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     _add_train_options(train, defaults)
+    train.set_defaults(func=cmd_train)
 
     tune = commands.add_parser("tune", help="search head hyper-parameters on cached features, alone or shared "
                                "by a chief and workers (Keras Tuner)",
                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     _add_train_options(tune, defaults, final_model=False)
+    tune.set_defaults(func=cmd_tune)
     tune.add_argument("--distributed", choices=["chief", "worker"], default=settings.tuning_role,
                       help="role in a shared search; unset: from KERASTUNER_TUNER_ID and KERASTUNER_ORACLE_IP")
     tune.add_argument("--oracle", default=settings.oracle or None, metavar="HOST:PORT",
@@ -38,36 +42,40 @@ def _parser(settings) -> argparse.ArgumentParser:
 
     model_help = "model version id or folder (default: the active model)"
     evaluate = commands.add_parser("evaluate", help="metrics of a model on a dataset split")
+    evaluate.set_defaults(func=cmd_evaluate)
     evaluate.add_argument("--model", help=model_help)
-    evaluate.add_argument("--data", default=str(settings.data_dir))
-    evaluate.add_argument("--split", default="test", choices=["train", "val", "test"])
+    evaluate.add_argument("--data", dest="data_dir", default=str(settings.data_dir))
+    evaluate.add_argument("--split", default="test", choices=SPLITS)
     evaluate.add_argument("--json", action="store_true")
 
     predict = commands.add_parser("predict", help="score images")
+    predict.set_defaults(func=cmd_predict)
     predict.add_argument("--model", help=model_help)
     predict.add_argument("images", nargs="+", metavar="IMAGE")
     predict.add_argument("--json", action="store_true")
 
     cam = commands.add_parser("cam", help="write a heatmap overlay of one image")
+    cam.set_defaults(func=cmd_cam)
     cam.add_argument("--model", help=model_help)
     cam.add_argument("image", metavar="IMAGE")
-    cam.add_argument("--method", default="gradcam", choices=["gradcam", "gradcam++", "scorecam"])
+    cam.add_argument("--method", default="gradcam", choices=CAM_METHODS)
     cam.add_argument("--out", required=True, help="output PNG file")
     cam.add_argument("--alpha", type=float, default=0.4, help="heatmap opacity 0..1")
 
     models = commands.add_parser("models", help="list model versions")
+    models.set_defaults(func=cmd_models)
     models.add_argument("--json", action="store_true")
 
     promote = commands.add_parser("promote", help="make a version the active model (an older one: a rollback)")
+    promote.set_defaults(func=cmd_promote)
     promote.add_argument("version")
-    promote.add_argument("--who", help="name recorded with the promotion (default: your user name)")
 
     jobs = commands.add_parser("jobs", help="retraining jobs run in the background, one at a time")
+    jobs.set_defaults(func=cmd_jobs)
     job_commands = jobs.add_subparsers(dest="job_command", required=True)
     submit = job_commands.add_parser("submit", help="check the data, queue a train job and print its id",
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    submit.set_defaults(train_options=_add_train_options(submit, defaults))
-    submit.add_argument("--who", help="name recorded with the job (default: your user name)")
+    _add_train_options(submit, defaults)
     job_list = job_commands.add_parser("list", help="jobs, newest first")
     job_list.add_argument("--json", action="store_true")
     status = job_commands.add_parser("status", help="state and progress of one job")
@@ -80,46 +88,42 @@ def _parser(settings) -> argparse.ArgumentParser:
     job_commands.add_parser("run", help="run a queued job in the foreground (what the background runner "
                                         "does)").add_argument("id", type=int)
     _add_pacs_parser(commands, settings)
+    _add_audit_parser(commands, settings)
     return parser
 
 
-def _add_train_options(parser: argparse.ArgumentParser, defaults: TrainConfig, final_model: bool = True) -> list[str]:
-    """The options of `train`, shared with `jobs submit`; returns their names (argparse dests).
+def _add_train_options(parser: argparse.ArgumentParser, defaults: TrainConfig, final_model: bool = True) -> None:
+    """The options of `train`, shared with `jobs submit`: one per TrainConfig field, stored under the field's
+    name (`--data` -> data_dir), spelled as `settings.option_name` says, with the field's default.
 
     `final_model=False` leaves out what only shapes the final model (ensemble, fine-tuning): `tune`'s options.
     """
-    added = []
-    final_only = {"--ensemble", "--fine-tune-epochs", "--strategy", "--mixed-precision", "--xla"}
+    final_only = {"ensemble", "fine_tune_epochs", "strategy", "mixed_precision", "xla"}
 
-    def option(*names, **kwargs):
-        if final_model or names[0] not in final_only:
-            added.append(parser.add_argument(*names, **kwargs).dest)
+    def option(field: str, **kwargs):
+        if final_model or field not in final_only:
+            flag = option_name(field)
+            if field in TRAIN_CHOICES:
+                kwargs["choices"] = TRAIN_CHOICES[field]
+            elif "action" not in kwargs:   # shown as typed (--data DATA), not as the field (DATA_DIR)
+                kwargs["metavar"] = flag.removeprefix("--").replace("-", "_").upper()
+            parser.add_argument(flag, dest=field, default=getattr(defaults, field), **kwargs)
 
-    option("--data", default=defaults.data_dir, help="dataset folder")
-    option("--backbone", default=defaults.backbone, choices=["mobilenet_v2", "resnet50", "efficientnet_b0"])
-    option("--weights", default=defaults.weights,
-           help="imagenet | none | PATH to a .h5 file | auto (local file if found, else imagenet)")
-    option("--trials", type=int, default=defaults.trials, help="tuner trials")
-    option("--epochs", type=int, default=defaults.epochs, help="max epochs per head")
-    option("--fine-tune-epochs", type=int, default=defaults.fine_tune_epochs)
-    option("--image-size", type=int, default=defaults.image_size)
-    option("--seed", type=int, default=defaults.seed)
-    option("--tuner", default=defaults.tuner, choices=["random", "hyperband", "bayesian"])
-    option("--views", type=int, default=defaults.augmented_views, help="augmented views per film")
-    option("--ensemble", type=int, default=defaults.ensemble, help="best configurations averaged")
-    option("--normalisation", default=defaults.normalisation, choices=NORMALISATIONS)
-    option("--strategy", default=defaults.strategy, choices=STRATEGIES,
-           help="fine-tuning on every local GPU (mirrored) or a TF_CONFIG cluster (multiworker)")
-    option("--mixed-precision", action="store_true", help="fine-tune in float16 compute (GPUs only)")
-    option("--xla", action="store_true", help="compile the fine-tuning step with XLA")
-    return added
-
-
-def train_choices() -> dict[str, list]:
-    """{option dest: allowed values} of `train`'s options that have a fixed list (for forms)."""
-    parser = argparse.ArgumentParser()
-    _add_train_options(parser, TrainConfig())
-    return {a.dest: list(a.choices) for a in parser._actions if a.choices}
+    option("data_dir", help="dataset folder")
+    option("backbone")
+    option("weights", help="imagenet | none | PATH to a .h5 file | auto (local file if found, else imagenet)")
+    option("trials", type=int, help="tuner trials")
+    option("epochs", type=int, help="max epochs per head")
+    option("fine_tune_epochs", type=int)
+    option("image_size", type=int)
+    option("seed", type=int)
+    option("tuner")
+    option("augmented_views", type=int, help="augmented views per film")
+    option("ensemble", type=int, help="best configurations averaged")
+    option("normalisation")
+    option("strategy", help="fine-tuning on every local GPU (mirrored) or a TF_CONFIG cluster (multiworker)")
+    option("mixed_precision", action="store_true", help="fine-tune in float16 compute (GPUs only)")
+    option("xla", action="store_true", help="compile the fine-tuning step with XLA")
 
 
 def _load(settings, ref):
@@ -127,14 +131,23 @@ def _load(settings, ref):
     from .registry import resolve
     return PneumoModel.load(resolve(settings.models_dir, ref))
 
-def _train_config(args) -> TrainConfig:
-    """The TrainConfig of a `train` or `tune` command line (options named as the fields, but for two)."""
-    values = {{"data": "data_dir", "views": "augmented_views"}.get(k, k): v for k, v in vars(args).items()}
-    return TrainConfig(**{f.name: values[f.name] for f in dataclasses.fields(TrainConfig) if f.name in values})
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    """The TrainConfig of a `train`, `tune` or `jobs submit` command line (options stored under field names)."""
+    names = [f.name for f in dataclasses.fields(TrainConfig)]
+    return TrainConfig(**{name: getattr(args, name) for name in names if hasattr(args, name)})
 
 def cmd_train(args, settings) -> int:
     from .training import train
-    train(_train_config(args), settings)
+    result = train(train_config(args), settings, StreamReporter())
+    if result is None:   # a worker of a multi-worker cluster: the chief registered the model
+        return 0
+    test = result.metrics["test"]
+    print(f"test: AUC {test['roc_auc']:.4f}, accuracy {test['accuracy']:.3f}, sensitivity "
+          f"{test['sensitivity']:.3f}, specificity {test['specificity']:.3f} at threshold {result.threshold:.3f}")
+    print(f"saved {result.path} in {result.seconds:.0f}s")
+    if not result.active:
+        print(f"candidate: not active until promoted (python -m pneumo_core promote {result.version_id})")
+    print(result.version_id, flush=True)   # last: the job runner and scripts read the id from the last line
     return 0
 
 def cmd_tune(args, settings) -> int:
@@ -142,7 +155,7 @@ def cmd_tune(args, settings) -> int:
     from .tuning import join_search
     tuner_id = join_search(args.distributed, args.oracle or "", args.tuner_id) if args.distributed else None
     directory = Path(args.directory)
-    summary = tune(_train_config(args), settings, directory, tuner_id)
+    summary = tune(train_config(args), settings, directory, tuner_id, StreamReporter())
     if tuner_id in (None, "chief"):
         (directory / "summary.json").write_text(json.dumps(summary, indent=1))
     print(json.dumps(summary), flush=True)
@@ -154,13 +167,13 @@ def cmd_evaluate(args, settings) -> int:
     from .evaluation import evaluate
     model = _load(settings, args.model)
     split = model.metadata.get("data", {})
-    dataset = load_dataset(args.data, split.get("val_fraction", 0.15), split.get("test_fraction", 0.15),
+    dataset = load_dataset(args.data_dir, split.get("val_fraction", 0.15), split.get("test_fraction", 0.15),
                            split.get("split_seed", 42), require_train=False)
     frame = dataset.split(args.split)
     if frame.empty:
-        raise DatasetError(f"the {args.split} split of {args.data} has no images")
+        raise DatasetError(f"the {args.split} split of {args.data_dir} has no images")
     result = evaluate(frame.label.to_numpy(), model.predict_files(frame.path), model.threshold)
-    result = {"model": model.id, "split": args.split, "data": str(args.data), **result}
+    result = {"model": model.id, "split": args.split, "data": str(args.data_dir), **result}
     if args.json:
         print(json.dumps(result))
     else:
@@ -229,21 +242,21 @@ def cmd_models(args, settings) -> int:
     return 0
 
 def cmd_promote(args, settings) -> int:
+    from .access import cli_actor
+    from .audit import AuditTrail
     from .registry import promote
-    entry = promote(settings.models_dir, args.version, args.who)
+    entry = promote(settings.models_dir, args.version, actor=cli_actor(), trail=AuditTrail(settings.audit_path))
     print(f"active model: {args.version} ({entry['action']} from {entry['from']}, by {entry['who']})")
     return 0
 
 
 def cmd_jobs(args, settings) -> int:
+    from .access import cli_actor
     from .jobs import FINISHED, JobQueue
     queue = JobQueue(settings)
     if args.job_command == "submit":
-        job_id = queue.submit({k: getattr(args, k) for k in args.train_options}, args.who)
-        unreadable = queue.get(job_id)["checks"]["unreadable"]
-        for why in unreadable.values():
-            print(f"warning: skipped, unreadable: {why}", file=sys.stderr)
-        print(job_id)
+        job_id = queue.submit(train_config(args), actor=cli_actor())
+        print(job_id)   # the data check runs in the job: see `jobs status ID`
         return 0
     if args.job_command == "list":
         jobs = queue.list()
@@ -263,7 +276,7 @@ def cmd_jobs(args, settings) -> int:
                   + (f"\n{job['error']}" if job["error"] else ""))
         return 0
     if args.job_command == "cancel":
-        print(f"job {args.id}: {queue.cancel(args.id)['state']}")
+        print(f"job {args.id}: {queue.cancel(args.id, actor=cli_actor())['state']}")
         return 0
     if args.job_command == "wait":
         job = queue.wait(args.id, args.timeout)
@@ -298,8 +311,6 @@ def _add_pacs_parser(commands, settings) -> None:
 
 
 def cmd_pacs(args, settings) -> int:
-    import logging
-
     from .audit import AuditTrail
     from .pacs import PacsClient, PacsState, Watcher, outbox_dir
     state = PacsState(settings.pacs_state_path)
@@ -314,8 +325,6 @@ def cmd_pacs(args, settings) -> int:
                      if report["last_error"] else ""))
         return 0
     from .diagnosis import Diagnoser
-    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("pneumo_core").setLevel(logging.INFO)   # skips and retries; not every library request
     client = PacsClient.from_settings(settings, args.url)
     watcher = Watcher(client, Diagnoser(_load(settings, args.model)), state, AuditTrail(settings.audit_path),
                       outbox_dir(settings), who=os_user(), method=args.method,
@@ -335,11 +344,63 @@ def cmd_pacs(args, settings) -> int:
 # --- end pacs ---------------------------------------------------------------------------------
 
 
+def parse_args(argv: list[str] | None = None, settings=None) -> argparse.Namespace:
+    """The parsed command line `argv` (default: sys.argv); argparse exits with code 2 on a bad one."""
+    return _parser(settings or load_settings()).parse_args(argv)
+
+
+class _NoteFormatter(logging.Formatter):
+    """The library's log records as the lines the command line always wrote: warnings as `note: ...`."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        return f"note: {text}" if record.levelno >= logging.WARNING else text
+
+
+def _show_library_log() -> None:
+    """The library's INFO and above on stderr (once per process; TensorFlow's own loggers untouched)."""
+    log = logging.getLogger("pneumo_core")
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(_NoteFormatter("%(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+
+
+# -- audit: records that changes cannot hide ----------------------------------------------------------
+
+def _add_audit_parser(commands, settings) -> None:
+    audit = commands.add_parser("audit", help="the audit trail: check that no record was changed or deleted")
+    audit.set_defaults(func=cmd_audit)
+    audit_commands = audit.add_subparsers(dest="audit_command", required=True)
+    audit_commands.add_parser("verify", help="check the hash chains of the audit trail and of the promotions; "
+                                             "exit 1 naming the first broken link, 0 when intact")
+
+
+def cmd_audit(args, settings) -> int:
+    from .audit import AuditTrail
+    from .registry import verify_promotions
+    if not settings.audit_path.is_file():
+        print(f"no audit trail yet at {settings.audit_path}")
+        trail_result = {"ok": True, "rows": {}, "last": {}}
+    else:
+        trail_result = AuditTrail(settings.audit_path).verify()
+    promotions_result = verify_promotions(settings.models_dir)
+    for where, result in ((settings.audit_path, trail_result), (settings.models_dir, promotions_result)):
+        if not result["ok"]:
+            print(f"BROKEN: {where}: {result['problem']}")
+            return 1
+    for table, count in trail_result["rows"].items():
+        print(f"intact: {count} {table} row(s); last hash {trail_result['last'][table]}")
+    print(f"intact: {promotions_result['entries']} promotion(s); last hash {promotions_result['last']}")
+    return 0
+
 def main(argv=None) -> int:
     settings = load_settings()
-    args = _parser(settings).parse_args(argv)
+    args = parse_args(argv, settings)
+    _show_library_log()
     try:
-        return globals()[f"cmd_{args.command}"](args, settings)
+        return args.func(args, settings)
     # Only errors a user can act on become one line; anything else is a bug and keeps its traceback.
     except PneumoError as error:
         print(f"error: {error}", file=sys.stderr)

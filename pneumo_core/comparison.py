@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
-from .data import CLASSES
+from .choices import label_name
 from .evaluation import metrics_at
 from .registry import read_json, test_predictions
 
@@ -68,7 +68,7 @@ def compare(models_dir: Path, active: str, candidate: str) -> Comparison:
     films = a.merge(c.drop(columns="path"), on=["film", "label"], suffixes=(f"_{active}", f"_{candidate}"))
     films = films.rename(columns={f"probability_{v}": f"p_{v}" for v in versions}).drop(columns="film")
     for v in versions:
-        films[f"call_{v}"] = np.where(films[f"p_{v}"] >= thresholds[v], CLASSES[1], CLASSES[0])
+        films[f"call_{v}"] = (films[f"p_{v}"] >= thresholds[v]).map(label_name)
     if len(films):
         note = "" if len(films) == max(len(a), len(c)) else (
             f"The versions were tested on partly different films; compared on the {len(films)} both scored.")

@@ -15,12 +15,11 @@ import numpy as np
 import pandas as pd
 
 from .augment import Augmentation
+from .choices import CLASSES, SPLITS, label_name  # noqa: F401  (data.CLASSES / data.label_name: the label names)
 from .errors import DatasetError
 from .io import ImageError, read_image
 from .preprocessing import prepare, resize, to_model_input
 
-CLASSES = ("NORMAL", "PNEUMONIA")
-SPLITS = ("train", "val", "test")
 IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png"}
 MIN_VAL_IMAGES = 100
 MIN_IMAGES_PER_CLASS = 20   # below this a patient-level val/test split leaves a handful of films per class
@@ -62,6 +61,11 @@ def _scan_split(folder: Path, split: str) -> list[dict]:
 
 def split_by_patient(frame: pd.DataFrame, fraction: float, seed: int) -> np.ndarray:
     """Boolean mask choosing about `fraction` of the images of each class, whole patients only.
+
+    Args:
+        frame: N images with `patient` and `label` columns; fraction: 0..1; seed: of the draw.
+    Returns:
+        (N,) bool, True for the images of the chosen patients.
 
     A patient's class is their most severe label, so a patient is never on both sides of a split.
     """
@@ -127,6 +131,11 @@ def load_dataset(root: str | Path, val_fraction: float = 0.15, test_fraction: fl
     With `require_train=False` (evaluation), a folder holding only `test/` (or `val/`) is accepted.
     With `skip_unreadable=True` every file is decoded first and the unreadable ones are left out
     (listed in `notes`), so one broken file never stops a training run.
+
+    Returns:
+        A Dataset: `frame` has one row per image (path, label 0/1, patient, split); `split(name)` one split.
+    Raises:
+        DatasetError: no such folder, no train images (when required), or a class missing from train.
     """
     root = Path(root)
     if not root.is_dir():
@@ -189,7 +198,11 @@ class DataCheck:
 
 
 def check_dataset(root: str | Path, min_per_class: int = MIN_IMAGES_PER_CLASS) -> DataCheck:
-    """Check a folder before training: it exists, has both classes, enough readable films of each."""
+    """Check a folder before training: it exists, has both classes, enough readable films of each.
+
+    Returns:
+        A DataCheck: `ok` when nothing blocks training; counts per class; unreadable files and why.
+    """
     try:
         dataset = load_dataset(root, skip_unreadable=True)
     except DatasetError as error:
@@ -201,14 +214,24 @@ def check_dataset(root: str | Path, min_per_class: int = MIN_IMAGES_PER_CLASS) -
 
 
 def class_weights(labels) -> dict[int, float]:
-    """Balanced weights n / (2 n_c), so each class carries half of the loss."""
+    """Balanced weights n / (2 n_c), so each class carries half of the loss.
+
+    Args:
+        labels: (N,) 0/1.
+    Returns:
+        {0: weight of NORMAL, 1: weight of PNEUMONIA}.
+    """
     labels = np.asarray(labels)
     return {c: float(len(labels) / (2 * max(1, (labels == c).sum()))) for c in (0, 1)}
 
 
 def load_view(path: str, size: int, normalisation: str, augmentation: Augmentation | None = None,
               seed: int = 0) -> np.ndarray:
-    """One model input from a file: the plain view, or a reproducible random view when augmenting."""
+    """One model input from a file: the plain view, or a reproducible random view when augmenting.
+
+    Returns:
+        (size, size, 3) float32 in 0..255.
+    """
     gray = read_image(path)
     if augmentation is None:
         return prepare(gray, size, normalisation)
@@ -222,6 +245,12 @@ def image_batches(paths, size: int, normalisation: str, augmentation: Augmentati
     """A tf.data pipeline of model inputs (and labels if given), decoded in parallel.
 
     The k-th image drawn (image i) is augmented with the seed (seed, k, i), so runs are reproducible.
+
+    Args:
+        paths: N image files; size, normalisation: the model input; augmentation, seed: random views;
+        labels: (N,) 0/1 to yield with the images; shuffle, repeat: for training.
+    Returns:
+        A tf.data.Dataset of (B, size, size, 3) float32 batches, or of (batch, (B,) float32 labels) pairs.
     """
     import tensorflow as tf
 

@@ -12,13 +12,16 @@ so a model trained on a GPU server scores films on a CPU laptop at full speed.
 """
 from __future__ import annotations
 
+import logging
+
 import keras
 import numpy as np
 import tensorflow as tf
 
+from .choices import STRATEGIES
 from .errors import ConfigError
-from .settings import STRATEGIES
 
+logger = logging.getLogger(__name__)
 # Kept float32 under mixed precision: the last logit's scaling and the sigmoid (numerical stability).
 FLOAT32_LAYERS = ("calibration", "probability")
 
@@ -32,8 +35,8 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
     strategy = (tf.distribute.MirroredStrategy() if name == "mirrored"
                 else tf.distribute.MultiWorkerMirroredStrategy())
     workers = strategy.cluster_resolver.cluster_spec().num_tasks("worker") if name == "multiworker" else 1
-    print(f"strategy: {name}, {strategy.num_replicas_in_sync} replicas in sync, {workers} worker(s)"
-          f"{'' if is_chief(strategy) else ', this one is not the chief'}", flush=True)
+    logger.info("strategy: %s, %d replicas in sync, %d worker(s)%s", name, strategy.num_replicas_in_sync, workers,
+                "" if is_chief(strategy) else ", this one is not the chief")
     return strategy
 
 

@@ -9,6 +9,8 @@ import numpy as np
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score, roc_curve
 
+from .choices import CLASSES
+
 THRESHOLD_RULE = "highest threshold keeping validation sensitivity >= {target:.2f}"
 
 
@@ -17,13 +19,26 @@ def _ratio(a: float, b: float) -> float:
 
 
 def confusion(y, p, threshold: float) -> tuple[int, int, int, int]:
-    """(tn, fp, fn, tp) calling PNEUMONIA when p >= threshold."""
+    """The confusion counts, calling PNEUMONIA when p >= threshold.
+
+    Args:
+        y: (N,) labels 0/1; p: (N,) probabilities of PNEUMONIA; threshold: the operating point.
+    Returns:
+        (tn, fp, fn, tp) as ints.
+    """
     y, call = np.asarray(y).astype(bool), np.asarray(p) >= threshold
     return (int((~y & ~call).sum()), int((~y & call).sum()), int((y & ~call).sum()), int((y & call).sum()))
 
 
 def metrics_at(y, p, threshold: float) -> dict:
-    """Threshold-dependent metrics: accuracy, precision (PPV), recall (sensitivity), specificity, NPV, F1."""
+    """Threshold-dependent metrics.
+
+    Args:
+        y: (N,) labels 0/1; p: (N,) probabilities of PNEUMONIA; threshold: PNEUMONIA when p >= threshold.
+    Returns:
+        {threshold, n, accuracy, precision (PPV), recall, sensitivity (= recall), specificity, npv, f1,
+        confusion_matrix [[tn, fp], [fn, tp]]}; a ratio with an empty denominator is 0.0.
+    """
     tn, fp, fn, tp = confusion(y, p, threshold)
     precision, recall = _ratio(tp, tp + fp), _ratio(tp, tp + fn)
     return {
@@ -35,11 +50,35 @@ def metrics_at(y, p, threshold: float) -> dict:
     }
 
 
+def classification_report(y, p, threshold: float) -> list[dict]:
+    """Per-class precision, recall, F1 and support at `threshold`, NORMAL first (as scikit-learn's report).
+
+    Args:
+        y: (N,) labels 0 = NORMAL, 1 = PNEUMONIA.
+        p: (N,) probabilities of PNEUMONIA.
+        threshold: PNEUMONIA is called when p >= threshold.
+    Returns:
+        Two dicts with class, precision, recall, f1, support: for NORMAL, precision is the NPV and recall
+        the specificity; for PNEUMONIA, the PPV and the sensitivity.
+    """
+    m = metrics_at(y, p, threshold)
+    (tn, fp), (fn, tp) = m["confusion_matrix"]
+    return [{"class": CLASSES[0], "precision": m["npv"], "recall": m["specificity"],
+             "f1": _ratio(2 * m["npv"] * m["specificity"], m["npv"] + m["specificity"]), "support": tn + fp},
+            {"class": CLASSES[1], "precision": m["precision"], "recall": m["recall"], "f1": m["f1"],
+             "support": fn + tp}]
+
+
 def choose_threshold(y_val, p_val, min_sensitivity: float = 0.95) -> float:
     """The highest threshold whose sensitivity on validation is still >= `min_sensitivity`.
 
     Missing a pneumonia costs more than a second look at a normal film, so sensitivity is fixed
     first and specificity is made as high as that allows. Chosen on validation only.
+
+    Args:
+        y_val: (N,) labels 0/1; p_val: (N,) probabilities of PNEUMONIA; min_sensitivity: in 0..1.
+    Returns:
+        The threshold (a probability of one of the positives; 0.5 when there is none).
     """
     y, p = np.asarray(y_val).astype(bool), np.asarray(p_val, np.float64)
     positives = np.sort(p[y])[::-1]
@@ -50,7 +89,13 @@ def choose_threshold(y_val, p_val, min_sensitivity: float = 0.95) -> float:
 
 
 def expected_calibration_error(y, p, bins: int = 10) -> float:
-    """Mean |observed rate - mean probability| over equal-width bins, weighted by bin size."""
+    """Mean |observed rate - mean probability| over `bins` equal-width bins, weighted by bin size.
+
+    Args:
+        y: (N,) labels 0/1; p: (N,) probabilities of PNEUMONIA.
+    Returns:
+        The ECE, 0..1 (0: calibrated).
+    """
     y, p = np.asarray(y, np.float64), np.asarray(p, np.float64)
     which = np.minimum((p * bins).astype(int), bins - 1)
     error = 0.0
@@ -62,7 +107,11 @@ def expected_calibration_error(y, p, bins: int = 10) -> float:
 
 
 def calibration_curve(y, p, bins: int = 10) -> dict:
-    """Reliability diagram points: mean probability, observed rate and count per non-empty bin."""
+    """Reliability diagram points of (N,) labels `y` and (N,) probabilities `p`.
+
+    Returns:
+        {mean_probability, observed_rate, count}: three lists of the same length, one entry per non-empty bin.
+    """
     y, p = np.asarray(y, np.float64), np.asarray(p, np.float64)
     which = np.minimum((p * bins).astype(int), bins - 1)
     rows = [(p[which == b].mean(), y[which == b].mean(), int((which == b).sum()))
@@ -72,13 +121,25 @@ def calibration_curve(y, p, bins: int = 10) -> dict:
 
 
 def fit_platt(logits, y) -> tuple[float, float]:
-    """Platt scaling (a, b) so that sigmoid(a * logit + b) is calibrated on (logits, y)."""
+    """Platt scaling: (a, b) so that sigmoid(a * logit + b) is calibrated.
+
+    Args:
+        logits: (N,) or (N, 1) uncalibrated logits; y: (N,) labels 0/1.
+    Returns:
+        (a, b) as floats.
+    """
     model = LogisticRegression(C=1e4, max_iter=1000).fit(np.asarray(logits).reshape(-1, 1), np.asarray(y))
     return float(model.coef_[0, 0]), float(model.intercept_[0])
 
 
 def bootstrap_ci(y, p, threshold: float, n_boot: int = 1000, seed: int = 0, level: float = 0.95) -> dict:
-    """Percentile bootstrap CIs for ROC-AUC and accuracy (resampling images)."""
+    """Percentile bootstrap CIs for ROC-AUC and accuracy (resampling images).
+
+    Args:
+        y: (N,) labels 0/1; p: (N,) probabilities; threshold: for accuracy; n_boot resamples; level: e.g. 0.95.
+    Returns:
+        {roc_auc: [low, high] or None (one class only), accuracy: [low, high], level, n_boot}.
+    """
     y, p = np.asarray(y), np.asarray(p)
     rng = np.random.default_rng(seed)
     aucs, accs = [], []
@@ -93,7 +154,11 @@ def bootstrap_ci(y, p, threshold: float, n_boot: int = 1000, seed: int = 0, leve
 
 
 def curves(y, p) -> dict:
-    """ROC and precision-recall curve points."""
+    """ROC and precision-recall curve points of (N,) labels `y` and (N,) probabilities `p`.
+
+    Returns:
+        {roc: {fpr, tpr, thresholds}, pr: {precision, recall, thresholds}}, each a list of floats.
+    """
     fpr, tpr, roc_t = roc_curve(y, p)
     precision, recall, pr_t = precision_recall_curve(y, p)
     return {"roc": {"fpr": fpr.tolist(), "tpr": tpr.tolist(), "thresholds": np.minimum(roc_t, 1.0).tolist()},
@@ -101,7 +166,15 @@ def curves(y, p) -> dict:
 
 
 def evaluate(y, p, threshold: float, n_boot: int = 1000, seed: int = 0) -> dict:
-    """All metrics of the issue's contract at `threshold`, plus AUCs, calibration and CIs."""
+    """Every metric of a split at `threshold`: what metrics.json and `evaluate --json` hold.
+
+    Args:
+        y: (N,) labels 0/1; p: (N,) probabilities of PNEUMONIA; threshold: the operating point;
+        n_boot, seed: of the bootstrap CIs.
+    Returns:
+        metrics_at's keys plus roc_auc and pr_auc (None with one class only), brier, ece, prevalence and
+        ci (bootstrap_ci).
+    """
     y, p = np.asarray(y).astype(int), np.asarray(p, np.float64)
     both = 0 < y.sum() < len(y)
     return {

@@ -5,6 +5,7 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 
+from .choices import CLASSES
 from .evaluation import curves, metrics_at
 
 CALM = {"template": "plotly_white", "margin": dict(l=40, r=20, t=40, b=40), "height": 400,
@@ -48,7 +49,7 @@ def pr_figure(y, p, threshold: float) -> go.Figure:
 def confusion_figure(matrix) -> go.Figure:
     """Confusion matrix [[tn, fp], [fn, tp]] as an annotated heatmap (rows: truth, columns: call)."""
     z = np.asarray(matrix)
-    names = ["NORMAL", "PNEUMONIA"]
+    names = list(CLASSES)
     text = [[f"{z[0, 0]}<br>true negative", f"{z[0, 1]}<br>false positive"],
             [f"{z[1, 0]}<br>false negative", f"{z[1, 1]}<br>true positive"]]
     fig = go.Figure(go.Heatmap(z=z, x=names, y=names, text=text, texttemplate="%{text}", colorscale="Blues",

@@ -31,7 +31,7 @@ class OODDetector:
 
     @classmethod
     def fit(cls, train: np.ndarray, val: np.ndarray, quantile: float = QUANTILE) -> OODDetector:
-        """Fit on training embeddings; put the flag line at the `quantile` of validation distances."""
+        """Fit on (N, D) training embeddings; put the flag line at the `quantile` of the (M, D) validation ones."""
         from sklearn.covariance import LedoitWolf
         estimator = LedoitWolf(assume_centered=False).fit(np.asarray(train, np.float64))
         detector = cls(estimator.location_.astype(np.float32), estimator.precision_.astype(np.float32), 1.0, {})
@@ -49,7 +49,7 @@ class OODDetector:
         return np.sqrt(np.maximum(np.einsum("nd,de,ne->n", centred, self.precision, centred), 0))
 
     def score(self, features: np.ndarray) -> np.ndarray:
-        """Distance relative to the flag line: above 1.0 the film is unlike the training films."""
+        """(N,) distances of (N, D) embeddings relative to the flag line (above 1.0: unlike the training films)."""
         return self.distance(features) / self.threshold
 
     def save(self, path: Path) -> None:

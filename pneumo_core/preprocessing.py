@@ -10,13 +10,18 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from .choices import NORMALISATIONS
 from .errors import ConfigError
-
-NORMALISATIONS = ("equalize", "clahe", "stretch", "none")
 
 
 def normalise_intensity(gray: np.ndarray, method: str = "equalize") -> np.ndarray:
-    """Return a uint8 image whose grey levels no longer depend on exposure/windowing."""
+    """Grey levels that no longer depend on exposure or windowing.
+
+    Args:
+        gray: (H, W) uint8 film; method: one of choices.NORMALISATIONS.
+    Returns:
+        (H, W) uint8.
+    """
     if method == "equalize":
         return cv2.equalizeHist(gray)
     if method == "clahe":
@@ -27,11 +32,17 @@ def normalise_intensity(gray: np.ndarray, method: str = "equalize") -> np.ndarra
         return np.clip(scaled, 0, 255).astype(np.uint8)
     if method == "none":
         return gray
-    raise ConfigError(f"unknown intensity normalisation {method!r}; choose one of {NORMALISATIONS}")
+    raise ConfigError(f"unknown intensity normalisation {method!r}; choose one of {', '.join(NORMALISATIONS)}")
 
 
 def resize(gray: np.ndarray, size: int) -> np.ndarray:
-    """Squash the whole image to size x size (no crop, so a heatmap maps back by a plain resize)."""
+    """Squash the whole image to size x size (no crop, so a heatmap maps back by a plain resize).
+
+    Args:
+        gray: (H, W) uint8; size: the side S.
+    Returns:
+        (S, S) uint8.
+    """
     if gray.shape == (size, size):
         return gray
     shrinking = gray.shape[0] > size or gray.shape[1] > size
@@ -39,11 +50,17 @@ def resize(gray: np.ndarray, size: int) -> np.ndarray:
 
 
 def to_model_input(gray: np.ndarray, normalisation: str) -> np.ndarray:
-    """A resized uint8 gray image -> float32 (H, W, 3) in 0..255, what every model takes."""
+    """A resized (S, S) uint8 gray image -> (S, S, 3) float32 in 0..255, what every model takes."""
     normalised = normalise_intensity(gray, normalisation)
     return np.repeat(normalised[:, :, None], 3, axis=2).astype(np.float32)
 
 
 def prepare(gray: np.ndarray, size: int, normalisation: str) -> np.ndarray:
-    """Original grayscale image -> model input (float32, size x size x 3, 0..255)."""
+    """Original grayscale film -> model input.
+
+    Args:
+        gray: (H, W) uint8 film of any size; size: the model's input side S; normalisation: see normalise_intensity.
+    Returns:
+        (S, S, 3) float32 in 0..255.
+    """
     return to_model_input(resize(gray, size), normalisation)

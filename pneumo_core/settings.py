@@ -14,6 +14,15 @@ Every knob a deployment may need to change lives here, so the rest of the librar
 | PNEUMO_BACKBONE       | `mobilenet_v2`                                             |
 | PNEUMO_IMAGE_SIZE     | 224                                                        |
 | PNEUMO_SEED           | 42                                                         |
+| PNEUMO_MAX_JOBS_PER_USER | 2: unfinished (queued or running) jobs one user may have |
+| PNEUMO_MIN_FREE_MB    | 2048: free disk space in PNEUMO_HOME a job needs at submit |
+| PNEUMO_FEATURE_CACHE_MB | 4096: feature cache size; least recently used evicted    |
+| PNEUMO_JOB_LOG_MB     | 5: a job log rotates at this size (one older part kept)    |
+| PNEUMO_MAX_FILM_MPX,  | the dashboard's memory budget (`MemoryBudget` below and    |
+| PNEUMO_REQUEST_MPX,   | README "Memory budget"): megapixels per film and per       |
+| PNEUMO_FILES_PER_UPLOAD, | request, files per upload, MB of cached diagnoses, model |
+| PNEUMO_CACHE_MB,      | versions loaded at once                                    |
+| PNEUMO_MODELS_LOADED  |                                                            |
 | KERASTUNER_TUNER_ID,  | distributed tuning (read by Keras Tuner too): `chief` or a |
 | KERASTUNER_ORACLE_IP, | worker id, and the chief's address; unset = one machine    |
 | KERASTUNER_ORACLE_PORT|                                                            |
@@ -29,10 +38,11 @@ from __future__ import annotations
 import getpass
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from .augment import Augmentation
+from .errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -42,6 +52,34 @@ def _first_existing(*candidates: Path) -> Path:
         if path.exists():
             return path
     return candidates[0]
+
+
+@dataclass(frozen=True)
+class MemoryBudget:
+    """Every limit that bounds what one dashboard process holds in memory (README "Memory budget").
+
+    The class defaults are the library's (io.py reads them); `load_settings` lets a deployment
+    override the five named in the module docstring.
+    """
+    # Per film, from the header before any pixel is decoded: a 43x43 cm detector at 0.1 mm is
+    # ~18 Mpx, so 50 Mpx leaves room while a crafted 20000x20000 header is refused.
+    max_film_pixels: int = 50_000_000
+    # Films are decoded straight down to this longest side (JPEG: DCT scaling, others: box
+    # reduction in strips); 2x the largest model input (512) and 2x the displayed film.
+    working_side: int = 2048
+    # Source pixels decoded per request (one Diagnose run): 20 films at the per-film limit.
+    request_pixels: int = 1_000_000_000
+    files_per_upload: int = 50
+    # Full-size decoder buffers held at once in one process (a film waits for room): a 7000 x 7000
+    # RGB PNG holds ~200 MB for ~0.5 s before it is reduced; one film always runs, whatever its size.
+    decode_bytes: int = 256 * 2 ** 20
+    # Cached diagnoses (display-size film + heatmap, <= 3 MB each), shared by all sessions.
+    cache_bytes: int = 256 * 2 ** 20
+    cache_ttl_s: int = 3600
+    display_side: int = 1024
+    models_loaded: int = 2  # model versions held at once (least recently used unloaded first)
+    # The Metrics error browser's overlays: a few pages' worth, small, never the diagnosis cache.
+    browser_entries: int = 16
 
 
 @dataclass(frozen=True)
@@ -55,6 +93,11 @@ class Settings:
     seed: int
     tuner_id: str = ""
     oracle: str = ""  # HOST:PORT of the chief's oracle
+    max_jobs_per_user: int = 2
+    min_free_mb: int = 2048     # a default job writes ~100 MB (features, tuner, model); 2 GB leaves room for many
+    feature_cache_mb: int = 4096   # ~80 MB per seed/size/backbone on the 5216 films: ~50 settings kept
+    job_log_mb: float = 5         # a default job's log is ~200 KB
+    budget: MemoryBudget = field(default_factory=MemoryBudget)
     pacs_url: str = ""  # DICOMweb root; credentials never shown (repr=False)
     pacs_user: str = field(default="", repr=False)
     pacs_password: str = field(default="", repr=False)
@@ -112,7 +155,7 @@ def _pacs_secrets(env, home: Path) -> dict:
 def load_settings(env: dict | None = None) -> Settings:
     """Build the settings from `env` (default: the process environment)."""
     env = os.environ if env is None else env
-    cwd = Path.cwd()
+    cwd, defaults = Path.cwd(), TrainConfig()
     data = env.get("PNEUMO_DATA")
     weights_dir = env.get("PNEUMO_WEIGHTS_DIR")
     home = Path(env.get("PNEUMO_HOME", cwd / ".pneumo"))
@@ -122,23 +165,60 @@ def load_settings(env: dict | None = None) -> Settings:
         home=home,
         weights_dir=Path(weights_dir) if weights_dir else _first_existing(
             REPO_ROOT / "weights", REPO_ROOT.parent / "shared" / "weights"),
-        weights=env.get("PNEUMO_WEIGHTS", "auto"),
-        backbone=env.get("PNEUMO_BACKBONE", "mobilenet_v2"),
-        image_size=int(env.get("PNEUMO_IMAGE_SIZE", 224)),
-        seed=int(env.get("PNEUMO_SEED", 42)),
+        weights=env.get("PNEUMO_WEIGHTS", defaults.weights),
+        backbone=env.get("PNEUMO_BACKBONE", defaults.backbone),
+        image_size=int(env.get("PNEUMO_IMAGE_SIZE", defaults.image_size)),
+        seed=int(env.get("PNEUMO_SEED", defaults.seed)),
         tuner_id=env.get("KERASTUNER_TUNER_ID", ""),
+        max_jobs_per_user=int(env.get("PNEUMO_MAX_JOBS_PER_USER", 2)),
+        min_free_mb=int(env.get("PNEUMO_MIN_FREE_MB", 2048)),
+        feature_cache_mb=int(env.get("PNEUMO_FEATURE_CACHE_MB", 4096)),
+        job_log_mb=float(env.get("PNEUMO_JOB_LOG_MB", 5)),
         oracle=f"{env['KERASTUNER_ORACLE_IP']}:{env.get('KERASTUNER_ORACLE_PORT', '')}"
         if env.get("KERASTUNER_ORACLE_IP") else "",
+        budget=memory_budget(env),
         **_pacs_secrets(env, home),
     )
 
 
-STRATEGIES = ("default", "mirrored", "multiworker")  # tf.distribute choices for fine-tuning (distribute.py)
+# The values a queued training job may ask for: {option: (lowest, highest)}. One place, used by
+# `jobs.check_params` (so the Retrain form and `jobs submit` alike) and by the form's inputs. Bounded
+# because a job runs on the shared server: 500 trials or 512 px would hold it for hours.
+TRAIN_LIMITS: dict[str, tuple[int, int]] = {
+    "trials": (1, 100), "epochs": (1, 100), "fine_tune_epochs": (0, 20), "image_size": (32, 384),
+    "augmented_views": (0, 5), "ensemble": (1, 5), "seed": (0, 2**31 - 1),
+}
+
+
+def memory_budget(env: dict | None = None) -> MemoryBudget:
+    """The dashboard's memory budget, with the deployment's overrides from `env` (default: os.environ)."""
+    env = os.environ if env is None else env
+    default = MemoryBudget()
+
+    def number(name: str, fallback: int, scale: int = 1) -> int:
+        if not env.get(name):
+            return fallback
+        try:
+            value = int(float(env[name]) * scale)
+        except ValueError:
+            value = -1
+        if value <= 0:
+            raise ConfigError(f"{name}={env[name]!r}: a positive number is needed")
+        return value
+
+    return MemoryBudget(
+        max_film_pixels=number("PNEUMO_MAX_FILM_MPX", default.max_film_pixels, 1_000_000),
+        request_pixels=number("PNEUMO_REQUEST_MPX", default.request_pixels, 1_000_000),
+        files_per_upload=number("PNEUMO_FILES_PER_UPLOAD", default.files_per_upload),
+        cache_bytes=number("PNEUMO_CACHE_MB", default.cache_bytes, 2 ** 20),
+        models_loaded=number("PNEUMO_MODELS_LOADED", default.models_loaded))
+
 
 
 @dataclass
 class TrainConfig:
-    """Everything `train` needs beyond the paths; the command line's defaults come from here."""
+    """Everything `train` needs beyond the paths, under the names the command line, the dashboard and
+    job rows use; the defaults of all three (and of `Settings`) come from here."""
     data_dir: str = ""
     backbone: str = "mobilenet_v2"
     weights: str = "auto"
@@ -158,3 +238,36 @@ class TrainConfig:
     strategy: str = "default"  # fine-tuning: default | mirrored (local GPUs) | multiworker (TF_CONFIG cluster)
     mixed_precision: bool = False  # fine-tuning in float16 compute; GPUs only (ignored, with a note, on CPU)
     xla: bool = False  # fine-tuning step compiled by XLA (jit_compile)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> TrainConfig:
+        """The config `to_dict` wrote (a job row). Raises ConfigError on a name that is not a field."""
+        names = [f.name for f in fields(cls)]
+        unknown = sorted(set(values) - set(names))
+        if unknown:
+            raise ConfigError(f"unknown training option(s) {', '.join(unknown)}; known: {', '.join(names)}")
+        values = dict(values)
+        if isinstance(values.get("augmentation"), dict):
+            values["augmentation"] = Augmentation(**values["augmentation"])
+        return cls(**values)
+
+    def to_dict(self) -> dict:
+        """Plain JSON-ready values, field by field."""
+        return asdict(self)
+
+    @property
+    def feature_passes(self) -> int:
+        """How many feature-cache passes `train` makes: the plain view, each augmented view,
+        validation and test (training.cached_features; a job's progress bar splits its band by it)."""
+        return 1 + self.augmented_views + 2
+
+
+# How `train`'s command line spells TrainConfig's fields: `--field-name` unless named here; None for
+# fields that only code sets (a job that changes one cannot be run as a command line).
+OPTION_NAMES = {"data_dir": "--data", "augmented_views": "--views", "min_sensitivity": None,
+                "val_fraction": None, "test_fraction": None, "augmentation": None}
+
+
+def option_name(field_name: str) -> str | None:
+    """The command-line option of a TrainConfig field ("fine_tune_epochs" -> "--fine-tune-epochs")."""
+    return OPTION_NAMES.get(field_name, "--" + field_name.replace("_", "-"))

@@ -7,6 +7,7 @@ top backbone layers (`fine_tune_epochs`) trains the assembled model on images af
 """
 from __future__ import annotations
 
+import logging
 import os
 import platform
 import shutil
@@ -36,10 +37,12 @@ from .evaluation import THRESHOLD_RULE, choose_threshold, evaluate, fit_platt
 from .features import FeatureCache
 from .model import PneumoModel, assemble, build_classifier, build_embedder, scoring_model
 from .ood import OODDetector
-from .progress import Progress
+from .progress import Progress, Reporter
 from .registry import active_version, new_version_id, save_version
 from .settings import Settings, TrainConfig
 from .tuning import as_hp, fit_head, head_from_hp, serve_oracle, trials_run_here, tune_head, tuner_summary
+
+logger = logging.getLogger(__name__)
 
 
 def _sigmoid(z):
@@ -50,10 +53,20 @@ def _ensemble_logit(heads, features: np.ndarray) -> np.ndarray:
     return np.mean([np.asarray(h(features, training=False)).reshape(-1) for h in heads], axis=0)
 
 
-def train_heads(hyperparameters: list[dict], x_train, y_train, x_val, y_val, class_weight, epochs, seed):
-    """Fit one head per hyper-parameter set on the features; returns heads and one history table."""
+def train_heads(hyperparameters: list[dict], x_train, y_train, x_val, y_val, class_weight, epochs, seed,
+                reporter: Reporter | None = None):
+    """Fit one head per hyper-parameter set on the features.
+
+    Args:
+        hyperparameters: one dict per head (a tuner trial's values).
+        x_train, y_train: (N, D) float32 features and (N,) labels 0/1; x_val, y_val: (M, D) and (M,).
+        class_weight: {0: w0, 1: w1}; epochs: the most per head (early stopping on val AUC); seed: of head 0.
+        reporter: receives a `training epoch` stage over every head's epochs.
+    Returns:
+        (list of Keras heads from (B, D) features to (B, 1) logits, one history table with a `member` column).
+    """
     heads, histories = [], []
-    progress = Progress("training epoch", len(hyperparameters) * epochs)
+    progress = Progress("training epoch", len(hyperparameters) * epochs, reporter)
     for member, values in enumerate(hyperparameters):
         keras.utils.set_random_seed(seed + member)
         head = head_from_hp(as_hp(values), x_train.shape[1], name=f"head_{member}")
@@ -69,7 +82,7 @@ def train_heads(hyperparameters: list[dict], x_train, y_train, x_val, y_val, cla
 
 
 def fine_tune(model: keras.Model, train: pd.DataFrame, val: pd.DataFrame, config: TrainConfig,
-              class_weight: dict, strategy=None) -> pd.DataFrame:
+              class_weight: dict, strategy=None, reporter: Reporter | None = None) -> pd.DataFrame:
     """Unfreeze the top fifth of the backbone (BatchNorm stays frozen) and train on images.
 
     A copy of the model trains under `strategy` (data-parallel), in mixed precision and with XLA if
@@ -85,10 +98,9 @@ def fine_tune(model: keras.Model, train: pd.DataFrame, val: pd.DataFrame, config
     gpus = gpu_count()
     mixed, xla = config.mixed_precision and gpus > 0, config.xla and gpus > 0
     if config.mixed_precision and not mixed:
-        print("note: no GPU found; mixed precision ignored (float16 is emulated, hence slower, on CPUs)", flush=True)
+        logger.warning("no GPU found; mixed precision ignored (float16 is emulated, hence slower, on CPUs)")
     if config.xla and not xla:  # bench/fine_tune_step.py: 7 vs 91 img/s on a 2-core CPU
-        print("note: no GPU found; XLA ignored (it makes fine-tuning an order of magnitude slower on CPUs)",
-              flush=True)
+        logger.warning("no GPU found; XLA ignored (it makes fine-tuning an order of magnitude slower on CPUs)")
     with strategy.scope():
         trainee = training_copy(model, mixed)
         trainee.compile(optimizer=optimizer(1e-5, mixed), loss="binary_crossentropy",
@@ -103,13 +115,18 @@ def fine_tune(model: keras.Model, train: pd.DataFrame, val: pd.DataFrame, config
         options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
         train_ds, val_ds = train_ds.with_options(options), val_ds.with_options(options)
     steps = int(np.ceil(len(train) / 32))
+    progress = Progress("fine-tuning epoch", config.fine_tune_epochs, reporter)
     if config.strategy == "multiworker":
         # Keras 3's `fit` does not run under MultiWorkerMirroredStrategy (keras-team/keras#20585).
-        history = {"loss": [fit_replicated(trainee, strategy, train_ds, steps, class_weight)
-                            for _ in range(config.fine_tune_epochs)]}
+        history = {"loss": []}
+        for _ in range(config.fine_tune_epochs):
+            history["loss"].append(fit_replicated(trainee, strategy, train_ds, steps, class_weight))
+            progress.update(1, f"loss={history['loss'][-1]:.4f}")
     else:
+        tick = keras.callbacks.LambdaCallback(on_epoch_end=lambda epoch, logs: progress.update(
+            1, " ".join(f"{k}={v:.4f}" for k, v in logs.items() if k in ("loss", "val_loss", "val_auc"))))
         history = trainee.fit(train_ds, validation_data=val_ds, epochs=config.fine_tune_epochs,
-                              steps_per_epoch=steps, class_weight=class_weight, verbose=2).history
+                              steps_per_epoch=steps, class_weight=class_weight, callbacks=[tick], verbose=0).history
     model.set_weights(trainee.get_weights())
     return pd.DataFrame(history).rename_axis("epoch").reset_index().assign(member="fine-tune")
 
@@ -155,20 +172,23 @@ class CachedFeatures:
         return self.x_train[pick], self.y_train[pick]
 
 
-def cached_features(config: TrainConfig, settings: Settings) -> CachedFeatures:
-    """Load and split the dataset, then embed every split (and augmented views) via the feature cache."""
+def cached_features(config: TrainConfig, settings: Settings, reporter: Reporter | None = None) -> CachedFeatures:
+    """Load and split the dataset, then embed every split (and augmented views) via the feature cache.
+
+    Makes `config.feature_passes` caching stages, each reported to `reporter`.
+    """
     dataset = load_dataset(config.data_dir, config.val_fraction, config.test_fraction, config.seed,
                            skip_unreadable=True)
     for note in dataset.notes:
-        print(f"note: {note}", flush=True)
+        logger.warning(note)
     sizes = dataset.sizes()
-    print("data: " + ", ".join(f"{s} {v['NORMAL']} normal / {v['PNEUMONIA']} pneumonia"
-                               for s, v in sizes.items()), flush=True)
+    logger.info("data: " + ", ".join(f"{s} {v['NORMAL']} normal / {v['PNEUMONIA']} pneumonia"
+                                     for s, v in sizes.items()))
     train_set, val_set, test_set = (dataset.split(s) for s in ("train", "val", "test"))
     weights = resolve_weights(config.backbone, config.weights, settings.weights_dir)
-    print(f"backbone: {config.backbone}, weights: {weights or 'none (random init)'}", flush=True)
+    logger.info("backbone: %s, weights: %s", config.backbone, weights or "none (random init)")
     cache = FeatureCache(settings.cache_dir, config.backbone, weights, config.image_size, config.normalisation,
-                         lambda: build_embedder(config.backbone, config.image_size, weights))
+                         lambda: build_embedder(config.backbone, config.image_size, weights), reporter)
 
     views = [cache.get(train_set.path, label="train plain view")]
     for v in range(1, config.augmented_views + 1):
@@ -183,99 +203,155 @@ def cached_features(config: TrainConfig, settings: Settings) -> CachedFeatures:
                           class_weights(train_set.label), cache, weights, len(views))
 
 
-def train(config: TrainConfig, settings: Settings) -> str | None:
-    """Train, evaluate and register a new model version; returns its id (None on a non-chief worker)."""
-    strategy = make_strategy(config.strategy)  # first: MultiWorkerMirroredStrategy must precede other TF ops
-    start = time.perf_counter()
-    keras.utils.set_random_seed(config.seed)
-    features = cached_features(config, settings)
-    dataset, cache, weights, sizes = features.dataset, features.cache, features.weights, features.dataset.sizes()
-    train_set, val_set, test_set = features.train, features.val, features.test
-    x_train, y_train, x_val, y_val = features.x_train, features.y_train, features.x_val, features.y_val
-    x_test, y_test, weights_per_class = features.x_test, features.y_test, features.class_weight
+@dataclass
+class Heads:
+    """The classifier on top of the backbone: the tuned heads' ensemble and its Platt calibration."""
+    members: list[dict]      # hyper-parameters of each head, best first
+    heads: list              # Keras models, (B, D) features -> (B, 1) logits
+    platt: tuple[float, float]
+    history: pd.DataFrame    # one row per epoch and head (`member`)
+    tuner: dict              # tuning.tuner_summary of the search
 
-    tuner_dir = settings.tuner_dir / f"run-{datetime.now(UTC):%Y%m%d-%H%M%S-%f}-p{os.getpid()}"
-    tuner = tune_head(*features.trial_vectors(config.seed), x_val, y_val, weights_per_class, tuner_dir,
-                      config.trials, config.epochs, config.tuner, config.seed)
+    def probabilities(self, features: np.ndarray) -> np.ndarray:
+        """Calibrated probability of PNEUMONIA, (N,), from (N, D) backbone features."""
+        return _sigmoid(self.platt[0] * _ensemble_logit(self.heads, features) + self.platt[1])
+
+
+def tuner_run_dir(tuner_dir: Path, pid: int | None = None) -> Path:
+    """A new folder for the tuner of one `train` run (removed when its heads are trained), named after the
+    process so that a stopped job's leftovers are findable (partial_paths)."""
+    return Path(tuner_dir) / f"run-{datetime.now(UTC):%Y%m%d-%H%M%S-%f}-p{os.getpid() if pid is None else pid}"
+
+
+def partial_paths(tuner_dir: Path, pid: int) -> list[Path]:
+    """The tuner folders a `train` process `pid` left behind (it was stopped before its heads were trained)."""
+    tuner_dir = Path(tuner_dir)
+    return sorted(tuner_dir.glob(f"run-*-p{pid}")) if tuner_dir.is_dir() else []
+
+
+def fit_heads(features: CachedFeatures, config: TrainConfig, settings: Settings,
+              reporter: Reporter | None = None) -> Heads:
+    """Tune the head on the cached features, train the `config.ensemble` best and calibrate them on validation."""
+    tuner_dir = tuner_run_dir(settings.tuner_dir)
+    tuner = tune_head(*features.trial_vectors(config.seed), features.x_val, features.y_val, features.class_weight,
+                      tuner_dir, config.trials, config.epochs, config.tuner, config.seed, reporter=reporter)
     summary = tuner_summary(tuner)
     shutil.rmtree(tuner_dir, ignore_errors=True)
     members = [t["hyperparameters"] for t in summary["best"][: config.ensemble]]
-    heads, history = train_heads(members, x_train, y_train, x_val, y_val, weights_per_class,
-                                 config.epochs, config.seed)
+    heads, history = train_heads(members, features.x_train, features.y_train, features.x_val, features.y_val,
+                                 features.class_weight, config.epochs, config.seed, reporter)
+    platt = fit_platt(_ensemble_logit(heads, features.x_val), features.y_val)
+    return Heads(members, heads, platt, history, summary)
 
-    platt = fit_platt(_ensemble_logit(heads, x_val), y_val)
-    backbone = cache.embedder.get_layer("backbone")
-    classifier = build_classifier(backbone.output_shape[1:], heads, platt)
-    model = assemble(config.backbone, backbone, classifier)
-    if config.fine_tune_epochs > 0:
-        history = pd.concat([history, fine_tune(model, train_set, val_set, config, weights_per_class, strategy)])
-    if not is_chief(strategy):  # the chief scores, evaluates and registers; the others only lent their replicas
-        print("done; waiting for the chief to register the model", flush=True)
-        wait_for_every_worker(strategy)
-        return None
-    if config.fine_tune_epochs > 0:
-        scorer = PneumoModel(model, {"image_size": config.image_size, "normalisation": config.normalisation,
-                                     "threshold": 0.5})
-        p_val, p_test = (scorer.predict_files(s.path) for s in (val_set, test_set))
-    else:
-        p_val, p_test = (_sigmoid(platt[0] * _ensemble_logit(heads, x) + platt[1]) for x in (x_val, x_test))
 
-    threshold = choose_threshold(y_val, p_val, config.min_sensitivity)
-    ood = fit_ood(model, x_train[:len(train_set)], x_val, train_set, val_set, config)
-    print("progress: evaluating 1/1 (100%)", flush=True)
-    metrics = {"test": evaluate(y_test, p_test, threshold, seed=config.seed),
-               "val": evaluate(y_val, p_val, threshold, seed=config.seed)}
-    predictions = pd.concat([
-        pd.DataFrame({"path": s.path, "label": s.label, "probability": p, "split": name})
-        for name, s, p in (("val", val_set, p_val), ("test", test_set, p_test))], ignore_index=True)
-    version_id = new_version_id(config.backbone)
-    metadata = {
+def model_card(config: TrainConfig, features: CachedFeatures, heads: Heads, threshold: float, ood: OODDetector,
+               seconds: float) -> dict:
+    """metadata.json of a new version: what it is, what it was trained and calibrated on, and its limits."""
+    weights = features.weights
+    dataset = features.dataset
+    return {
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "backbone": config.backbone, "weights": Path(weights).name if weights and weights != "imagenet" else weights,
         "image_size": config.image_size, "normalisation": config.normalisation,
         "class_names": list(CLASSES), "threshold": threshold,
         "threshold_rule": THRESHOLD_RULE.format(target=config.min_sensitivity),
-        "calibration": {"method": "platt", "a": platt[0], "b": platt[1], "fitted_on": "val"},
-        "ensemble": members,
+        "calibration": {"method": "platt", "a": heads.platt[0], "b": heads.platt[1], "fitted_on": "val"},
+        "ensemble": heads.members,
         "data": {"dir": str(Path(config.data_dir).resolve()), "fingerprint": dataset.fingerprint(),
-                 "sizes": sizes, "notes": dataset.notes, "split_seed": config.seed,
+                 "sizes": dataset.sizes(), "notes": dataset.notes, "split_seed": config.seed,
                  "val_fraction": config.val_fraction, "test_fraction": config.test_fraction,
-                 "class_weights": weights_per_class},
+                 "class_weights": features.class_weight},
         "training": {**{k: v for k, v in asdict(config).items() if k not in ("data_dir",)},
-                     "seconds": round(time.perf_counter() - start, 1),
-                     "feature_cache": {"hits": cache.hits, "misses": cache.misses}},
+                     "seconds": round(seconds, 1),
+                     "feature_cache": {"hits": features.cache.hits, "misses": features.cache.misses}},
         "versions": {"pneumo": __version__, "keras": keras.__version__, "python": platform.python_version(),
-                     "tensorflow": __import__("tensorflow").__version__},
+                     "tensorflow": tf.__version__},
         "ood": ood.fitted,
         "limitations": "Trained on paediatric (age 1-5) frontal chest X-rays from one centre; "
                        "less reliable on adults, lateral views and other hospitals' equipment.",
     }
-    path = save_version(settings.models_dir, version_id, model, metadata, metrics, predictions, history, summary,
+
+
+@dataclass
+class TrainResult:
+    """What `train` registered."""
+    version_id: str
+    path: Path              # the version folder
+    metrics: dict           # {"test": evaluation.evaluate(...), "val": ...} at `threshold`
+    threshold: float
+    seconds: float
+    active: bool            # False: a candidate, active only once promoted
+
+
+def train(config: TrainConfig, settings: Settings, reporter: Reporter | None = None) -> TrainResult | None:
+    """Train, evaluate and register a new model version.
+
+    Args:
+        config: what to train on and how (TrainConfig's fields are the command line's options).
+        settings: where the models, feature cache and tuner runs live.
+        reporter: receives the caching, tuning, training, fine-tuning and evaluating stages.
+    Returns:
+        The registered version, or None on a worker of a multi-worker cluster that is not the chief.
+    """
+    strategy = make_strategy(config.strategy)  # first: MultiWorkerMirroredStrategy must precede other TF ops
+    start = time.perf_counter()
+    keras.utils.set_random_seed(config.seed)
+    features = cached_features(config, settings, reporter)
+    heads = fit_heads(features, config, settings, reporter)
+    backbone = features.cache.embedder.get_layer("backbone")
+    model = assemble(config.backbone, backbone, build_classifier(backbone.output_shape[1:], heads.heads, heads.platt))
+    history = heads.history
+    if config.fine_tune_epochs > 0:
+        history = pd.concat([history, fine_tune(model, features.train, features.val, config, features.class_weight,
+                                                strategy, reporter)])
+    if not is_chief(strategy):  # the chief scores, evaluates and registers; the others only lent their replicas
+        logger.info("done; waiting for the chief to register the model")
+        wait_for_every_worker(strategy)
+        return None
+    if config.fine_tune_epochs > 0:   # the backbone moved: score the films, not the cached features
+        scorer = PneumoModel(model, {"image_size": config.image_size, "normalisation": config.normalisation,
+                                     "threshold": 0.5})
+        p_val, p_test = (scorer.predict_files(s.path) for s in (features.val, features.test))
+    else:
+        p_val, p_test = heads.probabilities(features.x_val), heads.probabilities(features.x_test)
+
+    threshold = choose_threshold(features.y_val, p_val, config.min_sensitivity)
+    ood = fit_ood(model, features.x_train[:len(features.train)], features.x_val, features.train, features.val, config)
+    evaluating = Progress("evaluating", 1, reporter)
+    metrics = {"test": evaluate(features.y_test, p_test, threshold, seed=config.seed),
+               "val": evaluate(features.y_val, p_val, threshold, seed=config.seed)}
+    evaluating.update()
+    predictions = pd.concat([
+        pd.DataFrame({"path": s.path, "label": s.label, "probability": p, "split": name})
+        for name, s, p in (("val", features.val, p_val), ("test", features.test, p_test))], ignore_index=True)
+    version_id = new_version_id(config.backbone)
+    metadata = model_card(config, features, heads, threshold, ood, time.perf_counter() - start)
+    path = save_version(settings.models_dir, version_id, model, metadata, metrics, predictions, history, heads.tuner,
                         ood=ood)
-    test = metrics["test"]
-    print(f"test: AUC {test['roc_auc']:.4f}, accuracy {test['accuracy']:.3f}, sensitivity "
-          f"{test['sensitivity']:.3f}, specificity {test['specificity']:.3f} at threshold {threshold:.3f}")
-    print(f"saved {path} in {time.perf_counter() - start:.0f}s", flush=True)
-    if active_version(settings.models_dir) != version_id:
-        print(f"candidate: not active until promoted (python -m pneumo_core promote {version_id})", flush=True)
     wait_for_every_worker(strategy)  # releases the other workers of a cluster (a no-op otherwise)
-    print(version_id, flush=True)
-    return version_id
+    return TrainResult(version_id, path, metrics, threshold, time.perf_counter() - start,
+                       active_version(settings.models_dir) == version_id)
 
 
-def tune(config: TrainConfig, settings: Settings, directory: Path, tuner_id: str | None = None) -> dict:
+def tune(config: TrainConfig, settings: Settings, directory: Path, tuner_id: str | None = None,
+         reporter: Reporter | None = None) -> dict:
     """Search head hyper-parameters on the cached features: alone, or as the chief or a worker of a shared search.
 
-    `tuner_id` (from `tuning.join_search`): None alone, 'chief' to serve the oracle, else a worker's id.
-    Returns the best trials (alone, chief) or the ids of the trials this worker ran.
+    Args:
+        config, settings: as for `train`; directory: the search folder (each tuner its own subfolder).
+        tuner_id: from `tuning.join_search`: None alone, 'chief' to serve the oracle, else a worker's id.
+        reporter: receives the caching and tuning stages.
+    Returns:
+        The best trials (alone, chief: tuning.tuner_summary plus `directory`) or, on a worker, the ids of
+        the trials it ran.
     """
     if tuner_id == "chief":
         return {**tuner_summary(serve_oracle(directory, config.trials, config.epochs, config.tuner, config.seed)),
                 "directory": str(directory)}
     keras.utils.set_random_seed(config.seed)
-    features = cached_features(config, settings)
+    features = cached_features(config, settings, reporter)
     tuner = tune_head(*features.trial_vectors(config.seed), features.x_val, features.y_val, features.class_weight,
-                      directory, config.trials, config.epochs, config.tuner, config.seed, tuner_id)
+                      directory, config.trials, config.epochs, config.tuner, config.seed, tuner_id, reporter)
     if tuner_id:
         return {"tuner_id": tuner_id, "trials_run_here": trials_run_here(tuner), "directory": str(directory)}
     return {**tuner_summary(tuner), "directory": str(directory)}

@@ -7,6 +7,7 @@ function per epoch instead of Keras' general `fit` loop, which halves a trial's 
 """
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from pathlib import Path
@@ -17,11 +18,14 @@ import numpy as np
 import tensorflow as tf
 from sklearn.metrics import roc_auc_score
 
+from .choices import TUNERS
 from .errors import ConfigError
 from .model import build_head
-from .progress import Progress
+from .progress import Progress, Reporter
 
-ALGORITHMS = ("random", "hyperband", "bayesian")
+logger = logging.getLogger(__name__)
+# Keras Tuner's class for each name in choices.TUNERS (tests/test_choices.py checks they match).
+TUNER_CLASSES = {"random": kt.RandomSearch, "hyperband": kt.Hyperband, "bayesian": kt.BayesianOptimization}
 
 
 def head_from_hp(hp: kt.HyperParameters, feature_dim: int, name: str = "head") -> keras.Model:
@@ -114,30 +118,39 @@ def _trial_counter(progress: Progress) -> keras.callbacks.Callback:
 
 def _make_tuner(feature_dim: int, directory: Path, trials: int, epochs: int, algorithm: str, seed: int,
                 project: str) -> kt.Tuner:
-    if algorithm not in ALGORITHMS:
-        raise ConfigError(f"unknown tuner {algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
+    if algorithm not in TUNERS:
+        raise ConfigError(f"unknown tuner {algorithm!r}; choose one of {', '.join(TUNERS)}")
     # overwrite=True is safe in a shared search too: each tuner (chief, workers) owns its project folder.
     common = dict(objective=kt.Objective("val_auc", "max"), seed=seed, directory=str(directory),
                   project_name=project, overwrite=True)
     hypermodel = HeadHyperModel(feature_dim)
-    if algorithm == "random":
-        return kt.RandomSearch(hypermodel, max_trials=trials, **common)
-    if algorithm == "bayesian":
-        return kt.BayesianOptimization(hypermodel, max_trials=trials, **common)
-    return kt.Hyperband(hypermodel, max_epochs=epochs, factor=3, hyperband_iterations=1, **common)
+    if algorithm == "hyperband":
+        return kt.Hyperband(hypermodel, max_epochs=epochs, factor=3, hyperband_iterations=1, **common)
+    return TUNER_CLASSES[algorithm](hypermodel, max_trials=trials, **common)
 
 
 def tune_head(x_train, y_train, x_val, y_val, class_weight: dict, directory: Path, trials: int = 20,
-              epochs: int = 12, algorithm: str = "random", seed: int = 42, tuner_id: str | None = None) -> kt.Tuner:
+              epochs: int = 12, algorithm: str = "random", seed: int = 42, tuner_id: str | None = None,
+              reporter: Reporter | None = None) -> kt.Tuner:
     """Search head hyper-parameters; returns the finished tuner (best first in its oracle).
 
     With a `tuner_id` (after `join_search`), this process is a worker of a shared search: it runs the
     trials the chief's oracle hands out, in `directory/tuner_id`, until the oracle says stop.
+
+    Args:
+        x_train, y_train: (N, D) float32 features and (N,) labels 0/1 the trials train on.
+        x_val, y_val: (M, D) and (M,): the objective, validation ROC-AUC, is measured on these.
+        class_weight: {0: w0, 1: w1} loss weights (data.class_weights).
+        directory: where the tuner keeps its trials.
+        trials, epochs, algorithm, seed: the search (algorithm in choices.TUNERS).
+        reporter: receives a `tuning trial` stage, one update per trial.
+    Returns:
+        The finished Keras Tuner tuner (tuner_summary turns it into plain data).
     """
     tuner = _make_tuner(x_train.shape[1], directory, trials, epochs, algorithm, seed, tuner_id or "head")
     # Hyperband decides its own number of trials (brackets of max_epochs), and a worker runs only its
     # share, so then the total is unknown.
-    progress = Progress("tuning trial", trials if algorithm != "hyperband" and not tuner_id else None)
+    progress = Progress("tuning trial", trials if algorithm != "hyperband" and not tuner_id else None, reporter)
     tuner.search(x_train, y_train, validation_data=(x_val, y_val), epochs=epochs, class_weight=class_weight,
                  callbacks=[_trial_counter(progress)], verbose=0)
     return tuner
@@ -169,7 +182,7 @@ def serve_oracle(directory: Path, trials: int = 20, epochs: int = 12, algorithm:
     tuner, whose oracle holds every trial of every worker.
     """
     tuner = _make_tuner(1, directory, trials, epochs, algorithm, seed, "chief")
-    print(f"oracle: {algorithm} search of {trials} trials, waiting for workers", flush=True)
+    logger.info("oracle: %s search of %d trials, waiting for workers", algorithm, trials)
     tuner.search()  # blocks; Keras Tuner polls for the end every 20 s once the first worker is stopped
     return tuner
 

@@ -61,13 +61,20 @@ def synthetic_data(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def trained_home(tmp_path_factory, synthetic_data) -> Path:
-    """A home dir with one model trained by the CLI on synthetic data (random-init MobileNetV2)."""
+def trained_run(tmp_path_factory, synthetic_data) -> tuple[Path, subprocess.CompletedProcess]:
+    """(home dir, the finished `train` command) of one model trained by the CLI on synthetic data
+    (random-init MobileNetV2)."""
     home = tmp_path_factory.mktemp("home")
     result = run_cli("train", "--data", synthetic_data, "--weights", "none", "--image-size", 64,
                      "--trials", 2, "--epochs", 3, "--views", 1, "--ensemble", 2, home=home)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return home
+    return home, result
+
+
+@pytest.fixture(scope="session")
+def trained_home(trained_run) -> Path:
+    """A home dir with one model trained by the CLI on synthetic data (random-init MobileNetV2)."""
+    return trained_run[0]
 
 
 def start_orthanc(folder: Path, port: int | None = None, password: str | None = None):

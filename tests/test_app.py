@@ -64,7 +64,7 @@ def test_upload_yields_a_call_a_heatmap_and_reports(home):
 
 
 def test_many_files_make_a_worklist_and_bad_files_get_their_own_message(home):
-    from test_io import CASES
+    from helpers import CASES
     bad = {"broken.png": "damaged", "empty.jpg": "the file is empty", "scan.pdf": "PDF document",
            "holiday.jpg": "colour photo", "cine.dcm": "multi-frame DICOM", "side.dcm": "lateral view",
            "bomb.png": "megapixels", "tiny.png": "at least 64x64"}
@@ -214,11 +214,11 @@ def test_retrain_log_follows_the_newest_job(tmp_path, monkeypatch, synthetic_dat
     monkeypatch.setenv("PNEUMO_DATA", str(synthetic_data))
     monkeypatch.setattr(JobQueue, "start_next", lambda self: None)   # jobs stay queued: no training here
     queue = JobQueue(load_settings())
-    queue.submit({"data": str(synthetic_data)})
+    queue.submit({"data_dir": str(synthetic_data)})
     at = page("retrain").run()
     log_of = lambda: next(s for s in at.selectbox if s.label == "Log of job").value  # noqa: E731
     assert log_of() == 1
-    queue.submit({"data": str(synthetic_data)})
+    queue.submit({"data_dir": str(synthetic_data)})
     at.run()
     assert not at.exception
     assert log_of() == 2        # the new job, not the earlier choice kept by its widget key

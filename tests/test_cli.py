@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 from conftest import run_cli, synthetic_film
 
+from pneumo_core.progress import parse_line
+
 pytestmark = pytest.mark.slow
 CONTRACT = {"n", "accuracy", "precision", "recall", "specificity", "f1", "roc_auc", "pr_auc", "threshold",
             "confusion_matrix", "ece"}
@@ -22,10 +24,16 @@ def test_train_registers_a_complete_version(trained_home):
     assert 0 <= meta["ood"]["val_flagged"] <= 0.05 and meta["ood"]["val"] > 0 and meta["ood"]["quantile"] == 0.95
 
 
-def test_train_prints_the_model_id_last(trained_home):
-    result = run_cli("models", "--json", home=trained_home)
-    (row,) = json.loads(result.stdout)
-    assert row["active"] and row["id"].endswith("mobilenet_v2")
+def test_train_prints_progress_a_summary_and_the_model_id_last(trained_run):
+    home, result = trained_run
+    (row,) = json.loads(run_cli("models", "--json", home=home).stdout)
+    lines = result.stdout.strip().splitlines()
+    assert lines[-1] == row["id"] and row["active"]          # the id, alone on the last line
+    assert lines[-3].startswith("test: AUC ") and lines[-2].startswith(f"saved {home / 'models' / row['id']}")
+    stages = [u.stage for u in map(parse_line, lines) if u]
+    assert stages[0] == "caching train plain view" and stages[-1] == "evaluating"
+    assert {"tuning trial", "training epoch"} <= set(stages)
+    assert "backbone: mobilenet_v2" in result.stderr and "progress:" not in result.stderr   # notes apart
 
 
 def test_evaluate_json_on_the_test_folder(trained_home, synthetic_data):
@@ -57,7 +65,7 @@ def test_predict_json_on_many_bad_files_scores_the_good_and_audits_only_them(tra
                                                                              tmp_path):
     import shutil
 
-    from test_io import CASES
+    from helpers import CASES
     home = tmp_path / "home"
     shutil.copytree(trained_home, home, ignore=shutil.ignore_patterns("audit.sqlite*"))  # a fresh trail
     good = sorted((synthetic_data / "test" / "NORMAL").iterdir())[:2]
@@ -96,7 +104,7 @@ def test_cam_writes_an_overlay_of_the_original_size(trained_home, tmp_path):
 
 def test_without_a_model_commands_say_how_to_train(tmp_path, synthetic_data):
     result = run_cli("predict", synthetic_data / "test" / "NORMAL" / "x.jpeg", home=tmp_path / "empty")
-    assert result.returncode != 0
+    assert result.returncode == 2       # a user error (PneumoError): one line, exit 2
     assert "no trained model" in result.stderr and "train" in result.stderr and "Traceback" not in result.stderr
 
 

@@ -2,9 +2,11 @@
 MultiWorkerMirroredStrategy with two CPU workers. Each process is the real command line."""
 import json
 import os
+import random
 import socket
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from conftest import REPO
@@ -13,12 +15,25 @@ TINY = ["--weights", "none", "--image-size", "64", "--views", "1"]
 
 
 def free_ports(n: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(n)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
+    """`n` free TCP ports below the kernel's ephemeral range.
+
+    A port from that range (what binding port 0 returns) can be handed to any other process asking the
+    kernel for one (a listener on port 0, an outgoing connection) between this check and our server
+    binding it; a port below it is only ever taken by explicit choice. Random, so concurrent runs of
+    this test differ.
+    """
+    ranges = Path("/proc/sys/net/ipv4/ip_local_port_range")
+    first_ephemeral = int(ranges.read_text().split()[0]) if ranges.exists() else 32768
+    rng, ports = random.SystemRandom(), []
+    while len(ports) < n:
+        port = rng.randrange(max(1024, first_ephemeral - 10_000), first_ephemeral)
+        with socket.socket() as s:
+            try:
+                s.bind(("", port))
+            except OSError:
+                continue
+        if port not in ports:
+            ports.append(port)
     return ports
 
 

@@ -6,6 +6,7 @@ from pneumo_core.evaluation import (
     bootstrap_ci,
     calibration_curve,
     choose_threshold,
+    classification_report,
     evaluate,
     expected_calibration_error,
     fit_platt,
@@ -79,3 +80,14 @@ def test_bootstrap_interval_contains_the_estimate(scores):
     auc, acc = sk.roc_auc_score(y, p), sk.accuracy_score(y, p >= 0.5)
     assert ci["roc_auc"][0] < auc < ci["roc_auc"][1] and ci["accuracy"][0] < acc < ci["accuracy"][1]
     assert ci["roc_auc"][1] - ci["roc_auc"][0] < 0.15
+
+
+def test_classification_report_matches_scikit_learn(scores):
+    y, p = scores
+    rows = classification_report(y, p, 0.5)
+    theirs = sk.classification_report(y, (p >= 0.5).astype(int), output_dict=True)
+    assert [r["class"] for r in rows] == ["NORMAL", "PNEUMONIA"]
+    for row, label in zip(rows, ("0", "1")):
+        for key in ("precision", "recall", "f1"):
+            assert row[key] == pytest.approx(theirs[label][key if key != "f1" else "f1-score"])
+        assert row["support"] == theirs[label]["support"]

@@ -50,8 +50,10 @@ def test_resnet50_builds_without_weights_trains_and_explains(tmp_path):
     assert result.returncode == 0, result.stderr[-2000:]
     history = next((tmp_path / "home" / "models").glob("*/history.csv")).read_text()
     assert "fine-tune" in history  # the backbone itself was trained for an epoch
-    model = PneumoModel.load(next(p for p in (tmp_path / "home" / "models").iterdir() if p.is_dir()))
-    assert model.keras.get_layer("backbone").get_layer("conv5_block3_out") is not None
+    model = PneumoModel.load(tmp_path / "home" / "models" / result.stdout.strip().splitlines()[-1])
+    backbone = model.keras.get_layer("backbone")
+    assert model.metadata["backbone"] == "resnet50" and "conv5_block3_out" in {layer.name for layer in backbone.layers}
+    assert backbone.count_params() == 23_587_712      # ResNet50 without its top, not the default MobileNetV2
     x = model.inputs([np.random.default_rng(0).integers(0, 255, (80, 120)).astype(np.uint8)])
     maps, probability = make_cam(model.keras, "gradcam").explain(x)
     assert maps.shape == (1, 64, 64) and np.isfinite(maps).all() and 0 <= probability[0] <= 1

@@ -2,23 +2,53 @@
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
-from conftest import make_dataset, run_cli
+from conftest import REPO, make_dataset, run_cli
+from helpers import process_gone
 
 from pneumo_core import registry
+from pneumo_core.access import Actor, cli_actor
+from pneumo_core.audit import AuditTrail
 from pneumo_core.data import check_dataset, load_dataset
-from pneumo_core.jobs import _PROGRESS, JobError, JobQueue, _alive, overall_percent, params_from_model, train_argv
-from pneumo_core.settings import load_settings
+from pneumo_core.errors import ConfigError, PermissionDenied
+from pneumo_core.jobs import (
+    FINISHED,
+    JobError,
+    JobQueue,
+    ProgressTracker,
+    clamp_params,
+    is_ours,
+    overall_percent,
+    params_from_model,
+    start_time,
+    train_argv,
+)
+from pneumo_core.settings import TRAIN_LIMITS, TrainConfig, load_settings
 
-TINY = {"weights": "none", "image_size": 64, "trials": 2, "epochs": 2, "views": 1, "ensemble": 1}
-LONG = {**TINY, "trials": 500, "epochs": 40}   # long enough to be stopped mid-run
+TINY = {"weights": "none", "image_size": 64, "trials": 2, "epochs": 2, "augmented_views": 1, "ensemble": 1}
+LONG = {**TINY, "trials": 100, "epochs": 100}   # long enough to be stopped mid-run
+LEAD = Actor("lead", "ml_lead")
 
 
-def _queue(home: Path) -> JobQueue:
-    return JobQueue(load_settings({"PNEUMO_HOME": str(home)}))
+def _queue(home: Path, **env) -> JobQueue:
+    return JobQueue(load_settings({"PNEUMO_HOME": str(home), "PNEUMO_MIN_FREE_MB": "1", **env}))
+
+
+def _alive(pid):
+    return is_ours(pid, start_time(pid))
+
+
+@pytest.fixture
+def held_queue(tmp_path, monkeypatch):
+    """A queue whose jobs stay queued (no runner starts): for what happens at submit."""
+    monkeypatch.setattr(JobQueue, "start_next", lambda self: None)
+    return _queue(tmp_path / "home")
 
 
 def _wait_for(predicate, timeout=120, poll=0.2):
@@ -41,8 +71,12 @@ def tiny_data(tmp_path_factory):
 # -- pure parts -------------------------------------------------------------------------------------
 
 def test_train_argv_spells_options_as_the_cli_does():
-    assert train_argv({"fine_tune_epochs": 2, "data": "/d", "xla": True, "mixed": False, "none": None}) == \
-        ["--fine-tune-epochs", "2", "--data", "/d", "--xla"]
+    argv = train_argv(TrainConfig(data_dir="/d", fine_tune_epochs=2, augmented_views=1, xla=True))
+    assert argv[:2] == ["--data", "/d"] and "--mixed-precision" not in argv
+    assert {tuple(argv[i:i + 2]) for i in range(len(argv))} >= {("--fine-tune-epochs", "2"), ("--views", "1")}
+    assert argv[-1] == "--xla"
+    with pytest.raises(ConfigError, match="min_sensitivity"):     # no option: cannot be run as a command line
+        train_argv(TrainConfig(min_sensitivity=0.9))
 
 
 @pytest.mark.parametrize("line, stage, step", [
@@ -51,9 +85,22 @@ def test_train_argv_spells_options_as_the_cli_does():
     ("progress: tuning trial 4/? 3s", "tuning trial", "4/?"),
     ("progress: training epoch 14/36 (39%) 2s head 2/3 val_auc=0.9120", "training epoch", "14/36"),
 ])
-def test_progress_lines_are_parsed(line, stage, step):
-    match = _PROGRESS.match(line)
-    assert match and match["stage"] == stage and f"{match['done']}/{match['total']}" == step
+def test_progress_lines_are_tracked(line, stage, step):
+    values = ProgressTracker(4).feed(line + "\n", 0.0)
+    assert values["stage"] == stage and values["step"] == step
+
+
+def test_progress_tracker_writes_on_a_new_stage_or_after_its_interval():
+    tracker = ProgressTracker(caching_stages=1, every=0.5)
+    assert tracker.feed("some log line", 0.0) is None and tracker.last_line == "some log line"
+    first = tracker.feed("progress: tuning trial 1/4 (25%) 1s", 0.0)
+    assert first == {"stage": "tuning trial", "step": "1/4", "percent": overall_percent("tuning trial", 1, 4, 1, 0)}
+    assert tracker.feed("progress: tuning trial 2/4 (50%) 1s", 0.2) is None        # too soon, same stage
+    assert tracker.feed("progress: tuning trial 3/4 (75%) 1s", 0.8)["step"] == "3/4"
+    new_stage = tracker.feed("progress: fine-tuning epoch 1/3 (33%) 1s", 0.81)   # a new stage: at once
+    assert new_stage["stage"] == "fine-tuning epoch"
+    tracker.feed("20260101-000000-000000-ab12-mobilenet_v2\n", 1.0)
+    assert tracker.last_line == "20260101-000000-000000-ab12-mobilenet_v2"
 
 
 def test_overall_percent_moves_forward_through_the_stages():
@@ -69,11 +116,11 @@ def test_params_from_model_reproduce_the_active_models_options():
     meta = {"backbone": "resnet50", "weights": "resnet50_notop.h5", "image_size": 160, "normalisation": "clahe",
             "training": {"trials": 7, "epochs": 5, "fine_tune_epochs": 1, "seed": 3, "tuner": "bayesian",
                          "augmented_views": 2, "ensemble": 2}}
-    params = params_from_model(meta, "/data")
-    assert params == {"data": "/data", "backbone": "resnet50", "weights": "auto", "trials": 7, "epochs": 5,
-                      "fine_tune_epochs": 1, "image_size": 160, "seed": 3, "tuner": "bayesian", "views": 2,
-                      "ensemble": 2, "normalisation": "clahe"}
-    assert params_from_model({**meta, "weights": None}, "/d")["weights"] == "none"
+    config = params_from_model(meta, "/data")
+    assert config == TrainConfig(data_dir="/data", backbone="resnet50", weights="auto", trials=7, epochs=5,
+                                 fine_tune_epochs=1, image_size=160, seed=3, tuner="bayesian", augmented_views=2,
+                                 ensemble=2, normalisation="clahe")
+    assert params_from_model({**meta, "weights": None}, "/d").weights == "none"
 
 
 # -- data checks ------------------------------------------------------------------------------------
@@ -86,50 +133,162 @@ def test_data_check_lists_unreadable_files_and_training_skips_them(tiny_data):
     assert "broken.jpeg" not in " ".join(dataset.frame.path) and "skipped 1 unreadable" in dataset.notes[0]
 
 
-@pytest.mark.parametrize("layout, message", [
-    (None, "does not exist"),
-    ({"train": (25, 0)}, "no PNEUMONIA"),
-    ({"train": (25, 8)}, "only 8 readable PNEUMONIA"),
-])
-def test_data_check_blocks_what_cannot_train(tmp_path, layout, message):
-    root = make_dataset(tmp_path / "d", layout, shape=(72, 72)) if layout else tmp_path / "missing"
-    check = check_dataset(root)
-    assert not check.ok and message in check.problems[0]
-    with pytest.raises(JobError, match=message):
-        _queue(tmp_path / "home").submit({"data": str(root), **TINY})
+def test_a_missing_data_folder_is_refused_at_submit(tmp_path):
+    with pytest.raises(JobError, match="does not exist"):
+        _queue(tmp_path / "home").submit({"data_dir": str(tmp_path / "missing"), **TINY}, actor=LEAD)
     assert _queue(tmp_path / "home").list() == []
 
 
-def test_remove_partial_deletes_only_that_process_output(tmp_path):
+@pytest.mark.parametrize("layout, message", [
+    ({"train": (25, 0)}, "no PNEUMONIA"),
+    ({"train": (25, 8)}, "only 8 readable PNEUMONIA"),
+])
+def test_the_data_check_runs_in_the_job_and_fails_it_with_the_reason(tmp_path, held_queue, layout, message):
+    root = make_dataset(tmp_path / "d", layout, shape=(72, 72))
+    check = check_dataset(root)
+    assert not check.ok and message in check.problems[0]
+    job_id = held_queue.submit({"data_dir": str(root), **TINY}, actor=LEAD)     # quick: no film decoded here
+    assert held_queue.get(job_id)["checks"] is None
+    assert held_queue.run(job_id) == 1            # what the runner does, in the foreground
+    job = held_queue.get(job_id)
+    assert job["state"] == "failed" and message in job["error"] and job["checks"] is not None
+
+
+def test_roles_are_enforced_by_the_queue(tmp_path, held_queue, tiny_data):
+    for role in ("clinician", "auditor"):
+        with pytest.raises(PermissionDenied, match="may not submit job"):
+            held_queue.submit({"data_dir": str(tiny_data), **TINY}, actor=Actor("x", role))
+    job_id = held_queue.submit({"data_dir": str(tiny_data), **TINY}, actor=LEAD)
+    with pytest.raises(PermissionDenied, match="may not cancel job"):
+        held_queue.cancel(job_id, actor=Actor("dr c", "clinician"))
+    assert held_queue.get(job_id)["state"] == "queued"
+    cancelled = held_queue.cancel(job_id, actor=Actor("boss", "admin"))
+    assert (cancelled["state"], cancelled["cancelled_by"], cancelled["submitted_by"]) == ("cancelled", "boss", "lead")
+    trail = AuditTrail(held_queue.settings.audit_path)
+    assert [(e["kind"], e["who"], e["details"]["job"]) for e in trail.events()] == [
+        ("job_cancel", "boss", job_id), ("job_submit", "lead", job_id)]
+    assert trail.verify()["ok"]
+
+
+def test_a_third_unfinished_job_of_one_user_is_refused(held_queue, tiny_data):
+    params = {"data_dir": str(tiny_data), **TINY}
+    held_queue.submit(params, actor=LEAD)
+    held_queue.submit(params, actor=LEAD)
+    with pytest.raises(JobError, match="lead already has 2 unfinished job\\(s\\), the most one user may have \\(2\\)"):
+        held_queue.submit(params, actor=LEAD)
+    held_queue.submit(params, actor=Actor("other lead", "ml_lead"))     # the limit is per user
+    assert [j["submitted_by"] for j in held_queue.list()] == ["other lead", "lead", "lead"]
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"trials": 500}, "trials 500 is out of range: a job may use 1 to 100"),
+    ({"epochs": 0}, "epochs 0 is out of range"),
+    ({"image_size": 512}, "image size 512 is out of range"),
+    ({"trials": "20; rm -rf /"}, "trials must be a whole number"),
+    ({"trials": 2.5}, "trials must be a whole number"),
+    ({"evil_option": 1}, "unknown job option"),
+])
+def test_form_values_are_bounded(held_queue, tiny_data, change, message):
+    with pytest.raises(JobError, match=message):
+        held_queue.submit({"data_dir": str(tiny_data), **TINY, **change}, actor=LEAD)
+    assert held_queue.list() == []
+    assert TRAIN_LIMITS["trials"] == (1, 100)      # the form's range comes from the same table
+
+
+def test_form_starting_values_are_brought_into_range():
+    assert clamp_params({"trials": 500, "image_size": 16, "seed": 3, "xla": True, "data_dir": "/d"}) == \
+        {"trials": 100, "image_size": 32, "seed": 3, "xla": True, "data_dir": "/d"}
+
+
+def test_a_job_needs_free_disk_space(tmp_path, tiny_data):
+    queue = _queue(tmp_path, PNEUMO_MIN_FREE_MB=str(10**12))
+    with pytest.raises(JobError, match="MB free on the disk of .* a job needs at least"):
+        queue.submit({"data_dir": str(tiny_data), **TINY}, actor=LEAD)
+
+
+def test_a_dead_runners_job_fails_and_the_process_now_holding_its_pid_is_left_alone(held_queue, tiny_data):
+    job_id = held_queue.submit({"data_dir": str(tiny_data), **TINY}, actor=LEAD)
+    squatter = subprocess.Popen(["setsid", "sleep", "60"])     # an unrelated process, its own session
+    try:
+        pid_started = psutil.Process(squatter.pid).create_time()
+        token = held_queue.changed_since(None)[1]
+        # As if the runner had that pid before a reboot: the pid matches, the start time does not.
+        held_queue.store.update(job_id, state="running", pid=squatter.pid, pid_started=pid_started - 3600,
+                                child_pid=squatter.pid, child_started=pid_started - 3599, log_path=None)
+        listed = run_cli("jobs", "list", "--json", home=held_queue.settings.home)
+        assert listed.returncode == 0, listed.stderr
+        (job,) = json.loads(listed.stdout)
+        assert job["state"] == "failed" and "stopped without reporting" in job["error"]
+        assert squatter.poll() is None and psutil.Process(squatter.pid).status() != psutil.STATUS_ZOMBIE
+        assert held_queue.changed_since(token)[0]
+    finally:
+        squatter.kill()
+        squatter.wait()
+
+
+def test_changed_since_is_false_until_a_job_changes(held_queue, tiny_data):
+    changed, token = held_queue.changed_since(None)
+    assert changed and held_queue.changed_since(token) == (False, token)
+    job_id = held_queue.submit({"data_dir": str(tiny_data), **TINY}, actor=LEAD)
+    changed, token2 = held_queue.changed_since(token)
+    assert changed and held_queue.changed_since(token2) == (False, token2)
+    held_queue.cancel(job_id, actor=LEAD)
+    assert held_queue.changed_since(token2)[0]
+
+
+def test_the_log_tail_reads_across_a_rotation(tmp_path):
     queue = _queue(tmp_path)
-    s = queue.settings
-    mine = [s.models_dir / ".tmp-4242-v1-abc", s.tuner_dir / "run-20260101-p4242"]
-    others = [s.models_dir / ".tmp-999-v2-abc", s.tuner_dir / "run-20260101-p999", s.models_dir / "v0"]
+    queue.log_dir.mkdir(parents=True)
+    (queue.log_dir / "7.log.1").write_text("".join(f"old {i}\n" for i in range(5)))
+    (queue.log_dir / "7.log").write_text("new 0\nnew 1\n")
+    assert queue.log_tail(7, 4) == ["old 3", "old 4", "new 0", "new 1"]
+    assert queue.log_tail(7, 1) == ["new 1"]
+
+
+def test_each_writer_finds_only_that_process_partial_output(tmp_path):
+    from pneumo_core import features, training
+    s = _queue(tmp_path).settings
+    mine = [s.models_dir / f"{registry.partial_prefix(4242)}v1-abc", training.tuner_run_dir(s.tuner_dir, 4242)]
+    others = [s.models_dir / f"{registry.partial_prefix(999)}v2-abc", training.tuner_run_dir(s.tuner_dir, 999),
+              s.models_dir / "v0"]
     for folder in mine + others:
         folder.mkdir(parents=True)
     (s.cache_dir).mkdir()
-    (s.cache_dir / "key.4242.tmp.npy").write_bytes(b"half")
+    (s.cache_dir / "key.0badc0de.4242.tmp.npy").write_bytes(b"half")   # as FeatureCache.get names it
     (s.cache_dir / "key.npy").write_bytes(b"done")
-    queue._remove_partial(4242)
-    assert not any(p.exists() for p in mine) and all(p.exists() for p in others)
-    assert [p.name for p in s.cache_dir.iterdir()] == ["key.npy"]
+    assert training.partial_paths(s.tuner_dir, 4242) == [mine[1]]
+    assert features.partial_paths(s.cache_dir, 4242) == [s.cache_dir / "key.0badc0de.4242.tmp.npy"]
+    assert registry.remove_partial(s.models_dir, 4242) == [mine[0]]
+    assert not mine[0].exists() and all(p.exists() for p in others)
+    assert features.partial_paths(s.cache_dir, 999) == [] and training.partial_paths(tmp_path / "none", 1) == []
 
 
 # -- real jobs (subprocesses running `train`) ----------------------------------------------------------
 
 @pytest.mark.slow
 def test_two_jobs_run_one_after_the_other_and_register_candidates(tmp_path, tiny_data):
-    queue = _queue(tmp_path)
-    first = queue.submit({"data": str(tiny_data), **TINY}, who="dr test")
-    second = queue.submit({"data": str(tiny_data), **TINY, "seed": 7})
+    queue = _queue(tmp_path, PNEUMO_JOB_LOG_MB="0.001")     # 1 KB: the log rotates
+    first = queue.submit({"data_dir": str(tiny_data), **TINY}, actor=Actor("dr test", "ml_lead"))
+    second = queue.submit({"data_dir": str(tiny_data), **TINY, "seed": 7}, actor=LEAD)
     assert queue.get(second)["state"] == "queued" and queue.get(first)["state"] == "running"
-    a, b = queue.wait(first, timeout=300), queue.wait(second, timeout=300)
+    seen = []
+
+    def states():   # the second job read first: if it has started by then, the first must be over when read after
+        second_state = queue.get(second)["state"]
+        seen.append((queue.get(first)["state"], second_state))
+        return second_state in FINISHED
+
+    _wait_for(states, timeout=600)
+    assert ("running", "queued") in seen
+    assert all(a_state in FINISHED for a_state, b_state in seen if b_state != "queued"), seen   # one at a time
+    a, b = queue.get(first), queue.get(second)
     assert (a["state"], b["state"]) == ("succeeded", "succeeded"), (a["error"], b["error"])
-    assert b["started"] >= a["ended"] and a["submitted_by"] == "dr test"
+    assert a["submitted_by"] == "dr test"
     assert a["percent"] == 100 and a["checks"]["unreadable"]
-    log = Path(a["log_path"]).read_text()
-    assert "progress: tuning trial 2/2" in log and "progress: training epoch 2/2" in log
-    assert "skipped 1 unreadable" in log
+    # A job's log here is ~2.5 KB: at 1 KB parts it rotated, and the two parts kept stay bounded.
+    parts = [Path(a["log_path"] + ".1"), Path(a["log_path"])]
+    assert all(0 < p.stat().st_size <= 1024 + 300 for p in parts)        # 300: the longest line
+    assert queue.log_tail(first, 100)[-1] == a["model_id"]              # the tail reads across both parts
     versions = {v["id"]: v["role"] for v in registry.list_versions(queue.settings.models_dir)}
     # The first model of an empty registry becomes active; a later one waits as a candidate.
     assert versions == {a["model_id"]: "active", b["model_id"]: "candidate"}
@@ -146,25 +305,43 @@ def test_two_jobs_run_one_after_the_other_and_register_candidates(tmp_path, tiny
 @pytest.mark.slow
 def test_cancel_stops_the_process_group_and_leaves_no_partial_version(tmp_path, tiny_data):
     queue = _queue(tmp_path)
-    job_id = queue.submit({"data": str(tiny_data), **LONG})
+    job_id = queue.submit({"data_dir": str(tiny_data), **LONG}, actor=LEAD)
     job = _wait_for(lambda: (j := queue.get(job_id))["stage"] and j["stage"].startswith("tuning") and j)
     assert 0 < job["percent"] < 100
-    cancelled = queue.cancel(job_id)
-    assert cancelled["state"] == "cancelled"
-    assert not _alive(job["pid"]) and not _alive(job["child_pid"])
+    cancelled = queue.cancel(job_id, actor=Actor("night lead", "ml_lead"))
+    assert cancelled["state"] == "cancelled" and cancelled["cancelled_by"] == "night lead"
+    assert process_gone(job["pid"]) and process_gone(job["child_pid"])
     models = queue.settings.models_dir
     assert not models.exists() or [p.name for p in models.iterdir()] == []
     assert not list(queue.settings.tuner_dir.glob(f"run-*-p{job['child_pid']}"))
-    assert queue.cancel(job_id)["state"] == "cancelled"      # cancelling twice changes nothing
+    assert queue.cancel(job_id, actor=LEAD)["state"] == "cancelled"      # cancelling twice changes nothing
+
+
+@pytest.mark.slow
+def test_cancel_stops_a_runner_started_by_hand_in_a_terminal(tmp_path, tiny_data, monkeypatch):
+    monkeypatch.setattr(JobQueue, "start_next", lambda self: None)     # no background runner
+    queue = _queue(tmp_path)
+    job_id = queue.submit({"data_dir": str(tiny_data), **LONG}, actor=LEAD)
+    env = {**os.environ, "PNEUMO_HOME": str(tmp_path), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    # In the test's own process group, as from a shell: the group is not the job's to signal.
+    runner = subprocess.Popen([sys.executable, "-m", "pneumo_core", "jobs", "run", str(job_id)], cwd=REPO, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        job = _wait_for(lambda: (j := queue.get(job_id))["child_pid"] and j)
+        assert queue.cancel(job_id, actor=LEAD)["state"] == "cancelled"
+        assert runner.wait(timeout=30) != 0
+        _wait_for(lambda: not _alive(job["child_pid"]), timeout=20)
+    finally:
+        runner.kill()
 
 
 @pytest.mark.slow
 def test_a_killed_job_is_reported_failed_with_its_last_log_lines(tmp_path, tiny_data):
     queue = _queue(tmp_path)
-    job_id = queue.submit({"data": str(tiny_data), **LONG})
+    job_id = queue.submit({"data_dir": str(tiny_data), **LONG}, actor=LEAD)
     job = _wait_for(lambda: (j := queue.get(job_id))["stage"] and j["stage"].startswith("tuning") and j)
     os.killpg(job["pid"], signal.SIGKILL)     # runner and training process die without a word
-    _wait_for(lambda: not _alive(job["pid"]), timeout=10)
+    _wait_for(lambda: process_gone(job["pid"]), timeout=10)
     failed = JobQueue(queue.settings).get(job_id)   # the next status read, from a fresh queue object
     assert failed["state"] == "failed" and "stopped without reporting" in failed["error"]
     assert "progress: tuning trial" in failed["error"]          # the last log lines come along
@@ -172,19 +349,71 @@ def test_a_killed_job_is_reported_failed_with_its_last_log_lines(tmp_path, tiny_
 
 
 @pytest.mark.slow
+def test_sigkill_of_the_runner_alone_is_detected_and_its_training_process_stopped(tmp_path, tiny_data):
+    queue = _queue(tmp_path)
+    job_id = queue.submit({"data_dir": str(tiny_data), **LONG}, actor=LEAD)
+    job = _wait_for(lambda: (j := queue.get(job_id))["stage"] and j["stage"].startswith("tuning") and j)
+    os.kill(job["pid"], signal.SIGKILL)       # only the runner: its training process lives on for now
+    _wait_for(lambda: not _alive(job["pid"]), timeout=10)
+    failed = JobQueue(queue.settings).get(job_id)
+    assert failed["state"] == "failed" and "stopped without reporting" in failed["error"]
+    _wait_for(lambda: not _alive(job["child_pid"]), timeout=20)   # stopped: it was ours (pid + start time)
+    assert not list(queue.settings.models_dir.glob(".tmp-*"))
+
+
+@pytest.mark.slow
+def test_a_job_outlives_the_dashboard_that_submitted_it(tmp_path, tiny_data):
+    # The "dashboard": a process that submits, then is SIGKILLed at once.
+    code = ("import os, signal, sys; from pneumo_core.access import Actor; from pneumo_core.jobs import JobQueue; "
+            "from pneumo_core.settings import load_settings; q = JobQueue(load_settings()); "
+            f"print(q.submit({{'data': {str(tiny_data)!r}, **{TINY!r}}}, actor=Actor('dr dash', 'ml_lead')), "
+            "flush=True); os.kill(os.getpid(), signal.SIGKILL)")
+    env = {**os.environ, "PNEUMO_HOME": str(tmp_path), "PNEUMO_MIN_FREE_MB": "1"}
+    dashboard = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
+                               timeout=120)
+    assert dashboard.returncode == -signal.SIGKILL
+    job_id = int(dashboard.stdout.split()[0])
+    restarted = _queue(tmp_path)             # the dashboard started again
+    job = restarted.wait(job_id, timeout=600)
+    assert job["state"] == "succeeded", job["error"]
+    assert job["submitted_by"] == "dr dash"
+    assert registry.active_version(restarted.settings.models_dir) == job["model_id"]
+
+
+@pytest.mark.slow
+def test_a_full_disk_while_saving_the_model_fails_the_job_clearly_and_leaves_no_half_version(tmp_path, tiny_data):
+    # The whole queue in a process whose files may not exceed 3 MB (RLIMIT_FSIZE, inherited by the runner
+    # and training): the features and logs fit, the model file does not, as on a disk that fills up.
+    code = ("import resource, signal; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+            "resource.setrlimit(resource.RLIMIT_FSIZE, (3 * 2**20, 3 * 2**20)); "
+            "from pneumo_core.access import Actor; from pneumo_core.jobs import JobQueue; "
+            "from pneumo_core.settings import load_settings; q = JobQueue(load_settings()); "
+            f"j = q.submit({{'data': {str(tiny_data)!r}, **{TINY!r}}}, actor=Actor('lead', 'ml_lead')); "
+            "print(q.wait(j, timeout=600)['state'])")
+    env = {**os.environ, "PNEUMO_HOME": str(tmp_path), "PNEUMO_MIN_FREE_MB": "1"}
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
+                            timeout=700)
+    assert result.stdout.strip() == "failed", result.stderr[-2000:]
+    (job,) = _queue(tmp_path).list()
+    assert "no space left on the disk" in job["error"] and "nothing was registered" in job["error"]
+    models = tmp_path / "models"
+    assert not models.exists() or [p.name for p in models.iterdir() if p.name != ".lock"] == []
+
+
+@pytest.mark.slow
 def test_promotion_and_rollback_change_the_active_model_and_are_recorded(tmp_path, tiny_data):
     queue = _queue(tmp_path)
-    ids = [queue.submit({"data": str(tiny_data), **TINY, "seed": s}) for s in (1, 2)]
+    ids = [queue.submit({"data_dir": str(tiny_data), **TINY, "seed": s}, actor=LEAD) for s in (1, 2)]
     first, second = (queue.wait(i, timeout=300)["model_id"] for i in ids)
     models = queue.settings.models_dir
-    promoted = run_cli("promote", second, "--who", "lead engineer", home=tmp_path)
+    promoted = run_cli("promote", second, home=tmp_path)
     assert promoted.returncode == 0 and "promote" in promoted.stdout
     assert registry.active_version(models) == second
-    entry = registry.promote(models, first, who="night shift")
+    entry = registry.promote(models, first, actor=Actor("night shift", "ml_lead"))
     assert registry.active_version(models) == first
     log = registry.promotions(models)
     assert [(e["action"], e["from"], e["to"], e["who"]) for e in log] == [
-        ("first model", None, first, "pneumo"), ("promote", first, second, "lead engineer"),
+        ("first model", None, first, "pneumo"), ("promote", first, second, cli_actor().name),
         ("rollback", second, first, "night shift")]
     assert entry == log[-1] and all(e["when"] for e in log)
     assert {v["id"]: v["role"] for v in registry.list_versions(models)} == {first: "active", second: "previous"}

@@ -3,7 +3,8 @@ import pandas as pd
 import streamlit as st
 
 import ui
-from pneumo_core.audit import COLUMNS, to_csv
+from pneumo_core.audit import COLUMNS
+from pneumo_core.errors import PermissionDenied
 
 st.title("Audit trail")
 st.caption("One row per diagnosis made on this server or its command line: time, film SHA-256, model "
@@ -20,10 +21,16 @@ model_column, call_column, flag_column = st.columns(3)
 model = model_column.selectbox("Model version", ["all", *sorted({r["model"] for r in everything}, reverse=True)])
 call = call_column.selectbox("Call", ["all", "NORMAL", "PNEUMONIA"])
 flagged = flag_column.checkbox("Only films unlike the training data")
-rows = trail.rows(model=None if model == "all" else model, call=None if call == "all" else call,
-                  flagged_only=flagged)
+filters = {"model": None if model == "all" else model, "call": None if call == "all" else call,
+           "flagged_only": flagged}
+try:
+    rows = trail.view(ui.actor(), **filters)   # recorded: who looked, with which filters
+except PermissionDenied as error:
+    st.error(str(error))
+    st.stop()
 st.markdown(f"**{len(rows)}** of {len(everything)} diagnoses")
 st.dataframe(pd.DataFrame(rows, columns=list(COLUMNS)), hide_index=True, width="stretch", column_config={
     "probability": st.column_config.NumberColumn(format="%.3f"),
     "ood_score": st.column_config.NumberColumn(format="%.2f")})
-st.download_button("Download CSV", to_csv(rows), "pneumo-audit.csv", "text/csv")
+if ui.actor().may("export_audit"):   # the export is made, and recorded, only when clicked
+    st.download_button("Download CSV", lambda: trail.export(ui.actor(), **filters), "pneumo-audit.csv", "text/csv")

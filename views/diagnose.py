@@ -27,11 +27,12 @@ if not uploads:
     st.stop()
 
 
-results, failures = [], []
+ui.check_upload_count(uploads)
+results, failures, budget = [], [], ui.decode_budget()
 bar = st.progress(0.0, text="Scoring…")
 for i, upload in enumerate(uploads):
     try:
-        results.append(ui.diagnose_and_record(str(model.path), upload.getvalue(), upload.name, method))
+        results.append(ui.diagnose_and_record(str(model.path), upload.getvalue(), upload.name, method, budget))
     except ImageError as error:
         failures.append(str(error))
     bar.progress((i + 1) / len(uploads), text=f"Scored {i + 1} of {len(uploads)}")

@@ -18,6 +18,7 @@ predictions = ui.test_predictions(version)
 source = st.radio("Films", ["From the test split", "Upload"], horizontal=True)
 if source == "Upload":
     uploads = st.file_uploader("Chest X-rays", accept_multiple_files=True)
+    ui.check_upload_count(uploads or [])
     films = [(upload.name, upload.getvalue()) for upload in uploads or []]
 else:
     labels = {r.path: f"{Path(r.path).name} ({'PNEUMONIA' if r.label else 'NORMAL'}, p={r.probability:.2f})"
@@ -41,11 +42,12 @@ else:
     method = st.selectbox("Method", list(METHODS))
     panels = [(method, version, name, data) for name, data in films]
 
+budget = ui.decode_budget()
 for column, (method, v, name, data) in zip(st.columns(len(panels)), panels):
     with column:
         try:
             with st.spinner(f"{method}…"):
-                gray, d = ui.diagnose_and_record(str(ui.version_dir(v)), data, name, method)
+                gray, d = ui.diagnose_and_record(str(ui.version_dir(v)), data, name, method, budget)
         except ImageError as error:
             st.error(str(error))
             continue

@@ -6,9 +6,9 @@ import streamlit as st
 
 import ui
 from pneumo_core import figures
-from pneumo_core.cam import overlay
-from pneumo_core.evaluation import calibration_curve, expected_calibration_error, metrics_at
-from pneumo_core.registry import read_json
+from pneumo_core.choices import label_name
+from pneumo_core.evaluation import calibration_curve, classification_report, expected_calibration_error, metrics_at
+from pneumo_core.registry import read_history, read_json
 
 st.title("Metrics")
 version = ui.version_picker(key="metrics_model")
@@ -42,19 +42,14 @@ right.plotly_chart(figures.calibration_figure(calibration_curve(y, p), expected_
                    width="stretch", key="calibration")
 
 st.subheader("Classification report at this threshold")
-tn, fp, fn, tp = (v for row in m["confusion_matrix"] for v in row)
-report = pd.DataFrame([
-    {"class": "NORMAL", "precision": m["npv"], "recall": m["specificity"],
-     "f1": 2 * m["npv"] * m["specificity"] / max(m["npv"] + m["specificity"], 1e-9), "support": tn + fp},
-    {"class": "PNEUMONIA", "precision": m["precision"], "recall": m["recall"], "f1": m["f1"], "support": fn + tp}])
-st.dataframe(report, hide_index=True, width="stretch")
+st.dataframe(pd.DataFrame(classification_report(y, p, threshold)), hide_index=True, width="stretch")
 ci = metrics["test"]["ci"]
 st.markdown(f"Bootstrap {ci['level']:.0%} CIs at the stored threshold ({ci['n_boot']} resamples): "
             f"ROC-AUC {metrics['test']['roc_auc']:.3f} [{ci['roc_auc'][0]:.3f}, {ci['roc_auc'][1]:.3f}], "
             f"accuracy {metrics['test']['accuracy']:.3f} [{ci['accuracy'][0]:.3f}, {ci['accuracy'][1]:.3f}].")
 
 st.subheader("Training curves")
-st.plotly_chart(figures.history_figure(pd.read_csv(folder / "history.csv")), width="stretch", key="history")
+st.plotly_chart(figures.history_figure(read_history(folder)), width="stretch", key="history")
 
 st.subheader("Error browser")
 kind = st.radio("Show", ["false negatives", "false positives", "true positives", "true negatives"], horizontal=True)
@@ -69,7 +64,5 @@ per_page = 4
 pages = (len(chosen) - 1) // per_page + 1
 page = st.number_input(f"Page (of {pages}; {len(chosen)} films)", 1, pages, 1)
 for column, row in zip(st.columns(per_page), chosen.iloc[(page - 1) * per_page: page * per_page].itertuples()):
-    gray, d = ui.diagnosis(str(folder), Path(row.path).read_bytes(), Path(row.path).name)
-    column.image(overlay(gray, d.heatmap, 0.4), width="stretch")
-    truth = "PNEUMONIA" if row.label else "NORMAL"
-    column.caption(f"{Path(row.path).name}  \ntruth {truth}, p = {row.probability:.3f}")
+    column.image(ui.error_overlay(str(folder), row.path), width="stretch")
+    column.caption(f"{Path(row.path).name}  \ntruth {label_name(row.label)}, p = {row.probability:.3f}")

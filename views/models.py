@@ -6,7 +6,8 @@ import streamlit as st
 
 import ui
 from pneumo_core import figures
-from pneumo_core.registry import promote, promotions, read_json, summaries
+from pneumo_core.errors import PneumoError
+from pneumo_core.registry import change_kind, promote, promotions, read_json, summaries
 
 st.title("Models")
 rows = ui.versions()
@@ -24,22 +25,27 @@ st.dataframe(table[["version", "role", "backbone", "created", "AUC", "sensitivit
 
 st.subheader("Active model: rollback and history")
 with st.container():
-    active = next(r["id"] for r in registry_rows if r["active"])
-    order = [r["id"] for r in registry_rows]
+    active = next((r["id"] for r in registry_rows if r["active"]), None)
     for row in registry_rows:
         if row["active"]:
             continue
         text, button = st.columns([4, 1], vertical_alignment="center")
         text.markdown(f"`{row['id']}` · {row['role']} · test AUC {row['roc_auc']:.3f} · sensitivity "
                       f"{row['sensitivity']:.3f} · specificity {row['specificity']:.3f}")
-        older = order.index(row["id"]) > order.index(active)
-        if button.button("Roll back" if older else "Make active", key=f"activate_{row['id']}"):
-            entry = promote(ui.settings().models_dir, row["id"], who=ui.user())
-            st.toast(f"{entry['action']}: {entry['from']} → {entry['to']}")
-            st.rerun()
+        rollback = change_kind(ui.settings().models_dir, row["id"], active) == "rollback"
+        if button.button("Roll back" if rollback else "Make active", key=f"activate_{row['id']}"):
+            try:
+                entry = promote(ui.settings().models_dir, row["id"], actor=ui.actor(), expected_active=active,
+                                trail=ui.audit_trail())
+            except PneumoError as error:
+                st.error(str(error))
+            else:
+                st.toast(f"{entry['action']}: {entry['from']} → {entry['to']}")
+                st.rerun()
     log = promotions(ui.settings().models_dir)
     if log:
-        st.dataframe(pd.DataFrame(log[::-1]), hide_index=True, width="stretch")
+        st.dataframe(pd.DataFrame(log[::-1]).reindex(columns=["when", "who", "action", "from", "to"]),
+                     hide_index=True, width="stretch")
 
 st.subheader("Model card")
 version = ui.version_picker(key="card_model")

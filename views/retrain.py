@@ -4,47 +4,45 @@ import streamlit as st
 
 import ui
 from pneumo_core import figures, registry
-from pneumo_core.cli import train_choices
+from pneumo_core.choices import TRAIN_CHOICES, label_name
 from pneumo_core.comparison import compare
+from pneumo_core.errors import PneumoError
 from pneumo_core.io import ImageError, read_image
-from pneumo_core.jobs import JobError, describe
+from pneumo_core.jobs import clamp_params, describe
+from pneumo_core.settings import TRAIN_LIMITS, TrainConfig
 
 st.title("Retrain")
 queue = ui.job_queue()
 models_dir = ui.settings().models_dir
-params = ui.current_train_params()
+config = TrainConfig.from_dict(clamp_params(ui.current_train_params().to_dict()))   # within job limits
 
 st.subheader("New model")
 active = registry.active_version(models_dir)
-st.caption(f"Data `{params['data']}` · {params['backbone']} at {params['image_size']} px · "
-           f"{params['trials']} tuner trials · " + (f"options of the active model {active}" if active
+st.caption(f"Data `{config.data_dir}` · {config.backbone} at {config.image_size} px · "
+           f"{config.trials} tuner trials · " + (f"options of the active model {active}" if active
                                                      else "default options (no model yet)"))
 with st.expander("Advanced"):
-    choices = train_choices()
+    backbones = list(TRAIN_CHOICES["backbone"])
     left, right = st.columns(2)
-    params["backbone"] = left.selectbox("Backbone", choices["backbone"],
-                                        index=choices["backbone"].index(params["backbone"]))
-    params["weights"] = right.text_input("Weights", params["weights"],
-                                         help="auto (local file, else ImageNet download) | imagenet | none | "
-                                              "path to a .h5 file")
-    params["trials"] = left.number_input("Tuner trials", 1, 500, params["trials"])
-    params["epochs"] = right.number_input("Epochs per head", 1, 200, params["epochs"])
-    params["fine_tune_epochs"] = left.number_input("Fine-tuning epochs (slow without a GPU)", 0, 50,
-                                                   params["fine_tune_epochs"])
-    params["image_size"] = right.number_input("Image size (px)", 32, 512, params["image_size"], step=32)
-    params["seed"] = left.number_input("Seed", 0, 2**31 - 1, params["seed"])
+    config.backbone = left.selectbox("Backbone", backbones, index=backbones.index(config.backbone))
+    config.weights = right.text_input("Weights", config.weights,
+                                      help="auto (local file, else ImageNet download) | imagenet | none | "
+                                           "path to a .h5 file")
+    config.trials = left.number_input("Tuner trials", *TRAIN_LIMITS["trials"], config.trials)
+    config.epochs = right.number_input("Epochs per head", *TRAIN_LIMITS["epochs"], config.epochs)
+    config.fine_tune_epochs = left.number_input("Fine-tuning epochs (slow without a GPU)",
+                                                *TRAIN_LIMITS["fine_tune_epochs"], config.fine_tune_epochs)
+    config.image_size = right.number_input("Image size (px)", *TRAIN_LIMITS["image_size"], config.image_size,
+                                           step=32)
+    config.seed = left.number_input("Seed", *TRAIN_LIMITS["seed"], config.seed)
 if st.button("Retrain with current settings", type="primary", icon=":material/model_training:"):
-    with st.spinner("Checking the data…"):
-        try:
-            job_id = queue.submit(params, who=ui.user())
-        except JobError as error:
-            st.error(str(error))
-        else:
-            unreadable = queue.get(job_id)["checks"]["unreadable"]
-            st.success(f"Job {job_id} submitted." + (f" {len(unreadable)} unreadable file(s) will be skipped."
-                                                     if unreadable else ""))
-            for why in list(unreadable.values())[:20]:
-                st.warning(why)
+    try:
+        job_id = queue.submit(config, actor=ui.actor())
+    except PneumoError as error:
+        st.error(str(error))
+    else:
+        st.success(f"Job {job_id} submitted. It checks the data first; unreadable films are skipped and listed "
+                   f"in its log.")
 
 
 @st.fragment(run_every=2)
@@ -60,8 +58,12 @@ def current_job():
     st.progress(job["percent"] / 100, text=f"Job {job['id']}: {describe(job)} · {job['percent']:.0f}%")
     st.code("\n".join(queue.log_tail(job["id"], 12)) or "(starting…)", language=None)
     if st.button("Cancel job", key=f"cancel_{job['id']}", icon=":material/cancel:"):
-        queue.cancel(job["id"])
-        st.rerun()
+        try:
+            queue.cancel(job["id"], actor=ui.actor())
+        except PneumoError as error:
+            st.error(str(error))
+        else:
+            st.rerun()
 
 
 st.subheader("Current job")
@@ -100,7 +102,7 @@ else:
             except ImageError:
                 return None
         shown.insert(0, "film", shown["path"].map(thumbnail))
-        shown["truth"] = shown["label"].map({0: "NORMAL", 1: "PNEUMONIA"})
+        shown["truth"] = shown["label"].map(label_name)
         st.dataframe(shown[["film", "truth", f"call_{active}", f"p_{active}", f"call_{candidate}",
                             f"p_{candidate}", "path"]],
                      hide_index=True, width="stretch", row_height=72,
@@ -109,9 +111,14 @@ else:
                                     f"p_{active}": st.column_config.NumberColumn("active p", format="%.3f"),
                                     f"p_{candidate}": st.column_config.NumberColumn("candidate p", format="%.3f")})
     if st.button(f"Promote {candidate}", type="primary", icon=":material/upgrade:"):
-        entry = registry.promote(models_dir, candidate, who=ui.user())
-        st.toast(f"{candidate} is now the active model (was {entry['from']}).")
-        st.rerun()
+        try:
+            entry = registry.promote(models_dir, candidate, actor=ui.actor(), expected_active=active,
+                                     trail=ui.audit_trail())
+        except PneumoError as error:
+            st.error(str(error))
+        else:
+            st.toast(f"{candidate} is now the active model (was {entry['from']}).")
+            st.rerun()
 
 st.subheader("Past jobs")
 jobs = queue.list(limit=50)

@@ -1,0 +1,262 @@
+"""Helpers shared by test modules (test modules never import each other).
+
+- A hostile corpus of image files, generated here (no patient data committed): CASES maps a case
+  name to its bytes and either the message (part) expected or a check of the film read.
+- A tiny model whose evidence is known (bright_spot_model), for CAM and OOD tests.
+- process_gone: a process has ended (or is a zombie).
+"""
+import gzip
+import io
+import struct
+import zlib
+
+import numpy as np
+import pydicom
+from PIL import Image
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate
+from pydicom.sequence import Sequence
+from pydicom.uid import (
+    MPEG2MPML,
+    DeflatedExplicitVRLittleEndian,
+    ExplicitVRLittleEndian,
+    ImplicitVRLittleEndian,
+    JPEG2000Lossless,
+    RLELossless,
+    generate_uid,
+)
+
+from pneumo_core.io import read_film
+
+RNG = np.random.default_rng(0)
+RAMP = np.tile(np.linspace(0, 4095, 96).astype(np.uint16), (80, 1))  # 12-bit, dark left to bright right
+FILM = (np.tile(np.linspace(20, 230, 100), (90, 1)) + RNG.normal(0, 5, (90, 100))).clip(0, 255).astype(np.uint8)
+PATIENT = "Doe^Jane"
+
+
+def encode(array, fmt="PNG", mode=None, **kwargs) -> bytes:
+    buffer = io.BytesIO()
+    image = Image.fromarray(array) if mode is None else Image.fromarray(array).convert(mode)
+    image.save(buffer, format=fmt, **kwargs)
+    return buffer.getvalue()
+
+
+def png_header_bomb(width=20000, height=20000) -> bytes:
+    """A valid PNG signature and IHDR claiming a huge image, with a tiny IDAT."""
+    def chunk(kind, body):
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(b"\x00" * 100)) + chunk(b"IEND", b""))
+
+
+def animated(fmt) -> bytes:
+    frames = [Image.fromarray(np.full((80, 80), v, np.uint8)) for v in (0, 128, 255)]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, format=fmt, save_all=True, append_images=frames[1:], duration=100, loop=0)
+    return buffer.getvalue()
+
+
+def exif_rotated() -> bytes:
+    """A 100 wide x 90 high JPEG whose EXIF says 'rotate 90°': it must be read 90 wide x 100 high."""
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    return encode(FILM, "JPEG", exif=exif.tobytes())
+
+
+def colour_photo(fmt="JPEG") -> bytes:
+    yy, xx = np.mgrid[0:120, 0:160]
+    rgb = np.stack([xx * 255 // 160, yy * 255 // 120, 255 - xx * 255 // 160], axis=2).astype(np.uint8)
+    return encode(rgb, fmt)
+
+
+def dicom(pixels=RAMP, photometric="MONOCHROME2", syntax=ExplicitVRLittleEndian, preamble=True,
+          pixel_data=True, bits=12, **tags) -> bytes:
+    """A DX chest film as DICOM, with patient-identifying tags that must never come out."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.PatientName, ds.PatientID, ds.PatientBirthDate = PATIENT, "SECRET-123", "20190101"
+    ds.Modality, ds.ViewPosition, ds.BodyPartExamined, ds.StudyDate = "DX", "PA", "CHEST", "20240301"
+    ds.Rows, ds.Columns = pixels.shape[-2:]
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, bits, bits - 1, 0
+    if pixel_data:
+        ds.PixelData = pixels.astype(np.uint16).tobytes()
+    for key, value in tags.items():
+        setattr(ds, key, value)
+    if syntax.is_compressed and syntax in (RLELossless, JPEG2000Lossless):
+        ds.compress(syntax)
+    elif syntax.is_compressed:  # no encoder: fake an encapsulated stream under that syntax
+        ds.file_meta.TransferSyntaxUID = syntax
+        ds.PixelData = encapsulate([b"\x00\x00\x01\xb3" + bytes(200)])
+        ds["PixelData"].VR = "OB"
+    buffer = io.BytesIO()
+    if preamble:
+        ds.save_as(buffer, enforce_file_format=True)
+    else:  # a bare data set: no preamble, no 'DICM', no file meta
+        ds.file_meta.TransferSyntaxUID = ImplicitVRLittleEndian
+        pydicom.dcmwrite(buffer, ds, implicit_vr=True, little_endian=True)
+    return buffer.getvalue()
+
+
+def deflated_garbage() -> bytes:
+    """A DICOM whose file meta says 'deflated' but whose body is not deflate data: pydicom cannot parse it."""
+    from pydicom.filebase import DicomBytesIO
+    from pydicom.filewriter import write_file_meta_info
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    buffer = DicomBytesIO()
+    buffer.is_little_endian, buffer.is_implicit_VR = True, False
+    write_file_meta_info(buffer, meta)
+    return b"\0" * 128 + b"DICM" + buffer.getvalue() + b"not deflate data " * 10
+
+
+def voi_lut() -> Sequence:
+    item = Dataset()
+    item.LUTDescriptor = [4096, 0, 8]
+    item.add_new(0x00283006, "US", [255 - i // 16 for i in range(4096)])  # LUTData: inverting, 12 -> 8 bits
+    return Sequence([item])
+
+
+def mono2(film):
+    return read_film(dicom()).gray
+
+
+def wide_open(film):
+    return read_film(dicom(WindowCenter=2048, WindowWidth=4096)).gray
+
+
+# Each case: file bytes, and either the message (part) expected or a check of the film read.
+def with_frame(frame: bytes, syntax, rows: int, columns: int) -> bytes:
+    """An 8-bit DX chest DICOM whose header says rows x columns around an encapsulated `frame`."""
+    ds = pydicom.dcmread(io.BytesIO(dicom(np.zeros((rows, columns), np.uint16), bits=8)))
+    ds.file_meta.TransferSyntaxUID = syntax
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
+    ds.PixelData = encapsulate([frame])
+    ds["PixelData"].VR = "OB"
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def j2k(pixels) -> bytes:
+    import openjpeg
+    return bytes(openjpeg.encode(pixels))
+
+
+def deflated(extra_zeros: int = 0) -> bytes:
+    """The DX film as a deflated DICOM, its deflated data set followed by `extra_zeros` zero bytes."""
+    ds = pydicom.dcmread(io.BytesIO(dicom()))
+    ds.file_meta.TransferSyntaxUID = DeflatedExplicitVRLittleEndian
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    data = buffer.getvalue()
+    start = 144 + struct.unpack("<I", data[140:144])[0]  # after the file meta group
+    body = zlib.decompress(data[start:], -zlib.MAX_WBITS) + bytes(extra_zeros)
+    packer = zlib.compressobj(9, zlib.DEFLATED, -zlib.MAX_WBITS)
+    return data[:start] + packer.compress(body) + packer.flush()
+
+
+CASES = {
+    "zero-byte": (b"", "the file is empty"),
+    "truncated PNG": (encode(FILM)[:300], "damaged or truncated"),
+    "truncated JPEG": (encode(FILM, "JPEG")[:600], "damaged or truncated"),
+    "PNG signature then garbage": (b"\x89PNG\r\n\x1a\n" + RNG.bytes(500), "damaged or truncated"),
+    "random bytes named .png": (RNG.bytes(2000), "not a supported image type"),
+    "text file": (b"patient notes: cough, fever\n" * 20, "not a supported image type"),
+    "PDF": (b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n1 0 obj <<>> endobj\n", "this is a PDF document"),
+    "GIF": (encode(FILM, "GIF"), "this is a GIF image"),
+    "animated GIF": (animated("GIF"), "this is a GIF image"),
+    "animated PNG": (animated("PNG"), "animated image (3 frames)"),
+    "BMP": (encode(FILM, "BMP"), "this is a BMP image"),
+    "TIFF": (encode(FILM, "TIFF"), "this is a TIFF image"),
+    "HEIC phone photo": (b"\x00\x00\x00\x18ftypheic" + bytes(100), "HEIC photo"),
+    "gzip": (gzip.compress(encode(FILM)), "not a supported image type"),
+    "1x1 px PNG": (encode(np.zeros((1, 1), np.uint8)), "1x1 pixels; at least 64x64"),
+    "63 px JPEG": (encode(np.zeros((63, 200), np.uint8), "JPEG"), "200x63 pixels"),
+    "20000x20000 header bomb": (png_header_bomb(), "megapixels"),
+    "colour photo JPEG": (colour_photo(), "colour photo"),
+    "colour photo PNG": (colour_photo("PNG"), "colour photo"),
+    "16-bit PNG": (encode(RAMP.astype(np.uint16) * 16, mode="I;16"),
+                   lambda f: f.gray.dtype == np.uint8 and f.gray[:, 0].max() == 0 and f.gray[:, -1].min() == 255),
+    "RGBA PNG": (encode(np.dstack([FILM] * 3 + [np.full_like(FILM, 200)])),
+                 lambda f: f.gray.shape == (90, 100) and np.abs(f.gray.astype(int) - FILM).max() <= 1),
+    "palette PNG": (encode(FILM, mode="P"), lambda f: f.gray.shape == (90, 100)),
+    "1-bit PNG": (encode(FILM > 128), lambda f: set(np.unique(f.gray)) <= {0, 255}),
+    "gray film saved as RGB JPEG": (encode(np.dstack([FILM] * 3), "JPEG", quality=95),
+                                    lambda f: f.info.format == "JPEG" and np.abs(f.gray.astype(int) - FILM).mean() < 3),
+    "CMYK JPEG": (encode(np.dstack([FILM] * 3), "JPEG", mode="CMYK", quality=95),
+                  lambda f: np.abs(f.gray.astype(int) - FILM).mean() < 3),
+    "EXIF rotated JPEG": (exif_rotated(), lambda f: f.gray.shape == (100, 90)),
+    "DICOM MONOCHROME2": (dicom(), lambda f: f.gray[:, 0].max() == 0 and f.gray[:, -1].min() == 255
+                          and f.info.summary() == "DICOM · DX · PA · 2024-03-01"),
+    "DICOM MONOCHROME1 (inverted)": (dicom(photometric="MONOCHROME1"),
+                                     lambda f: np.array_equal(f.gray, 255 - mono2(f))),
+    "DICOM with window": (dicom(WindowCenter=1024, WindowWidth=1024),
+                          lambda f: f.gray[:, :12].max() == 0 and f.gray[:, 36:].min() == 255),
+    "DICOM with VOI LUT": (dicom(VOILUTSequence=voi_lut(), WindowCenter=1024, WindowWidth=1024),  # LUT wins
+                           lambda f: f.gray[:, 0].min() == 255 and f.gray[:, -1].max() == 0),
+    "DICOM rescale slope/intercept": (dicom(RescaleSlope=2, RescaleIntercept=-1000, WindowCenter=3096,
+                                            WindowWidth=8192),
+                                      lambda f: np.abs(f.gray.astype(int) - wide_open(f)).max() <= 1),
+    "DICOM RLE compressed": (dicom(syntax=RLELossless), lambda f: np.array_equal(f.gray, mono2(f))),
+    "DICOM JPEG 2000 compressed": (dicom(syntax=JPEG2000Lossless), lambda f: np.array_equal(f.gray, mono2(f))),
+    "DICOM without preamble": (dicom(preamble=False), lambda f: np.array_equal(f.gray, mono2(f))),
+    "DICOM MPEG-2 (no decoder)": (dicom(syntax=MPEG2MPML), "compressed DICOM (MPEG2"),
+    "DICOM multi-frame": (dicom(np.stack([RAMP] * 3), NumberOfFrames=3), "multi-frame DICOM (3 frames)"),
+    "DICOM no pixel data": (dicom(pixel_data=False), "no pixel data"),
+    "DICOM truncated": (dicom()[:-4000], "damaged or truncated"),
+    "DICOM deflated garbage": (deflated_garbage(), "the deflated DICOM data is damaged"),
+    "DICOM header not parseable": (b"\0" * 128 + b"DICM" + b"\x02\x00\x00\x00UL\x04\x00\x10\x00\x00\x00"
+                                   + b"\x02\x00\x10\x00ZZ\xff\xff" + b"x" * 40,
+                                   "the DICOM file is damaged or truncated"),
+    "DICOM deflated without meta length": (deflated()[:134] + b"\x01\x00" + deflated()[136:],
+                                           "without a file meta group length"),
+    "DICOM frame larger than its header": (with_frame(j2k(np.zeros((400, 300), np.uint8)), JPEG2000Lossless, 80, 96),
+                                           "its compressed frame holds 300x400"),
+    "DICOM frame without a header": (with_frame(b"\0" * 64, JPEG2000Lossless, 80, 96), "no readable"),
+    "DICOM CT": (dicom(Modality="CT"), "DICOM CT image, not a plain radiograph"),
+    "DICOM lateral view": (dicom(ViewPosition="LL"), "lateral view (LL)"),
+    "DICOM knee": (dicom(BodyPartExamined="KNEE"), "body part KNEE"),
+    "DICOM header bomb": (dicom(Rows=20000, Columns=20000), "megapixels"),
+}
+
+
+# -- a model with known evidence ---------------------------------------------------------------------
+
+SPOT_SIZE = 32
+
+
+def bright_spot_model():
+    """Nested backbone whose only channel fires on bright pixels; the logit grows with them (SPOT_SIZE px input)."""
+    import keras
+
+    from pneumo_core.model import assemble, build_classifier, build_head
+    inputs = keras.Input((SPOT_SIZE, SPOT_SIZE, 3))
+    x = keras.layers.Conv2D(1, 1, activation="relu", name="bright")(inputs)
+    backbone = keras.Model(inputs, x, name="backbone")
+    backbone.get_layer("bright").set_weights([np.full((1, 1, 3, 1), 1 / 3, np.float32), np.array([-0.5], np.float32)])
+    head = build_head(1, units=1, dropout=0.0)
+    dense, out = [layer for layer in head.layers if isinstance(layer, keras.layers.Dense)]
+    dense.set_weights([np.ones((1, 1), np.float32), np.zeros(1, np.float32)])
+    out.set_weights([np.full((1, 1), 5.0, np.float32), np.array([-1.0], np.float32)])
+    return assemble("mobilenet_v2", backbone, build_classifier((SPOT_SIZE, SPOT_SIZE, 1), [head]))
+
+
+# -- processes ---------------------------------------------------------------------------------------
+
+def process_gone(pid: int | None) -> bool:
+    """True when `pid` is not running (never started, exited, or a zombie waiting to be reaped)."""
+    import psutil
+    if not pid:
+        return True
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
