@@ -9,7 +9,7 @@ home, so the bench writes nothing outside it.
 
     python bench/pacs.py [--films 60]
 """
-from common import SHARED, report  # noqa: I001
+from common import REPO, SHARED, report  # noqa: I001
 
 import argparse
 import os
@@ -21,12 +21,13 @@ from pathlib import Path
 
 import cv2
 
-from pneumo_core import registry
-from pneumo_core.audit import AuditTrail
-from pneumo_core.dicom_out import film_as_cr
-from pneumo_core.io import read_film
-from pneumo_core.pacs import PacsClient, PacsState, Watcher
-from scripts.orthanc_dev import OrthancServer, installed  # the repo root is on sys.path (common.py)
+sys.path.insert(0, str(REPO))   # scripts/ (the Orthanc starter) is not installed with pneumo_core
+from pneumo_core import registry  # noqa: E402
+from pneumo_core.audit import AuditTrail  # noqa: E402
+from pneumo_core.dicom_out import film_as_cr  # noqa: E402
+from pneumo_core.io import read_film  # noqa: E402
+from pneumo_core.pacs import PacsClient, PacsState, Watcher  # noqa: E402
+from scripts.orthanc_dev import OrthancServer, installed  # noqa: E402
 
 SITE = SHARED / "data" / "site"
 
