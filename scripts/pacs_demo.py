@@ -53,7 +53,6 @@ def main() -> None:
         sys.exit("Debian's orthanc and orthanc-dicomweb are needed: sudo make system-packages")
     if registry.active_version(settings.models_dir) is None:
         sys.exit(f"no trained model in {settings.models_dir}; train one first: make train")
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))   # stop Orthanc and the watcher on `kill` too
     folder = settings.home / "pacs-demo"
     secrets_file = settings.home / "pacs.json"
     old = json.loads(secrets_file.read_text()) if secrets_file.is_file() else {}
@@ -71,10 +70,15 @@ def main() -> None:
               f"Watcher: python -m pneumo_core pacs watch --interval {args.interval:g} (Ctrl-C stops the demo)",
               flush=True)
         env = {**os.environ, "PNEUMO_HOME": str(settings.home)}
-        subprocess.run([sys.executable, "-m", "pneumo_core", "pacs", "watch", "--interval", str(args.interval)],
-                       cwd=REPO, env=env)
-    except KeyboardInterrupt:
-        pass
+        watcher = subprocess.Popen([sys.executable, "-m", "pneumo_core", "pacs", "watch", "--interval",
+                                    str(args.interval)], cwd=REPO, env=env)
+        # `kill` (SIGTERM) stops the watcher; its exit ends the wait below and Orthanc is stopped after it.
+        # (SystemExit raised from the handler once hung the demo inside subprocess's wait.)
+        signal.signal(signal.SIGTERM, lambda *_: watcher.terminate())
+        try:
+            watcher.wait()
+        except KeyboardInterrupt:   # Ctrl-C reaches the watcher too (same process group)
+            watcher.wait(timeout=60)
     finally:
         server.stop()
 
