@@ -13,7 +13,7 @@ DEV_STAMP := $(VENV)/.installed-dev
 PIP_COMPILE := $(VENV)/bin/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras \
 	--no-emit-index-url --no-emit-find-links
 
-.PHONY: setup setup-dev run test test-fast lint lock system-packages bench train clean
+.PHONY: setup setup-dev run test test-fast lint lock system-packages bench train clean pacs-demo
 
 $(STAMP): $(LOCK) pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -69,6 +69,10 @@ train: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/run_all.py
+
+# A local Orthanc with a few site films as DICOM, and the watcher scoring them (needs a model: make train).
+pacs-demo: $(STAMP) system-packages
+	$(PY) scripts/pacs_demo.py
 
 clean:
 	rm -rf $(VENV) .pneumo

@@ -17,6 +17,7 @@ HERE = Path(__file__).parent
 # (script, title, icon, action the role needs)
 PAGES = [
     ("views/diagnose.py", "Diagnose", ":material/stethoscope:", "diagnose"),
+    ("views/worklist.py", "Worklist", ":material/view_list:", "diagnose"),
     ("views/heatmaps.py", "Heatmaps", ":material/compare:", "diagnose"),
     ("views/metrics.py", "Metrics", ":material/monitoring:", "view_metrics"),
     ("views/models.py", "Models", ":material/inventory_2:", "view_metrics"),

@@ -59,3 +59,16 @@ class LockedOut(SignInError):
 
 class SetupError(PneumoError):
     """The one-time setup code is wrong, used or expired, or an administrator already exists."""
+
+
+class PacsError(PneumoError, RuntimeError):
+    """The DICOM archive refused a request (wrong credentials, bad URL, unknown study); `status` is
+    the HTTP status when there was one."""
+
+    def __init__(self, message: str = "", status: int | None = None):
+        super().__init__(message)
+        self.status = status
+
+
+class PacsUnavailable(PacsError, ConnectionError):
+    """The DICOM archive cannot be reached now; the watcher retries with back-off and loses nothing."""

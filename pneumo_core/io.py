@@ -477,6 +477,22 @@ def read_dicom(data: bytes, name: str = "image", *, max_pixels: int = MAX_PIXELS
     except Exception as error:
         raise ImageError(f"{name}: the DICOM file is damaged or truncated ({type(error).__name__}). "
                          f"Accepted: {ACCEPTED}.") from None
+    return read_dataset(ds, name, max_pixels=max_pixels, max_side=max_side, budget=budget)
+
+
+def read_dataset(ds, name: str = "image", *, max_pixels: int = MAX_PIXELS, max_side: int | None = WORKING_SIDE,
+                 budget: DecodeBudget | None = None) -> Film:
+    """A `Film` from a pydicom Dataset already in memory (e.g. retrieved from a PACS), with the same
+    checks and limits as a DICOM file: frontal chest radiographs only.
+
+    Args:
+        ds: the pydicom Dataset, with its pixel data.
+        name: what messages call it (never a patient's name; e.g. the SOP Instance UID).
+        max_pixels, max_side, budget: as `read_dicom`.
+    Returns:
+        The film; raises ImageError with the reason when it is not a usable frontal chest film.
+    """
+    _pydicom()
     try:
         _check_dicom_content(ds, name, max_pixels)
         _check_compressed_frame(ds, name)

@@ -26,10 +26,17 @@ Every knob a deployment may need to change lives here, so the rest of the librar
 | KERASTUNER_TUNER_ID,  | distributed tuning (read by Keras Tuner too): `chief` or a |
 | KERASTUNER_ORACLE_IP, | worker id, and the chief's address; unset = one machine    |
 | KERASTUNER_ORACLE_PORT|                                                            |
+| PNEUMO_PACS_URL       | DICOMweb root of the archive, e.g.                         |
+|                       | `http://pacs:8042/dicom-web`; unset = no PACS              |
+| PNEUMO_PACS_USER,     | HTTP basic auth for the archive; or PNEUMO_PACS_TOKEN for  |
+| PNEUMO_PACS_PASSWORD  | a bearer token; none set = no auth header is sent          |
+| PNEUMO_PACS_SECRETS   | a JSON file {"url", "user", "password", "token"} read when |
+|                       | the variables are unset (default `PNEUMO_HOME/pacs.json`)  |
 """
 from __future__ import annotations
 
 import getpass
+import json
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -91,6 +98,10 @@ class Settings:
     feature_cache_mb: int = 4096   # ~80 MB per seed/size/backbone on the 5216 films: ~50 settings kept
     job_log_mb: float = 5         # a default job's log is ~200 KB
     budget: MemoryBudget = field(default_factory=MemoryBudget)
+    pacs_url: str = ""  # DICOMweb root; credentials never shown (repr=False)
+    pacs_user: str = field(default="", repr=False)
+    pacs_password: str = field(default="", repr=False)
+    pacs_token: str = field(default="", repr=False)
 
     @property
     def tuning_role(self) -> str | None:
@@ -115,6 +126,11 @@ class Settings:
     def audit_path(self) -> Path:
         return self.home / "audit.sqlite"
 
+    @property
+    def pacs_state_path(self) -> Path:
+        """The PACS watcher's state: which film was scored by which model, what reached the archive."""
+        return self.home / "pacs.sqlite"
+
 
 def os_user() -> str | None:
     """The operating-system user running this process (recorded with jobs, promotions, audit rows)."""
@@ -124,16 +140,29 @@ def os_user() -> str | None:
         return None
 
 
+def _pacs_secrets(env, home: Path) -> dict:
+    """The archive's URL and credentials: environment variables first, then the secrets file."""
+    path = Path(env.get("PNEUMO_PACS_SECRETS") or home / "pacs.json")
+    try:
+        stored = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        stored = {}
+    keys = {"url": "PNEUMO_PACS_URL", "user": "PNEUMO_PACS_USER", "password": "PNEUMO_PACS_PASSWORD",
+            "token": "PNEUMO_PACS_TOKEN"}
+    return {f"pacs_{key}": env.get(variable) or str(stored.get(key) or "") for key, variable in keys.items()}
+
+
 def load_settings(env: dict | None = None) -> Settings:
     """Build the settings from `env` (default: the process environment)."""
     env = os.environ if env is None else env
     cwd, defaults = Path.cwd(), TrainConfig()
     data = env.get("PNEUMO_DATA")
     weights_dir = env.get("PNEUMO_WEIGHTS_DIR")
+    home = Path(env.get("PNEUMO_HOME", cwd / ".pneumo"))
     return Settings(
         data_dir=Path(data) if data else _first_existing(
             cwd / "data" / "chest_xray", REPO_ROOT.parent / "shared" / "data" / "chest_xray"),
-        home=Path(env.get("PNEUMO_HOME", cwd / ".pneumo")),
+        home=home,
         weights_dir=Path(weights_dir) if weights_dir else _first_existing(
             REPO_ROOT / "weights", REPO_ROOT.parent / "shared" / "weights"),
         weights=env.get("PNEUMO_WEIGHTS", defaults.weights),
@@ -148,6 +177,7 @@ def load_settings(env: dict | None = None) -> Settings:
         oracle=f"{env['KERASTUNER_ORACLE_IP']}:{env.get('KERASTUNER_ORACLE_PORT', '')}"
         if env.get("KERASTUNER_ORACLE_IP") else "",
         budget=memory_budget(env),
+        **_pacs_secrets(env, home),
     )
 
 

@@ -75,3 +75,45 @@ def trained_run(tmp_path_factory, synthetic_data) -> tuple[Path, subprocess.Comp
 def trained_home(trained_run) -> Path:
     """A home dir with one model trained by the CLI on synthetic data (random-init MobileNetV2)."""
     return trained_run[0]
+
+
+def start_orthanc(folder: Path, port: int | None = None, password: str | None = None):
+    """Start Debian's Orthanc (with DICOMweb) on a free local port, basic auth on, storage in `folder`.
+
+    Skips the calling test where it is not installed, but fails under CI (make test installs it)."""
+    from scripts.orthanc_dev import OrthancServer, installed
+    if not installed():
+        if os.environ.get("CI"):
+            pytest.fail("CI needs /usr/sbin/Orthanc and its DICOMweb plugin (make test installs orthanc, "
+                        "orthanc-dicomweb)")
+        pytest.skip("Debian's orthanc / orthanc-dicomweb are not installed (make test installs them)")
+    return OrthancServer(folder, port, password=password).start()
+
+
+@pytest.fixture
+def orthanc(tmp_path_factory):
+    """A fresh Orthanc for one test (see `start_orthanc`), stopped after it."""
+    server = start_orthanc(tmp_path_factory.mktemp("orthanc"))
+    yield server
+    server.stop()
+
+
+def chest_studies(specs, seed: int = 0, shape=(256, 224)) -> list:
+    """Synthetic films as CR/DX DICOM (synthetic patient names), one study per spec.
+
+    Args:
+        specs: (label 0/1, view position, body part, modality) per study.
+    Returns:
+        The pydicom Datasets, in the order of `specs`.
+    """
+    from pneumo_core.dicom_out import film_as_cr
+    rng = np.random.default_rng(seed)
+    return [film_as_cr(synthetic_film(label, rng, shape), f"Synthetic^Patient{i:03d}", f"SYN{seed:02d}{i:03d}",
+                       view_position=view, body_part=body, modality=modality, accession=f"ACC{seed:02d}{i:03d}")
+            for i, (label, view, body, modality) in enumerate(specs)]
+
+
+def pacs_env(server) -> dict:
+    """Environment variables that point Pneumo at an `OrthancServer`."""
+    return {"PNEUMO_PACS_URL": server.dicomweb, "PNEUMO_PACS_USER": server.user,
+            "PNEUMO_PACS_PASSWORD": server.password}

@@ -1,0 +1,113 @@
+"""The Worklist in a real browser: Playwright drives Debian's Chromium against `streamlit run app.py`,
+after the PACS watcher has scored films stored in a real Orthanc."""
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+from conftest import REPO, chest_studies, pacs_env, run_cli, start_orthanc
+
+from pneumo_core.pacs import PacsClient, PacsState, worklist
+
+pytestmark = pytest.mark.slow
+CHROMIUM = "/usr/bin/chromium"
+FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+         "--disable-component-update", "--no-first-run", "--disable-sync"]
+if not Path(CHROMIUM).exists():
+    if os.environ.get("CI"):
+        raise RuntimeError("CI needs /usr/bin/chromium for the browser test (make test installs it)")
+    pytest.skip("Debian's chromium is not installed (make test installs it)", allow_module_level=True)
+PRIORITIES = ["PNEUMONIA", "borderline", "NORMAL", "not scored"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def scored(trained_home, tmp_path_factory):
+    """A home whose watcher has scored four frontal films and skipped a lateral, and its archive."""
+    server = start_orthanc(tmp_path_factory.mktemp("orthanc"))
+    try:
+        home = tmp_path_factory.mktemp("e2e-pacs") / "home"
+        shutil.copytree(trained_home, home, ignore=shutil.ignore_patterns("audit.sqlite*"))
+        client = PacsClient(server.dicomweb, server.user, server.password)
+        for ds in chest_studies([(1, "PA", "CHEST", "CR"), (0, "PA", "CHEST", "CR"), (1, "AP", "CHEST", "DX"),
+                                 (1, "LL", "CHEST", "CR"), (0, "PA", "CHEST", "DX")], seed=7):
+            client.store([ds], ds.StudyInstanceUID)
+        result = run_cli("pacs", "watch", "--once", home=home, env_extra=pacs_env(server))
+        assert result.returncode == 0, result.stderr[-3000:]
+        yield home, server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def server_url(scored, tmp_path_factory):
+    home, archive = scored
+    port = _free_port()
+    log = tmp_path_factory.mktemp("streamlit") / "server.log"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
+         "--server.address", "127.0.0.1", "--server.headless", "true"],
+        cwd=REPO, env={**os.environ, "PNEUMO_HOME": str(home), **pacs_env(archive)},
+        stdout=log.open("w"), stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        try:
+            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
+                break
+        except OSError:
+            time.sleep(0.5)
+    else:
+        process.kill()
+        pytest.fail("streamlit did not start:\n" + log.read_text()[-2000:])
+    yield url
+    process.terminate()
+    process.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def browser_page():
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        page = browser.new_page(viewport={"width": 1500, "height": 1500})
+        yield page
+        browser.close()
+
+
+def test_worklist_shows_the_scored_studies_in_priority_order(scored, server_url, browser_page, tmp_path):
+    home, _ = scored
+    expected = worklist(PacsState(home / "pacs.sqlite"))
+    page = browser_page
+    page.goto(f"{server_url}/worklist")
+    page.get_by_text("Priority: PNEUMONIA first").wait_for(timeout=120_000)
+    # Glide's data grid draws on a canvas and keeps an accessible copy of the cells in a <table>.
+    page.wait_for_function("() => document.querySelectorAll('[data-testid=stDataFrame] table tbody tr').length >= 5",
+                           timeout=60_000)
+    rows = page.evaluate("""() => Array.from(document.querySelectorAll('[data-testid=stDataFrame] table tbody tr'))
+        .map(r => Array.from(r.querySelectorAll('td')).map(c => c.innerText.trim()))""")
+    header = page.evaluate("""() => Array.from(document.querySelectorAll('[data-testid=stDataFrame] table thead th'))
+        .map(c => c.innerText.trim())""")
+    assert {"priority", "accession", "result in archive", "note"} <= set(header), header
+    accession = [row[header.index("accession")] for row in rows]
+    priority = [row[header.index("priority")] for row in rows]
+    assert accession == [r["accession"] for r in expected] and len(rows) == 5
+    assert [PRIORITIES.index(p) for p in priority] == sorted(PRIORITIES.index(p) for p in priority)
+    assert priority[-1] == "not scored" and "lateral view" in rows[-1][header.index("note")]
+    assert sum(row[header.index("result in archive")] == "yes" for row in rows) == 4
+    # The most urgent film opens with its heatmap, fetched from the archive.
+    page.locator("[data-testid=stImage] img").nth(1).wait_for(timeout=60_000)
+    assert page.get_by_text("Heatmap as stored in the archive").is_visible()
+    assert not page.locator("[data-testid=stException]").count()
+    page.screenshot(path=str(Path(os.environ.get("PNEUMO_SCREENSHOT_DIR") or tmp_path) / "worklist.png"),
+                    full_page=True)

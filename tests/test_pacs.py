@@ -1,0 +1,369 @@
+"""PACS round trip against a real Orthanc (Debian's, with DICOMweb), and DICOM output without one.
+
+Films are synthetic, converted to CR/DX DICOM with synthetic patient names, stored with STOW-RS;
+the watcher runs as a user would run it (the command line) with a tiny model.
+"""
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from types import SimpleNamespace
+
+import numpy as np
+import pydicom
+import pytest
+from conftest import REPO, chest_studies, pacs_env, run_cli, start_orthanc, synthetic_film
+
+from pneumo_core import dicom_out
+from pneumo_core.audit import AuditTrail
+from pneumo_core.diagnosis import Diagnosis, certainty
+from pneumo_core.errors import ConfigError, PacsUnavailable
+from pneumo_core.io import read_dataset
+from pneumo_core.pacs import PacsClient, PacsState, priority, worklist
+from pneumo_core.settings import load_settings
+
+FRONTAL = [(1, "PA", "CHEST", "CR"), (0, "AP", "CHEST", "DX"), (1, "PA", "CHEST", "CR")]
+LATERAL, HAND = (1, "LL", "CHEST", "CR"), (0, "PA", "HAND", "CR")
+
+
+def _roundtrip(ds):
+    buffer = io.BytesIO()
+    pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
+    return pydicom.dcmread(io.BytesIO(buffer.getvalue()))
+
+
+def _diagnosis(shape, label="PNEUMONIA", p=0.91, ood=(1.4, True)) -> Diagnosis:
+    return Diagnosis(name="film", probability=p, label=label, threshold=0.5, certainty=certainty(p, 0.5),
+                     heatmap=np.random.default_rng(0).random(shape), method="gradcam", model_id="20260101-000000-test",
+                     sha256="0" * 64, ood_score=ood[0], ood_flag=ood[1])
+
+
+# --- DICOM output, no archive needed -----------------------------------------------------------------
+
+def test_sr_holds_the_call_and_reads_back_with_highdicom():
+    import highdicom as hd
+    source = _roundtrip(chest_studies([FRONTAL[0]])[0])
+    d = _diagnosis((256, 224))
+    sr = _roundtrip(dicom_out.structured_report(source, d))
+    assert sr.SOPClassUID == hd.sr.ComprehensiveSR.from_dataset(sr).SOPClassUID  # highdicom parses it back
+    result = dicom_out.read_result(sr)
+    assert result["label"] == "PNEUMONIA" and result["probability"] == pytest.approx(0.91)
+    assert result["threshold"] == 0.5 and result["certainty"] == d.certainty
+    assert result["ood_score"] == pytest.approx(1.4) and result["ood_flag"] is True
+    assert result["model"] == d.model_id and "Pneumo" in result["algorithm"]
+    assert result["source_sop_uid"] == source.SOPInstanceUID
+    # Same study and patient, a new series and instance, evidence pointing at the source film.
+    assert sr.StudyInstanceUID == source.StudyInstanceUID and sr.PatientName == source.PatientName
+    assert sr.PatientID == source.PatientID and sr.AccessionNumber == source.AccessionNumber
+    assert sr.SeriesInstanceUID != source.SeriesInstanceUID and sr.SOPInstanceUID != source.SOPInstanceUID
+    evidence = sr.CurrentRequestedProcedureEvidenceSequence[0]
+    assert evidence.StudyInstanceUID == source.StudyInstanceUID
+    assert evidence.ReferencedSeriesSequence[0].SeriesInstanceUID == source.SeriesInstanceUID
+    assert sr.CompletionFlag == "COMPLETE" and sr.VerificationFlag == "UNVERIFIED"
+
+
+def test_sr_of_a_normal_call_without_ood_detector():
+    source = _roundtrip(chest_studies([FRONTAL[1]])[0])
+    result = dicom_out.read_result(_roundtrip(dicom_out.structured_report(
+        source, _diagnosis((256, 224), "NORMAL", 0.48, (None, None)))))
+    assert result["label"] == "NORMAL" and result["certainty"].startswith("borderline")
+    assert result["ood_score"] is None and result["ood_flag"] is None
+
+
+def test_heatmap_capture_is_labelled_and_in_a_new_series_of_the_study():
+    source = _roundtrip(chest_studies([FRONTAL[0]])[0])
+    film = read_dataset(source, "film")
+    d = _diagnosis(film.gray.shape)
+    sc = _roundtrip(dicom_out.heatmap_capture(source, film.gray, d))
+    assert sc.SOPClassUID == pydicom.uid.SecondaryCaptureImageStorage and sc.BurnedInAnnotation == "YES"
+    assert sc.StudyInstanceUID == source.StudyInstanceUID and sc.PatientName == source.PatientName
+    assert sc.SeriesInstanceUID not in (source.SeriesInstanceUID, dicom_out.structured_report(
+        source, d).SeriesInstanceUID)
+    assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == source.SOPInstanceUID
+    pixels = sc.pixel_array
+    assert pixels.shape == (731, 640, 3)   # a 256 x 224 film, enlarged so that the label reads
+    # The label band: a black strip with white text across the top, the heatmap colours below it.
+    band = pixels[:20]
+    assert (band.max(axis=2) < 10).mean() > 0.5 and (band.min(axis=2) > 200).sum() > 20
+    assert "not a diagnosis" in sc.SeriesDescription and "not a diagnosis" in sc.ImageComments
+
+
+def test_result_uids_are_stable_per_film_and_model_and_differ_otherwise():
+    a = dicom_out.result_uids("1.2.3", "model-a")
+    assert a == dicom_out.result_uids("1.2.3", "model-a")
+    assert not set(a.values()) & set(dicom_out.result_uids("1.2.3", "model-b").values())
+    assert len(set(a.values())) == 4
+
+
+def test_worklist_priority_puts_pneumonia_then_borderline_first():
+    rows = [{"label": "NORMAL", "certainty": "clear"}, {"label": None}, {"label": "PNEUMONIA", "certainty": "clear"},
+            {"label": "NORMAL", "certainty": "borderline: close to the threshold"}]
+    assert [priority(r) for r in rows] == [2, 3, 0, 1]
+
+
+def test_pacs_settings_come_from_the_environment_or_a_secrets_file(tmp_path):
+    (tmp_path / "pacs.json").write_text(json.dumps({"url": "http://pacs/dicom-web", "token": "t0k"}))
+    settings = load_settings({"PNEUMO_HOME": str(tmp_path)})
+    assert (settings.pacs_url, settings.pacs_token, settings.pacs_user) == ("http://pacs/dicom-web", "t0k", "")
+    assert "t0k" not in repr(settings)
+    settings = load_settings({"PNEUMO_HOME": str(tmp_path), "PNEUMO_PACS_URL": "http://other/dicom-web"})
+    assert settings.pacs_url == "http://other/dicom-web"
+    with pytest.raises(ConfigError, match="PNEUMO_PACS_URL"):
+        PacsClient("")
+
+
+def test_auth_header_is_basic_bearer_or_absent_as_configured():
+    import http.server
+    import threading
+    seen = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append(self.headers.get("Authorization"))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/dicom+json")
+            self.end_headers()
+            self.wfile.write(b"[]")
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    url = f"http://127.0.0.1:{server.server_port}/dicom-web"
+    try:
+        for client in (PacsClient(url), PacsClient(url, "ann", "pw"), PacsClient(url, token="abc")):
+            assert client.search_films() == []
+    finally:
+        server.shutdown()
+    assert seen[0] is None and seen[1].startswith("Basic ") and seen[2] == "Bearer abc"
+
+
+def test_a_down_archive_is_reported_as_unavailable():
+    with pytest.raises(PacsUnavailable, match="cannot be reached"):
+        PacsClient("http://127.0.0.1:9/dicom-web").search_films()   # port 9 (discard): nothing listens
+
+
+# --- against a real Orthanc --------------------------------------------------------------------------
+
+def _home(trained_home, tmp_path_factory):
+    home = tmp_path_factory.mktemp("pacs") / "home"
+    shutil.copytree(trained_home, home, ignore=shutil.ignore_patterns("audit.sqlite*"))
+    return home
+
+
+@pytest.fixture(scope="module")
+def archive(trained_home, tmp_path_factory):
+    """An Orthanc holding three frontal chest studies, a lateral and a hand, after one watcher run."""
+    server = start_orthanc(tmp_path_factory.mktemp("orthanc"))
+    try:
+        home = _home(trained_home, tmp_path_factory)
+        films = chest_studies(FRONTAL + [LATERAL, HAND], seed=1)
+        client = PacsClient(server.dicomweb, server.user, server.password)
+        for ds in films:
+            client.store([ds], ds.StudyInstanceUID)
+        first = run_cli("pacs", "watch", "--once", home=home, env_extra=pacs_env(server))
+        yield SimpleNamespace(server=server, home=home, films=films, client=client, first=first)
+    finally:
+        server.stop()
+
+
+def _instances(archive, study_uid, modality):
+    return archive.client.search_films(study_uid=study_uid, modalities=(modality,))
+
+
+@pytest.mark.slow
+def test_watcher_stores_an_sr_and_a_heatmap_in_each_frontal_films_study(archive):
+    assert archive.first.returncode == 0, archive.first.stderr[-3000:]
+    summary = json.loads(archive.first.stdout.strip().splitlines()[-1])
+    assert summary["found"] == 5 and summary["scored"] == 3 and summary["stored"] == 3 and summary["skipped"] == 2
+    for ds in archive.films[:3]:
+        (sr_ref,) = _instances(archive, ds.StudyInstanceUID, "SR")
+        (sc_ref,) = _instances(archive, ds.StudyInstanceUID, "OT")
+        sr = archive.client.retrieve_instance(ds.StudyInstanceUID, sr_ref.series_uid, sr_ref.sop_uid)
+        sc = archive.client.retrieve_instance(ds.StudyInstanceUID, sc_ref.series_uid, sc_ref.sop_uid)
+        result = dicom_out.read_result(sr)
+        assert result["source_sop_uid"] == ds.SOPInstanceUID and result["study_uid"] == ds.StudyInstanceUID
+        assert sr.PatientName == ds.PatientName and sc.PatientID == ds.PatientID
+        assert sc.SourceImageSequence[0].ReferencedSOPInstanceUID == ds.SOPInstanceUID
+        assert sc.pixel_array.shape[2] == 3 and sc.Columns == 640
+
+
+@pytest.mark.slow
+def test_sr_probability_and_call_equal_predict_json(archive, tmp_path):
+    paths = []
+    for i, ds in enumerate(archive.films[:3]):
+        paths.append(tmp_path / f"film{i}.dcm")
+        ds.save_as(paths[-1], enforce_file_format=True)
+    predicted = json.loads(run_cli("predict", *paths, "--json", home=archive.home).stdout)
+    for ds, expected in zip(archive.films[:3], predicted):
+        (sr_ref,) = _instances(archive, ds.StudyInstanceUID, "SR")
+        result = dicom_out.read_result(archive.client.retrieve_instance(
+            ds.StudyInstanceUID, sr_ref.series_uid, sr_ref.sop_uid))
+        assert result["label"] == expected["label"] and result["model"] == expected["model"]
+        assert result["probability"] == pytest.approx(expected["probability"], abs=1e-6)
+        assert result["ood_flag"] == expected["ood_flag"]
+
+
+@pytest.mark.slow
+def test_lateral_and_non_chest_studies_are_skipped_with_a_reason(archive):
+    state = PacsState(archive.home / "pacs.sqlite")
+    skipped = {r["sop_uid"]: r["reason"] for r in state.films(statuses=("skipped",))}
+    lateral, hand = archive.films[3], archive.films[4]
+    assert set(skipped) == {lateral.SOPInstanceUID, hand.SOPInstanceUID}
+    assert "lateral view (LL)" in skipped[lateral.SOPInstanceUID]
+    assert "body part HAND" in skipped[hand.SOPInstanceUID]
+    assert not _instances(archive, lateral.StudyInstanceUID, "SR") and not _instances(archive, hand.StudyInstanceUID,
+                                                                                        "SR")
+
+
+@pytest.mark.slow
+def test_a_second_run_adds_nothing_and_status_reports_it(archive):
+    before = archive.server.get("/statistics")["CountInstances"]
+    audit_before = AuditTrail(archive.home / "audit.sqlite").rows()
+    again = run_cli("pacs", "watch", "--once", home=archive.home, env_extra=pacs_env(archive.server))
+    assert again.returncode == 0, again.stderr[-2000:]
+    summary = json.loads(again.stdout.strip().splitlines()[-1])
+    assert summary["found"] == 5 and summary["new"] == 0 and summary["scored"] == summary["stored"] == 0
+    assert archive.server.get("/statistics")["CountInstances"] == before == 5 + 2 * 3
+    audit = AuditTrail(archive.home / "audit.sqlite").rows()
+    assert audit == audit_before and len([r for r in audit if r["source"] == "pacs"]) == 3
+    status = json.loads(run_cli("pacs", "status", "--json", home=archive.home).stdout)
+    assert status["backlog"] == 0 and status["counts"] == {"stored": 3, "skipped": 2}
+    assert status["last_poll"] and status["url"] == archive.server.dicomweb and not status["errors"]
+
+
+@pytest.mark.slow
+def test_score_one_study_and_the_worklist_order(archive):
+    (late,) = chest_studies([(1, "PA", "CHEST", "DX")], seed=2)
+    archive.client.store([late], late.StudyInstanceUID)
+    result = run_cli("pacs", "score", late.StudyInstanceUID, home=archive.home, env_extra=pacs_env(archive.server))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout.strip().splitlines()[-1])["stored"] == 1
+    rows = worklist(PacsState(archive.home / "pacs.sqlite"))
+    assert len(rows) == 6 and [r["priority"] for r in rows] == sorted(r["priority"] for r in rows)
+    assert all(r["in_archive"] for r in rows if r["priority"] < 3)
+    assert [r["status"] for r in rows[-2:]] == ["skipped", "skipped"]
+
+
+@pytest.mark.slow
+def test_worklist_page_lists_the_films_and_opens_one_with_its_heatmap(archive, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    from pneumo_core.access import Actor
+    monkeypatch.setenv("PNEUMO_HOME", str(archive.home))
+    for key, value in pacs_env(archive.server).items():
+        monkeypatch.setenv(key, value)
+    at = AppTest.from_file(str(REPO / "views" / "worklist.py"), default_timeout=120)
+    at.session_state["actor"] = Actor("test", "admin")
+    at.run()
+    assert not at.exception
+    table = at.dataframe[0].value
+    assert list(table["priority"])[:1] in (["PNEUMONIA"], ["borderline"], ["NORMAL"])
+    assert (table["priority"].map(["PNEUMONIA", "borderline", "NORMAL", "not scored"].index).diff().dropna() >= 0).all()
+    assert len(at.get("image")) == 2   # the film and its heatmap, retrieved from the archive
+
+
+@pytest.mark.slow
+def test_archive_down_mid_run_every_film_is_scored_exactly_once(trained_home, tmp_path_factory):
+    folder = tmp_path_factory.mktemp("orthanc")
+    servers, watcher, output = [start_orthanc(folder)], None, ""
+    try:
+        server = servers[0]
+        home = _home(trained_home, tmp_path_factory)
+        films = chest_studies([(i % 2, "PA", "CHEST", "CR") for i in range(12)], seed=3, shape=(768, 640))
+        client = PacsClient(server.dicomweb, server.user, server.password)
+        for ds in films:
+            client.store([ds], ds.StudyInstanceUID)
+        state = PacsState(home / "pacs.sqlite")
+        stored = lambda: state.status()["counts"].get("stored", 0)
+        env = {**os.environ, "PNEUMO_HOME": str(home), **pacs_env(server)}
+        watcher = subprocess.Popen([sys.executable, "-m", "pneumo_core", "pacs", "watch", "--interval", "0.5"],
+                                   cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + 300
+        while stored() == 0 and time.monotonic() < deadline and watcher.poll() is None:
+            time.sleep(0.02)
+        server.stop()
+        stored_while_down = stored()
+        assert 0 < stored_while_down < len(films), "the archive must go down in the middle of the run"
+        while not state.status()["last_error"] and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert "cannot be reached" in state.status()["last_error"]
+        # Same storage and port: the archive is back.
+        servers.append(start_orthanc(folder, server.port, server.password))
+        while stored() < len(films) and time.monotonic() < deadline and watcher.poll() is None:
+            time.sleep(0.2)
+    finally:
+        if watcher is not None:
+            watcher.terminate()
+            output = watcher.communicate(timeout=60)[0]
+        for server in servers:
+            server.stop()
+    assert stored() == len(films), output[-3000:]
+    audit = AuditTrail(home / "audit.sqlite").rows()
+    assert len(audit) == len(films) and len({r["sha256"] for r in audit}) == len(films)
+    assert not list((home / "pacs_outbox").iterdir())
+
+
+@pytest.mark.parametrize("width", [640, 1024, 2000])   # heatmap_capture makes every film 640+ wide
+def test_the_label_fits_inside_a_film_of_any_width(width):
+    gray = synthetic_film(1, np.random.default_rng(0), (300, width))
+    rgb = dicom_out.overlay_with_label(gray, _diagnosis(gray.shape))
+    band = rgb[: int(rgb.shape[0] * 0.3)]
+    text_columns = np.flatnonzero((band.min(axis=2) > 200).any(axis=0))
+    assert rgb.shape == (300, width, 3) and (rgb[:3].max(axis=2) < 10).mean() > 0.5
+    assert text_columns.size and text_columns.max() < width - 1   # no line runs off the right edge
+
+
+def test_heatmap_capture_of_a_large_film_is_at_most_1024_px():  # and the label fits (see above)
+    source = _roundtrip(chest_studies([FRONTAL[0]], shape=(1400, 1200))[0])
+    gray = read_dataset(source, "film").gray
+    sc = dicom_out.heatmap_capture(source, gray, _diagnosis(gray.shape))
+    assert (sc.Rows, sc.Columns) == (1024, 878)
+
+
+def test_wrong_credentials_are_a_clear_error_not_an_outage(orthanc):
+    from pneumo_core.errors import PacsError
+    with pytest.raises(PacsError, match="refused the credentials") as caught:
+        PacsClient(orthanc.dicomweb, orthanc.user, "wrong").search_films()
+    assert caught.value.status == 401 and not isinstance(caught.value, PacsUnavailable)
+
+
+@pytest.mark.slow
+def test_a_film_gone_from_the_archive_fails_alone_and_the_rest_is_stored(orthanc, trained_home, tmp_path):
+    from pneumo_core.diagnosis import Diagnoser
+    from pneumo_core.model import PneumoModel
+    from pneumo_core.pacs import MAX_ATTEMPTS, FilmRef, Watcher
+    from pneumo_core.registry import resolve
+    client = PacsClient(orthanc.dicomweb, orthanc.user, orthanc.password)
+    (ds,) = chest_studies([FRONTAL[0]], seed=5)
+    client.store([ds], ds.StudyInstanceUID)
+    diagnoser = Diagnoser(PneumoModel.load(resolve(trained_home / "models")))
+    state = PacsState(tmp_path / "pacs.sqlite")
+    # Found by an earlier search, deleted from the archive since.
+    state.add([FilmRef(ds.StudyInstanceUID, ds.SeriesInstanceUID, "1.2.3.4.5.6")], diagnoser.model.id)
+    watcher = Watcher(client, diagnoser, state, AuditTrail(tmp_path / "audit.sqlite"), tmp_path / "outbox")
+    for _ in range(MAX_ATTEMPTS + 1):
+        summary = watcher.poll()
+    rows = {r["sop_uid"]: r for r in state.films()}
+    assert rows[ds.SOPInstanceUID]["status"] == "stored"
+    gone = rows["1.2.3.4.5.6"]
+    assert gone["status"] == "failed" and gone["attempts"] == MAX_ATTEMPTS and "404" in gone["reason"]
+    assert summary["failed"] == 0   # given up after MAX_ATTEMPTS: not tried again
+    assert watcher.timings["retrieve"] > 0 and watcher.timings["store_sr"] > 0
+
+
+@pytest.mark.parametrize("role, shown", [("clinician", "pneumo_core pacs watch"), ("auditor", "may not see calls")])
+def test_worklist_page_before_any_poll_says_how_to_start_and_checks_the_role(role, shown, tmp_path, monkeypatch):
+    from streamlit.testing.v1 import AppTest
+
+    from pneumo_core.access import Actor
+    monkeypatch.setenv("PNEUMO_HOME", str(tmp_path / "home"))
+    at = AppTest.from_file(str(REPO / "views" / "worklist.py"), default_timeout=120)
+    at.session_state["actor"] = Actor("test", role)
+    at.run()
+    assert not at.exception
+    assert any(shown in e.value for e in [*at.code, *at.error])

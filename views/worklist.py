@@ -1,0 +1,71 @@
+"""Worklist: the archive's recent chest films, most urgent first, as the PACS watcher scored them."""
+import pandas as pd
+import streamlit as st
+
+import ui
+from pneumo_core import pacs
+from pneumo_core.diagnosis import NOTICE
+from pneumo_core.errors import PneumoError
+
+st.title("Worklist")
+st.caption(NOTICE + " Priority: PNEUMONIA first, then borderline calls, then NORMAL; each by probability.")
+actor = st.session_state.get("actor")
+if actor is not None and not actor.may("diagnose"):
+    st.error(f"{actor.name} ({actor.role}) may not see calls; that needs the role clinician, ml_lead or admin.")
+    st.stop()
+settings = ui.settings()
+state = pacs.PacsState(settings.pacs_state_path)
+status, rows = state.status(), pacs.worklist(state)
+if not rows:
+    st.info("No film from the archive yet. The archive is set by PNEUMO_PACS_URL (or the secrets file); "
+            "start the watcher on the server:")
+    st.code("python -m pneumo_core pacs watch", language="bash")
+    st.stop()
+st.caption(f"Archive {status['url']} · last poll {status['last_poll']} · waiting {status['backlog']}"
+           + (f" · last archive error {status['last_error_time']}: {status['last_error']}"
+              if status["last_error"] else ""))
+
+table = pd.DataFrame([{
+    "priority": r["priority_name"], "accession": r["accession"], "call": r["label"] or "",
+    "probability": r["probability"], "certainty": (r["certainty"] or "").split(":")[0],
+    "caution": "unlike the training films" if r["ood_flag"] else "",
+    "result in archive": "yes" if r["in_archive"] else "no", "note": r["reason"] or "",
+    "film": f"{r['modality']} {r['view']}".strip(), "study date": r["study_date"], "model": r["model"]}
+    for r in rows])
+event = st.dataframe(table, hide_index=True, width="stretch", on_select="rerun", selection_mode="single-row",
+                     key="worklist_table", column_config={
+                         "probability": st.column_config.ProgressColumn("probability", min_value=0.0, max_value=1.0,
+                                                                        format="%.3f")})
+picked = event.selection.rows if event and event.selection else []
+row = rows[picked[0]] if picked else rows[0]
+st.subheader(f"{row['priority_name']} · accession {row['accession'] or '-'} · {row['study_date'] or ''}")
+if row["label"] is None:
+    st.info(f"Not scored: {row['reason'] or row['status']}.")
+    st.stop()
+st.caption("Click a row to open another film.")
+call, probability, sure = st.columns(3)
+call.metric("Call", row["label"])
+probability.metric("Probability of pneumonia", f"{row['probability']:.3f}", f"threshold {row['threshold']:.3f}",
+                   delta_color="off")
+sure.metric("Certainty", row["certainty"].split(":")[0])
+if row["ood_flag"]:
+    st.warning("Unlike the films the model was trained on: read this call with extra care.",
+               icon=":material/warning:")
+
+
+@st.cache_data(ttl=600, show_spinner="Fetching the film from the archive…", max_entries=64)
+def _film(row: dict):
+    return pacs.film_and_heatmap(pacs.PacsClient.from_settings(ui.settings()), row, pacs.outbox_dir(ui.settings()))
+
+
+try:
+    gray, heatmap = _film(row)
+except PneumoError as error:
+    st.error(str(error))
+    st.stop()
+film, heat = st.columns(2)
+film.image(gray, caption="Film", width=440, clamp=True)
+if heatmap is not None:
+    heat.image(heatmap, caption="Heatmap as stored in the archive (red = strongest evidence)", width=440)
+st.caption(f"Model {row['model']} · scored {row['scored']} · " + (
+    f"result stored in the archive {row['stored']}" if row["in_archive"] else "result not yet in the archive"))
