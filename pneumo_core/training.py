@@ -12,7 +12,7 @@ import os
 import platform
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -244,6 +244,30 @@ def fit_heads(features: CachedFeatures, config: TrainConfig, settings: Settings,
     return Heads(members, heads, platt, history, summary)
 
 
+def fit_tta(model, heads: Heads, features: CachedFeatures, config: TrainConfig):
+    """Refit the Platt scaling on validation scores with test-time augmentation (mean logit over the plain
+    film and `config.tta_views` views, as the saved version serves them) and set it into `model`.
+
+    Returns:
+        (heads with the new Platt, validation and test probabilities as the version will serve them).
+    """
+    tta = {"views": config.tta_views, "seed": config.seed}
+    scorer = PneumoModel(model, {"image_size": config.image_size, "normalisation": config.normalisation,
+                                 "threshold": 0.5, "tta": tta})
+    a, b = heads.platt
+
+    def raw_logit(split):   # mean of the heads' logits over the views (the calibration is affine)
+        p = np.clip(scorer.predict_files(split.path), 1e-15, 1 - 1e-15)
+        return (np.log(p / (1 - p)) - b) / a
+
+    z_val, z_test = raw_logit(features.val), raw_logit(features.test)
+    platt = fit_platt(z_val, features.y_val)
+    model.get_layer("classifier").get_layer("calibration").set_weights(
+        [np.array([[platt[0]]], np.float32), np.array([platt[1]], np.float32)])
+    return (replace(heads, platt=platt), _sigmoid(platt[0] * z_val + platt[1]),
+            _sigmoid(platt[0] * z_test + platt[1]))
+
+
 def model_card(config: TrainConfig, features: CachedFeatures, heads: Heads, threshold: float, ood: OODDetector,
                seconds: float) -> dict:
     """metadata.json of a new version: what it is, what it was trained and calibrated on, and its limits."""
@@ -255,7 +279,10 @@ def model_card(config: TrainConfig, features: CachedFeatures, heads: Heads, thre
         "image_size": config.image_size, "normalisation": config.normalisation,
         "class_names": list(CLASSES), "threshold": threshold,
         "threshold_rule": THRESHOLD_RULE.format(target=config.min_sensitivity),
-        "calibration": {"method": "platt", "a": heads.platt[0], "b": heads.platt[1], "fitted_on": "val"},
+        "calibration": {"method": "platt", "a": heads.platt[0], "b": heads.platt[1],
+                        "fitted_on": f"val (TTA, {config.tta_views} views)" if config.tta_views else "val"},
+        # Scoring with test-time augmentation (PneumoModel): views 0 scores the plain film only.
+        "tta": {"views": config.tta_views, "seed": config.seed},
         "ensemble": heads.members,
         "data": {"dir": str(Path(config.data_dir).resolve()), "fingerprint": dataset.fingerprint(),
                  "sizes": dataset.sizes(), "notes": dataset.notes, "split_seed": config.seed,
@@ -315,6 +342,8 @@ def train(config: TrainConfig, settings: Settings, reporter: Reporter | None = N
     else:
         p_val, p_test = heads.probabilities(features.x_val), heads.probabilities(features.x_test)
 
+    if config.tta_views:
+        heads, p_val, p_test = fit_tta(model, heads, features, config)
     threshold = choose_threshold(features.y_val, p_val, config.min_sensitivity)
     ood = fit_ood(model, features.x_train[:len(features.train)], features.x_val, features.train, features.val, config)
     evaluating = Progress("evaluating", 1, reporter)
