@@ -198,7 +198,9 @@ class PneumoModel:
     def predict_files(self, paths, batch_size: int = 32) -> np.ndarray:
         """N image files -> (N,) probabilities of PNEUMONIA (files decoded in parallel; with the version's TTA)."""
         if self.tta_views:
-            return self.predict([read_image(str(p)) for p in paths]) if len(paths) else np.zeros(0)
+            paths = list(paths)   # decoded a batch at a time: full-size films are megabytes each
+            return np.concatenate([self.predict([read_image(str(p)) for p in paths[i:i + batch_size]])
+                                   for i in range(0, len(paths), batch_size)]) if paths else np.zeros(0)
         out = [np.asarray(self.keras.predict_on_batch(batch)).reshape(-1) for batch in image_batches(
             paths, self.image_size, self.normalisation, batch_size=batch_size)]
         return np.concatenate(out) if out else np.zeros(0)
