@@ -156,8 +156,8 @@ class PneumoModel:
                 self._scorer = scoring_model(self.keras, logit=True)
         return self._scorer
 
-    def _tta_logits(self, grays) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """(logit of each view (N, 1 + views), plain-view embedding (N, D)) of grayscale films."""
+    def view_logits(self, grays) -> tuple[np.ndarray, np.ndarray]:
+        """(calibrated logit of each view (N, 1 + views), plain-view embedding (N, D)) of grayscale films."""
         scorer, logits, embeddings = self._logit_scorer(), [], []
         for gray in grays:
             z, e = scorer.predict_on_batch(tta_inputs(gray, self.image_size, self.normalisation, self.tta_views,
@@ -176,7 +176,7 @@ class PneumoModel:
         The probability is the version's TTA score when it has one; the embedding is the plain view's.
         """
         if self.tta_views:
-            logits, embeddings = self._tta_logits(grays)
+            logits, embeddings = self.view_logits(grays)
             return _sigmoid(logits.mean(1)), embeddings
         logits, embeddings = self._logit_scorer().predict_on_batch(self.inputs(grays))
         return _sigmoid(np.asarray(logits, np.float64).reshape(-1)), np.asarray(embeddings)
@@ -191,7 +191,7 @@ class PneumoModel:
         if not self.tta_views:
             return plain
         clipped = np.clip(plain, 1e-12, 1 - 1e-12)
-        logits = self._tta_logits(grays)[0]
+        logits = self.view_logits(grays)[0]
         logits[:, 0] = np.log(clipped / (1 - clipped))
         return _sigmoid(logits.mean(1))
 

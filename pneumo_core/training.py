@@ -35,6 +35,7 @@ from .distribute import (
 )
 from .evaluation import THRESHOLD_RULE, choose_threshold, evaluate, fit_platt
 from .features import FeatureCache
+from .io import read_image
 from .model import PneumoModel, assemble, build_classifier, build_embedder, scoring_model
 from .ood import OODDetector
 from .progress import Progress, Reporter
@@ -254,18 +255,20 @@ def fit_tta(model, heads: Heads, features: CachedFeatures, config: TrainConfig):
     tta = {"views": config.tta_views, "seed": config.seed}
     scorer = PneumoModel(model, {"image_size": config.image_size, "normalisation": config.normalisation,
                                  "threshold": 0.5, "tta": tta})
+
+    def tta_logit(split):   # mean calibrated logit over the views, decoded 32 films at a time
+        paths = list(split.path)
+        return np.concatenate([scorer.view_logits([read_image(str(p)) for p in paths[i:i + 32]])[0].mean(1)
+                               for i in range(0, len(paths), 32)])
+
+    z_val, z_test = tta_logit(features.val), tta_logit(features.test)
+    # Platt on the current calibrated logit, composed with the current one (both affine): no division.
+    a2, b2 = fit_platt(z_val, features.y_val)
     a, b = heads.platt
-
-    def raw_logit(split):   # mean of the heads' logits over the views (the calibration is affine)
-        p = np.clip(scorer.predict_files(split.path), 1e-15, 1 - 1e-15)
-        return (np.log(p / (1 - p)) - b) / a
-
-    z_val, z_test = raw_logit(features.val), raw_logit(features.test)
-    platt = fit_platt(z_val, features.y_val)
+    platt = (a2 * a, a2 * b + b2)
     model.get_layer("classifier").get_layer("calibration").set_weights(
         [np.array([[platt[0]]], np.float32), np.array([platt[1]], np.float32)])
-    return (replace(heads, platt=platt), _sigmoid(platt[0] * z_val + platt[1]),
-            _sigmoid(platt[0] * z_test + platt[1]))
+    return replace(heads, platt=platt), _sigmoid(a2 * z_val + b2), _sigmoid(a2 * z_test + b2)
 
 
 def model_card(config: TrainConfig, features: CachedFeatures, heads: Heads, threshold: float, ood: OODDetector,
