@@ -205,13 +205,13 @@ class TrainConfig:
     val_fraction: float = 0.15
     test_fraction: float = 0.15
     augmentation: Augmentation = field(default_factory=Augmentation)
-    strategy: str = "default"  # fine-tuning: default | mirrored (local GPUs) | multiworker (TF_CONFIG cluster)
-    mixed_precision: bool = False  # fine-tuning in float16 compute; GPUs only (ignored, with a note, on CPU)
-    xla: bool = False  # fine-tuning step compiled by XLA (jit_compile)
     # Test-time augmentation of the new version: it scores the mean calibrated logit over the plain film and
     # this many training-style views (threshold and Platt fitted on those validation scores). Default model,
     # 198 site films: AUC 0.934 plain, 0.963 with 3 views (seed 0); internal test AUC unchanged.
     tta_views: int = 3
+    strategy: str = "default"  # fine-tuning: default | mirrored (local GPUs) | multiworker (TF_CONFIG cluster)
+    mixed_precision: bool = False  # fine-tuning in float16 compute; GPUs only (ignored, with a note, on CPU)
+    xla: bool = False  # fine-tuning step compiled by XLA (jit_compile)
 
     @classmethod
     def from_dict(cls, values: dict) -> TrainConfig:
