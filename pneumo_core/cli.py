@@ -123,6 +123,7 @@ def _add_train_options(parser: argparse.ArgumentParser, defaults: TrainConfig, f
     option("tuner")
     option("augmented_views", type=int, help="augmented views per film")
     option("ensemble", type=int, help="best configurations averaged")
+    option("tta_views", type=int, help="test-time augmented views the new version scores (0: plain film only)")
     option("normalisation")
     option("strategy", help="fine-tuning on every local GPU (mirrored) or a TF_CONFIG cluster (multiworker)")
     option("mixed_precision", action="store_true", help="fine-tune in float16 compute (GPUs only)")

@@ -56,9 +56,16 @@ HEAD_C = 0.005                    # inverse L2 strength of the logistic head; 0.
 # as a threshold chosen on ~130 positives misses its target on new films: cross-fitted, a 0.95 target gave
 # sensitivity 0.942 (specificity 0.774), 0.96 gave 0.957 (0.738).
 SITE_MIN_SENSITIVITY = 0.96
-METHOD = (f"logistic head on frozen backbone features, trained on the original training films (plain view) "
-          f"and the site's films weighted {SITE_WEIGHT:g}x (L2, C={HEAD_C}); Platt calibration and threshold "
-          f"(out-of-fold sensitivity >= {SITE_MIN_SENSITIVITY:.2f}) fitted on the site's out-of-fold predictions")
+# Test-time augmentation of the adapted version: it trains on, and scores, the plain view and TTA_VIEWS
+# training-style views of each site film (mean logit). Grouped CV, mean of 3 fold seeds: plain views AUC 0.957,
+# sens 0.957, spec 0.738, ECE 0.041; 3 views 0.977 / 0.950 / 0.831 / 0.035; 5 views 0.984 / 0.952 / 0.877 / 0.028.
+TTA_VIEWS = 5
+TTA_SEED = 0
+METHOD = (f"logistic head on frozen backbone features, trained on the original training films (plain and "
+          f"cached augmented views) and the site's films (plain and {TTA_VIEWS} augmented views) weighted "
+          f"{SITE_WEIGHT:g}x (L2, C={HEAD_C}); scores the mean logit over the plain film and {TTA_VIEWS} "
+          f"augmented views; Platt calibration and threshold (out-of-fold sensitivity >= "
+          f"{SITE_MIN_SENSITIVITY:.2f}) fitted on the site's out-of-fold predictions")
 
 
 @dataclass
@@ -146,9 +153,15 @@ def patient_folds(patients, labels, k: int = FOLDS, seed: int = 0) -> np.ndarray
 
 
 def score_films(model, paths, label: str = "site films") -> tuple[np.ndarray, np.ndarray]:
-    """(probability of PNEUMONIA, pooled backbone embedding) of each film, one forward pass each."""
+    """(probability of PNEUMONIA, pooled backbone embedding) of each film, as the model serves it.
+
+    One forward pass each, or 1 + k with the version's test-time augmentation (the plain view's embedding).
+    """
     from .data import image_batches
     from .model import scoring_model
+    if model.tta_views:
+        logits, embeddings = score_views(model, paths, model.tta_views, model.tta_seed, label)
+        return _sigmoid(logits.mean(1)), embeddings[0]
     scorer = scoring_model(model.keras)
     progress = Progress(f"scoring {label}", len(paths))
     probabilities, embeddings = [], []
@@ -158,6 +171,28 @@ def score_films(model, paths, label: str = "site films") -> tuple[np.ndarray, np
         embeddings.append(np.asarray(e, np.float32))
         progress.update(len(probabilities[-1]))
     return np.concatenate(probabilities), np.concatenate(embeddings)
+
+
+def score_views(model, paths, views: int, seed: int = 0, label: str = "site films") -> tuple[np.ndarray, np.ndarray]:
+    """Calibrated logits and pooled embeddings of each film's plain view and `views` TTA views.
+
+    The views are those the model's test-time augmentation scores (`model.tta_inputs`, seeds (seed, v)).
+
+    Returns:
+        (logits (N, 1 + views), embeddings (1 + views, N, D)), the plain view first.
+    """
+    from .io import read_image
+    from .model import scoring_model, tta_inputs
+    scorer = scoring_model(model.keras, logit=True)
+    progress = Progress(f"scoring {label} ({1 + views} views)", len(paths))
+    logits, embeddings = [], []
+    for path in paths:
+        z, e = scorer.predict_on_batch(tta_inputs(read_image(str(path)), model.image_size, model.normalisation,
+                                                  views, seed))
+        logits.append(np.asarray(z, np.float64).reshape(-1))
+        embeddings.append(np.asarray(e, np.float32))
+        progress.update(1)
+    return np.stack(logits), np.stack(embeddings, axis=1)
 
 
 def _internal_figures(version_dir: Path) -> dict:
@@ -351,11 +386,38 @@ def out_of_fold_logits(x_train, y_train, x_site, y_site, folds, **head_options) 
     return logits
 
 
-def training_features(metadata: dict, settings, embedder) -> dict:
+def out_of_fold_view_logits(x_train, y_train, site_views, y_site, folds, site_weight: float = SITE_WEIGHT,
+                            c: float = HEAD_C, stats=None) -> np.ndarray:
+    """Each site film's mean logit over its views, from a head that never saw any view of its fold.
+
+    Args:
+        x_train, y_train: training rows (every cached view of every training film, stacked).
+        site_views: (V, N, D) the site films' plain view then V - 1 TTA views (`score_views`).
+        y_site, folds: labels and patient-grouped fold of each site film.
+        site_weight: the weight of each site row (every view of a site film counts that much).
+    Returns:
+        (N,) out-of-fold logits: the mean over a film's V views of the fold head's logit.
+    """
+    site_views, y_site, folds = np.asarray(site_views), np.asarray(y_site).astype(int), np.asarray(folds)
+    n_views, dim = site_views.shape[0], site_views.shape[2]
+    logits = np.full(len(y_site), np.nan)
+    progress = Progress("training site fold", len(np.unique(folds)))
+    for fold in np.unique(folds):
+        held = folds == fold
+        head = fit_site_head(x_train, y_train, site_views[:, ~held].reshape(-1, dim),
+                             np.tile(y_site[~held], n_views), site_weight, c, stats)
+        logits[held] = head.logit(site_views[:, held].reshape(-1, dim)).reshape(n_views, -1).mean(0)
+        progress.update(1)
+    return logits
+
+
+def training_features(metadata: dict, settings, embedder, views: bool = False) -> dict:
     """The base version's internal films as pooled features: train (plain view), val and test splits.
 
     From the feature cache when the backbone was not fine-tuned (the cached vectors are the frozen
-    backbone's), else embedded again with the version's own backbone.
+    backbone's), else embedded again with the version's own backbone. `views` adds "train_views",
+    (1 + A, n, D): the plain view and the A augmented views the version was trained on (cached; the
+    plain view alone for a fine-tuned backbone).
     """
     from .features import FeatureCache, embed
     data = metadata.get("data", {})
@@ -375,10 +437,22 @@ def training_features(metadata: dict, settings, embedder) -> dict:
     if metadata.get("training", {}).get("fine_tune_epochs", 0) > 0 or weights == "":
         vectors = {s: embed(embedder, f.path, size, norm, progress=Progress(f"caching {s} films", len(f)))
                    for s, f in splits.items()}
+        if views:
+            log.info("fine-tuned or uncached backbone: site adaptation uses the plain view of the training films")
     else:
         cache = FeatureCache(settings.cache_dir, metadata["backbone"], weights, size, norm, lambda: embedder)
         vectors = {s: cache.get(f.path, label=f"{'train plain view' if s == 'train' else s}")
                    for s, f in splits.items()}
+        if views:
+            from .augment import Augmentation
+            training = metadata.get("training", {})
+            augmentation = Augmentation(**training.get("augmentation", {}))
+            seed = int(training.get("seed", data.get("split_seed", 42)))
+            train_views = np.stack([vectors["train"]] + [
+                cache.get(splits["train"].path, augmentation, seed=seed + v,
+                          label=f"train augmented view {v}/{training.get('augmented_views', 0)}")
+                for v in range(1, int(training.get("augmented_views", 0)) + 1)])
+            return {**{s: (vectors[s], splits[s]) for s in splits}, "train_views": train_views}
     return {s: (vectors[s], splits[s]) for s in splits}
 
 
@@ -406,16 +480,22 @@ def adapt(settings, data_dir, name: str | None = None, model_ref: str | None = N
     meta = base.metadata
     site = load_site(data_dir, name)
     y_site = site.y
-    p_base, x_site = score_films(base, site.frame["path"])
+    # The base version's own scores ("before"), and every view of the site films in one pass.
+    z_views, site_views = score_views(base, site.frame["path"], TTA_VIEWS, TTA_SEED)
+    p_base = _sigmoid(z_views.mean(1)) if base.tta_views == TTA_VIEWS and base.tta_seed == TTA_SEED else \
+        score_films(base, site.frame["path"])[0]
     scorer = scoring_model(base.keras)
     embedder = keras.Model(scorer.inputs, scorer.outputs[1])
-    internal = training_features(meta, settings, embedder)
-    (x_train, train), (x_val, val), (x_test, test) = internal["train"], internal["val"], internal["test"]
+    internal = training_features(meta, settings, embedder, views=True)
+    (x_train, train), val, test = internal["train"], internal["val"][1], internal["test"][1]
     y_train = train["label"].to_numpy().astype(int)
     stats = (x_train.mean(0), x_train.std(0))
+    train_views = internal.get("train_views", x_train[None])
+    x_train_all = train_views.reshape(-1, train_views.shape[-1])
+    y_train_all = np.tile(y_train, len(train_views))
 
     fold = patient_folds(site.frame["patient"], y_site, folds, seed)
-    oof = out_of_fold_logits(x_train, y_train, x_site, y_site, fold, stats=stats)
+    oof = out_of_fold_view_logits(x_train_all, y_train_all, site_views, y_site, fold, stats=stats)
     p_cv, t_cv = cross_fit(oof, y_site, fold)
     Progress("evaluating", 1).update(1)
     cross_validated = {**evaluate_with_ci(y_site, p_cv, t_cv, groups=site.frame["patient"], n_boot=n_boot,
@@ -423,16 +503,19 @@ def adapt(settings, data_dir, name: str | None = None, model_ref: str | None = N
                        "folds": int(fold.max() + 1), "calibration_curve": calibration_curve(y_site, p_cv)}
     platt = fit_platt(oof, y_site)
     threshold = choose_threshold(y_site, _sigmoid(platt[0] * oof + platt[1]), SITE_MIN_SENSITIVITY)
-    head = fit_site_head(x_train, y_train, x_site, y_site, stats=stats)
+    head = fit_site_head(x_train_all, y_train_all, site_views.reshape(-1, site_views.shape[-1]),
+                         np.tile(y_site, len(site_views)), stats=stats)
 
     backbone = parts(base.keras)[1]
     classifier = build_classifier(backbone.output_shape[1:], [head.keras()], platt)
     model = assemble(meta["backbone"], backbone, classifier)
 
-    def probability(x):
-        return _sigmoid(platt[0] * head.logit(x) + platt[1])
+    def probability(views):   # (V, n, D) -> TTA probability: mean logit over the views
+        return _sigmoid(platt[0] * np.mean([head.logit(v) for v in views], axis=0) + platt[1])
 
-    p_val, p_test = probability(x_val), probability(x_test)
+    # Internal val/test scored on the very views the saved model serves (its stored predictions reproduce).
+    p_val = probability(score_views(base, val["path"], TTA_VIEWS, TTA_SEED, "internal val films")[1])
+    p_test = probability(score_views(base, test["path"], TTA_VIEWS, TTA_SEED, "internal test films")[1])
     metrics = {"test": evaluate(test["label"], p_test, threshold, seed=seed),
                "val": evaluate(val["label"], p_val, threshold, seed=seed), "site_cv": cross_validated}
     predictions = pd.concat([
@@ -448,6 +531,7 @@ def adapt(settings, data_dir, name: str | None = None, model_ref: str | None = N
         "calibration": {"method": "platt", "a": platt[0], "b": platt[1], "fitted_on": f"site {site.name} "
                         f"out-of-fold predictions ({cross_validated['folds']}-fold, by patient)"},
         "ensemble": [{"head": "logistic", "C": HEAD_C, "site_weight": SITE_WEIGHT}],
+        "tta": {"views": TTA_VIEWS, "seed": TTA_SEED},
         "site": {"name": site.name, "fingerprint": site.fingerprint, "n": int(len(y_site)),
                  "dir": str(Path(data_dir).resolve()), "method": METHOD, "cross_validated": cross_validated,
                  "before": {k: v for k, v in evaluate_with_ci(y_site, p_base, base.threshold, n_boot=0).items()

@@ -12,7 +12,7 @@ import os
 import platform
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -35,6 +35,7 @@ from .distribute import (
 )
 from .evaluation import THRESHOLD_RULE, choose_threshold, evaluate, fit_platt
 from .features import FeatureCache
+from .io import read_image
 from .model import PneumoModel, assemble, build_classifier, build_embedder, scoring_model
 from .ood import OODDetector
 from .progress import Progress, Reporter
@@ -244,6 +245,32 @@ def fit_heads(features: CachedFeatures, config: TrainConfig, settings: Settings,
     return Heads(members, heads, platt, history, summary)
 
 
+def fit_tta(model, heads: Heads, features: CachedFeatures, config: TrainConfig):
+    """Refit the Platt scaling on validation scores with test-time augmentation (mean logit over the plain
+    film and `config.tta_views` views, as the saved version serves them) and set it into `model`.
+
+    Returns:
+        (heads with the new Platt, validation and test probabilities as the version will serve them).
+    """
+    tta = {"views": config.tta_views, "seed": config.seed}
+    scorer = PneumoModel(model, {"image_size": config.image_size, "normalisation": config.normalisation,
+                                 "threshold": 0.5, "tta": tta})
+
+    def tta_logit(split):   # mean calibrated logit over the views, decoded 32 films at a time
+        paths = list(split.path)
+        return np.concatenate([scorer.view_logits([read_image(str(p)) for p in paths[i:i + 32]])[0].mean(1)
+                               for i in range(0, len(paths), 32)])
+
+    z_val, z_test = tta_logit(features.val), tta_logit(features.test)
+    # Platt on the current calibrated logit, composed with the current one (both affine): no division.
+    a2, b2 = fit_platt(z_val, features.y_val)
+    a, b = heads.platt
+    platt = (a2 * a, a2 * b + b2)
+    model.get_layer("classifier").get_layer("calibration").set_weights(
+        [np.array([[platt[0]]], np.float32), np.array([platt[1]], np.float32)])
+    return replace(heads, platt=platt), _sigmoid(a2 * z_val + b2), _sigmoid(a2 * z_test + b2)
+
+
 def model_card(config: TrainConfig, features: CachedFeatures, heads: Heads, threshold: float, ood: OODDetector,
                seconds: float) -> dict:
     """metadata.json of a new version: what it is, what it was trained and calibrated on, and its limits."""
@@ -255,7 +282,10 @@ def model_card(config: TrainConfig, features: CachedFeatures, heads: Heads, thre
         "image_size": config.image_size, "normalisation": config.normalisation,
         "class_names": list(CLASSES), "threshold": threshold,
         "threshold_rule": THRESHOLD_RULE.format(target=config.min_sensitivity),
-        "calibration": {"method": "platt", "a": heads.platt[0], "b": heads.platt[1], "fitted_on": "val"},
+        "calibration": {"method": "platt", "a": heads.platt[0], "b": heads.platt[1],
+                        "fitted_on": f"val (TTA, {config.tta_views} views)" if config.tta_views else "val"},
+        # Scoring with test-time augmentation (PneumoModel): views 0 scores the plain film only.
+        "tta": {"views": config.tta_views, "seed": config.seed},
         "ensemble": heads.members,
         "data": {"dir": str(Path(config.data_dir).resolve()), "fingerprint": dataset.fingerprint(),
                  "sizes": dataset.sizes(), "notes": dataset.notes, "split_seed": config.seed,
@@ -315,6 +345,8 @@ def train(config: TrainConfig, settings: Settings, reporter: Reporter | None = N
     else:
         p_val, p_test = heads.probabilities(features.x_val), heads.probabilities(features.x_test)
 
+    if config.tta_views:
+        heads, p_val, p_test = fit_tta(model, heads, features, config)
     threshold = choose_threshold(features.y_val, p_val, config.min_sensitivity)
     ood = fit_ood(model, features.x_train[:len(features.train)], features.x_val, features.train, features.val, config)
     evaluating = Progress("evaluating", 1, reporter)

@@ -217,6 +217,8 @@ def test_site_adapt_registers_a_candidate_with_its_threshold_calibration_and_car
     # The saved model carries the site head and calibration: it reproduces the stored predictions.
     model = PneumoModel.load(folder)
     assert model.threshold == pytest.approx(meta["threshold"])
+    assert meta["tta"] == {"views": site.TTA_VIEWS, "seed": site.TTA_SEED}      # it serves what CV measured
+    assert (model.tta_views, model.tta_seed) == (site.TTA_VIEWS, site.TTA_SEED)
     stored = pd.read_csv(folder / "predictions.csv")
     test = stored[stored["split"] == "test"].head(8)
     assert np.allclose(model.predict_files(test["path"]), test["probability"], atol=2e-3)
