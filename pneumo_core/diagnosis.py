@@ -212,6 +212,7 @@ class Diagnoser:
         else:
             maps, probability, embeddings = self.cam(method).explain_and_embed(self.model.inputs([gray]), target=1)
             heatmap = to_uint8(restrict(maps[0], chest_mask(gray, maps.shape[1])))
+            probability = self.model.tta_adjust([gray], probability)   # versions scored over augmented views
         p = float(probability[0])
         ((ood_score, ood_flag),) = assess(self.ood, embeddings)
         return Diagnosis(name=name, probability=p, label=self.model.label(p), threshold=self.model.threshold,

@@ -32,6 +32,7 @@ def home(tmp_path, monkeypatch):
     val = _validation_probabilities()
     pd.DataFrame({"path": [f"v{i}.jpeg" for i in range(len(val))], "label": (val > 0.5).astype(int),
                   "probability": val, "split": "val"}).to_csv(folder / "predictions.csv", index=False)
+    (folder.parent / "ACTIVE").write_text(VERSION + "\n")   # the registry's pointer: this version is active
     monkeypatch.setenv("PNEUMO_HOME", str(tmp_path / "home"))
     return tmp_path / "home"
 
