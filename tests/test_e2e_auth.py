@@ -119,7 +119,7 @@ def test_signed_out_every_deep_link_shows_only_the_sign_in_page(server, page):
 def test_a_clinician_sees_no_retrain_promote_rollback_cancel_or_audit_controls(server, page):
     url, _ = server
     sign_in(page, f"{url}/models", "ana")
-    assert nav_titles(page) == ["Diagnose", "Heatmaps", "Metrics", "Models"]
+    assert nav_titles(page) == ["Diagnose", "Worklist", "Heatmaps", "Metrics", "Models"]
     page.get_by_text("Model card").wait_for(timeout=120_000)
     page.wait_for_timeout(1000)
     for label in ("Roll back", "Make active", "Promote", "Cancel job", "Retrain with current settings",
@@ -184,7 +184,7 @@ def test_an_oidc_sign_in_reaches_the_dashboard_as_the_providers_email(server, pa
     page.locator("input[name=sub]").fill(OIDC_EMAIL, timeout=60_000)  # the provider's own sign-in form
     page.get_by_role("button", name="Authorize").click()
     page.get_by_text(f"Signed in as {OIDC_EMAIL}").wait_for(timeout=120_000)
-    assert nav_titles(page) == ["Diagnose", "Heatmaps", "Metrics", "Models"]
+    assert nav_titles(page) == ["Diagnose", "Worklist", "Heatmaps", "Metrics", "Models"]
     page.goto(f"{local}/metrics")                     # the identity cookie keeps a reload signed in
     page.get_by_text(f"Signed in as {OIDC_EMAIL}").wait_for(timeout=120_000)
 
