@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, chest_studies, pacs_env, run_cli, start_orthanc
+from helpers import add_user, sign_in
 
 from pneumo_core.pacs import PacsClient, PacsState, worklist
 
@@ -54,6 +55,7 @@ def server_url(scored, tmp_path_factory):
     home, archive = scored
     port = _free_port()
     log = tmp_path_factory.mktemp("streamlit") / "server.log"
+    add_user(home, "tester", "admin", exist_ok=True)   # the dashboard opens on its sign-in page
     process = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
          "--server.address", "127.0.0.1", "--server.headless", "true"],
@@ -89,7 +91,7 @@ def test_worklist_shows_the_scored_studies_in_priority_order(scored, server_url,
     home, _ = scored
     expected = worklist(PacsState(home / "pacs.sqlite"))
     page = browser_page
-    page.goto(f"{server_url}/worklist")
+    sign_in(page, f"{server_url}/worklist", "tester")
     page.get_by_text("Priority: PNEUMONIA first").wait_for(timeout=120_000)
     # Glide's data grid draws on a canvas and keeps an accessible copy of the cells in a <table>.
     page.wait_for_function("() => document.querySelectorAll('[data-testid=stDataFrame] table tbody tr').length >= 5",

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, make_dataset
+from helpers import add_user, sign_in
 
 pytestmark = pytest.mark.slow
 CHROMIUM = "/usr/bin/chromium"
@@ -40,6 +41,7 @@ def site_server(trained_home, tmp_path_factory):
     make_dataset(root / "data" / "clinic", {".": (20, 20)}, seed=11)
     port = _free_port()
     log = root / "server.log"
+    add_user(home, "tester", "admin", exist_ok=True)   # the dashboard opens on its sign-in page
     process = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
          "--server.address", "127.0.0.1", "--server.headless", "true"], cwd=REPO,
@@ -81,7 +83,7 @@ def shots(tmp_path_factory) -> Path:
 def test_validating_a_site_shows_its_report(site_server, browser_page, shots):
     url, home = site_server
     page = browser_page
-    page.goto(f"{url}/site")
+    sign_in(page, f"{url}/site", "tester")
     button = page.get_by_role("button", name="Validate at this site")
     button.wait_for(timeout=120_000)
     assert page.get_by_text("clinic").first.is_visible()               # the folder beside the data is offered
@@ -98,7 +100,7 @@ def test_validating_a_site_shows_its_report(site_server, browser_page, shots):
 def test_monitor_page_renders(site_server, browser_page, shots):
     url, _ = site_server
     page = browser_page
-    page.goto(f"{url}/monitor")
+    sign_in(page, f"{url}/monitor", "tester")
     page.get_by_text("Recent window (days)").wait_for(timeout=120_000)
     page.get_by_text("Diagnoses in the window").first.wait_for(timeout=60_000)
     assert not page.locator("[data-testid=stException]").count()
