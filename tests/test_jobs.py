@@ -366,7 +366,7 @@ def test_a_job_outlives_the_dashboard_that_submitted_it(tmp_path, tiny_data):
     # The "dashboard": a process that submits, then is SIGKILLed at once.
     code = ("import os, signal, sys; from pneumo_core.access import Actor; from pneumo_core.jobs import JobQueue; "
             "from pneumo_core.settings import load_settings; q = JobQueue(load_settings()); "
-            f"print(q.submit({{'data': {str(tiny_data)!r}, **{TINY!r}}}, actor=Actor('dr dash', 'ml_lead')), "
+            f"print(q.submit({{'data_dir': {str(tiny_data)!r}, **{TINY!r}}}, actor=Actor('dr dash', 'ml_lead')), "
             "flush=True); os.kill(os.getpid(), signal.SIGKILL)")
     env = {**os.environ, "PNEUMO_HOME": str(tmp_path), "PNEUMO_MIN_FREE_MB": "1"}
     dashboard = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
@@ -388,7 +388,7 @@ def test_a_full_disk_while_saving_the_model_fails_the_job_clearly_and_leaves_no_
             "resource.setrlimit(resource.RLIMIT_FSIZE, (3 * 2**20, 3 * 2**20)); "
             "from pneumo_core.access import Actor; from pneumo_core.jobs import JobQueue; "
             "from pneumo_core.settings import load_settings; q = JobQueue(load_settings()); "
-            f"j = q.submit({{'data': {str(tiny_data)!r}, **{TINY!r}}}, actor=Actor('lead', 'ml_lead')); "
+            f"j = q.submit({{'data_dir': {str(tiny_data)!r}, **{TINY!r}}}, actor=Actor('lead', 'ml_lead')); "
             "print(q.wait(j, timeout=600)['state'])")
     env = {**os.environ, "PNEUMO_HOME": str(tmp_path), "PNEUMO_MIN_FREE_MB": "1"}
     result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
