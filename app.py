@@ -44,4 +44,7 @@ else:
         ui.sign_out()
         st.rerun()
 st.sidebar.caption("Decision support, not a diagnosis.")
-pages.run()
+try:
+    pages.run()
+finally:  # also after st.stop / st.rerun: the page may have imported Keras, and the run's end would clear it
+    ui.keep_keras_session()

@@ -62,6 +62,25 @@ def diagnoser(version_id: str | None = None):
     return diagnoser_for(str(path))
 
 
+def _keras_session_kept(*args, **kwargs) -> None:
+    """Stands in for `keras.backend.clear_session` in the dashboard process (`keep_keras_session`)."""
+
+
+def keep_keras_session() -> None:
+    """Stop Streamlit clearing Keras's global session after every run; nothing to do before Keras is imported.
+
+    Streamlit ends every script and fragment run with `keras.backend.clear_session()` (not configurable):
+    a full garbage collection over TensorFlow's objects plus an emptied kernel cache, so the next diagnosis
+    re-instantiates its TensorFlow functions, and one session's clear can race another's model build. Under
+    bench/load.py (11 sessions, 70 films) py-spy put 23 % of the dashboard's busy time there (15 % the
+    collection, 7 % re-instantiating). The dashboard's models live in `st.cache_resource` for the server's
+    life: it keeps no per-run Keras state that would need clearing.
+    """
+    keras = sys.modules.get("keras")
+    if keras is not None:
+        keras.backend.clear_session = _keras_session_kept
+
+
 def first_run() -> None:
     st.info("No model has been trained yet. Start one on the **Retrain** page, or from a terminal (about five "
             "minutes on a laptop), then reload this page:")
