@@ -46,6 +46,22 @@ def start_dashboard(home: Path, log: Path) -> tuple[subprocess.Popen, str]:
     raise RuntimeError(f"the dashboard did not start; see {log}")
 
 
+BENCH_USER, BENCH_PASSWORD = "bench", "bench password, not a secret"
+
+
+def bench_home(source: Path, home: Path) -> Path:
+    """A home of its own at `home`: `source`'s models linked, an admin account `BENCH_USER` to sign in with.
+
+    The bench's account and audit rows stay out of the source home.
+    """
+    home.mkdir(parents=True, exist_ok=True)
+    (home / "models").symlink_to((source / "models").resolve())
+    subprocess.run([sys.executable, "-m", "pneumo_core", "users", "add", BENCH_USER, "--role", "admin"], cwd=REPO,
+                   input=f"{BENCH_PASSWORD}\n{BENCH_PASSWORD}\n", text=True, check=True, capture_output=True,
+                   env={**os.environ, "PNEUMO_HOME": str(home)})
+    return home
+
+
 def report(name: str, value, unit: str = "", target: str = "") -> None:
     """Print one result as `bench: NAME = VALUE UNIT [target ...]` (grep-able, README-ready)."""
     text = f"{value:.3g}" if isinstance(value, float) else str(value)

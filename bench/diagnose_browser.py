@@ -1,12 +1,11 @@
 """Diagnose in a real browser (warm model): seconds from upload to the call on screen, from an opacity
 change to the redrawn heatmap, and from a film switch to the other film's call (both rerun a fragment
 only), and the dashboard's resident memory with one model loaded. Needs a trained model in PNEUMO_HOME."""
-from common import CHROMIUM, CHROMIUM_FLAGS, REPO, SHARED_DATA, report, start_dashboard  # noqa: I001
+from common import (BENCH_PASSWORD, BENCH_USER, CHROMIUM, CHROMIUM_FLAGS, REPO, SHARED_DATA,  # noqa: I001
+                    bench_home, report, start_dashboard)
 
 import os
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -39,26 +38,19 @@ def ready(page) -> None:
     page.wait_for_function(IDLE, timeout=120_000)
 
 
-PASSWORD = "bench password, not a secret"
-# A home of its own (the models linked, not copied): the bench's account and audit rows stay out of PNEUMO_HOME.
-source = Path(os.environ.get("PNEUMO_HOME", REPO / ".pneumo"))
 tmp = tempfile.TemporaryDirectory()
-home = Path(tmp.name)
-(home / "models").symlink_to((source / "models").resolve())
-subprocess.run([sys.executable, "-m", "pneumo_core", "users", "add", "bench", "--role", "admin"], cwd=REPO,
-               input=f"{PASSWORD}\n{PASSWORD}\n", text=True, check=True, capture_output=True,
-               env={**os.environ, "PNEUMO_HOME": str(home)})
+home = bench_home(Path(os.environ.get("PNEUMO_HOME", REPO / ".pneumo")), Path(tmp.name))
 LOG = Path(tempfile.gettempdir()) / "pneumo-bench-dashboard.log"
 server, URL = start_dashboard(home, LOG)
 
 
 def open_diagnose(page) -> None:
     page.goto(URL)
-    field, signed_in = page.get_by_label("Account name", exact=True), page.get_by_text("Signed in as bench")
+    field, signed_in = page.get_by_label("Account name", exact=True), page.get_by_text(f"Signed in as {BENCH_USER}")
     field.or_(signed_in).first.wait_for(timeout=120_000)
     if not signed_in.count():
-        field.fill("bench")
-        page.get_by_label("Password", exact=True).fill(PASSWORD)
+        field.fill(BENCH_USER)
+        page.get_by_label("Password", exact=True).fill(BENCH_PASSWORD)
         page.get_by_role("button", name="Sign in", exact=True).click()
     page.get_by_text("Upload one or more frontal chest films").wait_for(timeout=120_000)
 
