@@ -33,7 +33,7 @@ from .distribute import (
     training_copy,
     wait_for_every_worker,
 )
-from .evaluation import THRESHOLD_RULE, choose_threshold, evaluate, fit_platt
+from .evaluation import THRESHOLD_CONFIDENCE, THRESHOLD_RULE, choose_threshold, evaluate, fit_platt
 from .features import FeatureCache
 from .io import read_image
 from .model import PneumoModel, assemble, build_classifier, build_embedder, scoring_model
@@ -281,7 +281,7 @@ def model_card(config: TrainConfig, features: CachedFeatures, heads: Heads, thre
         "backbone": config.backbone, "weights": Path(weights).name if weights and weights != "imagenet" else weights,
         "image_size": config.image_size, "normalisation": config.normalisation,
         "class_names": list(CLASSES), "threshold": threshold,
-        "threshold_rule": THRESHOLD_RULE.format(target=config.min_sensitivity),
+        "threshold_rule": THRESHOLD_RULE.format(target=config.min_sensitivity, confidence=THRESHOLD_CONFIDENCE),
         "calibration": {"method": "platt", "a": heads.platt[0], "b": heads.platt[1],
                         "fitted_on": f"val (TTA, {config.tta_views} views)" if config.tta_views else "val"},
         # Scoring with test-time augmentation (PneumoModel): views 0 scores the plain film only.
@@ -347,7 +347,7 @@ def train(config: TrainConfig, settings: Settings, reporter: Reporter | None = N
 
     if config.tta_views:
         heads, p_val, p_test = fit_tta(model, heads, features, config)
-    threshold = choose_threshold(features.y_val, p_val, config.min_sensitivity)
+    threshold = choose_threshold(features.y_val, p_val, config.min_sensitivity, THRESHOLD_CONFIDENCE)
     ood = fit_ood(model, features.x_train[:len(features.train)], features.x_val, features.train, features.val, config)
     evaluating = Progress("evaluating", 1, reporter)
     metrics = {"test": evaluate(features.y_test, p_test, threshold, seed=config.seed),

@@ -21,7 +21,7 @@ def test_train_registers_a_complete_version(trained_home):
         <= {p.name for p in version.iterdir()}
     meta = json.loads((version / "metadata.json").read_text())
     assert meta["backbone"] == "mobilenet_v2" and meta["image_size"] == 64 and 0 < meta["threshold"] < 1
-    assert len(meta["ensemble"]) == 2 and "sensitivity >= 0.95" in meta["threshold_rule"]
+    assert len(meta["ensemble"]) == 2 and "sensitivity is >= 0.95 with 95% confidence" in meta["threshold_rule"]
     assert 0 <= meta["ood"]["val_flagged"] <= 0.05 and meta["ood"]["val"] > 0 and meta["ood"]["quantile"] == 0.95
 
 

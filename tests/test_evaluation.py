@@ -11,6 +11,7 @@ from pneumo_core.evaluation import (
     expected_calibration_error,
     fit_platt,
     metrics_at,
+    wilson_lower,
 )
 
 
@@ -51,6 +52,29 @@ def test_threshold_rule_on_separable_data_sits_at_the_lowest_kept_positive():
     p = np.array([0.1, 0.2, 0.3, 0.6, 0.7, 0.8, 0.9])
     assert choose_threshold(y, p, 1.0) == pytest.approx(0.6)
     assert choose_threshold(y, p, 0.75) == pytest.approx(0.7)
+
+
+def test_wilson_lower_bound_matches_the_textbook_value_and_sits_below_the_rate():
+    # 95 of 100, z = 1.645: (0.95 + z²/200 - z·sqrt(0.95·0.05/100 + z²/40000)) / (1 + z²/100) = 0.9008
+    assert wilson_lower(95, 100, 0.95) == pytest.approx(0.9008, abs=5e-4)
+    bounds = wilson_lower(np.arange(0, 101), 100, 0.95)
+    assert np.all(bounds <= np.arange(0, 101) / 100) and np.all(np.diff(bounds) > 0)
+
+
+def test_threshold_with_confidence_calls_more_positives_so_new_films_keep_the_target():
+    rng = np.random.default_rng(1)
+    y = np.r_[np.zeros(400), np.ones(600)].astype(int)
+    p = np.r_[rng.uniform(0, 0.6, 400), rng.uniform(0.2, 1, 600)]
+    plain, confident = choose_threshold(y, p, 0.95), choose_threshold(y, p, 0.95, confidence=0.95)
+    assert confident < plain
+    called = int(metrics_at(y, p, confident)["sensitivity"] * 600)
+    assert wilson_lower(called, 600, 0.95) >= 0.95 > wilson_lower(called - 1, 600, 0.95)
+
+
+def test_threshold_with_confidence_calls_every_positive_when_too_few_to_reach_it():
+    y = np.array([0, 0, 1, 1, 1])
+    p = np.array([0.1, 0.5, 0.4, 0.8, 0.9])
+    assert choose_threshold(y, p, 0.95, confidence=0.95) == pytest.approx(0.4)
 
 
 def test_ece_is_zero_when_calibrated_and_large_when_overconfident():
