@@ -156,12 +156,16 @@ class PneumoModel:
                 self._scorer = scoring_model(self.keras, logit=True)
         return self._scorer
 
-    def view_logits(self, grays) -> tuple[np.ndarray, np.ndarray]:
-        """(calibrated logit of each view (N, 1 + views), plain-view embedding (N, D)) of grayscale films."""
+    def view_logits(self, grays, plain: bool = True) -> tuple[np.ndarray, np.ndarray]:
+        """(calibrated logit of each view (N, 1 + views), first view's embedding (N, D)) of grayscale films.
+
+        With `plain=False` the plain view is left out: (N, views) logits of the augmented views only.
+        """
         scorer, logits, embeddings = self._logit_scorer(), [], []
+        first = 0 if plain else 1
         for gray in grays:
             z, e = scorer.predict_on_batch(tta_inputs(gray, self.image_size, self.normalisation, self.tta_views,
-                                                      self.tta_seed))
+                                                      self.tta_seed)[first:])
             logits.append(np.asarray(z, np.float64).reshape(-1))
             embeddings.append(np.asarray(e)[0])
         return np.stack(logits), np.stack(embeddings)
@@ -191,9 +195,8 @@ class PneumoModel:
         if not self.tta_views:
             return plain
         clipped = np.clip(plain, 1e-12, 1 - 1e-12)
-        logits = self.view_logits(grays)[0]
-        logits[:, 0] = np.log(clipped / (1 - clipped))
-        return _sigmoid(logits.mean(1))
+        augmented = self.view_logits(grays, plain=False)[0]   # the plain view's pass is the caller's
+        return _sigmoid(np.column_stack([np.log(clipped / (1 - clipped)), augmented]).mean(1))
 
     def predict_files(self, paths, batch_size: int = 32) -> np.ndarray:
         """N image files -> (N,) probabilities of PNEUMONIA (files decoded in parallel; with the version's TTA)."""

@@ -25,6 +25,20 @@ def test_train_registers_a_complete_version(trained_home):
     assert 0 <= meta["ood"]["val_flagged"] <= 0.05 and meta["ood"]["val"] > 0 and meta["ood"]["quantile"] == 0.95
 
 
+def test_the_default_version_scores_with_test_time_augmentation_as_its_predictions_say(trained_home):
+    import pandas as pd
+
+    from pneumo_core.model import PneumoModel
+    from pneumo_core.settings import TrainConfig
+
+    (version,) = [d for d in (trained_home / "models").iterdir() if d.is_dir() and not d.name.startswith(".")]
+    meta = json.loads((version / "metadata.json").read_text())
+    assert meta["tta"]["views"] == TrainConfig().tta_views > 0
+    stored = pd.read_csv(version / "predictions.csv").query("split == 'test'")
+    served = PneumoModel.load(version).predict_files(stored["path"])
+    assert np.allclose(served, stored["probability"], atol=1e-4)   # threshold and Platt fitted on what it serves
+
+
 def test_train_prints_progress_a_summary_and_the_model_id_last(trained_run):
     home, result = trained_run
     (row,) = json.loads(run_cli("models", "--json", home=home).stdout)
