@@ -6,7 +6,7 @@
 - process_gone: a process has ended (or is a zombie).
 - Films for the Diagnose page and reports: chest_film (body, lungs, diaphragm), dicom_film (with
   study identifiers), png_bytes.
-- Browser tests: require_chromium, a dashboard server (start_dashboard, stop, free_port, tester_dashboard);
+- Browser tests: require_chromium, a dashboard server (start_dashboard, stop, free_port, dashboard_with_tester);
   the browser page and screenshot folder are conftest fixtures (browser_page, shots).
 - Sign-in: accounts made with the command line (add_user),
   browser sign-in (sign_in), a PDF's text (pdf_text), a DICOM with a patient's name in a numeric
@@ -381,7 +381,7 @@ def stop(process: subprocess.Popen) -> None:
 
 
 @contextlib.contextmanager
-def tester_dashboard(home: Path, log: Path, env=None):
+def dashboard_with_tester(home: Path, log: Path, env=None):
     """The dashboard over `home` (start_dashboard, extra environment `env`) with the administrator account
     "tester" to sign in as (the dashboard opens on its sign-in page); yields its url and stops it after."""
     add_user(home, "tester", "admin", exist_ok=True)

@@ -14,7 +14,7 @@ import numpy as np
 import pypdf
 import pytest
 from conftest import SHARED_DATA, synthetic_film
-from helpers import require_chromium, sign_in, tester_dashboard
+from helpers import dashboard_with_tester, require_chromium, sign_in
 
 from pneumo_core import registry
 
@@ -35,7 +35,7 @@ def e2e_home(request, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def server(request, e2e_home, tmp_path_factory):
     data = {} if os.environ.get("PNEUMO_E2E_HOME") else {"PNEUMO_DATA": str(request.getfixturevalue("synthetic_data"))}
-    with tester_dashboard(e2e_home, tmp_path_factory.mktemp("streamlit") / "server.log", env=data) as url:
+    with dashboard_with_tester(e2e_home, tmp_path_factory.mktemp("streamlit") / "server.log", env=data) as url:
         yield url
 
 

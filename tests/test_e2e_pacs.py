@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 from conftest import chest_studies, pacs_env, run_cli, start_orthanc
-from helpers import require_chromium, sign_in, tester_dashboard
+from helpers import dashboard_with_tester, require_chromium, sign_in
 
 from pneumo_core.pacs import PacsClient, PacsState, worklist
 
@@ -37,7 +37,7 @@ def scored(trained_home, tmp_path_factory):
 @pytest.fixture(scope="module")
 def server_url(scored, tmp_path_factory):
     home, archive = scored
-    with tester_dashboard(home, tmp_path_factory.mktemp("streamlit") / "server.log", env=pacs_env(archive)) as url:
+    with dashboard_with_tester(home, tmp_path_factory.mktemp("streamlit") / "server.log", env=pacs_env(archive)) as url:
         yield url
 
 

@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 from conftest import make_dataset
-from helpers import require_chromium, sign_in, tester_dashboard
+from helpers import dashboard_with_tester, require_chromium, sign_in
 
 pytestmark = pytest.mark.slow
 require_chromium()
@@ -21,7 +21,8 @@ def site_server(trained_home, tmp_path_factory):
     shutil.copytree(trained_home, home, ignore=shutil.ignore_patterns("audit.sqlite*", "jobs*"))
     (root / "data" / "chest_xray").mkdir(parents=True)
     make_dataset(root / "data" / "clinic", {".": (20, 20)}, seed=11)
-    with tester_dashboard(home, root / "server.log", env={"PNEUMO_DATA": str(root / "data" / "chest_xray")}) as url:
+    data = {"PNEUMO_DATA": str(root / "data" / "chest_xray")}
+    with dashboard_with_tester(home, root / "server.log", env=data) as url:
         yield url, home
 
 
