@@ -77,6 +77,27 @@ def trained_home(trained_run) -> Path:
     return trained_run[0]
 
 
+@pytest.fixture(scope="module")
+def browser_page(request):
+    """A headless Chromium page (Playwright, Debian's chromium) for a browser test module, sized by the
+    module's VIEWPORT = (width, height), else 1360 x 1500."""
+    from helpers import CHROMIUM, CHROMIUM_FLAGS
+    from playwright.sync_api import sync_playwright
+    width, height = getattr(request.module, "VIEWPORT", (1360, 1500))
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+        yield browser.new_page(viewport={"width": width, "height": height})
+        browser.close()
+
+
+@pytest.fixture(scope="module")
+def shots(tmp_path_factory) -> Path:
+    """Where a browser test's screenshots go: PNEUMO_SCREENSHOT_DIR (kept), else a temporary folder."""
+    folder = Path(os.environ.get("PNEUMO_SCREENSHOT_DIR") or tmp_path_factory.mktemp("shots"))
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 def start_orthanc(folder: Path, port: int | None = None, password: str | None = None):
     """Start Debian's Orthanc (with DICOMweb) on a free local port, basic auth on, storage in `folder`.
 

@@ -6,10 +6,13 @@
 - process_gone: a process has ended (or is a zombie).
 - Films for the Diagnose page and reports: chest_film (body, lungs, diaphragm), dicom_film (with
   study identifiers), png_bytes.
-- Sign-in: accounts made with the command line (add_user), a dashboard server (start_dashboard),
+- Browser tests: require_chromium, a dashboard server (start_dashboard, stop, free_port, dashboard_with_tester);
+  the browser page and screenshot folder are conftest fixtures (browser_page, shots).
+- Sign-in: accounts made with the command line (add_user),
   browser sign-in (sign_in), a PDF's text (pdf_text), a DICOM with a patient's name in a numeric
   field (poisoned_dicom).
 """
+import contextlib
 import gzip
 import io
 import os
@@ -87,7 +90,11 @@ def colour_photo(fmt="JPEG") -> bytes:
 
 def dicom(pixels=RAMP, photometric="MONOCHROME2", syntax=ExplicitVRLittleEndian, preamble=True,
           pixel_data=True, bits=12, **tags) -> bytes:
-    """A DX chest film as DICOM, with patient-identifying tags that must never come out."""
+    """A DX chest film as DICOM, with patient-identifying tags that must never come out.
+
+    `bits` stored; up to 8 the pixels are stored in 8-bit cells (BitsAllocated 8), else in 16-bit ones.
+    """
+    allocated, dtype = (8, np.uint8) if bits <= 8 else (16, np.uint16)
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
     meta.MediaStorageSOPInstanceUID = generate_uid()
@@ -99,9 +106,9 @@ def dicom(pixels=RAMP, photometric="MONOCHROME2", syntax=ExplicitVRLittleEndian,
     ds.Modality, ds.ViewPosition, ds.BodyPartExamined, ds.StudyDate = "DX", "PA", "CHEST", "20240301"
     ds.Rows, ds.Columns = pixels.shape[-2:]
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, bits, bits - 1, 0
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = allocated, bits, bits - 1, 0
     if pixel_data:
-        ds.PixelData = pixels.astype(np.uint16).tobytes()
+        ds.PixelData = pixels.astype(dtype).tobytes()
     for key, value in tags.items():
         setattr(ds, key, value)
     if syntax.is_compressed and syntax in (RLELossless, JPEG2000Lossless):
@@ -151,9 +158,8 @@ def wide_open(film):
 # Each case: file bytes, and either the message (part) expected or a check of the film read.
 def with_frame(frame: bytes, syntax, rows: int, columns: int) -> bytes:
     """An 8-bit DX chest DICOM whose header says rows x columns around an encapsulated `frame`."""
-    ds = pydicom.dcmread(io.BytesIO(dicom(np.zeros((rows, columns), np.uint16), bits=8)))
+    ds = pydicom.dcmread(io.BytesIO(dicom(np.zeros((rows, columns), np.uint8), bits=8)))
     ds.file_meta.TransferSyntaxUID = syntax
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 8, 8, 7
     ds.PixelData = encapsulate([frame])
     ds["PixelData"].VR = "OB"
     buffer = io.BytesIO()
@@ -301,31 +307,25 @@ def chest_film(shape=(200, 160), diaphragm: float = 0.55, seed: int = 0) -> np.n
 
 def dicom_film(pixels: np.ndarray, accession: str = "ACC-2024-0042", study_uid: str = "1.2.826.0.1.3680043.2.1125.1",
                **tags) -> bytes:
-    """A DX chest film as DICOM (8-bit), with patient-identifying tags that must never come out."""
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.PatientName, ds.PatientID, ds.PatientBirthDate = PATIENT_NAME, "SECRET-123", "20190101"
-    ds.Modality, ds.ViewPosition, ds.BodyPartExamined, ds.StudyDate = "DX", "AP", "CHEST", "20240301"
-    ds.AccessionNumber, ds.StudyInstanceUID = accession, study_uid
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
-    ds.PixelData = pixels.astype(np.uint8).tobytes()
-    for key, value in tags.items():
-        setattr(ds, key, value)
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
+    """An 8-bit AP chest film as DICOM with study identifiers (`dicom`'s patient tags come along)."""
+    return dicom(pixels, bits=8, **{"AccessionNumber": accession, "StudyInstanceUID": study_uid, "ViewPosition": "AP",
+                                    **tags})
+
+
 REPO = Path(__file__).resolve().parent.parent
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--no-first-run", "--disable-sync"]
 PASSWORD = "correct horse battery staple"
+
+
+def require_chromium() -> None:
+    """Skip the calling test module where Debian's chromium is missing (an error on CI, which installs it)."""
+    import pytest
+    if not Path(CHROMIUM).exists():
+        if os.environ.get("CI"):
+            raise RuntimeError("CI needs /usr/bin/chromium for the browser test (make test installs it)")
+        pytest.skip("Debian's chromium is not installed (make test installs it)", allow_module_level=True)
 
 
 def free_port() -> int:
@@ -378,6 +378,18 @@ def stop(process: subprocess.Popen) -> None:
     except subprocess.TimeoutExpired:
         process.kill()
         process.wait(timeout=30)
+
+
+@contextlib.contextmanager
+def dashboard_with_tester(home: Path, log: Path, env=None):
+    """The dashboard over `home` (start_dashboard, extra environment `env`) with the administrator account
+    "tester" to sign in as (the dashboard opens on its sign-in page); yields its url and stops it after."""
+    add_user(home, "tester", "admin", exist_ok=True)
+    process, url = start_dashboard(home, log, env=env)
+    try:
+        yield url
+    finally:
+        stop(process)
 
 
 def sign_in(page, url: str, name: str, password: str = PASSWORD, timeout: int = 120_000) -> None:

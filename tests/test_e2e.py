@@ -6,36 +6,20 @@ keep the screenshots (the README's come from `PNEUMO_SCREENSHOT_DIR=docs/screens
 import os
 import re
 import shutil
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pypdf
 import pytest
-from conftest import REPO, SHARED_DATA, synthetic_film
-from helpers import add_user, sign_in
+from conftest import SHARED_DATA, synthetic_film
+from helpers import dashboard_with_tester, require_chromium, sign_in
 
 from pneumo_core import registry
 
 pytestmark = pytest.mark.slow
-CHROMIUM = "/usr/bin/chromium"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--no-first-run", "--disable-sync"]
-if not Path(CHROMIUM).exists():
-    if os.environ.get("CI"):
-        raise RuntimeError("CI needs /usr/bin/chromium for the browser test (make test installs it)")
-    pytest.skip("Debian's chromium is not installed (make test installs it)", allow_module_level=True)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+require_chromium()
 
 
 @pytest.fixture(scope="module")
@@ -50,46 +34,9 @@ def e2e_home(request, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(request, e2e_home, tmp_path_factory):
-    home = e2e_home
     data = {} if os.environ.get("PNEUMO_E2E_HOME") else {"PNEUMO_DATA": str(request.getfixturevalue("synthetic_data"))}
-    port = _free_port()
-    add_user(home, "tester", "admin", exist_ok=True)        # the dashboard opens on its sign-in page
-    log = tmp_path_factory.mktemp("streamlit") / "server.log"
-    process = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
-         "--server.address", "127.0.0.1", "--server.headless", "true"],
-        cwd=REPO, env={**os.environ, "PNEUMO_HOME": str(home), **data}, stdout=log.open("w"), stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        try:
-            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
-                break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        process.kill()
-        pytest.fail("streamlit did not start:\n" + log.read_text()[-2000:])
-    yield url
-    process.terminate()
-    process.wait(timeout=30)
-
-
-@pytest.fixture(scope="module")
-def browser_page():
-    from playwright.sync_api import sync_playwright
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        page = browser.new_page(viewport={"width": 1360, "height": 1500})
-        yield page
-        browser.close()
-
-
-@pytest.fixture(scope="module")
-def shots(tmp_path_factory) -> Path:
-    folder = Path(os.environ.get("PNEUMO_SCREENSHOT_DIR") or tmp_path_factory.mktemp("shots"))
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
+    with dashboard_with_tester(e2e_home, tmp_path_factory.mktemp("streamlit") / "server.log", env=data) as url:
+        yield url
 
 
 def _film(tmp_path: Path) -> Path:

@@ -19,6 +19,7 @@ from helpers import (
     add_user,
     free_port,
     pdf_text,
+    require_chromium,
     sign_in,
     sign_out,
     start_dashboard,
@@ -29,10 +30,7 @@ from pneumo_core import registry
 from pneumo_core.access import Actor, PermissionDenied
 
 pytestmark = pytest.mark.slow
-if not Path(CHROMIUM).exists():
-    if os.environ.get("CI"):
-        raise RuntimeError("CI needs /usr/bin/chromium for the browser test (make test installs it)")
-    pytest.skip("Debian's chromium is not installed (make test installs it)", allow_module_level=True)
+require_chromium()
 OLDER = "20000101-000000-mobilenet_v2"
 OIDC_EMAIL = "ana.lopez@hospital.example"
 PAGE_PATHS = ["", "diagnose", "heatmaps", "metrics", "models", "retrain", "audit", "users"]

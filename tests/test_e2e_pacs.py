@@ -2,34 +2,18 @@
 after the PACS watcher has scored films stored in a real Orthanc."""
 import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import REPO, chest_studies, pacs_env, run_cli, start_orthanc
-from helpers import add_user, sign_in
+from conftest import chest_studies, pacs_env, run_cli, start_orthanc
+from helpers import dashboard_with_tester, require_chromium, sign_in
 
 from pneumo_core.pacs import PacsClient, PacsState, worklist
 
 pytestmark = pytest.mark.slow
-CHROMIUM = "/usr/bin/chromium"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--no-first-run", "--disable-sync"]
-if not Path(CHROMIUM).exists():
-    if os.environ.get("CI"):
-        raise RuntimeError("CI needs /usr/bin/chromium for the browser test (make test installs it)")
-    pytest.skip("Debian's chromium is not installed (make test installs it)", allow_module_level=True)
+require_chromium()
+VIEWPORT = (1500, 1500)
 PRIORITIES = ["PNEUMONIA", "borderline", "NORMAL", "not scored"]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -53,38 +37,8 @@ def scored(trained_home, tmp_path_factory):
 @pytest.fixture(scope="module")
 def server_url(scored, tmp_path_factory):
     home, archive = scored
-    port = _free_port()
-    log = tmp_path_factory.mktemp("streamlit") / "server.log"
-    add_user(home, "tester", "admin", exist_ok=True)   # the dashboard opens on its sign-in page
-    process = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
-         "--server.address", "127.0.0.1", "--server.headless", "true"],
-        cwd=REPO, env={**os.environ, "PNEUMO_HOME": str(home), **pacs_env(archive)},
-        stdout=log.open("w"), stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        try:
-            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
-                break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        process.kill()
-        pytest.fail("streamlit did not start:\n" + log.read_text()[-2000:])
-    yield url
-    process.terminate()
-    process.wait(timeout=30)
-
-
-@pytest.fixture(scope="module")
-def browser_page():
-    from playwright.sync_api import sync_playwright
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        page = browser.new_page(viewport={"width": 1500, "height": 1500})
-        yield page
-        browser.close()
+    with dashboard_with_tester(home, tmp_path_factory.mktemp("streamlit") / "server.log", env=pacs_env(archive)) as url:
+        yield url
 
 
 def test_worklist_shows_the_scored_studies_in_priority_order(scored, server_url, browser_page, tmp_path):

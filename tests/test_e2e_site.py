@@ -2,33 +2,15 @@
 
 Set PNEUMO_SCREENSHOT_DIR to keep the screenshots (docs/screenshots/site.png, monitor.png).
 """
-import os
 import shutil
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
-from pathlib import Path
 
 import pytest
-from conftest import REPO, make_dataset
-from helpers import add_user, sign_in
+from conftest import make_dataset
+from helpers import dashboard_with_tester, require_chromium, sign_in
 
 pytestmark = pytest.mark.slow
-CHROMIUM = "/usr/bin/chromium"
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--no-first-run", "--disable-sync"]
-if not Path(CHROMIUM).exists():
-    if os.environ.get("CI"):
-        raise RuntimeError("CI needs /usr/bin/chromium for the browser test (make test installs it)")
-    pytest.skip("Debian's chromium is not installed (make test installs it)", allow_module_level=True)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+require_chromium()
+VIEWPORT = (1360, 1800)
 
 
 @pytest.fixture(scope="module")
@@ -39,45 +21,9 @@ def site_server(trained_home, tmp_path_factory):
     shutil.copytree(trained_home, home, ignore=shutil.ignore_patterns("audit.sqlite*", "jobs*"))
     (root / "data" / "chest_xray").mkdir(parents=True)
     make_dataset(root / "data" / "clinic", {".": (20, 20)}, seed=11)
-    port = _free_port()
-    log = root / "server.log"
-    add_user(home, "tester", "admin", exist_ok=True)   # the dashboard opens on its sign-in page
-    process = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port),
-         "--server.address", "127.0.0.1", "--server.headless", "true"], cwd=REPO,
-        env={**os.environ, "PNEUMO_HOME": str(home), "PNEUMO_DATA": str(root / "data" / "chest_xray")},
-        stdout=log.open("w"), stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while time.time() < deadline:
-        try:
-            if urllib.request.urlopen(f"{url}/_stcore/health", timeout=2).read() == b"ok":
-                break
-        except OSError:
-            time.sleep(0.5)
-    else:
-        process.kill()
-        pytest.fail("streamlit did not start:\n" + log.read_text()[-2000:])
-    yield url, home
-    process.terminate()
-    process.wait(timeout=30)
-
-
-@pytest.fixture(scope="module")
-def browser_page():
-    from playwright.sync_api import sync_playwright
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
-        page = browser.new_page(viewport={"width": 1360, "height": 1800})
-        yield page
-        browser.close()
-
-
-@pytest.fixture(scope="module")
-def shots(tmp_path_factory) -> Path:
-    folder = Path(os.environ.get("PNEUMO_SCREENSHOT_DIR") or tmp_path_factory.mktemp("shots"))
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
+    data = {"PNEUMO_DATA": str(root / "data" / "chest_xray")}
+    with dashboard_with_tester(home, root / "server.log", env=data) as url:
+        yield url, home
 
 
 def test_validating_a_site_shows_its_report(site_server, browser_page, shots):

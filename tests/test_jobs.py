@@ -51,6 +51,18 @@ def held_queue(tmp_path, monkeypatch):
     return _queue(tmp_path / "home")
 
 
+def _submit_in_a_process(home: Path, data: Path, submitter: str, before: str, after: str,
+                         timeout: int) -> subprocess.CompletedProcess:
+    """Python code run in a fresh process (PNEUMO_HOME=home): `before`, then `q.submit` of a TINY job on `data`
+    by `submitter` (ml_lead) whose id is `j`, then `after` (one-line statements; `before` ends in '; ')."""
+    code = (f"{before}from pneumo_core.access import Actor; from pneumo_core.jobs import JobQueue; "
+            "from pneumo_core.settings import load_settings; q = JobQueue(load_settings()); "
+            f"j = q.submit({{'data_dir': {str(data)!r}, **{TINY!r}}}, actor=Actor({submitter!r}, 'ml_lead')); {after}")
+    env = {**os.environ, "PNEUMO_HOME": str(home), "PNEUMO_MIN_FREE_MB": "1"}
+    return subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
 def _wait_for(predicate, timeout=120, poll=0.2):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -364,13 +376,8 @@ def test_sigkill_of_the_runner_alone_is_detected_and_its_training_process_stoppe
 @pytest.mark.slow
 def test_a_job_outlives_the_dashboard_that_submitted_it(tmp_path, tiny_data):
     # The "dashboard": a process that submits, then is SIGKILLed at once.
-    code = ("import os, signal, sys; from pneumo_core.access import Actor; from pneumo_core.jobs import JobQueue; "
-            "from pneumo_core.settings import load_settings; q = JobQueue(load_settings()); "
-            f"print(q.submit({{'data_dir': {str(tiny_data)!r}, **{TINY!r}}}, actor=Actor('dr dash', 'ml_lead')), "
-            "flush=True); os.kill(os.getpid(), signal.SIGKILL)")
-    env = {**os.environ, "PNEUMO_HOME": str(tmp_path), "PNEUMO_MIN_FREE_MB": "1"}
-    dashboard = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
-                               timeout=120)
+    dashboard = _submit_in_a_process(tmp_path, tiny_data, "dr dash", "import os, signal; ",
+                                     "print(j, flush=True); os.kill(os.getpid(), signal.SIGKILL)", timeout=120)
     assert dashboard.returncode == -signal.SIGKILL
     job_id = int(dashboard.stdout.split()[0])
     restarted = _queue(tmp_path)             # the dashboard started again
@@ -384,15 +391,10 @@ def test_a_job_outlives_the_dashboard_that_submitted_it(tmp_path, tiny_data):
 def test_a_full_disk_while_saving_the_model_fails_the_job_clearly_and_leaves_no_half_version(tmp_path, tiny_data):
     # The whole queue in a process whose files may not exceed 3 MB (RLIMIT_FSIZE, inherited by the runner
     # and training): the features and logs fit, the model file does not, as on a disk that fills up.
-    code = ("import resource, signal; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
-            "resource.setrlimit(resource.RLIMIT_FSIZE, (3 * 2**20, 3 * 2**20)); "
-            "from pneumo_core.access import Actor; from pneumo_core.jobs import JobQueue; "
-            "from pneumo_core.settings import load_settings; q = JobQueue(load_settings()); "
-            f"j = q.submit({{'data_dir': {str(tiny_data)!r}, **{TINY!r}}}, actor=Actor('lead', 'ml_lead')); "
-            "print(q.wait(j, timeout=600)['state'])")
-    env = {**os.environ, "PNEUMO_HOME": str(tmp_path), "PNEUMO_MIN_FREE_MB": "1"}
-    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, env=env, capture_output=True, text=True,
-                            timeout=700)
+    result = _submit_in_a_process(tmp_path, tiny_data, "lead",
+                                  "import resource, signal; signal.signal(signal.SIGXFSZ, signal.SIG_IGN); "
+                                  "resource.setrlimit(resource.RLIMIT_FSIZE, (3 * 2**20, 3 * 2**20)); ",
+                                  "print(q.wait(j, timeout=600)['state'])", timeout=700)
     assert result.stdout.strip() == "failed", result.stderr[-2000:]
     (job,) = _queue(tmp_path).list()
     assert "no space left on the disk" in job["error"] and "nothing was registered" in job["error"]

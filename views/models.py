@@ -6,8 +6,7 @@ import streamlit as st
 
 import ui
 from pneumo_core import figures
-from pneumo_core.errors import PneumoError
-from pneumo_core.registry import change_kind, promote, promotions, read_json, summaries
+from pneumo_core.registry import change_kind, promotions, read_json, summaries
 from pneumo_core.track_record import track_record
 
 ui.require_page("view_metrics")
@@ -43,14 +42,7 @@ with st.container():
                       f"{record.text('sensitivity')} · specificity {record.text('specificity')}  \n*{record.label}*")
         rollback = change_kind(ui.settings().models_dir, row["id"], active) == "rollback"
         if button and button.button("Roll back" if rollback else "Make active", key=f"activate_{row['id']}"):
-            try:
-                entry = promote(ui.settings().models_dir, row["id"], actor=ui.actor(), expected_active=active,
-                                trail=ui.audit_trail())
-            except PneumoError as error:
-                st.error(str(error))
-            else:
-                st.toast(f"{entry['action']}: {entry['from']} → {entry['to']}")
-                st.rerun()
+            ui.promote(row["id"], active)
     log = promotions(ui.settings().models_dir)
     if log:
         st.dataframe(pd.DataFrame(log[::-1]).reindex(columns=["when", "who", "action", "from", "to"]),

@@ -9,7 +9,7 @@ from pneumo_core.comparison import compare
 from pneumo_core.confine import check_form_paths
 from pneumo_core.errors import PneumoError
 from pneumo_core.io import ImageError, read_image
-from pneumo_core.jobs import clamp_params, describe
+from pneumo_core.jobs import clamp_params
 from pneumo_core.settings import TRAIN_LIMITS, TrainConfig
 
 ui.require_page("submit_job")
@@ -48,29 +48,8 @@ if st.button("Retrain with current settings", type="primary", icon=":material/mo
                    f"in its log.")
 
 
-@st.fragment(run_every=2)
-def current_job():
-    """Progress of the running job, refreshed every 2 s without rerunning the page."""
-    job = queue.current()
-    if job is None:
-        if st.session_state.pop("following_job", None):
-            st.rerun()           # a job just ended: refresh the candidate and history below
-        st.caption("No job running.")
-        return
-    st.session_state["following_job"] = job["id"]
-    st.progress(job["percent"] / 100, text=f"Job {job['id']}: {describe(job)} · {job['percent']:.0f}%")
-    st.code("\n".join(queue.log_tail(job["id"], 12)) or "(starting…)", language=None)
-    if ui.may("cancel_job") and st.button("Cancel job", key=f"cancel_{job['id']}", icon=":material/cancel:"):
-        try:
-            queue.cancel(job["id"], actor=ui.actor())
-        except PneumoError as error:
-            st.error(str(error))
-        else:
-            st.rerun()
-
-
 st.subheader("Current job")
-current_job()
+ui.job_progress(queue, log_lines=12, follow_key="following_job", cancel_prefix="cancel_")
 
 st.subheader("Candidate vs active")
 candidates = registry.candidates(models_dir)
@@ -114,14 +93,7 @@ else:
                                     f"p_{active}": st.column_config.NumberColumn("active p", format="%.3f"),
                                     f"p_{candidate}": st.column_config.NumberColumn("candidate p", format="%.3f")})
     if ui.may("promote") and st.button(f"Promote {candidate}", type="primary", icon=":material/upgrade:"):
-        try:
-            entry = registry.promote(models_dir, candidate, actor=ui.actor(), expected_active=active,
-                                     trail=ui.audit_trail())
-        except PneumoError as error:
-            st.error(str(error))
-        else:
-            st.toast(f"{candidate} is now the active model (was {entry['from']}).")
-            st.rerun()
+        ui.promote(candidate, active)
 
 st.subheader("Past jobs")
 jobs = queue.list(limit=50)

@@ -3,8 +3,12 @@ server, the one-time setup code that creates the first administrator."""
 import streamlit as st
 
 import ui
-from pneumo_core.errors import LockedOut, PneumoError, SignInError
-from pneumo_core.users import MIN_PASSWORD
+from pneumo_core.errors import LockedOut, SignInError
+
+
+def typed_name(name: str) -> str:
+    """The account name as typed, for the audit of a refusal (bounded: anyone can type anything)."""
+    return name.strip().lower()[:64] or "unknown"
 
 st.title("Pneumo")
 st.caption("Pneumonia detection on paediatric chest X-rays.")
@@ -25,25 +29,18 @@ if ui.setup_code_if_needed():
     st.subheader("Create the first administrator")
     st.markdown("This server has no administrator yet. The one-time **setup code** is printed in the terminal "
                 "where the dashboard was started (`make run`).")
-    with st.form("setup"):
-        code = st.text_input("Setup code", placeholder="XXXX-XXXX-XXXX")
-        name = st.text_input("Administrator account name", placeholder="e.g. j.smith")
-        password = st.text_input(f"Password (at least {MIN_PASSWORD} characters)", type="password")
-        again = st.text_input("Password again", type="password")
-        if st.form_submit_button("Create administrator", type="primary"):
-            try:
-                if password != again:
-                    raise SignInError("the two passwords differ")
-                actor = ui.users().create_first_admin(code, name, password, ui.client())
-            except PneumoError as error:
-                ui.audit_event("sign_in_failed", name.strip().lower()[:64] or "unknown", method="setup code",
-                               reason=type(error).__name__)
-                st.error(str(error).capitalize() + ".")
-            else:
-                ui.audit_event("user_change", actor.name, action="add", account=actor.name, role=actor.role,
-                               method="setup code")
-                ui.sign_in(actor, "local")
-                st.rerun()
+    actor = ui.new_account_form(
+        "setup", "Create administrator",
+        lambda name, password, code: ui.users().create_first_admin(code, name, password, ui.client()),
+        name_label="Administrator account name", example="j.smith", password_label="Password",
+        extra=lambda column: column.text_input("Setup code", placeholder="XXXX-XXXX-XXXX"),
+        refused=lambda name, error: ui.audit_event("sign_in_failed", typed_name(name), method="setup code",
+                                                   reason=type(error).__name__))
+    if actor:
+        ui.audit_event("user_change", actor.name, action="add", account=actor.name, role=actor.role,
+                       method="setup code")
+        ui.sign_in(actor, "local")
+        st.rerun()
     st.stop()
 
 st.subheader("Sign in")
@@ -54,10 +51,10 @@ with st.form("signin"):
         try:
             actor = ui.users().verify(name, password, ui.client())
         except LockedOut as error:
-            ui.audit_event("sign_in_failed", name.strip().lower()[:64] or "unknown", reason="locked")
+            ui.audit_event("sign_in_failed", typed_name(name), reason="locked")
             st.error(str(error).capitalize() + ".")
         except SignInError as error:
-            ui.audit_event("sign_in_failed", name.strip().lower()[:64] or "unknown", reason=str(error))
+            ui.audit_event("sign_in_failed", typed_name(name), reason=str(error))
             st.error(str(error).capitalize() + ".")
         else:
             ui.sign_in(actor, "local")

@@ -6,7 +6,6 @@ import streamlit as st
 import ui
 from pneumo_core import figures, registry, site
 from pneumo_core.errors import PneumoError
-from pneumo_core.jobs import describe
 from pneumo_core.track_record import FIGURES, site_reports, track_record
 
 st.title("Site go-live")
@@ -102,26 +101,7 @@ if actor.may("site_adapt") and st.button("Adapt to this site", icon=":material/t
         st.success(f"Job {job_id} submitted.")
     except PneumoError as error:
         st.error(str(error))
-
-
-@st.fragment(run_every=2)
-def current_job():
-    """Progress of the running job, refreshed every 2 s."""
-    job = queue.current()
-    if job is None:
-        if st.session_state.pop("following_site_job", None):
-            st.rerun()
-        st.caption("No job running.")
-        return
-    st.session_state["following_site_job"] = job["id"]
-    st.progress(job["percent"] / 100, text=f"Job {job['id']}: {describe(job)} · {job['percent']:.0f}%")
-    st.code("\n".join(queue.log_tail(job["id"], 8)) or "(starting…)", language=None)
-    if actor.may("cancel_job") and st.button("Cancel job", key=f"cancel_site_{job['id']}", icon=":material/cancel:"):
-        queue.cancel(job["id"], actor=actor)
-        st.rerun()
-
-
-current_job()
+ui.job_progress(queue, log_lines=8, follow_key="following_site_job", cancel_prefix="cancel_site_")
 
 adapted = [m for m in ui.versions() if (m.get("site") or {}).get("name") == name]
 if not adapted:
@@ -141,6 +121,4 @@ for title, record in (("Adapted", chosen), ("Active", current)):
 if candidate == active:
     st.success(f"{candidate} is the active model.")
 elif actor.may("promote") and st.button(f"Promote {candidate}", type="primary", icon=":material/upgrade:"):
-    entry = registry.promote(models_dir, candidate, actor=actor, expected_active=active, trail=ui.audit_trail())
-    st.toast(f"{candidate} is now the active model (was {entry['from']}).")
-    st.rerun()
+    ui.promote(candidate, active)

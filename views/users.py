@@ -5,7 +5,7 @@ import streamlit as st
 import ui
 from pneumo_core.access import ROLES
 from pneumo_core.errors import PneumoError
-from pneumo_core.users import MIN_PASSWORD, OIDC_ROLES_FILE, ROLE_CLAIM, oidc_roles
+from pneumo_core.users import OIDC_ROLES_FILE, ROLE_CLAIM, oidc_roles
 
 admin = ui.require_page("manage_users")
 st.title("Users")
@@ -15,23 +15,13 @@ st.dataframe(pd.DataFrame(accounts, columns=["name", "role", "disabled", "create
              hide_index=True, width="stretch")
 
 st.subheader("Add an account")
-with st.form("add_user", clear_on_submit=True):
-    left, right = st.columns(2)
-    name = left.text_input("Account name", placeholder="e.g. a.lopez")
-    role = right.selectbox("Role", ROLES)
-    password = left.text_input(f"Initial password (at least {MIN_PASSWORD} characters)", type="password")
-    again = right.text_input("Password again", type="password")
-    if st.form_submit_button("Add account", type="primary"):
-        try:
-            if password != again:
-                raise PneumoError("the two passwords differ")
-            account = store.add(name, role, password)
-        except PneumoError as error:
-            st.error(str(error).capitalize() + ".")
-        else:
-            ui.audit_event("user_change", admin.name, action="add", account=account["name"], role=account["role"])
-            st.toast(f"{account['name']} added as {account['role']}.")
-            st.rerun()
+account = ui.new_account_form("add_user", "Add account", lambda name, password, role: store.add(name, role, password),
+                              name_label="Account name", example="a.lopez", password_label="Initial password",
+                              extra=lambda column: column.selectbox("Role", ROLES), clear_on_submit=True)
+if account:
+    ui.audit_event("user_change", admin.name, action="add", account=account["name"], role=account["role"])
+    st.toast(f"{account['name']} added as {account['role']}.")
+    st.rerun()
 
 if accounts:
     st.subheader("Change an account")
