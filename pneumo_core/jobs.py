@@ -51,8 +51,8 @@ FINISHED = ("succeeded", "failed", "cancelled")
 PARAMS = tuple(f.name for f in fields(TrainConfig))
 
 # Overall progress: each stage of `train` fills one band of the bar.
-STAGE_BANDS = {"caching": (0, 45), "tuning": (45, 75), "training": (75, 90), "fine-tuning": (90, 97),
-               "evaluating": (97, 100)}
+STAGE_BANDS = {"caching": (0, 45), "tuning": (45, 72), "training": (72, 82), "fine-tuning": (82, 87),
+               "scoring": (87, 98), "evaluating": (98, 100)}   # scoring: validation and test with TTA, ~1.5 min
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (

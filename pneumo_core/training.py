@@ -245,7 +245,7 @@ def fit_heads(features: CachedFeatures, config: TrainConfig, settings: Settings,
     return Heads(members, heads, platt, history, summary)
 
 
-def fit_tta(model, heads: Heads, features: CachedFeatures, config: TrainConfig):
+def fit_tta(model, heads: Heads, features: CachedFeatures, config: TrainConfig, reporter: Reporter | None = None):
     """Refit the Platt scaling on validation scores with test-time augmentation (mean logit over the plain
     film and `config.tta_views` views, as the saved version serves them) and set it into `model`.
 
@@ -256,10 +256,15 @@ def fit_tta(model, heads: Heads, features: CachedFeatures, config: TrainConfig):
     scorer = PneumoModel(model, {"image_size": config.image_size, "normalisation": config.normalisation,
                                  "threshold": 0.5, "tta": tta})
 
+    scoring = Progress(f"scoring validation and test films in {1 + config.tta_views} views",
+                       len(features.val) + len(features.test), reporter)
+
     def tta_logit(split):   # mean calibrated logit over the views, decoded 32 films at a time
-        paths = list(split.path)
-        return np.concatenate([scorer.view_logits([read_image(str(p)) for p in paths[i:i + 32]])[0].mean(1)
-                               for i in range(0, len(paths), 32)])
+        paths, out = list(split.path), []
+        for i in range(0, len(paths), 32):
+            out.append(scorer.view_logits([read_image(str(p)) for p in paths[i:i + 32]])[0].mean(1))
+            scoring.update(len(out[-1]))
+        return np.concatenate(out)
 
     z_val, z_test = tta_logit(features.val), tta_logit(features.test)
     # Platt on the current calibrated logit, composed with the current one (both affine): no division.
@@ -346,7 +351,7 @@ def train(config: TrainConfig, settings: Settings, reporter: Reporter | None = N
         p_val, p_test = heads.probabilities(features.x_val), heads.probabilities(features.x_test)
 
     if config.tta_views:
-        heads, p_val, p_test = fit_tta(model, heads, features, config)
+        heads, p_val, p_test = fit_tta(model, heads, features, config, reporter)
     threshold = choose_threshold(features.y_val, p_val, config.min_sensitivity, THRESHOLD_CONFIDENCE)
     ood = fit_ood(model, features.x_train[:len(features.train)], features.x_val, features.train, features.val, config)
     evaluating = Progress("evaluating", 1, reporter)
