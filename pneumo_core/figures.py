@@ -124,5 +124,7 @@ def per_day_figure(per_day: list[dict]) -> go.Figure:
                              mode="lines+markers", line=dict(color=COLOURS[1])))
     fig.add_trace(go.Scatter(x=days, y=[d["ood_flagged"] for d in per_day], name="unlike the training films",
                              mode="lines+markers", line=dict(color=COLOURS[3], dash="dot")))
+    # Whole days on the axis: with one or two days of data Plotly's date axis zooms in to milliseconds.
+    fig.update_xaxes(type="date", tickformat="%d %b", dtick=86_400_000)
     return fig.update_layout(title="Diagnoses per day (audit trail)", xaxis_title="day (UTC)",
                              yaxis_title="films", **CALM)
