@@ -408,6 +408,19 @@ def sign_in(page, url: str, name: str, password: str = PASSWORD, timeout: int = 
     page.get_by_text(f"Signed in as {name}").wait_for(timeout=timeout)
 
 
+def idle(page, timeout: int = 120_000) -> None:
+    """Wait until no script or fragment run is in progress (Streamlit's own marker on the app)."""
+    page.wait_for_function("() => document.querySelector('.stApp')?.getAttribute('data-test-script-state') "
+                           "=== 'notRunning'", timeout=timeout)
+
+
+def audit_events(home: Path, kind: str) -> int:
+    """How many events of `kind` the audit trail under `home` holds (read-only)."""
+    import sqlite3
+    with sqlite3.connect(f"file:{home / 'audit.sqlite'}?mode=ro", uri=True) as db:
+        return db.execute("SELECT COUNT(*) FROM events WHERE kind = ?", (kind,)).fetchone()[0]
+
+
 def sign_out(page, timeout: int = 60_000) -> None:
     page.get_by_role("button", name="Sign out").click()
     page.get_by_label("Account name", exact=True).wait_for(timeout=timeout)

@@ -14,7 +14,7 @@ import numpy as np
 import pypdf
 import pytest
 from conftest import SHARED_DATA, synthetic_film
-from helpers import dashboard_with_tester, require_chromium, sign_in
+from helpers import dashboard_with_tester, idle, require_chromium, sign_in
 
 from pneumo_core import registry
 
@@ -52,16 +52,10 @@ def _png(label: int, seed: int) -> bytes:
     return cv2.imencode(".png", synthetic_film(label, np.random.default_rng(seed), (300, 360)))[1].tobytes()
 
 
-def _idle(page, timeout: int = 120_000) -> None:
-    """Wait until no script or fragment run is in progress (Streamlit's own marker on the app)."""
-    page.wait_for_function("() => document.querySelector('.stApp')?.getAttribute('data-test-script-state') "
-                           "=== 'notRunning'", timeout=timeout)
-
-
 def _diagnosed(page) -> None:
     """Wait for the film view's last element (the report button) and the end of the run."""
     page.locator(".st-key-diagnose-ready button").wait_for(timeout=120_000)
-    _idle(page)
+    idle(page)
     page.wait_for_function("() => Array.from(document.images).every(i => i.complete)", timeout=60_000)
 
 
@@ -221,7 +215,7 @@ def test_retrain_runs_to_completion_and_the_candidate_is_promoted(server, e2e_ho
     promote = page.get_by_role("button", name=re.compile(r"^Promote "))
     promote.wait_for(timeout=300_000)        # the fragment refreshes the page when the job ends
     page.get_by_text("called differently").wait_for(timeout=30_000)
-    _idle(page)
+    idle(page)
     page.screenshot(path=str(shots / "retrain.png"), full_page=True)
     candidate = registry.candidates(e2e_home / "models")[0]
     before = registry.active_version(e2e_home / "models")

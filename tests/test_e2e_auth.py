@@ -17,7 +17,9 @@ from helpers import (
     CHROMIUM,
     CHROMIUM_FLAGS,
     add_user,
+    audit_events,
     free_port,
+    idle,
     pdf_text,
     require_chromium,
     sign_in,
@@ -108,7 +110,7 @@ def test_signed_out_every_deep_link_shows_only_the_sign_in_page(server, page):
     for path in PAGE_PATHS:
         page.goto(f"{url}/{path}")
         page.get_by_label("Account name", exact=True).wait_for(timeout=120_000)
-        page.wait_for_timeout(500)
+        idle(page)
         assert page.locator("h1").all_inner_texts() == ["Pneumo"], path
         assert not page.locator("[data-testid=stSidebarNav]").count(), path
         assert not page.get_by_text("Page not found").count(), path
@@ -119,12 +121,12 @@ def test_a_clinician_sees_no_retrain_promote_rollback_cancel_or_audit_controls(s
     sign_in(page, f"{url}/models", "ana")
     assert nav_titles(page) == ["Diagnose", "Worklist", "Heatmaps", "Metrics", "Models"]
     page.get_by_text("Model card").wait_for(timeout=120_000)
-    page.wait_for_timeout(1000)
+    idle(page)
     for label in ("Roll back", "Make active", "Promote", "Cancel job", "Retrain with current settings",
                   "Download CSV"):
         assert not page.get_by_role("button", name=re.compile(label)).count(), label
     sign_in(page, f"{url}/retrain", "ana")   # a deep link to a page the role lacks opens no part of it
-    page.wait_for_timeout(2000)
+    idle(page)
     assert not page.get_by_role("button", name="Retrain with current settings").count()
     assert "Retrain" not in page.locator("h1").all_inner_texts()
 
@@ -162,6 +164,7 @@ def test_a_report_and_the_records_never_carry_the_uploaded_file_name(server, hom
     page.locator("input[type=file]").set_input_files(str(film))
     page.get_by_text("Probability of pneumonia").wait_for(timeout=120_000)
     assert page.get_by_text("DOE_JANE_MRN123.png").first.is_visible()          # on screen, where it belongs
+    downloads = audit_events(home, "report_download")
     for label in ("Download report (PDF)",):
         with page.expect_download(timeout=60_000) as caught:
             page.get_by_role("button", name=label).click()
@@ -169,7 +172,10 @@ def test_a_report_and_the_records_never_carry_the_uploaded_file_name(server, hom
         assert download.suggested_filename.startswith("pneumo-report-") and "DOE" not in download.suggested_filename
         data = Path(download.path()).read_bytes()
         assert b"DOE" not in data and (label.endswith("(PNG)") or "DOE" not in pdf_text(data))
-    page.wait_for_timeout(1000)
+    deadline = time.time() + 60   # the download's audit event is written by the run the click starts
+    while audit_events(home, "report_download") < downloads + 1 and time.time() < deadline:
+        time.sleep(0.2)
+    assert audit_events(home, "report_download") == downloads + 1
     assert b"DOE" not in (home / "audit.sqlite").read_bytes()
     assert "DOE" not in log.read_text()
 

@@ -6,7 +6,7 @@ import shutil
 
 import pytest
 from conftest import make_dataset
-from helpers import dashboard_with_tester, require_chromium, sign_in
+from helpers import dashboard_with_tester, idle, require_chromium, sign_in
 
 pytestmark = pytest.mark.slow
 require_chromium()
@@ -38,7 +38,7 @@ def test_validating_a_site_shows_its_report(site_server, browser_page, shots):
     page.wait_for_function("() => document.querySelectorAll('.js-plotly-plot').length >= 3", timeout=60_000)
     assert page.get_by_text("Calibration at site clinic").first.is_visible()
     assert not page.locator("[data-testid=stException]").count()
-    page.wait_for_timeout(1000)
+    idle(page)
     page.screenshot(path=str(shots / "site.png"), full_page=True)
     assert list((home / "models").glob("*/site_reports/clinic.json"))
 
