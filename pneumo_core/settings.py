@@ -26,6 +26,9 @@ Every knob a deployment may need to change lives here, so the rest of the librar
 | KERASTUNER_TUNER_ID,  | distributed tuning (read by Keras Tuner too): `chief` or a |
 | KERASTUNER_ORACLE_IP, | worker id, and the chief's address; unset = one machine    |
 | KERASTUNER_ORACLE_PORT|                                                            |
+| PNEUMO_SITE_DATA      | a folder holding sites' labelled films (NORMAL/ and        |
+|                       | PNEUMONIA/, itself or one or two levels down), offered on  |
+|                       | the Site page; unset = only folders beside PNEUMO_DATA     |
 | PNEUMO_PACS_URL       | DICOMweb root of the archive, e.g.                         |
 |                       | `http://pacs:8042/dicom-web`; unset = no PACS              |
 | PNEUMO_PACS_USER,     | HTTP basic auth for the archive; or PNEUMO_PACS_TOKEN for  |
@@ -98,6 +101,7 @@ class Settings:
     feature_cache_mb: int = 4096   # ~80 MB per seed/size/backbone on the 5216 films: ~50 settings kept
     job_log_mb: float = 5         # a default job's log is ~200 KB
     budget: MemoryBudget = field(default_factory=MemoryBudget)
+    site_data_dir: Path | None = None  # sites' labelled films for the Site page (PNEUMO_SITE_DATA)
     pacs_url: str = ""  # DICOMweb root; credentials never shown (repr=False)
     pacs_user: str = field(default="", repr=False)
     pacs_password: str = field(default="", repr=False)
@@ -177,6 +181,7 @@ def load_settings(env: dict | None = None) -> Settings:
         oracle=f"{env['KERASTUNER_ORACLE_IP']}:{env.get('KERASTUNER_ORACLE_PORT', '')}"
         if env.get("KERASTUNER_ORACLE_IP") else "",
         budget=memory_budget(env),
+        site_data_dir=Path(env["PNEUMO_SITE_DATA"]) if env.get("PNEUMO_SITE_DATA") else None,
         **_pacs_secrets(env, home),
     )
 

@@ -562,14 +562,16 @@ def _is_site_folder(folder: Path) -> bool:
 
 
 def site_folders(settings) -> list[Path]:
-    """Labelled folders a dashboard user may pick: beside the training data folder, and uploaded ones.
+    """Labelled folders a dashboard user may pick: under PNEUMO_SITE_DATA (when set), beside the training
+    data folder, and uploaded ones.
 
-    Only these roots are offered (two levels deep), so a browser user cannot point the server at an
-    arbitrary path.
+    Only these roots are offered (the root itself when set by PNEUMO_SITE_DATA, and two levels down),
+    so a browser user cannot point the server at an arbitrary path.
     """
-    roots = [Path(settings.data_dir).parent, Path(settings.home) / UPLOADS]
+    chosen = [Path(settings.site_data_dir)] if settings.site_data_dir else []
+    roots = [*chosen, Path(settings.data_dir).parent, Path(settings.home) / UPLOADS]
     training = Path(settings.data_dir).resolve()
-    found = []
+    found = [root for root in chosen if root.is_dir() and _is_site_folder(root)]
     for root in roots:
         if not root.is_dir():
             continue
@@ -577,7 +579,8 @@ def site_folders(settings) -> list[Path]:
             candidates = [child, *sorted(p for p in child.iterdir() if p.is_dir() and not p.name.startswith("."))]
             # The training data itself is no site: its films are what the model learned from.
             found += [c for c in candidates if _is_site_folder(c) and not c.resolve().is_relative_to(training)]
-    return list(dict.fromkeys(found))
+    found = list(dict.fromkeys(found))
+    return [f for f in found if f.parent not in found]   # 'south', not also 'south/test': the same films
 
 
 def extract_zip(data: bytes, home: Path, name: str) -> Path:

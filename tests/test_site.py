@@ -13,6 +13,7 @@ from pneumo_core import site
 from pneumo_core.access import Actor
 from pneumo_core.errors import DatasetError
 from pneumo_core.evaluation import bootstrap_figures_ci, evaluate_with_ci
+from pneumo_core.settings import load_settings
 from pneumo_core.track_record import INTERNAL_LABEL, track_record
 
 SHARED_SITE = SHARED / "data" / "site"
@@ -120,6 +121,22 @@ def test_zip_upload_is_unpacked_safely(tmp_path):
     with pytest.raises(DatasetError, match="not a zip"):
         site.extract_zip(b"plain text", tmp_path / "home", "bad")
     assert not (tmp_path / "evil.jpeg").exists() and not list((tmp_path / "home").glob(".site-upload-*"))
+
+
+def test_site_page_offers_the_folders_under_pneumo_site_data_and_never_the_training_data(tmp_path):
+    data = tmp_path / "data" / "chest_xray"
+    for folder in (data / "train" / "NORMAL", data / "train" / "PNEUMONIA"):
+        folder.mkdir(parents=True)
+    sites = tmp_path / "hospital_sites"
+    for folder in (sites / "north" / "NORMAL", sites / "north" / "PNEUMONIA", sites / "south" / "test" / "NORMAL",
+                   sites / "south" / "test" / "PNEUMONIA", tmp_path / "elsewhere" / "NORMAL",
+                   tmp_path / "elsewhere" / "PNEUMONIA"):
+        folder.mkdir(parents=True)
+    env = {"PNEUMO_DATA": str(data), "PNEUMO_HOME": str(tmp_path / "home")}
+    assert site.site_folders(load_settings(env)) == []           # nothing beside the data, nothing uploaded
+    offered = site.site_folders(load_settings({**env, "PNEUMO_SITE_DATA": str(sites)}))
+    assert offered == [sites / "north", sites / "south"]        # south's films are in its test/ folder
+    assert site.site_folders(load_settings({**env, "PNEUMO_SITE_DATA": str(sites / "north")})) == [sites / "north"]
 
 
 def test_a_site_folder_with_too_few_films_is_refused_with_what_is_needed(tmp_path):

@@ -29,7 +29,7 @@ if source == "A folder on this server":
     folders = site.site_folders(settings)
     if not folders:
         st.info(f"No labelled folder (NORMAL/ and PNEUMONIA/) under {Path(settings.data_dir).parent} yet; "
-                "upload a zip.")
+                "upload a zip, or have the server's PNEUMO_SITE_DATA point at the sites' folders.")
     else:
         folder = st.selectbox("Folder", folders, format_func=str)
 else:
