@@ -339,3 +339,17 @@ def test_retrain_log_follows_the_newest_job(tmp_path, monkeypatch, synthetic_dat
     at.run()
     assert not at.exception
     assert log_of() == 2        # the new job, not the earlier choice kept by its widget key
+
+
+def test_the_dashboard_keeps_keras_state_across_runs(home):
+    # Streamlit ends every run with keras.backend.clear_session(): a full garbage collection and a fresh
+    # Keras state (40 % of the dashboard's busy time under bench/load.py). app.py keeps the state.
+    from keras.src.backend.common import global_state
+
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=120)
+    at.session_state["actor"] = Actor("tester", "admin")
+    at.run()                                  # Diagnose, the first page: loads the model (imports Keras)
+    assert not at.exception and "Diagnose" in [t.value for t in at.title]
+    tracker = global_state.GLOBAL_STATE_TRACKER
+    at.run()
+    assert global_state.GLOBAL_STATE_TRACKER is tracker
