@@ -571,14 +571,17 @@ def site_folders(settings) -> list[Path]:
     chosen = [Path(settings.site_data_dir)] if settings.site_data_dir else []
     roots = [*chosen, Path(settings.data_dir).parent, Path(settings.home) / UPLOADS]
     training = Path(settings.data_dir).resolve()
-    found = [root for root in chosen if root.is_dir() and _is_site_folder(root)]
+
+    def offered(folder: Path) -> bool:   # the training data itself is no site: the model learned from it
+        return _is_site_folder(folder) and not folder.resolve().is_relative_to(training)
+
+    found = [root for root in chosen if root.is_dir() and offered(root)]
     for root in roots:
         if not root.is_dir():
             continue
         for child in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
             candidates = [child, *sorted(p for p in child.iterdir() if p.is_dir() and not p.name.startswith("."))]
-            # The training data itself is no site: its films are what the model learned from.
-            found += [c for c in candidates if _is_site_folder(c) and not c.resolve().is_relative_to(training)]
+            found += [c for c in candidates if offered(c)]
     found = list(dict.fromkeys(found))
     return [f for f in found if f.parent not in found]   # 'south', not also 'south/test': the same films
 

@@ -137,6 +137,7 @@ def test_site_page_offers_the_folders_under_pneumo_site_data_and_never_the_train
     offered = site.site_folders(load_settings({**env, "PNEUMO_SITE_DATA": str(sites)}))
     assert offered == [sites / "north", sites / "south"]        # south's films are in its test/ folder
     assert site.site_folders(load_settings({**env, "PNEUMO_SITE_DATA": str(sites / "north")})) == [sites / "north"]
+    assert site.site_folders(load_settings({**env, "PNEUMO_SITE_DATA": str(data / "train")})) == []  # training films
 
 
 def test_a_site_folder_with_too_few_films_is_refused_with_what_is_needed(tmp_path):
