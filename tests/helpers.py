@@ -284,9 +284,6 @@ def process_gone(pid: int | None) -> bool:
         return True
 
 
-PATIENT_NAME = PATIENT
-
-
 def png_bytes(gray: np.ndarray) -> bytes:
     return encode(gray)
 
@@ -434,18 +431,7 @@ def pdf_text(data: bytes) -> str:
 
 def poisoned_dicom(keyword: str, vr: str) -> bytes:
     """A chest DICOM whose numeric header field `keyword` holds a patient's name instead of a number."""
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.file_meta.MediaStorageSOPClassUID = ds.SOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
-    ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID = generate_uid()
-    ds.PatientName, ds.Modality, ds.ViewPosition, ds.BodyPartExamined = "DOE^JANE", "DX", "PA", "CHEST"
-    pixels = np.tile(np.linspace(0, 4095, 96).astype(np.uint16), (80, 1))
-    ds.Rows, ds.Columns = pixels.shape
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 12, 11, 0
-    ds.WindowCenter, ds.WindowWidth = 2048, 4096
-    ds.PixelData = pixels.tobytes()
+    ds = pydicom.dcmread(io.BytesIO(dicom(PatientName="DOE^JANE", WindowCenter=2048, WindowWidth=4096)))
     tag = Tag(tag_for_keyword(keyword))
     ds._dict[tag] = RawDataElement(tag, vr, 8, b"DOE^JANE", 0, False, True)  # as a broken exporter writes it
     buffer = io.BytesIO()

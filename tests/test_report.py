@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pypdf
 import pytest
-from helpers import PATIENT_NAME, chest_film, dicom_film
+from helpers import PATIENT, chest_film, dicom_film
 
 from pneumo_core.diagnosis import Diagnosis, certainty
 from pneumo_core.io import FilmInfo, read_film
@@ -90,7 +90,7 @@ def test_dicom_identifiers_are_on_the_report_and_in_its_file_name_and_the_patien
     d = diagnosis(info=film.info, name="1.dcm")
     text, _ = text_of(report_pdf(film.gray, d, None))
     assert "ACC-2024-0042" in text and "1.2.826.0.1.3680043.2.1125.1" in text and "DICOM · DX · AP" in text
-    assert "1.dcm" not in text and "Doe" not in text and "SECRET" not in text and PATIENT_NAME not in text
+    assert "1.dcm" not in text and "Doe" not in text and "SECRET" not in text and PATIENT not in text
     assert report_filename(d) == "pneumo-report-ACC-2024-0042.pdf"
 
 
