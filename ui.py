@@ -17,14 +17,15 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from pneumo_core import registry
-from pneumo_core.access import Actor
 from pneumo_core.errors import AccountError, PneumoError, SignInError
-from pneumo_core.io import DecodeBudget, read_film
-from pneumo_core.jobs import JobQueue, describe, params_from_model
+from pneumo_core.imaging.films import DecodeBudget, read_film
+from pneumo_core.jobs.queue import JobQueue, describe, params_from_model
+from pneumo_core.learn import store
 from pneumo_core.lru import ByteLRU
+from pneumo_core.records import registry
+from pneumo_core.records.access import Actor
+from pneumo_core.records.users import MIN_PASSWORD, UserStore, oidc_role
 from pneumo_core.settings import load_settings
-from pneumo_core.users import MIN_PASSWORD, UserStore, oidc_role
 
 TRAIN_COMMAND = "python -m pneumo_core train --data DATA_DIR"
 # The memory budget (README "Memory budget"). The cache sizes are read once, when this module is
@@ -46,8 +47,8 @@ def versions() -> list[dict]:
 def diagnoser_for(version_dir: str):
     """One loaded model per version for the whole server (shared by every session); at most
     `models_loaded` versions at once, the least recently used unloaded first."""
-    from pneumo_core.diagnosis import Diagnoser
-    from pneumo_core.model import PneumoModel
+    from pneumo_core.learn.model import PneumoModel
+    from pneumo_core.serve.diagnosis import Diagnoser
     return Diagnoser(PneumoModel.load(version_dir))
 
 
@@ -155,7 +156,7 @@ def current_train_params():
     s = settings()
     active = registry.active_version(s.models_dir)
     if active:
-        return params_from_model(registry.read_json(s.models_dir / active, "metadata.json"), str(s.data_dir))
+        return params_from_model(store.read_json(s.models_dir / active, "metadata.json"), str(s.data_dir))
     return params_from_model({"backbone": s.backbone, "image_size": s.image_size, "weights": "auto",
                               "training": {"seed": s.seed}}, str(s.data_dir))
 
@@ -184,7 +185,7 @@ def thumbnail_uri(gray: np.ndarray, size: int = 96) -> str:
 
 
 def test_predictions(version_id: str) -> pd.DataFrame:
-    return registry.test_predictions(version_dir(version_id))
+    return store.test_predictions(version_dir(version_id))
 
 
 def decode_budget() -> DecodeBudget:
@@ -252,7 +253,7 @@ def error_overlay(version_path: str, film_path: str, side: int = 384) -> np.ndar
     Its own small cache (`browser_entries`, a few pages' worth), so paging through the errors never
     fills the diagnosis cache.
     """
-    from pneumo_core.cam import overlay  # imports TensorFlow: only where a model is used
+    from pneumo_core.explain.cam import overlay  # imports TensorFlow: only where a model is used
     film = read_film(film_path, max_pixels=settings().budget.max_film_pixels)
     gray, d = for_display(film.gray, diagnoser_for(version_path).diagnose(film.gray, film_path), side)
     return overlay(gray, d.heatmap, 0.4)
@@ -260,7 +261,7 @@ def error_overlay(version_path: str, film_path: str, side: int = 384) -> np.ndar
 
 @st.cache_resource(show_spinner=False)
 def _audit_trail_at(path: str):
-    from pneumo_core.audit import AuditTrail
+    from pneumo_core.records.audit import AuditTrail
     return AuditTrail(path)
 
 
@@ -327,7 +328,7 @@ def _session_cache(name: str, key: str, make):
 
 def display_film(key: str, gray: np.ndarray) -> np.ndarray:
     """The film shrunk for the screen (longer side DISPLAY_SIDE), computed once per session."""
-    from pneumo_core.heatmap import for_display
+    from pneumo_core.explain.heatmap import for_display
     return _session_cache("_display_films", key, lambda: for_display(gray, DISPLAY_SIDE))
 
 
@@ -369,7 +370,7 @@ def faithfulness(version_path: str, data: bytes, name: str, method: str = "gradc
 
 def figures_that_apply(version_path: str):
     """The TrackRecord of a version (site figures where measured, else internal, labelled)."""
-    from pneumo_core.track_record import track_record
+    from pneumo_core.evaluate.track_record import track_record
     return track_record(version_path)
 
 
@@ -555,12 +556,12 @@ def setup_code_if_needed() -> bool:
 
     The code goes to the server's terminal only (whoever started `make run`), never to a page.
     """
-    store = users()
-    if store.has_admin():
+    accounts = users()
+    if accounts.has_admin():
         return False
     with _setup_lock:
-        if not store.setup_code_pending():
-            code = store.issue_setup_code()
+        if not accounts.setup_code_pending():
+            code = accounts.issue_setup_code()
             print(f"\nPneumo: no administrator yet. One-time setup code: {code}\n"
                   f"  Open the dashboard and enter it to create the first administrator (valid 60 minutes, "
                   f"single use),\n  or run: python -m pneumo_core users add NAME --role admin\n",

@@ -26,7 +26,7 @@ CHILD = r"""
 import sys, threading, time
 import psutil
 sys.path.insert(0, sys.argv[1])
-from pneumo_core.io import ImageError, read_film
+from pneumo_core.imaging.films import ImageError, read_film
 read_film(open(sys.argv[3], "rb").read())
 data = open(sys.argv[2], "rb").read()
 process, top, done = psutil.Process(), [0], threading.Event()

@@ -2,9 +2,9 @@
 import numpy as np
 from common import SHARED_DATA, report, timed
 
-from pneumo_core.data import load_dataset
-from pneumo_core.features import embed
-from pneumo_core.model import build_embedder
+from pneumo_core.learn.data import load_dataset
+from pneumo_core.learn.features import embed
+from pneumo_core.learn.model import build_embedder
 
 N, BATCH = 128, 32
 images = np.random.default_rng(0).uniform(0, 255, (N, 224, 224, 3)).astype(np.float32)

@@ -10,9 +10,9 @@ import time
 from common import SHARED_DATA, report
 from psutil import pid_exists
 
-from pneumo_core.access import cli_actor
-from pneumo_core.data import check_dataset
-from pneumo_core.jobs import JobQueue
+from pneumo_core.jobs.queue import JobQueue
+from pneumo_core.learn.data import check_dataset
+from pneumo_core.records.access import cli_actor
 from pneumo_core.settings import load_settings
 
 start = time.perf_counter()

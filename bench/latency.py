@@ -2,9 +2,9 @@
 import numpy as np
 from common import report, timed
 
-from pneumo_core.cam import make_cam, to_original_size
-from pneumo_core.model import PneumoModel, assemble, build_classifier, build_embedder, build_head
-from pneumo_core.preprocessing import prepare
+from pneumo_core.explain.cam import make_cam, to_original_size
+from pneumo_core.imaging.preprocessing import prepare
+from pneumo_core.learn.model import PneumoModel, assemble, build_classifier, build_embedder, build_head
 
 film = np.random.default_rng(0).integers(0, 255, (1024, 860)).astype(np.uint8)
 for backbone in ("resnet50", "mobilenet_v2"):

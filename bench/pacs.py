@@ -22,11 +22,12 @@ from pathlib import Path
 import cv2
 
 sys.path.insert(0, str(REPO))   # scripts/ (the Orthanc starter) is not installed with pneumo_core
-from pneumo_core import registry  # noqa: E402
-from pneumo_core.audit import AuditTrail  # noqa: E402
-from pneumo_core.dicom_out import film_as_cr  # noqa: E402
-from pneumo_core.io import read_film  # noqa: E402
-from pneumo_core.pacs import PacsClient, PacsState, Watcher  # noqa: E402
+from pneumo_core.imaging.films import read_film  # noqa: E402
+from pneumo_core.learn import store  # noqa: E402
+from pneumo_core.pacs.watcher import PacsClient, PacsState, Watcher  # noqa: E402
+from pneumo_core.records import registry  # noqa: E402
+from pneumo_core.records.audit import AuditTrail  # noqa: E402
+from pneumo_core.serve.dicom_out import film_as_cr  # noqa: E402
 from scripts.orthanc_dev import OrthancServer, installed  # noqa: E402
 
 SITE = SHARED / "data" / "site"
@@ -44,13 +45,15 @@ def model_folder(home: Path) -> Path:
         return home / "models" / source.name
     import pandas as pd
 
-    from pneumo_core.model import assemble, build_classifier, build_embedder, build_head
+    from pneumo_core.learn.model import assemble, build_classifier, build_embedder, build_head
     base = build_embedder("mobilenet_v2", 224, None).get_layer("backbone")
     model = assemble("mobilenet_v2", base, build_classifier(base.output_shape[1:], [build_head(base.output_shape[-1])]))
     empty = pd.DataFrame()
-    return registry.save_version(home / "models", "00000000-000000-untrained", model,
-                                 {"backbone": "mobilenet_v2", "image_size": 224, "normalisation": "equalize",
-                                  "threshold": 0.5, "created": "2000-01-01"}, {}, empty, empty, {})
+    path = store.save_version(home / "models", "00000000-000000-untrained", model,
+                              {"backbone": "mobilenet_v2", "image_size": 224, "normalisation": "equalize",
+                               "threshold": 0.5, "created": "2000-01-01"}, {}, empty, empty, {})
+    registry.register(home / "models", path.name)
+    return path
 
 
 def main() -> None:
@@ -61,8 +64,8 @@ def main() -> None:
     args = parser.parse_args()
     if not installed():
         sys.exit("bench/pacs.py needs Debian's orthanc and orthanc-dicomweb (make system-packages)")
-    from pneumo_core.diagnosis import Diagnoser
-    from pneumo_core.model import PneumoModel
+    from pneumo_core.learn.model import PneumoModel
+    from pneumo_core.serve.diagnosis import Diagnoser
     paths = sorted(SITE.glob("*/*.jpeg"))[: args.films + 1]
     with tempfile.TemporaryDirectory() as tmp, OrthancServer(Path(tmp) / "orthanc") as server:
         home = Path(tmp) / "home"

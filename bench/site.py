@@ -22,12 +22,12 @@ import keras
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
-from pneumo_core import site
-from pneumo_core.augment import Augmentation
-from pneumo_core.evaluation import expected_calibration_error, metrics_at
-from pneumo_core.features import embed
-from pneumo_core.model import PneumoModel, scoring_model
-from pneumo_core.registry import resolve
+from pneumo_core.golive import sites as site
+from pneumo_core.settings import Augmentation
+from pneumo_core.evaluate.metrics import expected_calibration_error, metrics_at
+from pneumo_core.learn.features import embed
+from pneumo_core.learn.model import PneumoModel, scoring_model
+from pneumo_core.records.registry import resolve
 from pneumo_core.settings import load_settings
 
 parser = argparse.ArgumentParser()

@@ -7,10 +7,10 @@ import os
 import tempfile
 from pathlib import Path
 
-from pneumo_core.audit import AuditTrail
-from pneumo_core.diagnosis import Diagnosis
-from pneumo_core.jobs import JobQueue
-from pneumo_core.registry import file_sha256
+from pneumo_core.records.audit import AuditTrail
+from pneumo_core.serve.diagnosis import Diagnosis
+from pneumo_core.jobs.queue import JobQueue
+from pneumo_core.learn.store import file_sha256
 from pneumo_core.settings import load_settings
 
 ROWS, JOBS = 10_000, 500

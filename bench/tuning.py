@@ -5,8 +5,8 @@ import time
 import numpy as np
 from common import report
 
-from pneumo_core.data import class_weights
-from pneumo_core.tuning import tune_head
+from pneumo_core.learn.data import class_weights
+from pneumo_core.learn.tuning import tune_head
 
 rng = np.random.default_rng(0)
 n_train, n_val, dim, trials = 3648, 783, 1280, 20  # the shared set: one vector per training film

@@ -13,19 +13,19 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 
 __version__ = "0.1.0"
 
-# Public name -> the module defining it.
+# Public name -> the module defining it (relative to pneumo_core).
 _API = {
     # scoring films
-    "Diagnoser": "diagnosis", "Diagnosis": "diagnosis", "certainty": "diagnosis",
-    "PneumoModel": "model", "read_film": "io", "read_image": "io", "Film": "io",
-    "make_cam": "cam", "overlay": "cam", "OODDetector": "ood", "report_pdf": "report",
+    "Diagnoser": "serve.diagnosis", "Diagnosis": "serve.diagnosis", "certainty": "serve.diagnosis",
+    "PneumoModel": "learn.model", "read_film": "imaging.films", "read_image": "imaging.films", "Film": "imaging.films",
+    "make_cam": "explain.cam", "overlay": "explain.cam", "OODDetector": "imaging.ood", "report_pdf": "serve.report",
     # training and evaluation
-    "train": "training", "tune": "training", "TrainResult": "training", "TrainConfig": "settings",
-    "Settings": "settings", "load_settings": "settings", "load_dataset": "data", "check_dataset": "data",
-    "FeatureCache": "features", "embed": "features", "evaluate": "evaluation",
-    "classification_report": "evaluation", "choose_threshold": "evaluation",
+    "train": "learn.training", "tune": "learn.training", "TrainResult": "learn.training", "TrainConfig": "settings",
+    "Settings": "settings", "load_settings": "settings", "load_dataset": "learn.data", "check_dataset": "learn.data",
+    "FeatureCache": "learn.features", "embed": "learn.features", "evaluate": "evaluate.metrics",
+    "classification_report": "evaluate.metrics", "choose_threshold": "evaluate.metrics",
     # registry, vocabulary, progress, errors
-    "list_versions": "registry", "promote": "registry", "resolve": "registry",
+    "list_versions": "records.registry", "promote": "records.registry", "resolve": "records.registry",
     "CLASSES": "choices", "label_name": "choices",
     "Progress": "progress", "StreamReporter": "progress", "CallbackReporter": "progress",
     "PneumoError": "errors", "ConfigError": "errors", "ImageError": "errors", "DatasetError": "errors",

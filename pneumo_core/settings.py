@@ -44,8 +44,7 @@ import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
-from .augment import Augmentation
-from .errors import ConfigError
+from pneumo_core.errors import ConfigError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
@@ -55,6 +54,23 @@ def _first_existing(*candidates: Path) -> Path:
         if path.exists():
             return path
     return candidates[0]
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """How strong the random training views are (applied by `imaging.augment.random_view`)."""
+
+    rotation: float = 15.0      # degrees, +-
+    zoom: float = 0.2           # scale in [1 - zoom, 1 + zoom]
+    shift: float = 0.12         # fraction of the side, +-
+    flip: bool = False
+    gamma: float = 0.5          # gamma in [1 - gamma, 1 + gamma]
+    contrast: float = 0.4       # contrast factor in [1 - contrast, 1 + contrast]
+    blur: float = 2.0           # max Gaussian sigma in pixels (at 224 px)
+    noise: float = 10.0         # max std of additive Gaussian noise (grey levels)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
 
 
 @dataclass(frozen=True)

@@ -127,7 +127,7 @@ def chest_studies(specs, seed: int = 0, shape=(256, 224)) -> list:
     Returns:
         The pydicom Datasets, in the order of `specs`.
     """
-    from pneumo_core.dicom_out import film_as_cr
+    from pneumo_core.serve.dicom_out import film_as_cr
     rng = np.random.default_rng(seed)
     return [film_as_cr(synthetic_film(label, rng, shape), f"Synthetic^Patient{i:03d}", f"SYN{seed:02d}{i:03d}",
                        view_position=view, body_part=body, modality=modality, accession=f"ACC{seed:02d}{i:03d}")

@@ -45,7 +45,7 @@ from pydicom.uid import (
     generate_uid,
 )
 
-from pneumo_core.io import read_film
+from pneumo_core.imaging.films import read_film
 
 RNG = np.random.default_rng(0)
 RAMP = np.tile(np.linspace(0, 4095, 96).astype(np.uint16), (80, 1))  # 12-bit, dark left to bright right
@@ -259,7 +259,7 @@ def bright_spot_model():
     """Nested backbone whose only channel fires on bright pixels; the logit grows with them (SPOT_SIZE px input)."""
     import keras
 
-    from pneumo_core.model import assemble, build_classifier, build_head
+    from pneumo_core.learn.model import assemble, build_classifier, build_head
     inputs = keras.Input((SPOT_SIZE, SPOT_SIZE, 3))
     x = keras.layers.Conv2D(1, 1, activation="relu", name="bright")(inputs)
     backbone = keras.Model(inputs, x, name="backbone")

@@ -9,7 +9,9 @@ import pneumo_core
 
 
 def test_every_exported_name_resolves_to_its_module_object():
-    from pneumo_core import diagnosis, io, settings
+    from pneumo_core import settings
+    from pneumo_core.imaging import films as io
+    from pneumo_core.serve import diagnosis
     assert pneumo_core.Diagnoser is diagnosis.Diagnoser and pneumo_core.read_film is io.read_film
     assert pneumo_core.TrainConfig is settings.TrainConfig
     for name in pneumo_core.__all__:

@@ -11,9 +11,10 @@ from helpers import chest_film, dicom_film, png_bytes
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from pneumo_core import registry
-from pneumo_core.access import Actor
-from pneumo_core.jobs import JobQueue
+from pneumo_core.jobs.queue import JobQueue
+from pneumo_core.learn import store
+from pneumo_core.records import registry
+from pneumo_core.records.access import Actor
 from pneumo_core.settings import load_settings
 
 pytestmark = pytest.mark.slow
@@ -160,7 +161,7 @@ def test_a_dicom_film_shows_its_study_identifiers_and_png_gets_a_typed_reference
 
 
 def test_a_film_unlike_the_training_data_keeps_its_call_but_is_not_assessable_and_pinned_to_the_top(home):
-    from pneumo_core.ood import OOD_FILE, WARNING, OODDetector
+    from pneumo_core.imaging.ood import OOD_FILE, WARNING, OODDetector
     for version in (home / "models").iterdir():
         if (version / OOD_FILE).is_file():  # move the flag line so that every film is flagged
             detector = OODDetector.load(version)
@@ -248,7 +249,7 @@ def test_heatmaps_compare_the_three_methods_on_several_films_with_their_faithful
     assert all("truth: " in p and ", call: " in p for p in panels)
     assert sum(c.value.startswith("Deletion area") for c in at.caption) == 3
     assert len(at.get("image")) == 4                         # the colour bar and three panels
-    paths = list(registry.test_predictions(registry.resolve(home / "models", None))["path"])
+    paths = list(store.test_predictions(registry.resolve(home / "models", None))["path"])
     at.multiselect[0].select(paths[1]).run()
     assert not at.exception
     assert len(at.get("image")) == 7                         # two films x three methods, and the colour bar

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 from conftest import run_cli, synthetic_film
 
-from pneumo_core.access import Actor
-from pneumo_core.audit import COLUMNS, AuditTrail, to_csv
-from pneumo_core.diagnosis import Diagnosis
 from pneumo_core.errors import PermissionDenied
+from pneumo_core.records.access import Actor
+from pneumo_core.records.audit import COLUMNS, AuditTrail, to_csv
+from pneumo_core.serve.diagnosis import Diagnosis
 
 SQLITE = "/usr/bin/sqlite3"
 
@@ -115,7 +115,7 @@ def test_verify_names_the_first_link_an_attacker_broke_with_the_sqlite3_shell(tm
 
 
 def test_a_rewritten_row_with_a_recomputed_hash_still_breaks_the_next_link(tmp_path):
-    from pneumo_core.audit import chain_hash
+    from pneumo_core.records.audit import chain_hash
     trail = _history(tmp_path / "audit.sqlite")
     with closing(sqlite3.connect(tmp_path / "audit.sqlite")) as db:
         db.row_factory = sqlite3.Row
@@ -174,9 +174,9 @@ def test_viewing_and_exporting_need_the_role_and_are_recorded(tmp_path):
 
 @pytest.mark.slow
 def test_twelve_threads_diagnose_through_one_model_and_one_trail(trained_home, tmp_path):
-    from pneumo_core.diagnosis import Diagnoser
-    from pneumo_core.model import PneumoModel
-    from pneumo_core.registry import resolve
+    from pneumo_core.learn.model import PneumoModel
+    from pneumo_core.records.registry import resolve
+    from pneumo_core.serve.diagnosis import Diagnoser
     diagnoser = Diagnoser(PneumoModel.load(resolve(trained_home / "models")))
     assert diagnoser.ood is not None  # training wrote ood.npz
     trail = AuditTrail(tmp_path / "audit.sqlite")

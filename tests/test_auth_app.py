@@ -10,9 +10,9 @@ from helpers import PASSWORD, poisoned_dicom, start_dashboard, stop
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
-from pneumo_core import registry
-from pneumo_core.access import Actor
-from pneumo_core.users import MAX_FAILURES, UserStore
+from pneumo_core.records import registry
+from pneumo_core.records.access import Actor
+from pneumo_core.records.users import MAX_FAILURES, UserStore
 
 ALL_PAGES = ["diagnose", "heatmaps", "metrics", "models", "retrain", "audit", "users"]
 ROLE_PAGES = {"clinician": {"diagnose", "heatmaps", "metrics", "models"},
@@ -94,7 +94,7 @@ def test_failed_sign_ins_lock_the_account(accounts):
 
 
 def test_sign_in_sign_out_and_a_failed_sign_in_are_recorded_with_the_name(accounts):
-    from pneumo_core.audit import AuditTrail
+    from pneumo_core.records.audit import AuditTrail
     from pneumo_core.settings import load_settings
     if not hasattr(AuditTrail, "events"):
         pytest.skip("AuditTrail has no events on this branch yet (the store branch of issue 13 adds them)")
@@ -209,7 +209,7 @@ def test_the_users_page_adds_changes_and_disables_accounts(accounts):
 
 
 def test_a_weights_path_outside_the_configured_folder_is_refused_as_plain_text(home, tmp_path, monkeypatch):
-    from pneumo_core.jobs import JobQueue
+    from pneumo_core.jobs.queue import JobQueue
     from pneumo_core.settings import load_settings
     monkeypatch.setenv("PNEUMO_DATA", str(tmp_path / "data" / "chest_xray"))
     monkeypatch.setenv("PNEUMO_WEIGHTS_DIR", str(tmp_path / "weights"))
@@ -290,7 +290,7 @@ def test_patient_names_stay_on_screen_only(model_home, caplog, capfd):
     assert error.value.startswith("scan.dcm: ") and "DOE" not in error.value
     assert [b.label for b in at.get("download_button")] == ["Download report (PDF)"]
     # (the downloaded files' names are checked in a real browser: tests/test_e2e_auth.py)
-    from pneumo_core.audit import AuditTrail
+    from pneumo_core.records.audit import AuditTrail
     from pneumo_core.settings import load_settings
     rows = AuditTrail(load_settings().audit_path).rows()
     assert rows and rows[0]["who"] == "ana" and "DOE" not in str(rows)

@@ -4,11 +4,11 @@ import pytest
 from helpers import SPOT_SIZE as SIZE
 from helpers import bright_spot_model, chest_film
 
-from pneumo_core.cam import METHODS, make_cam, overlay, to_original_size
 from pneumo_core.errors import ConfigError
-from pneumo_core.heatmap import as_float, chest_mask, colour_bar, display_name, restrict, to_uint8, top_region
-from pneumo_core.model import assemble, build_classifier, build_embedder, build_head
-from pneumo_core.preprocessing import prepare
+from pneumo_core.explain.cam import METHODS, make_cam, overlay, to_original_size
+from pneumo_core.explain.heatmap import as_float, chest_mask, colour_bar, display_name, restrict, to_uint8, top_region
+from pneumo_core.imaging.preprocessing import prepare
+from pneumo_core.learn.model import assemble, build_classifier, build_embedder, build_head
 
 
 @pytest.fixture(scope="module")

@@ -3,13 +3,14 @@ line offers, and a training config survives the trip through a job row and `trai
 import numpy as np
 import pytest
 
-from pneumo_core import choices, cli
-from pneumo_core.backbones import BACKBONES
-from pneumo_core.cam import METHODS
-from pneumo_core.jobs import train_argv
-from pneumo_core.preprocessing import normalise_intensity
+from pneumo_core import choices
+from pneumo_core.cli import main as cli
+from pneumo_core.explain.cam import METHODS
+from pneumo_core.imaging.preprocessing import normalise_intensity
+from pneumo_core.jobs.queue import train_argv
+from pneumo_core.learn.backbones import BACKBONES
+from pneumo_core.learn.tuning import TUNER_CLASSES
 from pneumo_core.settings import TrainConfig
-from pneumo_core.tuning import TUNER_CLASSES
 
 
 def test_the_implementing_modules_offer_exactly_the_choices():

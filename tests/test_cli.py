@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from conftest import run_cli, synthetic_film
 
-from pneumo_core.access import cli_actor
 from pneumo_core.progress import parse_line
+from pneumo_core.records.access import cli_actor
 
 pytestmark = pytest.mark.slow
 CONTRACT = {"n", "accuracy", "precision", "recall", "specificity", "f1", "roc_auc", "pr_auc", "threshold",
@@ -28,7 +28,7 @@ def test_train_registers_a_complete_version(trained_home):
 def test_the_default_version_scores_with_test_time_augmentation_as_its_predictions_say(trained_home):
     import pandas as pd
 
-    from pneumo_core.model import PneumoModel
+    from pneumo_core.learn.model import PneumoModel
     from pneumo_core.settings import TrainConfig
 
     (version,) = [d for d in (trained_home / "models").iterdir() if d.is_dir() and not d.name.startswith(".")]
@@ -100,7 +100,7 @@ def test_predict_json_on_many_bad_files_scores_the_good_and_audits_only_them(tra
         assert o["error"].startswith(path.name + ": ") and CASES[case][1] in o["error"], o["error"]
     scored = [out[0], out[-2], out[-1]]
     assert all(0 <= o["probability"] <= 1 and o["ood_flag"] in (True, False) and o["ood_score"] > 0 for o in scored)
-    from pneumo_core.audit import AuditTrail
+    from pneumo_core.records.audit import AuditTrail
     rows = AuditTrail(home / "audit.sqlite").rows()
     assert sorted(r["sha256"] for r in rows) == sorted(o["sha256"] for o in scored)  # failures make no row
     assert {r["source"] for r in rows} == {"cli"} and all(r["who"] for r in rows)

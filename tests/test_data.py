@@ -3,7 +3,7 @@ import pandas as pd
 import pytest
 from conftest import make_dataset
 
-from pneumo_core.data import DatasetError, class_weights, load_dataset, patient_id, split_by_patient
+from pneumo_core.learn.data import DatasetError, class_weights, load_dataset, patient_id, split_by_patient
 
 
 @pytest.mark.parametrize("name, patient", [

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from helpers import chest_film
 
-from pneumo_core.diagnosis import (
+from pneumo_core.serve.diagnosis import (
     NOT_ASSESSABLE_TEXT,
     Diagnosis,
     certainty,
@@ -103,11 +103,11 @@ def test_local_time_names_its_zone(monkeypatch):
 
 @pytest.mark.slow
 def test_diagnoser_stores_the_evidence_for_pneumonia_inside_the_chest_as_uint8(trained_home):
-    from pneumo_core.cam import make_cam
-    from pneumo_core.diagnosis import Diagnoser
-    from pneumo_core.heatmap import chest_mask
-    from pneumo_core.model import PneumoModel
-    from pneumo_core.registry import resolve
+    from pneumo_core.explain.cam import make_cam
+    from pneumo_core.explain.heatmap import chest_mask
+    from pneumo_core.learn.model import PneumoModel
+    from pneumo_core.records.registry import resolve
+    from pneumo_core.serve.diagnosis import Diagnoser
     model = PneumoModel.load(resolve(trained_home / "models", None))
     film = chest_film((300, 240))
     d = Diagnoser(model).diagnose(film, "film.png")

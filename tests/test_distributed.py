@@ -74,7 +74,7 @@ def test_chief_and_two_workers_share_one_search(tmp_path, synthetic_data):
     summary = json.loads((search / "summary.json").read_text())
     assert summary["trials_run"] == trials and sorted(ran[0] + ran[1]) == sorted(t["trial"] for t in summary["best"])
 
-    from pneumo_core.tuning import best_head
+    from pneumo_core.learn.tuning import best_head
     dim = 1280  # MobileNetV2's pooled features
     head = best_head(search, summary, dim)
     assert head.output_shape == (None, 1)
@@ -98,7 +98,7 @@ def test_train_under_multiworker_mirrored_strategy_on_two_cpu_workers(tmp_path, 
     assert "unhealthy" not in logs[0]   # the other worker waited for the chief: no lost heartbeats
     # GPU-only options on CPU workers: ignored, with a note, rather than 10x slower
     assert all("mixed precision ignored" in log and "XLA ignored" in log for log in logs)
-    from pneumo_core.registry import list_versions
+    from pneumo_core.records.registry import list_versions
     models = tmp_path / "home" / "models"
     (registered,) = list_versions(models)  # one version: the chief's
     assert logs[0].strip().splitlines()[-1] == registered["id"]
@@ -110,8 +110,8 @@ def test_train_under_multiworker_mirrored_strategy_on_two_cpu_workers(tmp_path, 
 def test_training_copy_in_mixed_precision_keeps_weights_and_a_float32_output():
     import numpy as np
 
-    from pneumo_core.distribute import training_copy
-    from pneumo_core.model import assemble, build_classifier, build_embedder, build_head
+    from pneumo_core.learn.distribute import training_copy
+    from pneumo_core.learn.model import assemble, build_classifier, build_embedder, build_head
 
     backbone = build_embedder("mobilenet_v2", 32, None).get_layer("backbone")
     model = assemble("mobilenet_v2", backbone, build_classifier(backbone.output_shape[1:], [build_head(1280)]))

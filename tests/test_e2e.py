@@ -16,7 +16,7 @@ import pytest
 from conftest import SHARED_DATA, synthetic_film
 from helpers import dashboard_with_tester, idle, require_chromium, sign_in
 
-from pneumo_core import registry
+from pneumo_core.records import registry
 
 pytestmark = pytest.mark.slow
 require_chromium()

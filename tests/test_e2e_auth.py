@@ -28,8 +28,8 @@ from helpers import (
     stop,
 )
 
-from pneumo_core import registry
-from pneumo_core.access import Actor, PermissionDenied
+from pneumo_core.records import registry
+from pneumo_core.records.access import Actor, PermissionDenied
 
 pytestmark = pytest.mark.slow
 require_chromium()

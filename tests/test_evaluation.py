@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as sk
 
-from pneumo_core.evaluation import (
+from pneumo_core.evaluate.metrics import (
     bootstrap_ci,
     calibration_curve,
     choose_threshold,

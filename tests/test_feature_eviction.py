@@ -3,7 +3,7 @@ import os
 
 import numpy as np
 
-from pneumo_core.features import evict
+from pneumo_core.learn.features import evict
 
 
 def _entry(folder, name, kb, age):

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 from conftest import make_dataset
 
-from pneumo_core.augment import Augmentation
-from pneumo_core.data import image_batches, load_dataset
-from pneumo_core.features import FeatureCache, cache_key
+from pneumo_core.learn.data import image_batches, load_dataset
+from pneumo_core.learn.features import FeatureCache, cache_key
+from pneumo_core.settings import Augmentation
 
 
 class CountingEmbedder:

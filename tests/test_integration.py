@@ -5,9 +5,9 @@ import numpy as np
 import pytest
 from conftest import SHARED_DATA, SHARED_WEIGHTS, make_dataset, run_cli
 
-from pneumo_core.cam import make_cam
-from pneumo_core.data import load_dataset
-from pneumo_core.model import PneumoModel
+from pneumo_core.explain.cam import make_cam
+from pneumo_core.learn.data import load_dataset
+from pneumo_core.learn.model import PneumoModel
 
 pytestmark = pytest.mark.slow
 

@@ -11,8 +11,8 @@ from helpers import CASES, FILM, PATIENT, RNG, deflated, dicom, encode, j2k, mon
 from PIL import Image
 from pydicom.uid import JPEG2000Lossless, JPEGBaseline8Bit, JPEGLSLossless
 
-from pneumo_core import io as reader
-from pneumo_core.io import ACCEPTED, DecodeBudget, ImageError, frame_size, read_film, read_image
+from pneumo_core.imaging import films as reader
+from pneumo_core.imaging.films import ACCEPTED, DecodeBudget, ImageError, frame_size, read_film, read_image
 
 
 @pytest.mark.parametrize("case", list(CASES))

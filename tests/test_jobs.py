@@ -12,12 +12,8 @@ import pytest
 from conftest import REPO, make_dataset, run_cli
 from helpers import process_gone
 
-from pneumo_core import registry
-from pneumo_core.access import Actor, cli_actor
-from pneumo_core.audit import AuditTrail
-from pneumo_core.data import check_dataset, load_dataset
 from pneumo_core.errors import ConfigError, PermissionDenied
-from pneumo_core.jobs import (
+from pneumo_core.jobs.queue import (
     FINISHED,
     JobError,
     JobQueue,
@@ -29,6 +25,11 @@ from pneumo_core.jobs import (
     start_time,
     train_argv,
 )
+from pneumo_core.learn import store
+from pneumo_core.learn.data import check_dataset, load_dataset
+from pneumo_core.records import registry
+from pneumo_core.records.access import Actor, cli_actor
+from pneumo_core.records.audit import AuditTrail
 from pneumo_core.settings import TRAIN_LIMITS, TrainConfig, load_settings
 
 TINY = {"weights": "none", "image_size": 64, "trials": 2, "epochs": 2, "augmented_views": 1, "ensemble": 1}
@@ -55,7 +56,7 @@ def _submit_in_a_process(home: Path, data: Path, submitter: str, before: str, af
                          timeout: int) -> subprocess.CompletedProcess:
     """Python code run in a fresh process (PNEUMO_HOME=home): `before`, then `q.submit` of a TINY job on `data`
     by `submitter` (ml_lead) whose id is `j`, then `after` (one-line statements; `before` ends in '; ')."""
-    code = (f"{before}from pneumo_core.access import Actor; from pneumo_core.jobs import JobQueue; "
+    code = (f"{before}from pneumo_core.records.access import Actor; from pneumo_core.jobs.queue import JobQueue; "
             "from pneumo_core.settings import load_settings; q = JobQueue(load_settings()); "
             f"j = q.submit({{'data_dir': {str(data)!r}, **{TINY!r}}}, actor=Actor({submitter!r}, 'ml_lead')); {after}")
     env = {**os.environ, "PNEUMO_HOME": str(home), "PNEUMO_MIN_FREE_MB": "1"}
@@ -258,10 +259,10 @@ def test_the_log_tail_reads_across_a_rotation(tmp_path):
 
 
 def test_each_writer_finds_only_that_process_partial_output(tmp_path):
-    from pneumo_core import features, training
+    from pneumo_core.learn import features, training
     s = _queue(tmp_path).settings
-    mine = [s.models_dir / f"{registry.partial_prefix(4242)}v1-abc", training.tuner_run_dir(s.tuner_dir, 4242)]
-    others = [s.models_dir / f"{registry.partial_prefix(999)}v2-abc", training.tuner_run_dir(s.tuner_dir, 999),
+    mine = [s.models_dir / f"{store.partial_prefix(4242)}v1-abc", training.tuner_run_dir(s.tuner_dir, 4242)]
+    others = [s.models_dir / f"{store.partial_prefix(999)}v2-abc", training.tuner_run_dir(s.tuner_dir, 999),
               s.models_dir / "v0"]
     for folder in mine + others:
         folder.mkdir(parents=True)
@@ -270,7 +271,7 @@ def test_each_writer_finds_only_that_process_partial_output(tmp_path):
     (s.cache_dir / "key.npy").write_bytes(b"done")
     assert training.partial_paths(s.tuner_dir, 4242) == [mine[1]]
     assert features.partial_paths(s.cache_dir, 4242) == [s.cache_dir / "key.0badc0de.4242.tmp.npy"]
-    assert registry.remove_partial(s.models_dir, 4242) == [mine[0]]
+    assert store.remove_partial(s.models_dir, 4242) == [mine[0]]
     assert not mine[0].exists() and all(p.exists() for p in others)
     assert features.partial_paths(s.cache_dir, 999) == [] and training.partial_paths(tmp_path / "none", 1) == []
 

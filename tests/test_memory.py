@@ -22,8 +22,8 @@ from PIL import Image
 from pydicom.encaps import encapsulate
 from pydicom.uid import JPEG2000Lossless
 
-from pneumo_core.access import Actor
 from pneumo_core.lru import ByteLRU
+from pneumo_core.records.access import Actor
 
 # Runs in the child: `films` (paths) are read by `STEP` (Python code using `data`, `name`) after
 # `WARM` ran once; prints one JSON line {"growth_mb": ..., **extra}.
@@ -63,7 +63,7 @@ by_maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base_max
 print(json.dumps({{"growth_mb": max(sampled, by_maxrss) / 2 ** 20, "outcomes": outcomes, **extra}}))
 """
 
-READ_FILM = ("from pneumo_core.io import read_film", "    read_film(data, name)")
+READ_FILM = ("from pneumo_core.imaging.films import read_film", "    read_film(data, name)")
 
 
 def growth(films, warm, setup, step, env=None) -> dict:

@@ -8,8 +8,8 @@ import pandas as pd
 import pytest
 from conftest import REPO, run_cli
 
-from pneumo_core import monitor
-from pneumo_core.audit import AuditTrail
+from pneumo_core.golive import monitor
+from pneumo_core.records.audit import AuditTrail
 from pneumo_core.settings import load_settings
 
 VERSION = "20260101-000000-mobilenet_v2"
@@ -102,7 +102,7 @@ def test_monitor_command_prints_json(home):
 def test_monitor_page_shows_the_warning(home):
     from streamlit.testing.v1 import AppTest
 
-    from pneumo_core.access import Actor
+    from pneumo_core.records.access import Actor
     trail = AuditTrail(home / "audit.sqlite")
     recent = datetime.now(UTC)
     for i, p in enumerate(np.random.default_rng(8).uniform(0.4, 0.6, 60)):

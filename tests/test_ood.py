@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from pneumo_core.ood import OOD_FILE, OODDetector, assess
+from pneumo_core.imaging.ood import OOD_FILE, OODDetector, assess
 
 D = 64
 
@@ -59,9 +59,9 @@ def test_after_fine_tuning_the_detector_is_fitted_on_the_tuned_backbone(tmp_path
     import pandas as pd
     from helpers import bright_spot_model
 
-    from pneumo_core.model import scoring_model
+    from pneumo_core.learn.model import scoring_model
+    from pneumo_core.learn.training import fit_ood
     from pneumo_core.settings import TrainConfig
-    from pneumo_core.training import fit_ood
     rng = np.random.default_rng(0)
     paths = []
     for i in range(30):

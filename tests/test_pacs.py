@@ -17,12 +17,12 @@ import pydicom
 import pytest
 from conftest import REPO, chest_studies, pacs_env, run_cli, start_orthanc, synthetic_film
 
-from pneumo_core import dicom_out
-from pneumo_core.audit import AuditTrail
-from pneumo_core.diagnosis import Diagnosis, certainty
 from pneumo_core.errors import ConfigError, PacsUnavailable
-from pneumo_core.io import read_dataset
-from pneumo_core.pacs import PacsClient, PacsState, priority, worklist
+from pneumo_core.imaging.films import read_dataset
+from pneumo_core.pacs.watcher import PacsClient, PacsState, priority, worklist
+from pneumo_core.records.audit import AuditTrail
+from pneumo_core.serve import dicom_out
+from pneumo_core.serve.diagnosis import Diagnosis, certainty
 from pneumo_core.settings import load_settings
 
 FRONTAL = [(1, "PA", "CHEST", "CR"), (0, "AP", "CHEST", "DX"), (1, "PA", "CHEST", "CR")]
@@ -253,7 +253,7 @@ def test_score_one_study_and_the_worklist_order(archive):
 def test_worklist_page_lists_the_films_and_opens_one_with_its_heatmap(archive, monkeypatch):
     from streamlit.testing.v1 import AppTest
 
-    from pneumo_core.access import Actor
+    from pneumo_core.records.access import Actor
     monkeypatch.setenv("PNEUMO_HOME", str(archive.home))
     for key, value in pacs_env(archive.server).items():
         monkeypatch.setenv(key, value)
@@ -336,10 +336,10 @@ def test_wrong_credentials_are_a_clear_error_not_an_outage(orthanc):
 
 @pytest.mark.slow
 def test_a_film_gone_from_the_archive_fails_alone_and_the_rest_is_stored(orthanc, trained_home, tmp_path):
-    from pneumo_core.diagnosis import Diagnoser
-    from pneumo_core.model import PneumoModel
-    from pneumo_core.pacs import MAX_ATTEMPTS, FilmRef, Watcher
-    from pneumo_core.registry import resolve
+    from pneumo_core.learn.model import PneumoModel
+    from pneumo_core.pacs.watcher import MAX_ATTEMPTS, FilmRef, Watcher
+    from pneumo_core.records.registry import resolve
+    from pneumo_core.serve.diagnosis import Diagnoser
     client = PacsClient(orthanc.dicomweb, orthanc.user, orthanc.password)
     (ds,) = chest_studies([FRONTAL[0]], seed=5)
     client.store([ds], ds.StudyInstanceUID)
@@ -362,7 +362,7 @@ def test_a_film_gone_from_the_archive_fails_alone_and_the_rest_is_stored(orthanc
 def test_worklist_page_before_any_poll_says_how_to_start_and_checks_the_role(role, shown, tmp_path, monkeypatch):
     from streamlit.testing.v1 import AppTest
 
-    from pneumo_core.access import Actor
+    from pneumo_core.records.access import Actor
     monkeypatch.setenv("PNEUMO_HOME", str(tmp_path / "home"))
     at = AppTest.from_file(str(REPO / "views" / "worklist.py"), default_timeout=120)
     at.session_state["actor"] = Actor("test", role)

@@ -7,11 +7,12 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pneumo_core import registry
-from pneumo_core.access import Actor
-from pneumo_core.audit import AuditTrail
 from pneumo_core.errors import PermissionDenied
-from pneumo_core.model import PneumoModel, assemble, build_classifier, build_embedder, build_head
+from pneumo_core.learn import store
+from pneumo_core.learn.model import PneumoModel, assemble, build_classifier, build_embedder, build_head
+from pneumo_core.records import registry
+from pneumo_core.records.access import Actor
+from pneumo_core.records.audit import AuditTrail
 
 LEAD = Actor("lead", "ml_lead")
 
@@ -33,16 +34,18 @@ def small_model():
 def _save(models_dir, version_id, model):
     meta = {"created": version_id, "backbone": "mobilenet_v2", "image_size": 32, "normalisation": "equalize",
             "threshold": 0.42}
-    return registry.save_version(models_dir, version_id, model, meta, {"test": {"roc_auc": 0.9}},
-                                 pd.DataFrame({"path": ["a"], "label": [1], "probability": [0.7]}),
-                                 pd.DataFrame({"epoch": [0], "loss": [0.5]}), {"best": []})
+    path = store.save_version(models_dir, version_id, model, meta, {"test": {"roc_auc": 0.9}},
+                              pd.DataFrame({"path": ["a"], "label": [1], "probability": [0.7]}),
+                              pd.DataFrame({"epoch": [0], "loss": [0.5]}), {"best": []})
+    registry.register(models_dir, version_id)
+    return path
 
 
 def test_round_trip_gives_the_same_predictions(tmp_path, small_model):
     path = _save(tmp_path, "20260101-000000-mobilenet_v2", small_model)
     assert sorted(p.name for p in path.iterdir()) == ["history.csv", "metadata.json", "metrics.json",
                                                        "model.keras", "predictions.csv", "tuner.json"]
-    assert registry.read_json(path, "metadata.json")["model_sha256"] == registry.file_sha256(path / "model.keras")
+    assert store.read_json(path, "metadata.json")["model_sha256"] == store.file_sha256(path / "model.keras")
     loaded = PneumoModel.load(path)
     x = np.random.default_rng(0).uniform(0, 255, (3, 32, 32, 3)).astype("float32")
     np.testing.assert_allclose(loaded.predict_inputs(x), np.asarray(small_model(x)).reshape(-1), rtol=1e-5)
@@ -95,8 +98,8 @@ def test_version_ids_are_plain_names_and_never_collide(tmp_path):
             registry.promote(tmp_path, bad, actor=LEAD)
     with pytest.raises(registry.RegistryError, match="not a model version id"):
         registry.resolve(tmp_path, "../../etc")
-    ids = [registry.new_version_id("mobilenet_v2") for _ in range(2000)]   # same second, same backbone
-    assert len(set(ids)) == 2000 and all(registry.check_version_id(i) for i in ids)
+    ids = [store.new_version_id("mobilenet_v2") for _ in range(2000)]   # same second, same backbone
+    assert len(set(ids)) == 2000 and all(store.check_version_id(i) for i in ids)
 
 
 def test_first_version_is_active_later_ones_are_candidates(tmp_path, small_model):
@@ -241,5 +244,5 @@ def test_going_back_to_an_older_version_is_a_rollback(tmp_path):
     assert registry.change_kind(tmp_path, "20260101-000000-a") == "rollback"
     assert registry.change_kind(tmp_path, "20260103-000000-c") == "promote"
     assert registry.promote(tmp_path, "20260101-000000-a", actor=LEAD)["action"] == "rollback"
-    history = registry.read_history(tmp_path / "20260101-000000-a")
+    history = store.read_history(tmp_path / "20260101-000000-a")
     assert list(history.columns) == ["epoch", "loss"] and history["loss"].tolist() == [0.5]

@@ -7,16 +7,16 @@ import pypdf
 import pytest
 from helpers import PATIENT, chest_film, dicom_film
 
-from pneumo_core.diagnosis import Diagnosis, certainty
-from pneumo_core.io import FilmInfo, read_film
-from pneumo_core.report import (
+from pneumo_core.evaluate.track_record import INTERNAL_LABEL, track_record
+from pneumo_core.imaging.films import FilmInfo, read_film
+from pneumo_core.serve.diagnosis import Diagnosis, certainty
+from pneumo_core.serve.report import (
     missing_glyphs,
     report_filename,
     report_pdf,
     study_reference,
     track_record_lines,
 )
-from pneumo_core.track_record import INTERNAL_LABEL, track_record
 
 A4 = (595.28, 841.89)   # points
 

@@ -9,12 +9,12 @@ import pandas as pd
 import pytest
 from conftest import REPO, SHARED, SHARED_DATA, make_dataset, run_cli
 
-from pneumo_core import site
-from pneumo_core.access import Actor
 from pneumo_core.errors import DatasetError
-from pneumo_core.evaluation import bootstrap_figures_ci, evaluate_with_ci
+from pneumo_core.evaluate.metrics import bootstrap_figures_ci, evaluate_with_ci
+from pneumo_core.evaluate.track_record import INTERNAL_LABEL, track_record
+from pneumo_core.golive import sites as site
+from pneumo_core.records.access import Actor
 from pneumo_core.settings import load_settings
-from pneumo_core.track_record import INTERNAL_LABEL, track_record
 
 SHARED_SITE = SHARED / "data" / "site"
 
@@ -156,7 +156,7 @@ def test_a_site_folder_with_too_few_films_is_refused_with_what_is_needed(tmp_pat
 
 def _link_subset(root, source, per_class: dict, seed: int = 0):
     """Whole patients of `source`'s class folders, linked (not copied) under `root`/CLASS/."""
-    from pneumo_core.data import patient_id
+    from pneumo_core.learn.data import patient_id
     rng = np.random.default_rng(seed)
     for cls, n in per_class.items():
         files = sorted((source / cls).glob("*.jpeg"))
@@ -216,8 +216,8 @@ def test_site_validate_reports_figures_with_intervals_and_a_verdict(real_home):
 
 @pytest.mark.slow
 def test_site_adapt_registers_a_candidate_with_its_threshold_calibration_and_card(real_home, tmp_path):
-    from pneumo_core import registry
-    from pneumo_core.model import PneumoModel
+    from pneumo_core.learn.model import PneumoModel
+    from pneumo_core.records import registry
     home, films, base = real_home
     result = run_cli("site", "adapt", "--data", films, "--name", "hospital", home=home)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
@@ -255,7 +255,7 @@ def test_site_adapt_registers_a_candidate_with_its_threshold_calibration_and_car
 def _app(name):
     from streamlit.testing.v1 import AppTest
 
-    from pneumo_core.access import Actor
+    from pneumo_core.records.access import Actor
     at = AppTest.from_file(str(REPO / "views" / f"{name}.py"), default_timeout=120)
     at.session_state["actor"] = Actor("test", "admin")
     return at
@@ -311,8 +311,8 @@ def test_metrics_page_names_site_figures_or_says_not_validated(page_home):
 
 @pytest.mark.slow
 def test_site_adapt_runs_as_a_job_through_the_queue(real_home, monkeypatch):
-    from pneumo_core import registry
-    from pneumo_core.jobs import JobQueue
+    from pneumo_core.jobs.queue import JobQueue
+    from pneumo_core.records import registry
     from pneumo_core.settings import load_settings
     home, films, base = real_home
     monkeypatch.setenv("PNEUMO_HOME", str(home))

@@ -4,8 +4,8 @@ import pandas as pd
 import pytest
 from helpers import SPOT_SIZE, bright_spot_model
 
-from pneumo_core import site
-from pneumo_core.model import PneumoModel, tta_inputs
+from pneumo_core.golive import sites as site
+from pneumo_core.learn.model import PneumoModel, tta_inputs
 
 
 def _film(seed=0, shape=(80, 70)):

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
+from pneumo_core.learn.tuning import tune_head, tuner_summary
 from pneumo_core.progress import CallbackReporter
-from pneumo_core.tuning import tune_head, tuner_summary
 
 
 @pytest.mark.parametrize("algorithm", ["random", "bayesian", "hyperband"])
@@ -31,9 +31,9 @@ def test_unknown_algorithm_is_refused(tmp_path):
 def test_fit_head_logs_curves_and_class_weights_move_the_decision(tmp_path):
     import keras
 
-    from pneumo_core.data import class_weights
-    from pneumo_core.model import build_head
-    from pneumo_core.tuning import fit_head
+    from pneumo_core.learn.data import class_weights
+    from pneumo_core.learn.model import build_head
+    from pneumo_core.learn.tuning import fit_head
 
     rng = np.random.default_rng(1)
     y = (rng.random(2000) < 0.9).astype(np.float32)  # 9 pneumonia films to 1 normal

@@ -9,11 +9,10 @@ import pydicom
 import pytest
 from helpers import PASSWORD, poisoned_dicom, users_cli
 
-from pneumo_core.access import Actor, PermissionDenied, require
-from pneumo_core.confine import check_form_paths
 from pneumo_core.errors import JobError, PneumoError
-from pneumo_core.settings import TrainConfig, load_settings
-from pneumo_core.users import (
+from pneumo_core.jobs.confine import check_form_paths
+from pneumo_core.records.access import Actor, PermissionDenied, require
+from pneumo_core.records.users import (
     LOCK_SECONDS,
     MAX_CLIENT_FAILURES,
     MAX_FAILURES,
@@ -24,6 +23,7 @@ from pneumo_core.users import (
     UserStore,
     oidc_role,
 )
+from pneumo_core.settings import TrainConfig, load_settings
 
 
 class Clock:
@@ -228,7 +228,7 @@ def test_form_paths_stay_inside_the_configured_folders(tmp_path):
 
 @pytest.mark.parametrize("keyword, vr", [("WindowCenter", "DS"), ("WindowWidth", "DS"), ("NumberOfFrames", "IS")])
 def test_a_malformed_dicom_value_never_appears_in_the_error(keyword, vr, caplog):
-    from pneumo_core.io import ImageError, read_film
+    from pneumo_core.imaging.films import ImageError, read_film
     caplog.set_level("DEBUG")
     data = poisoned_dicom(keyword, vr)
     assert pydicom.dcmread(io.BytesIO(data))[keyword].value is not None  # the poison is really in the file
@@ -238,8 +238,8 @@ def test_a_malformed_dicom_value_never_appears_in_the_error(keyword, vr, caplog)
 
 
 def report_files(gray: np.ndarray, d) -> dict[str, bytes]:
-    """{file name: bytes} of the reports `pneumo_core.report` makes for `d` (either of its two APIs)."""
-    from pneumo_core import report
+    """{file name: bytes} of the reports `pneumo_core.serve.report` makes for `d` (either of its two APIs)."""
+    from pneumo_core.serve import report
     if hasattr(report, "report_pdf"):     # the ReportLab report (issue 12)
         return {report.report_filename(d): report.report_pdf(gray, d, None, heatmap=False)}
     page = report.report_page(gray, d)
@@ -249,8 +249,8 @@ def report_files(gray: np.ndarray, d) -> dict[str, bytes]:
 def test_reports_and_audit_rows_never_carry_the_file_name(tmp_path, caplog):
     from helpers import pdf_text
 
-    from pneumo_core.audit import AuditTrail
-    from pneumo_core.diagnosis import Diagnosis
+    from pneumo_core.records.audit import AuditTrail
+    from pneumo_core.serve.diagnosis import Diagnosis
     caplog.set_level("DEBUG")
     gray = np.tile(np.linspace(0, 255, 120).astype(np.uint8), (100, 1))
     d = Diagnosis(name="DOE_JANE_MRN123.png", probability=0.8, label="PNEUMONIA", threshold=0.5, certainty="clear",

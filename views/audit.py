@@ -3,8 +3,8 @@ import pandas as pd
 import streamlit as st
 
 import ui
-from pneumo_core.audit import COLUMNS
 from pneumo_core.errors import PermissionDenied
+from pneumo_core.records.audit import COLUMNS
 
 ui.require_page("view_audit")
 st.title("Audit trail")

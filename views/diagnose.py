@@ -3,11 +3,11 @@ import pandas as pd
 import streamlit as st
 
 import ui
-from pneumo_core import diagnosis as dx
 from pneumo_core.errors import PneumoError
-from pneumo_core.heatmap import colour_bar, display_name, overlay
-from pneumo_core.io import ACCEPTED
-from pneumo_core.report import report_filename, report_pdf, study_reference, track_record_lines
+from pneumo_core.explain.heatmap import colour_bar, display_name, overlay
+from pneumo_core.imaging.films import ACCEPTED
+from pneumo_core.serve import diagnosis as dx
+from pneumo_core.serve.report import report_filename, report_pdf, study_reference, track_record_lines
 
 ui.require_page("diagnose")
 st.title("Diagnose")

@@ -5,9 +5,9 @@ import pandas as pd
 import streamlit as st
 
 import ui
-from pneumo_core.diagnosis import truth_and_call
 from pneumo_core.errors import PneumoError
-from pneumo_core.heatmap import NAMES, colour_bar, display_name, for_display, overlay
+from pneumo_core.explain.heatmap import NAMES, colour_bar, display_name, for_display, overlay
+from pneumo_core.serve.diagnosis import truth_and_call
 
 ui.require_page("diagnose")
 st.title("Heatmaps")

@@ -5,11 +5,16 @@ import pandas as pd
 import streamlit as st
 
 import ui
-from pneumo_core import figures
 from pneumo_core.choices import label_name
-from pneumo_core.evaluation import calibration_curve, classification_report, expected_calibration_error, metrics_at
-from pneumo_core.registry import read_history, read_json
-from pneumo_core.track_record import FIGURES, track_record
+from pneumo_core.evaluate import figures
+from pneumo_core.evaluate.metrics import (
+    calibration_curve,
+    classification_report,
+    expected_calibration_error,
+    metrics_at,
+)
+from pneumo_core.evaluate.track_record import FIGURES, track_record
+from pneumo_core.learn.store import read_history, read_json
 
 ui.require_page("view_metrics")
 st.title("Metrics")

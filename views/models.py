@@ -5,9 +5,10 @@ import pandas as pd
 import streamlit as st
 
 import ui
-from pneumo_core import figures
-from pneumo_core.registry import change_kind, promotions, read_json, summaries
-from pneumo_core.track_record import track_record
+from pneumo_core.evaluate import figures
+from pneumo_core.evaluate.track_record import track_record
+from pneumo_core.learn.store import read_json
+from pneumo_core.records.registry import change_kind, promotions, summaries
 
 ui.require_page("view_metrics")
 st.title("Models")

@@ -2,8 +2,8 @@
 import streamlit as st
 
 import ui
-from pneumo_core import figures
-from pneumo_core.monitor import monitor
+from pneumo_core.evaluate import figures
+from pneumo_core.golive.monitor import monitor
 
 ui.require_page("view_monitor")
 st.title("Monitor")

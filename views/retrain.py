@@ -3,13 +3,14 @@ import pandas as pd
 import streamlit as st
 
 import ui
-from pneumo_core import figures, registry
 from pneumo_core.choices import TRAIN_CHOICES, label_name
-from pneumo_core.comparison import compare
-from pneumo_core.confine import check_form_paths
 from pneumo_core.errors import PneumoError
-from pneumo_core.io import ImageError, read_image
-from pneumo_core.jobs import clamp_params
+from pneumo_core.evaluate import figures
+from pneumo_core.evaluate.comparison import compare
+from pneumo_core.imaging.films import ImageError, read_image
+from pneumo_core.jobs.confine import check_form_paths
+from pneumo_core.jobs.queue import clamp_params
+from pneumo_core.records import registry
 from pneumo_core.settings import TRAIN_LIMITS, TrainConfig
 
 ui.require_page("submit_job")

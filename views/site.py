@@ -4,9 +4,11 @@ from pathlib import Path
 import streamlit as st
 
 import ui
-from pneumo_core import figures, registry, site
 from pneumo_core.errors import PneumoError
-from pneumo_core.track_record import FIGURES, site_reports, track_record
+from pneumo_core.evaluate import figures
+from pneumo_core.evaluate.track_record import FIGURES, site_reports, track_record
+from pneumo_core.golive import sites as site
+from pneumo_core.records import registry
 
 st.title("Site go-live")
 st.caption("Before the model is used at a hospital, score a labelled set of that hospital's own films (NORMAL/ and "

@@ -3,9 +3,9 @@ import pandas as pd
 import streamlit as st
 
 import ui
-from pneumo_core.access import ROLES
 from pneumo_core.errors import PneumoError
-from pneumo_core.users import OIDC_ROLES_FILE, ROLE_CLAIM, oidc_roles
+from pneumo_core.records.access import ROLES
+from pneumo_core.records.users import OIDC_ROLES_FILE, ROLE_CLAIM, oidc_roles
 
 admin = ui.require_page("manage_users")
 st.title("Users")

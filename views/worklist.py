@@ -3,9 +3,9 @@ import pandas as pd
 import streamlit as st
 
 import ui
-from pneumo_core import pacs
-from pneumo_core.diagnosis import NOTICE
 from pneumo_core.errors import PneumoError
+from pneumo_core.pacs import watcher as pacs
+from pneumo_core.serve.diagnosis import NOTICE
 
 st.title("Worklist")
 st.caption(NOTICE + " Priority: PNEUMONIA first, then borderline calls, then NORMAL; each by probability.")

@@ -1,0 +1,2 @@
+"""Going live at a site: its labelled films, validation, adaptation, triage tiers, monitoring.
+"""

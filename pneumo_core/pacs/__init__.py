@@ -1,0 +1,2 @@
+"""The DICOMweb archive: client, the watcher that scores new films, and the worklist state.
+"""

@@ -1,0 +1,234 @@
+"""One film in, one explained call out: what the Diagnose page and reports show, and in which words.
+
+The words and numbers a clinician reads are decided here, once, for the screen and the report:
+
+- `format_probability`: two decimals, and "< 0.01" / "> 0.99" at the ends (no model is 100 % sure);
+- `strength_words` / `scale_position`: where the probability sits against the model's operating
+  point, in log-odds, so "well above the threshold" means the same at a 0.87 threshold as at 0.5
+  (probabilities are calibrated to a training set that is 74 % pneumonia: 0.8 can be a NORMAL call);
+- `certainty`: clear / probable / borderline, and "not assessable" when the film is unlike the
+  training films (the call is still shown, never relied on);
+- `priority` / `worklist_order`: check (not assessable or borderline) pinned to the top, then
+  urgent (PNEUMONIA), then routine (NORMAL);
+- `shows_heatmap`: heatmaps are drawn for PNEUMONIA and borderline calls (on request for NORMAL).
+
+Heatmaps always explain the PNEUMONIA logit (evidence *for pneumonia*, whatever the call), are
+restricted to the chest (`heatmap.chest_mask`) and are stored at model resolution as uint8.
+"""
+from __future__ import annotations
+
+import hashlib
+import threading
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from pneumo_core.explain.heatmap import chest_mask, restrict, to_uint8
+from pneumo_core.imaging.films import FilmInfo
+from pneumo_core.imaging.ood import WARNING as OOD_WARNING
+from pneumo_core.imaging.ood import OODDetector, assess
+
+if TYPE_CHECKING:  # TensorFlow is imported only when a model is actually loaded
+    from pneumo_core.explain.cam import BaseCAM, DeletionCurve
+    from pneumo_core.learn.model import PneumoModel
+
+NOTICE = "Decision support, not a diagnosis: a clinician must review every film."
+# Log-odds distance from the threshold: under 1.0 is borderline ("just above/below"), under 2.5
+# probable, beyond that clear ("well above/below"). 1.0 in log-odds is 0.87 -> 0.95 at a 0.87 threshold.
+BORDERLINE, CLEAR = 1.0, 2.5
+SCALE_SPAN = 5.0   # the strength scale runs from -5 to +5 log-odds around the threshold
+BORDERLINE_TEXT = "borderline: close to the threshold, a second reading is advised"
+NOT_ASSESSABLE_TEXT = ("not assessable: the film is unlike the training films, so the call is shown but must not "
+                       "be relied on; a clinician must read this film")
+PRIORITIES = ("check", "urgent", "routine")   # worklist order, top first
+PRIORITY_MEANING = {"check": "not assessable or borderline: read first, the model cannot vouch for it",
+                    "urgent": "called PNEUMONIA", "routine": "called NORMAL"}
+
+
+def _logit(q: float) -> float:
+    q = min(max(float(q), 1e-6), 1 - 1e-6)
+    return float(np.log(q / (1 - q)))
+
+
+def margin(probability: float, threshold: float) -> float:
+    """Signed log-odds distance of the probability from the threshold (> 0: above it)."""
+    return _logit(probability) - _logit(threshold)
+
+
+def format_probability(probability: float) -> str:
+    """'0.42', and '< 0.01' / '> 0.99' at the ends: a model is never certain, so '1.000' is never shown."""
+    p = float(probability)
+    if p < 0.01:
+        return "< 0.01"
+    if p > 0.99:
+        return "> 0.99"
+    return f"{p:.2f}"
+
+
+def strength_words(probability: float, threshold: float) -> str:
+    """'well above the threshold', 'just below the threshold', … (log-odds distance, see BORDERLINE, CLEAR)."""
+    m = margin(probability, threshold)
+    side = "above" if probability >= threshold else "below"
+    size = abs(m)
+    if size < BORDERLINE:
+        return f"just {side} the threshold"
+    if size < CLEAR:
+        return f"{side} the threshold"
+    return f"well {side} the threshold"
+
+
+def scale_position(probability: float, threshold: float) -> float:
+    """Where to mark the call on a scale from 0 (far below) through 0.5 (the threshold) to 1 (far above)."""
+    return float(0.5 + np.clip(margin(probability, threshold), -SCALE_SPAN, SCALE_SPAN) / (2 * SCALE_SPAN))
+
+
+def certainty(probability: float, threshold: float, ood_flag: bool | None = None) -> str:
+    """How far the call is from the threshold, in words a clinician reads.
+
+    Measured in log-odds, so 0.95 vs a 0.90 threshold counts as close as 0.10 vs 0.18. A film flagged
+    as unlike the training films is 'not assessable' whatever its distance from the threshold.
+
+    Args:
+        probability: the model's probability of PNEUMONIA; threshold: its operating point.
+        ood_flag: the out-of-distribution flag (None: the model version has no detector).
+    Returns:
+        'not assessable: …', 'borderline: …', 'probable' or 'clear' (the first word is the short form).
+    """
+    if ood_flag:
+        return NOT_ASSESSABLE_TEXT
+    size = abs(margin(probability, threshold))
+    if size < BORDERLINE:
+        return BORDERLINE_TEXT
+    if size < CLEAR:
+        return "probable"
+    return "clear"
+
+
+def local_time(when_iso: str) -> str:
+    """An ISO time (UTC, as stored) in the server's local time with its zone: '2026-11-26 07:05 CET (UTC+01:00)'."""
+    local = datetime.fromisoformat(when_iso).astimezone()
+    offset = local.strftime("%z")
+    return f"{local:%Y-%m-%d %H:%M} {local.tzname()} (UTC{offset[:3]}:{offset[3:]})"
+
+
+@dataclass
+class Diagnosis:
+    name: str                        # the file name, for the screen only: never on a report
+    probability: float
+    label: str
+    threshold: float
+    certainty: str
+    heatmap: np.ndarray | None       # evidence for PNEUMONIA inside the chest, (S, S) uint8 at model resolution
+    method: str | None
+    model_id: str
+    sha256: str                      # the film's identity (content, not name)
+    when: str = field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    ood_score: float | None = None   # 1.0 = the flag line; None: the model version has no OOD detector
+    ood_flag: bool | None = None
+    info: FilmInfo | None = None     # format, and for DICOM modality, view, study date and study identifiers
+
+    @property
+    def warnings(self) -> list[str]:
+        """Cautions that must be shown with the call (never instead of it)."""
+        return [OOD_WARNING] if self.ood_flag else []
+
+    @property
+    def certainty_word(self) -> str:
+        """'clear', 'probable', 'borderline' or 'not assessable'."""
+        return self.certainty.split(":")[0]
+
+    @property
+    def probability_text(self) -> str:
+        return format_probability(self.probability)
+
+    @property
+    def strength(self) -> str:
+        return strength_words(self.probability, self.threshold)
+
+    @property
+    def priority(self) -> str:
+        return priority(self)
+
+    @property
+    def shows_heatmap(self) -> bool:
+        return shows_heatmap(self)
+
+
+def is_borderline(d: Diagnosis) -> bool:
+    return abs(margin(d.probability, d.threshold)) < BORDERLINE
+
+
+def priority(d: Diagnosis) -> str:
+    """'check' (not assessable or borderline), 'urgent' (PNEUMONIA) or 'routine' (NORMAL).
+
+    'check' comes first: the model cannot vouch for these films, so their place in a list sorted by
+    probability would be a guess; a clinician reads them before relying on the rest of the order.
+    """
+    if d.ood_flag or is_borderline(d):
+        return "check"
+    return "urgent" if d.label == "PNEUMONIA" else "routine"
+
+
+def worklist_order(diagnoses: list[Diagnosis]) -> list[int]:
+    """Indices of `diagnoses` in worklist order: by priority (PRIORITIES), then highest probability first."""
+    return sorted(range(len(diagnoses)),
+                  key=lambda i: (PRIORITIES.index(priority(diagnoses[i])), -diagnoses[i].probability))
+
+
+def shows_heatmap(d: Diagnosis) -> bool:
+    """Whether the page draws the heatmap without being asked: PNEUMONIA and borderline calls.
+
+    A NORMAL call's heatmap would show where the weak evidence for pneumonia is, which a reader
+    easily takes for a lesion, so it is drawn only on request.
+    """
+    return d.heatmap is not None and (d.label == "PNEUMONIA" or is_borderline(d))
+
+
+class Diagnoser:
+    """A loaded model with its CAM objects and OOD detector; safe to share between sessions and threads."""
+
+    def __init__(self, model: PneumoModel):
+        self.model = model
+        self.ood = OODDetector.load(model.path)
+        self._cams: dict[str, BaseCAM] = {}
+        self._lock = threading.Lock()
+
+    def cam(self, method: str) -> BaseCAM:
+        from pneumo_core.explain.cam import make_cam
+        with self._lock:
+            if method not in self._cams:
+                self._cams[method] = make_cam(self.model.keras, method)
+            return self._cams[method]
+
+    def diagnose(self, gray: np.ndarray, name: str = "film", method: str | None = "gradcam",
+                 data: bytes | None = None, info: FilmInfo | None = None) -> Diagnosis:
+        """Call, probability, certainty, OOD score and (with a `method`) the heatmap of the evidence
+        for PNEUMONIA inside the chest, all from one forward pass."""
+        if method is None:
+            probability, embeddings = self.model.predict_and_embed([gray])
+            heatmap = None
+        else:
+            maps, probability, embeddings = self.cam(method).explain_and_embed(self.model.inputs([gray]), target=1)
+            heatmap = to_uint8(restrict(maps[0], chest_mask(gray, maps.shape[1])))
+            probability = self.model.tta_adjust([gray], probability)   # versions scored over augmented views
+        p = float(probability[0])
+        ((ood_score, ood_flag),) = assess(self.ood, embeddings)
+        return Diagnosis(name=name, probability=p, label=self.model.label(p), threshold=self.model.threshold,
+                         certainty=certainty(p, self.model.threshold, ood_flag), heatmap=heatmap, method=method,
+                         model_id=self.model.id,
+                         sha256=hashlib.sha256(data if data is not None else gray.tobytes()).hexdigest(),
+                         ood_score=ood_score, ood_flag=ood_flag, info=info)
+
+    def faithfulness(self, gray: np.ndarray, heatmap: np.ndarray, method: str = "gradcam") -> DeletionCurve:
+        """The deletion curve of a heatmap of this film (see `cam.BaseCAM.deletion_curve`)."""
+        return self.cam(method).deletion_curve(self.model.inputs([gray])[0], heatmap)
+
+
+def truth_and_call(truth: int | None, probability: float, threshold: float) -> str:
+    """'truth: NORMAL, call: PNEUMONIA, p = 0.93' for a labelled film (truth None: 'call: …' only)."""
+    call = "PNEUMONIA" if probability >= threshold else "NORMAL"
+    known = "" if truth is None else f"truth: {'PNEUMONIA' if truth else 'NORMAL'}, "
+    p = format_probability(probability)
+    return f"{known}call: {call}, p {p if p[0] in '<>' else '= ' + p}"

@@ -1,0 +1,190 @@
+"""The report of one film: a text PDF on A4 (ReportLab), fit for the record.
+
+Text, not a picture: it can be searched, copied and ingested. Fonts are embedded (DejaVu Sans from
+Debian's fonts-dejavu-core where installed, else the Bitstream Vera that ships inside ReportLab;
+`missing_glyphs` checks a text against the font). It carries the study's identifiers (DICOM
+accession number and Study Instance UID, or the reference the user typed), never the file name;
+the local time with its zone; the call, its probability against the threshold in words, the
+certainty and any caution; the figures that apply to the model, named by the data they were
+measured on (`track_record`); the film and, where drawn, its heatmap with a colour bar; and a
+"read by / signed" line.
+"""
+from __future__ import annotations
+
+import io
+from functools import cache
+from pathlib import Path
+from xml.sax.saxutils import escape
+
+import cv2
+import numpy as np
+
+from pneumo_core.evaluate.track_record import TrackRecord
+from pneumo_core.explain.heatmap import colour_bar, display_name, for_display, overlay
+from pneumo_core.serve.diagnosis import NOTICE, Diagnosis, format_probability, local_time
+
+FONT_DIRS = [Path("/usr/share/fonts/truetype/dejavu")]
+FONT, BOLD = "PneumoSans", "PneumoSans-Bold"
+
+
+@cache
+def fonts() -> tuple[str, str]:
+    """Register the report's fonts once; returns (regular, bold) file paths used."""
+    import reportlab
+    from reportlab.lib.fonts import addMapping
+    from reportlab.pdfbase import pdfmetrics
+    from reportlab.pdfbase.ttfonts import TTFont
+    found = next(((d / "DejaVuSans.ttf", d / "DejaVuSans-Bold.ttf") for d in FONT_DIRS
+                  if (d / "DejaVuSans.ttf").is_file() and (d / "DejaVuSans-Bold.ttf").is_file()), None)
+    if found is None:
+        bundled = Path(reportlab.__file__).parent / "fonts"
+        found = (bundled / "Vera.ttf", bundled / "VeraBd.ttf")
+    pdfmetrics.registerFont(TTFont(FONT, str(found[0])))
+    pdfmetrics.registerFont(TTFont(BOLD, str(found[1])))
+    addMapping(FONT, 0, 0, FONT)
+    addMapping(FONT, 1, 0, BOLD)
+    return str(found[0]), str(found[1])
+
+
+def missing_glyphs(text: str) -> set[str]:
+    """Characters of `text` the report's regular font cannot draw (empty: nothing will show as a box)."""
+    from reportlab.pdfbase import pdfmetrics
+    fonts()
+    face = pdfmetrics.getFont(FONT).face
+    return {c for c in text if not c.isspace() and ord(c) not in face.charToGlyph}
+
+
+def study_reference(d: Diagnosis, reference: str | None = None) -> list[tuple[str, str]]:
+    """(field, value) pairs that tie the report to its study: DICOM identifiers, else the typed reference."""
+    fields = []
+    if d.info is not None and d.info.accession_number:
+        fields.append(("Accession number", d.info.accession_number))
+    if d.info is not None and d.info.study_instance_uid:
+        fields.append(("Study Instance UID", d.info.study_instance_uid))
+    if reference and reference.strip():
+        fields.append(("Reference", reference.strip()))
+    if not fields:
+        fields.append(("Reference", "none given: write the patient's identifiers on this report by hand"))
+    return fields
+
+
+def result_lines(d: Diagnosis) -> list[tuple[str, str]]:
+    """(field, value) pairs of the call, shared by the screen and the report."""
+    lines = [("Call", d.label),
+             ("Probability of pneumonia", f"{d.probability_text}, {d.strength} ({format_probability(d.threshold)})"),
+             ("Certainty", d.certainty)]
+    if d.ood_score is not None:
+        lines.append(("Out-of-distribution score", f"{d.ood_score:.2f} (flagged above 1.00)"))
+    return lines
+
+
+def track_record_lines(record: TrackRecord) -> list[str]:
+    """The figures that apply to the model, each line naming the data it was measured on.
+
+    Internal figures are never shown alone as 'test-set sensitivity': their label says they come from
+    the training source and were not validated at this site.
+    """
+    lines = [f"Sensitivity {record.text('sensitivity')}, specificity {record.text('specificity')}, "
+             f"ROC-AUC {record.text('roc_auc')}" + (f" (n = {record.n})" if record.n else "") + f": {record.label}."]
+    if record.source == "site" and record.figures.get("ppv") is not None:
+        prevalence = f" of {100 * record.prevalence:.0f} %" if record.prevalence is not None else ""
+        lines.append(f"At this site's prevalence{prevalence}: PPV {record.text('ppv')}, NPV {record.text('npv')} "
+                     f"(the share of PNEUMONIA calls that are pneumonia, and of NORMAL calls that are normal).")
+    if record.ci:
+        lines.append("95 % confidence intervals in brackets.")
+    return lines
+
+
+def report_filename(d: Diagnosis, reference: str | None = None) -> str:
+    """A file name from the study's identifiers or the film's hash, never from the uploaded file's name."""
+    ident = (d.info.accession_number if d.info and d.info.accession_number else None) or (reference or "").strip()
+    safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in ident)[:40].strip("-.")
+    return f"pneumo-report-{safe or d.sha256[:12]}.pdf"
+
+
+def _png(rgb: np.ndarray) -> io.BytesIO:
+    return io.BytesIO(cv2.imencode(".png", cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR))[1].tobytes())
+
+
+def report_pdf(gray: np.ndarray, d: Diagnosis, record: TrackRecord | None, reference: str | None = None,
+               heatmap: bool | None = None, alpha: float = 0.4, outline_only: bool = False) -> bytes:
+    """The report as PDF bytes (A4, text layer, fonts embedded).
+
+    Args:
+        gray: the film; d: its Diagnosis; record: the figures that apply to d's model (track_record).
+        reference: what the user typed to identify the study (PNG/JPEG have no identifiers).
+        heatmap: draw the heatmap (default: where the page draws it, `Diagnosis.shows_heatmap`).
+        alpha, outline_only: as on screen.
+    Returns:
+        The PDF file's bytes.
+    """
+    from reportlab.lib import colors
+    from reportlab.lib.pagesizes import A4
+    from reportlab.lib.styles import ParagraphStyle
+    from reportlab.lib.units import mm
+    from reportlab.platypus import Image, Paragraph, SimpleDocTemplate, Spacer, Table, TableStyle
+
+    fonts()
+    body = ParagraphStyle("body", fontName=FONT, fontSize=9.5, leading=12.5)
+    small = ParagraphStyle("small", parent=body, fontSize=8, leading=10, textColor=colors.HexColor("#444444"))
+    title = ParagraphStyle("title", parent=body, fontName=BOLD, fontSize=16, leading=20)
+    heading = ParagraphStyle("heading", parent=body, fontName=BOLD, fontSize=11, leading=15, spaceBefore=6)
+    red = colors.HexColor("#b3261e")
+    call = ParagraphStyle("call", parent=title, fontSize=18, leading=22,
+                          textColor=red if d.label == "PNEUMONIA" else colors.HexColor("#1b5e20"))
+
+    def p(text, style=body):
+        return Paragraph(escape(text), style)
+
+    def fields(rows):
+        table = Table([[p(k, small), p(v)] for k, v in rows], colWidths=[42 * mm, 128 * mm])
+        table.setStyle(TableStyle([("VALIGN", (0, 0), (-1, -1), "TOP"), ("BOTTOMPADDING", (0, 0), (-1, -1), 1.5),
+                                   ("TOPPADDING", (0, 0), (-1, -1), 1.5)]))
+        return table
+
+    notice = Table([[p(NOTICE, ParagraphStyle("notice", parent=body, textColor=red))]], colWidths=[170 * mm])
+    notice.setStyle(TableStyle([("BOX", (0, 0), (-1, -1), 1, red)]))
+    source = [("Source", d.info.summary())] if d.info is not None else []
+    story = [p("Pneumo – chest X-ray report", title), notice, Spacer(1, 4 * mm),
+             p("Study", heading), fields(study_reference(d, reference) + source + [("Film SHA-256", d.sha256)]),
+             p("Result", heading), p(f"Call: {d.label}", call),
+             fields(result_lines(d)[1:] + [("Model version", d.model_id), ("Scored at", local_time(d.when))])]
+    story += [p("Caution: " + caution, ParagraphStyle("caution", parent=body, textColor=red)) for caution in d.warnings]
+    if record is not None:
+        story.append(p("What this model's figures are based on", heading))
+        story += [p(line) for line in track_record_lines(record)]
+
+    draw_heatmap = d.shows_heatmap if heatmap is None else heatmap and d.heatmap is not None
+    film = for_display(gray, 768)
+    side = 80 * mm
+    scale = side / max(film.shape)
+    size = (film.shape[1] * scale, film.shape[0] * scale)
+    panels = [[Image(_png(overlay(film, None)), *size)], [p("Film", small)]]
+    if draw_heatmap:
+        panels[0].append(Image(_png(overlay(film, d.heatmap, alpha, outline_only)), *size))
+        what = "outline of the strongest evidence" if outline_only else "colours"
+        panels[1].append(p(f"{display_name(d.method)} heatmap ({what}): evidence for pneumonia, inside the chest "
+                           "only. Blue: none, red: the strongest on this film.", small))
+    else:
+        panels[1].append(p("Heatmap not drawn: it is shown for PNEUMONIA and borderline calls.", small))
+    images = Table(panels, colWidths=[85 * mm, 85 * mm])
+    images.setStyle(TableStyle([("VALIGN", (0, 0), (-1, -1), "TOP")]))
+    story += [p("Images", heading), images]
+    if draw_heatmap and not outline_only:
+        story += [Image(_png(colour_bar(512, 12)), 80 * mm, 2 * mm, hAlign="RIGHT"),
+                  Table([[p("no evidence", small), p("strongest evidence for pneumonia", small)]],
+                        colWidths=[40 * mm, 40 * mm], hAlign="RIGHT")]
+    signature = Table([[p("Read by:", small), "", p("Signature:", small), "", p("Date and time:", small), ""]],
+                      colWidths=[17 * mm, 48 * mm, 20 * mm, 38 * mm, 25 * mm, 22 * mm], rowHeights=[11 * mm])
+    signature.setStyle(TableStyle([("LINEBELOW", (1, 0), (1, 0), 0.6, colors.black),
+                                   ("LINEBELOW", (3, 0), (3, 0), 0.6, colors.black),
+                                   ("LINEBELOW", (5, 0), (5, 0), 0.6, colors.black),
+                                   ("VALIGN", (0, 0), (-1, -1), "BOTTOM")]))
+    story += [Spacer(1, 5 * mm), p("Reading", heading), signature]
+
+    buffer = io.BytesIO()
+    document = SimpleDocTemplate(buffer, pagesize=A4, leftMargin=20 * mm, rightMargin=20 * mm, topMargin=15 * mm,
+                                 bottomMargin=15 * mm, title="Pneumo chest X-ray report", author="Pneumo",
+                                 subject=f"model {d.model_id}")
+    document.build(story)
+    return buffer.getvalue()
