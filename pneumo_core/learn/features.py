@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from pneumo_core.learn.data import image_batches
+from pneumo_core.learn.store import cache_tmp_suffix
 from pneumo_core.progress import Progress, Reporter
 from pneumo_core.settings import Augmentation, load_settings
 
@@ -63,16 +64,6 @@ def embed(embedder, paths, image_size: int, normalisation: str, augmentation: Au
     return np.concatenate(out) if out else np.zeros((0, embedder.output_shape[-1]), np.float32)
 
 
-def _partial_suffix(pid: int) -> str:
-    return f".{pid}.tmp.npy"
-
-
-def partial_paths(cache_dir: Path, pid: int) -> list[Path]:
-    """The half-written cache files of process `pid` (a training process stopped while it embedded)."""
-    cache_dir = Path(cache_dir)
-    return sorted(cache_dir.glob(f"*{_partial_suffix(pid)}")) if cache_dir.is_dir() else []
-
-
 class FeatureCache:
     """Embeddings on disk under `directory`, computed by a lazily built embedder on a miss; each `get`
     reports a `caching LABEL` stage to `reporter`."""
@@ -112,8 +103,8 @@ class FeatureCache:
                         progress=progress)
         self.directory.mkdir(parents=True, exist_ok=True)
         # A name of its own, as workers sharing the cache folder may compute the same entry at once;
-        # with the pid in it, so that a stopped job's leftovers are findable (partial_paths).
-        tmp = file.with_suffix(f".{uuid.uuid4().hex[:8]}{_partial_suffix(os.getpid())}")
+        # with the pid in it, so that a stopped job's leftovers are findable (store.partial_cache_files).
+        tmp = file.with_suffix(f".{uuid.uuid4().hex[:8]}{cache_tmp_suffix()}")
         np.save(tmp, vectors)
         tmp.replace(file)
         evict(self.directory, load_settings().feature_cache_mb * 2**20, keep=file)

@@ -160,6 +160,32 @@ def remove_partial(models_dir: Path, pid: int) -> list[Path]:
     return removed
 
 
+# The names of the other half-written output of a training process live here too, beside the version
+# folders': a job runner finds what a stopped `train` left without importing training (TensorFlow).
+
+def tuner_run_dir(tuner_dir: Path, pid: int | None = None) -> Path:
+    """A new folder for the tuner of one `train` run (removed when its heads are trained), named after the
+    process so that a stopped job's leftovers are findable (partial_tuner_runs)."""
+    return Path(tuner_dir) / f"run-{datetime.now(UTC):%Y%m%d-%H%M%S-%f}-p{os.getpid() if pid is None else pid}"
+
+
+def partial_tuner_runs(tuner_dir: Path, pid: int) -> list[Path]:
+    """The tuner folders a `train` process `pid` left behind (it was stopped before its heads were trained)."""
+    tuner_dir = Path(tuner_dir)
+    return sorted(tuner_dir.glob(f"run-*-p{pid}")) if tuner_dir.is_dir() else []
+
+
+def cache_tmp_suffix(pid: int | None = None) -> str:
+    """Name ending of a feature-cache file that process `pid` is still writing (renamed when complete)."""
+    return f".{os.getpid() if pid is None else pid}.tmp.npy"
+
+
+def partial_cache_files(cache_dir: Path, pid: int) -> list[Path]:
+    """The half-written feature-cache files of process `pid` (a training process stopped while it embedded)."""
+    cache_dir = Path(cache_dir)
+    return sorted(cache_dir.glob(f"*{cache_tmp_suffix(pid)}")) if cache_dir.is_dir() else []
+
+
 def versions(models_dir: Path) -> list[dict]:
     """Metadata of every complete version, newest first; the folder name is the id."""
     models_dir = Path(models_dir)

@@ -8,7 +8,6 @@ top backbone layers (`fine_tune_epochs`) trains the assembled model on images af
 from __future__ import annotations
 
 import logging
-import os
 import platform
 import shutil
 import time
@@ -38,7 +37,7 @@ from pneumo_core.learn.distribute import (
 )
 from pneumo_core.learn.features import FeatureCache
 from pneumo_core.learn.model import PneumoModel, assemble, build_classifier, build_embedder, scoring_model
-from pneumo_core.learn.store import new_version_id, save_version
+from pneumo_core.learn.store import new_version_id, save_version, tuner_run_dir
 from pneumo_core.learn.tuning import (
     as_hp,
     fit_head,
@@ -224,18 +223,6 @@ class Heads:
     def probabilities(self, features: np.ndarray) -> np.ndarray:
         """Calibrated probability of PNEUMONIA, (N,), from (N, D) backbone features."""
         return _sigmoid(self.platt[0] * _ensemble_logit(self.heads, features) + self.platt[1])
-
-
-def tuner_run_dir(tuner_dir: Path, pid: int | None = None) -> Path:
-    """A new folder for the tuner of one `train` run (removed when its heads are trained), named after the
-    process so that a stopped job's leftovers are findable (partial_paths)."""
-    return Path(tuner_dir) / f"run-{datetime.now(UTC):%Y%m%d-%H%M%S-%f}-p{os.getpid() if pid is None else pid}"
-
-
-def partial_paths(tuner_dir: Path, pid: int) -> list[Path]:
-    """The tuner folders a `train` process `pid` left behind (it was stopped before its heads were trained)."""
-    tuner_dir = Path(tuner_dir)
-    return sorted(tuner_dir.glob(f"run-*-p{pid}")) if tuner_dir.is_dir() else []
 
 
 def fit_heads(features: CachedFeatures, config: TrainConfig, settings: Settings,
