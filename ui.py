@@ -19,7 +19,9 @@ import streamlit as st
 
 from pneumo_core.errors import AccountError, PneumoError, SignInError
 from pneumo_core.imaging.films import DecodeBudget, read_film
-from pneumo_core.jobs.queue import JobQueue, describe, params_from_model
+from pneumo_core.jobs.argv import params_from_model
+from pneumo_core.jobs.progress_lines import describe
+from pneumo_core.jobs.queue import JobQueue
 from pneumo_core.learn import store
 from pneumo_core.lru import ByteLRU
 from pneumo_core.records import registry

@@ -5,9 +5,10 @@ import pytest
 
 from pneumo_core import choices
 from pneumo_core.cli import main as cli
+from pneumo_core.cli.train import train_config
 from pneumo_core.explain.cam import METHODS
 from pneumo_core.imaging.preprocessing import normalise_intensity
-from pneumo_core.jobs.queue import train_argv
+from pneumo_core.jobs.argv import train_argv
 from pneumo_core.learn.backbones import BACKBONES
 from pneumo_core.learn.tuning import TUNER_CLASSES
 from pneumo_core.settings import TrainConfig
@@ -49,4 +50,4 @@ def test_a_config_survives_a_job_row_and_the_command_line():
     assert row == config
     argv = train_argv(row)
     assert argv[:2] == ["--data", "/data"] and "--views" in argv and "--xla" in argv
-    assert cli.train_config(cli.parse_args(["train", *argv])) == config
+    assert train_config(cli.parse_args(["train", *argv])) == config

@@ -12,19 +12,14 @@ import pytest
 from conftest import REPO, make_dataset, run_cli
 from helpers import process_gone
 
-from pneumo_core.errors import ConfigError, PermissionDenied
-from pneumo_core.jobs.queue import (
-    FINISHED,
-    JobError,
-    JobQueue,
-    ProgressTracker,
-    clamp_params,
-    is_ours,
-    overall_percent,
-    params_from_model,
-    start_time,
-    train_argv,
-)
+from pneumo_core.cli.main import main
+from pneumo_core.errors import ConfigError, JobError, PermissionDenied
+from pneumo_core.jobs import runner
+from pneumo_core.jobs.argv import clamp_params, job_argv, params_from_model, train_argv
+from pneumo_core.jobs.process import is_ours, remove_partial_output, start_time
+from pneumo_core.jobs.progress_lines import ProgressTracker, overall_percent
+from pneumo_core.jobs.queue import FINISHED, JobQueue
+from pneumo_core.jobs.results import read_result, write_result
 from pneumo_core.learn import store
 from pneumo_core.learn.data import check_dataset, load_dataset
 from pneumo_core.records import registry
@@ -105,15 +100,14 @@ def test_progress_lines_are_tracked(line, stage, step):
 
 def test_progress_tracker_writes_on_a_new_stage_or_after_its_interval():
     tracker = ProgressTracker(caching_stages=1, every=0.5)
-    assert tracker.feed("some log line", 0.0) is None and tracker.last_line == "some log line"
+    assert tracker.feed("some log line", 0.0) is None
     first = tracker.feed("progress: tuning trial 1/4 (25%) 1s", 0.0)
     assert first == {"stage": "tuning trial", "step": "1/4", "percent": overall_percent("tuning trial", 1, 4, 1, 0)}
     assert tracker.feed("progress: tuning trial 2/4 (50%) 1s", 0.2) is None        # too soon, same stage
     assert tracker.feed("progress: tuning trial 3/4 (75%) 1s", 0.8)["step"] == "3/4"
     new_stage = tracker.feed("progress: fine-tuning epoch 1/3 (33%) 1s", 0.81)   # a new stage: at once
     assert new_stage["stage"] == "fine-tuning epoch"
-    tracker.feed("20260101-000000-000000-ab12-mobilenet_v2\n", 1.0)
-    assert tracker.last_line == "20260101-000000-000000-ab12-mobilenet_v2"
+    assert tracker.feed("20260101-000000-000000-ab12-mobilenet_v2\n", 1.0) is None
 
 
 def test_overall_percent_moves_forward_through_the_stages():
@@ -162,7 +156,7 @@ def test_the_data_check_runs_in_the_job_and_fails_it_with_the_reason(tmp_path, h
     assert not check.ok and message in check.problems[0]
     job_id = held_queue.submit({"data_dir": str(root), **TINY}, actor=LEAD)     # quick: no film decoded here
     assert held_queue.get(job_id)["checks"] is None
-    assert held_queue.run(job_id) == 1            # what the runner does, in the foreground
+    assert runner.run(held_queue, job_id) == 1            # what the runner does, in the foreground
     job = held_queue.get(job_id)
     assert job["state"] == "failed" and message in job["error"] and job["checks"] is not None
 
@@ -259,21 +253,99 @@ def test_the_log_tail_reads_across_a_rotation(tmp_path):
 
 
 def test_each_writer_finds_only_that_process_partial_output(tmp_path):
-    from pneumo_core.learn import features, training
     s = _queue(tmp_path).settings
-    mine = [s.models_dir / f"{store.partial_prefix(4242)}v1-abc", training.tuner_run_dir(s.tuner_dir, 4242)]
-    others = [s.models_dir / f"{store.partial_prefix(999)}v2-abc", training.tuner_run_dir(s.tuner_dir, 999),
+    mine = [s.models_dir / f"{store.partial_prefix(4242)}v1-abc", store.tuner_run_dir(s.tuner_dir, 4242)]
+    others = [s.models_dir / f"{store.partial_prefix(999)}v2-abc", store.tuner_run_dir(s.tuner_dir, 999),
               s.models_dir / "v0"]
     for folder in mine + others:
         folder.mkdir(parents=True)
     (s.cache_dir).mkdir()
     (s.cache_dir / "key.0badc0de.4242.tmp.npy").write_bytes(b"half")   # as FeatureCache.get names it
     (s.cache_dir / "key.npy").write_bytes(b"done")
-    assert training.partial_paths(s.tuner_dir, 4242) == [mine[1]]
-    assert features.partial_paths(s.cache_dir, 4242) == [s.cache_dir / "key.0badc0de.4242.tmp.npy"]
-    assert store.remove_partial(s.models_dir, 4242) == [mine[0]]
-    assert not mine[0].exists() and all(p.exists() for p in others)
-    assert features.partial_paths(s.cache_dir, 999) == [] and training.partial_paths(tmp_path / "none", 1) == []
+    assert store.partial_tuner_runs(s.tuner_dir, 4242) == [mine[1]]
+    assert store.partial_cache_files(s.cache_dir, 4242) == [s.cache_dir / "key.0badc0de.4242.tmp.npy"]
+    assert sorted(remove_partial_output(s, 4242)) == sorted([*mine, s.cache_dir / "key.0badc0de.4242.tmp.npy"])
+    assert not any(p.exists() for p in mine) and all(p.exists() for p in others)
+    assert (s.cache_dir / "key.npy").exists() and not (s.cache_dir / "key.0badc0de.4242.tmp.npy").exists()
+    assert store.partial_cache_files(s.cache_dir, 999) == [] and store.partial_tuner_runs(tmp_path / "none", 1) == []
+
+
+def test_the_jobs_package_imports_no_tensorflow_nor_training():
+    code = ("import sys; import pneumo_core.jobs.queue, pneumo_core.jobs.runner, pneumo_core.jobs.confine; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('tensorflow', 'keras') "
+            "or m in ('pneumo_core.learn.training', 'pneumo_core.learn.model', 'pneumo_core.learn.features')))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
+
+
+# -- the result file: how a job learns the version its command made ------------------------------------------
+
+RESULT = {"version_id": "20260101-000000-000000-ab12-mobilenet_v2", "path": "/models/v", "metrics": {"test": {}},
+          "threshold": 0.42, "active": False, "seconds": 12.0}
+
+
+def test_a_result_file_is_written_whole_and_read_back(tmp_path):
+    path = tmp_path / "jobs" / "7.result.json"
+    write_result(path, version_id=RESULT["version_id"], version_path=Path("/models/v"), metrics={"test": {}},
+                 threshold=0.42, active=False, seconds=12.0)
+    assert read_result(path) == RESULT
+    assert [p.name for p in path.parent.iterdir()] == [path.name]      # no temporary file left beside it
+    path.write_text('{"version_id": "v"}')                               # not a whole result
+    assert read_result(path) is None and read_result(tmp_path / "missing.json") is None
+
+
+def test_a_jobs_command_line_asks_for_the_result_file():
+    train = job_argv({"data_dir": "/d", **TINY}, result_file="/h/jobs/3.result.json")
+    assert train[0] == "train" and train[-2:] == ["--result-file", "/h/jobs/3.result.json"]
+    site = job_argv({"command": ["site", "adapt"], "data": "/s", "name": "north", "model": None}, "/r.json")
+    assert site == ["site", "adapt", "--data", "/s", "--name", "north", "--result-file", "/r.json"]
+    assert "--result-file" not in job_argv({"data_dir": "/d"})
+
+
+FAKE_TRAIN = """import json, os, sys
+argv = sys.argv[1:]
+print("progress: tuning trial 1/2 (50%) 1s", flush=True)
+result = argv[argv.index("--result-file") + 1] if "--result-file" in argv else None
+if result and os.environ.get("FAKE_WRITES_RESULT") == "1":
+    tmp = result + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump({RESULT}, f)
+    os.replace(tmp, result)
+print("a stray last line that is not the version id", flush=True)
+"""
+
+
+@pytest.mark.parametrize("writes_result", [True, False])
+def test_a_job_takes_the_version_id_from_its_result_file(tmp_path, held_queue, tiny_data, monkeypatch,
+                                                          writes_result):
+    fake = tmp_path / "fake_train.py"
+    fake.write_text(FAKE_TRAIN.replace("{RESULT}", repr(RESULT)))
+    monkeypatch.setattr(runner, "COMMAND", [sys.executable, str(fake)])   # instead of `python -m pneumo_core`
+    monkeypatch.setenv("FAKE_WRITES_RESULT", "1" if writes_result else "0")
+    job_id = held_queue.submit({"data_dir": str(tiny_data), **TINY}, actor=LEAD)
+    code = runner.run(held_queue, job_id)
+    job = held_queue.get(job_id)
+    assert held_queue.log_tail(job_id, 1) == ["a stray last line that is not the version id"]
+    if writes_result:
+        assert (code, job["state"], job["model_id"], job["percent"]) == (0, "succeeded", RESULT["version_id"], 100)
+        assert read_result(held_queue.result_path(job_id)) == RESULT
+    else:
+        assert (code, job["state"], job["model_id"]) == (1, "failed", None)
+        assert "ended without writing its result file" in job["error"] and str(held_queue.result_path(job_id)) \
+            in job["error"]
+
+
+def test_jobs_commands_keep_their_exit_codes(held_queue, tiny_data, monkeypatch, capsys):
+    monkeypatch.setenv("PNEUMO_HOME", str(held_queue.settings.home))
+    monkeypatch.setenv("PNEUMO_MIN_FREE_MB", "1")
+    job_id = held_queue.submit({"data_dir": str(tiny_data), **TINY}, actor=LEAD)
+    assert main(["jobs", "wait", str(job_id), "--timeout", "0"]) == 3                 # still queued: timed out
+    assert main(["jobs", "status", "99"]) == 2 and "no job 99" in capsys.readouterr().err
+    assert main(["jobs", "cancel", str(job_id)]) == 0
+    assert main(["jobs", "wait", str(job_id)]) == 1                                   # finished, not succeeded
+    assert capsys.readouterr().out.splitlines()[-1] == f"job {job_id}: cancelled"
+    assert main(["jobs", "run", str(job_id)]) == 2 and f"job {job_id} is cancelled" in capsys.readouterr().err
 
 
 # -- real jobs (subprocesses running `train`) ----------------------------------------------------------

@@ -8,8 +8,8 @@ from pneumo_core.errors import PneumoError
 from pneumo_core.evaluate import figures
 from pneumo_core.evaluate.comparison import compare
 from pneumo_core.imaging.films import ImageError, read_image
+from pneumo_core.jobs.argv import clamp_params
 from pneumo_core.jobs.confine import check_form_paths
-from pneumo_core.jobs.queue import clamp_params
 from pneumo_core.records import registry
 from pneumo_core.settings import TRAIN_LIMITS, TrainConfig
 
