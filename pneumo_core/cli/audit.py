@@ -16,6 +16,7 @@ def add_commands(commands, settings: Settings) -> None:
 
 
 def cmd_audit(args, settings) -> int:
+    """Run `audit verify`. Returns 1 naming the first broken link, 0 when every chain is intact."""
     from pneumo_core.records.audit import AuditTrail
     from pneumo_core.records.registry import verify_promotions
     if not settings.audit_path.is_file():

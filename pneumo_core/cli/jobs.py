@@ -32,6 +32,7 @@ def add_commands(commands, settings: Settings) -> None:
 
 
 def cmd_jobs(args, settings) -> int:
+    """Run a `jobs` subcommand. Returns its exit status (`wait`: 0 succeeded, 1 not, 3 timed out; `run`: the job's)."""
     from pneumo_core.jobs.queue import FINISHED, JobQueue
     from pneumo_core.records.access import cli_actor
     queue = JobQueue(settings)

@@ -58,6 +58,7 @@ def load_model(settings: Settings, ref: str | None):
 
 
 def cmd_evaluate(args, settings) -> int:
+    """Run `evaluate`: a model's figures on one split of a dataset. Returns the exit status."""
     from pneumo_core.errors import DatasetError
     from pneumo_core.evaluate.metrics import evaluate
     from pneumo_core.learn.data import load_dataset
@@ -81,6 +82,7 @@ def cmd_evaluate(args, settings) -> int:
 
 
 def cmd_predict(args, settings) -> int:
+    """Run `predict`: score each image (each scored one audited). Returns 1 if any image failed, else 0."""
     from pneumo_core.errors import ImageError
     from pneumo_core.imaging.films import read_film
     from pneumo_core.records.audit import AuditTrail
@@ -111,6 +113,7 @@ def cmd_predict(args, settings) -> int:
 
 
 def cmd_cam(args, settings) -> int:
+    """Run `cam`: write one image's heatmap overlay. Returns 2 when the file cannot be written, else 0."""
     import cv2
 
     from pneumo_core.explain.cam import make_cam, overlay, to_original_size
@@ -128,6 +131,7 @@ def cmd_cam(args, settings) -> int:
 
 
 def cmd_models(args, settings) -> int:
+    """Run `models`: the registry's versions (* = active). Returns the exit status."""
     from pneumo_core.records.registry import summaries
     rows = summaries(settings.models_dir)
     if args.json:
@@ -142,6 +146,7 @@ def cmd_models(args, settings) -> int:
 
 
 def cmd_promote(args, settings) -> int:
+    """Run `promote`: make a version active, recorded as the OS user. Returns the exit status."""
     from pneumo_core.records.access import cli_actor
     from pneumo_core.records.audit import AuditTrail
     from pneumo_core.records.registry import promote

@@ -19,6 +19,7 @@ def add_commands(commands, settings: Settings) -> None:
 
 
 def cmd_monitor(args, settings) -> int:
+    """Run `monitor`: drift of the recent diagnoses. Returns the exit status."""
     from pneumo_core.golive.monitor import monitor
     report = monitor(settings, args.days, args.model)
     if args.json:

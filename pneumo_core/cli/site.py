@@ -30,6 +30,7 @@ def add_commands(commands, settings: Settings) -> None:
 
 
 def cmd_site(args, settings) -> int:
+    """Run `site validate` or `site adapt` (the new version's id printed last). Returns the exit status."""
     from pneumo_core.golive import sites as site
     from pneumo_core.jobs.results import write_result
     from pneumo_core.records.registry import active_version, resolve

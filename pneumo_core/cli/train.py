@@ -91,6 +91,7 @@ def train_config(args: argparse.Namespace) -> TrainConfig:
 
 
 def cmd_train(args, settings) -> int:
+    """Run `train`: a new version, saved and registered; its id printed last. Returns the exit status."""
     from pneumo_core.jobs.results import write_result
     from pneumo_core.learn.training import train
     from pneumo_core.records.registry import register
@@ -112,6 +113,7 @@ def cmd_train(args, settings) -> int:
 
 
 def cmd_tune(args, settings) -> int:
+    """Run `tune`: a head search; its summary printed as JSON. Returns the exit status."""
     from pneumo_core.learn.training import tune
     from pneumo_core.learn.tuning import join_search
     tuner_id = join_search(args.distributed, args.oracle or "", args.tuner_id) if args.distributed else None

@@ -45,6 +45,7 @@ def _read_new_password() -> str:
 
 
 def cmd_users(args, settings) -> int:
+    """Run a `users` subcommand; each change is recorded in the audit trail. Returns the exit status."""
     from pneumo_core.records.access import cli_actor
     from pneumo_core.records.audit import AuditTrail
     from pneumo_core.records.users import UserStore
