@@ -119,6 +119,12 @@ def modules_reference() -> str:
     return "\n".join(lines)
 
 
+def sentences(*parts: str) -> str:
+    """Non-empty parts joined as sentences ("tuner trials", "a comment" -> "Tuner trials. A comment.")."""
+    kept = [part.strip().rstrip(".") for part in parts if part and part.strip()]
+    return " ".join(f"{part[0].upper()}{part[1:]}." for part in kept)
+
+
 def cell(text) -> str:
     """Text safe inside a Markdown table cell."""
     return str(text).replace("|", "\\|").replace("\n", " ")
@@ -159,7 +165,7 @@ def cli_reference() -> str:
             if words:
                 out.append(f"{'#' * min(len(words) + 1, 4)} `{' '.join(words)}`\n")
             if summary:
-                out.append(summary.rstrip(".") + ".\n")
+                out.append(summary[0].upper() + summary[1:].rstrip(".") + ".\n")
             out.append(f"```text\n{command.format_usage().strip()}\n```\n")
             out.append(options_table(command))
     return "\n".join(part for part in out if part)
@@ -201,11 +207,11 @@ def options_table(parser: argparse.ArgumentParser) -> str:
             value += " (one or more)" if action.nargs == "+" else " (any number)"
         if action.required or (not action.option_strings and action.nargs not in ("?", "*")):
             default = "required"
-        elif action.default in (None, False, argparse.SUPPRESS) or action.nargs == 0:
+        elif action.default is None or action.default is False or action.default in ("", argparse.SUPPRESS):
             default = ""
         else:
             default = f"`{action.default}`"
-        help_text = expand(action.help or "", {**vars(action), "prog": parser.prog})
+        help_text = sentences(expand(action.help or "", {**vars(action), "prog": parser.prog}))
         rows.append(f"| {name} | {cell(value)} | {cell(default)} | {cell(help_text)} |")
     if not rows:
         return ""
@@ -310,8 +316,7 @@ def train_config_table(settings, train_help: dict) -> str:
             allowed = f"{low} to {high:,}"
         else:
             allowed = ""
-        text = " ".join(part for part in [expand(train_help.get(field.name) or "", {}),
-                                          comments.get(field.name, "")] if part)
+        text = sentences(expand(train_help.get(field.name) or "", {}), comments.get(field.name, ""))
         lines.append(f"| `{field.name}` | {f'`{option}`' if option else '*code only*'} | `{field.type}` | "
                      f"{default} | {allowed} | {cell(text)} |")
     return "\n".join(lines)
@@ -339,7 +344,7 @@ def fields_table(cls, variables: dict[str, str]) -> str:
         value = getattr(defaults, field.name)
         default = f"`{value:,}`" if isinstance(value, int) and not isinstance(value, bool) else f"`{value!r}`"
         variable = f"`{variables[field.name]}`" if field.name in variables else ""
-        text = cell(comments.get(field.name, ""))
+        text = cell(sentences(comments.get(field.name, "")))
         lines.append(f"| `{field.name}` | {default} | {variable} | {text} |" if variables else
                      f"| `{field.name}` | {default} | {text} |")
     return "\n".join(lines)
