@@ -52,9 +52,10 @@ LAYERS = [
 # Groups without an API page: the command line has its own generated reference.
 NO_API_PAGE = {"cli"}
 
-# What the generated defaults are computed under: the settings' own names instead of this machine's paths.
+# What the generated defaults are computed under: the settings' own names instead of this machine's paths;
+# usage lines wrapped to what fits the page's code blocks.
 PLACEHOLDER_ENV = {"PNEUMO_HOME": "$PNEUMO_HOME", "PNEUMO_DATA": "$PNEUMO_DATA",
-                   "PNEUMO_WEIGHTS_DIR": "$PNEUMO_WEIGHTS_DIR", "COLUMNS": "100"}
+                   "PNEUMO_WEIGHTS_DIR": "$PNEUMO_WEIGHTS_DIR", "COLUMNS": "76"}
 ENV_NAME = re.compile(r"^(PNEUMO|KERASTUNER)_[A-Z0-9_]+$")
 
 
@@ -120,9 +121,8 @@ def modules_reference() -> str:
 
 
 def sentences(*parts: str) -> str:
-    """Non-empty parts joined as sentences ("tuner trials", "a comment" -> "Tuner trials. A comment.")."""
-    kept = [part.strip().rstrip(".") for part in parts if part and part.strip()]
-    return " ".join(f"{part[0].upper()}{part[1:]}." for part in kept)
+    """Non-empty parts joined by "; ", each as written (help text reads as `--help` prints it)."""
+    return "; ".join(part.strip().rstrip(".") for part in parts if part and part.strip())
 
 
 def cell(text) -> str:
