@@ -323,27 +323,32 @@ def train_config_table(settings, train_help: dict) -> str:
 
 
 def budget_variables(settings) -> dict[str, str]:
-    """{MemoryBudget field: the variable overriding it}, read from `memory_budget`'s calls."""
+    """{MemoryBudget field: "`VARIABLE` (default in the variable's unit)"}, read from `memory_budget`'s calls
+    `number(VARIABLE, default.FIELD, scale)`."""
     import inspect
     tree = ast.parse(inspect.getsource(settings.memory_budget).lstrip())
-    found = {}
+    defaults, found = settings.MemoryBudget(), {}
     for node in ast.walk(tree):
         if isinstance(node, ast.keyword) and isinstance(node.value, ast.Call) and node.value.args:
             first = node.value.args[0]
             if isinstance(first, ast.Constant) and isinstance(first.value, str) and ENV_NAME.match(first.value):
-                found[node.arg] = first.value
+                scale_node = node.value.args[2] if len(node.value.args) > 2 else ast.Constant(1)
+                # The scale is a number written in the code (1_000_000, 2 ** 20): evaluated without names.
+                scale = eval(compile(ast.fix_missing_locations(ast.Expression(scale_node)), "<scale>", "eval"),
+                             {"__builtins__": {}})
+                found[node.arg] = f"`{first.value}` ({getattr(defaults, node.arg) / scale:g})"
     return found
 
 
 def fields_table(cls, variables: dict[str, str]) -> str:
     defaults, comments = cls(), source_comments(cls)
-    header = "| field | default | variable | what it bounds or means |\n|---|---|---|---|" if variables else \
-        "| field | default | what it means |\n|---|---|---|"
+    header = ("| field | default | variable (its default) | what it bounds or means |\n|---|---|---|---|"
+              if variables else "| field | default | what it means |\n|---|---|---|")
     lines = [header]
     for field in dataclasses.fields(cls):
         value = getattr(defaults, field.name)
         default = f"`{value:,}`" if isinstance(value, int) and not isinstance(value, bool) else f"`{value!r}`"
-        variable = f"`{variables[field.name]}`" if field.name in variables else ""
+        variable = variables.get(field.name, "")
         text = cell(sentences(comments.get(field.name, "")))
         lines.append(f"| `{field.name}` | {default} | {variable} | {text} |" if variables else
                      f"| `{field.name}` | {default} | {text} |")
