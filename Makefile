@@ -13,7 +13,7 @@ DEV_STAMP := $(VENV)/.installed-dev
 PIP_COMPILE := $(VENV)/bin/pip-compile --quiet --generate-hashes --allow-unsafe --strip-extras \
 	--no-emit-index-url --no-emit-find-links
 
-.PHONY: setup setup-dev run test test-fast lint lock system-packages bench train clean pacs-demo
+.PHONY: setup setup-dev run test test-fast lint docs lock system-packages bench train clean pacs-demo
 
 $(STAMP): $(LOCK) pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -55,8 +55,18 @@ system-packages:
 	if [ -n "$$missing" ]; then (apt-get update -qq && DEBIAN_FRONTEND=noninteractive \
 		apt-get install -y -qq $$missing >/dev/null) || echo "warning: could not install$$missing; their tests will skip"; fi
 
+# The documentation site (mkdocs.yml): its reference pages are generated from the code at build time
+# (docs/gen_reference.py), so a build with --strict also checks that the docs match the code; nothing is
+# downloaded. NO_MKDOCS_2_WARNING quiets mkdocs-material's end-of-life banner.
+MKDOCS := NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs
+
 lint: $(DEV_STAMP)
 	$(VENV)/bin/ruff check .
+	$(MKDOCS) build --strict
+
+# Serves the documentation on http://127.0.0.1:8000 (reloads as pages change).
+docs: $(DEV_STAMP)
+	$(MKDOCS) serve -a 127.0.0.1:8000
 
 test: $(DEV_STAMP) system-packages lint
 	$(PY) -m pytest -q -p no:cacheprovider tests

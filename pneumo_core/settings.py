@@ -19,7 +19,7 @@ Every knob a deployment may need to change lives here, so the rest of the librar
 | PNEUMO_FEATURE_CACHE_MB | 4096: feature cache size; least recently used evicted    |
 | PNEUMO_JOB_LOG_MB     | 5: a job log rotates at this size (one older part kept)    |
 | PNEUMO_MAX_FILM_MPX,  | the dashboard's memory budget (`MemoryBudget` below and    |
-| PNEUMO_REQUEST_MPX,   | README "Memory budget"): megapixels per film and per       |
+| PNEUMO_REQUEST_MPX,   | docs/memory.md): megapixels per film and per               |
 | PNEUMO_FILES_PER_UPLOAD, | request, files per upload, MB of cached diagnoses, model |
 | PNEUMO_CACHE_MB,      | versions loaded at once                                    |
 | PNEUMO_MODELS_LOADED  |                                                            |
@@ -75,7 +75,7 @@ class Augmentation:
 
 @dataclass(frozen=True)
 class MemoryBudget:
-    """Every limit that bounds what one dashboard process holds in memory (README "Memory budget").
+    """Every limit that bounds what one dashboard process holds in memory (docs/memory.md).
 
     The class defaults are the library's (io.py reads them); `load_settings` lets a deployment
     override the five named in the module docstring.
