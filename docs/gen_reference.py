@@ -147,14 +147,10 @@ def placeholder_environment():
 
 
 def cli_parser() -> argparse.ArgumentParser:
-    """The parser the command-line reference is generated from.
-
-    The one place to switch when `pneumo_core.cli.main.parser()` lands: `return main.parser()` (it is
-    called inside `placeholder_environment()`, so settings read from os.environ give placeholder defaults).
-    """
+    """The parser the command-line reference is generated from (called inside `placeholder_environment()`, so
+    settings read from os.environ give placeholder defaults)."""
     from pneumo_core.cli import main
-    from pneumo_core.settings import load_settings
-    return main._parser(load_settings())
+    return main.parser()
 
 
 def cli_reference() -> str:
