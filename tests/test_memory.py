@@ -22,8 +22,8 @@ from PIL import Image
 from pydicom.encaps import encapsulate
 from pydicom.uid import JPEG2000Lossless
 
-from pneumo_core.lru import ByteLRU
 from pneumo_core.records.access import Actor
+from ui.cache import ByteLRU
 
 # Runs in the child: `films` (paths) are read by `STEP` (Python code using `data`, `name`) after
 # `WARM` ran once; prints one JSON line {"growth_mb": ..., **extra}.
@@ -134,8 +134,8 @@ def test_50_distinct_7000_px_pngs_through_the_diagnose_path_grow_memory_under_50
              "version = str(registry.resolve(ui.settings().models_dir, None))")
     step = ("    gray, d = ui.diagnosis(version, data, name, 'gradcam', ui.decode_budget())\n"
             "    assert max(gray.shape) <= ui.BUDGET.display_side and d.heatmap.dtype.name == 'uint8'\n"
-            "    extra['cache_mb'] = ui._diagnosis_cache().nbytes / 2 ** 20\n"
-            "    extra['cached'] = len(ui._diagnosis_cache())")
+            "    extra['cache_mb'] = ui.diagnosis_cache().nbytes / 2 ** 20\n"
+            "    extra['cached'] = len(ui.diagnosis_cache())")
     # The first film warms the model, the CAM's traced graph and the cache; 50 more are measured.
     out = growth(films[1:], films[:1], setup, step, env={"PNEUMO_HOME": str(trained_home)})
     assert out["outcomes"] == ["read"] * 50, out["outcomes"][:3]
@@ -267,8 +267,8 @@ def test_paging_the_metrics_error_browser_leaves_the_diagnosis_cache_alone(home)
     at.radio[0].set_value("true positives").run()
     pages = min(3, int(at.number_input[0].max))
     assert pages >= 2, "the synthetic test split should give more than one page of true positives"
-    before = len(ui._diagnosis_cache())
+    before = len(ui.diagnosis_cache())
     for number in range(1, pages + 1):
         at.number_input[0].set_value(number).run()
         assert not at.exception and at.get("image")  # the page's films are drawn
-    assert len(ui._diagnosis_cache()) == before  # ... from their own small cache, not the diagnoses'
+    assert len(ui.diagnosis_cache()) == before  # ... from their own small cache, not the diagnoses'

@@ -6,7 +6,7 @@ import ui
 from pneumo_core.errors import PermissionDenied
 from pneumo_core.records.audit import COLUMNS
 
-ui.require_page("view_audit")
+ui.require_page("audit")
 st.title("Audit trail")
 st.caption("One row per diagnosis made on this server or its command line: time, film SHA-256, model "
            "version, probability, threshold, call, out-of-distribution score and flag, heatmap method, "

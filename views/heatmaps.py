@@ -9,7 +9,7 @@ from pneumo_core.errors import PneumoError
 from pneumo_core.explain.heatmap import NAMES, colour_bar, display_name, for_display, overlay
 from pneumo_core.serve.diagnosis import truth_and_call
 
-ui.require_page("diagnose")
+ui.require_page("heatmaps")
 st.title("Heatmaps")
 st.caption("Evidence for pneumonia inside the chest (the film's outline, above the diaphragm), whatever the call. "
            "Every panel uses the same colours (blue = none … red = the strongest evidence in that panel) and the "

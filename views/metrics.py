@@ -16,7 +16,7 @@ from pneumo_core.evaluate.metrics import (
 from pneumo_core.evaluate.track_record import FIGURES, track_record
 from pneumo_core.learn.store import read_history, read_json
 
-ui.require_page("view_metrics")
+ui.require_page("metrics")
 st.title("Metrics")
 version = ui.version_picker(key="metrics_model")
 if version is None:

@@ -10,7 +10,7 @@ from pneumo_core.evaluate.track_record import track_record
 from pneumo_core.learn.store import read_json
 from pneumo_core.records.registry import change_kind, promotions, summaries
 
-ui.require_page("view_metrics")
+ui.require_page("models")
 st.title("Models")
 rows = ui.versions()
 if not rows:

@@ -5,7 +5,7 @@ import ui
 from pneumo_core.evaluate import figures
 from pneumo_core.golive.monitor import monitor
 
-ui.require_page("view_monitor")
+ui.require_page("monitor")
 st.title("Monitor")
 st.caption("Are recent diagnoses still like the films the model was validated on? Probabilities of recent calls "
            "(audit trail) against the version's reference films, PSI and Kolmogorov–Smirnov drift statistics, and "

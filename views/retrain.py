@@ -13,7 +13,7 @@ from pneumo_core.jobs.confine import check_form_paths
 from pneumo_core.records import registry
 from pneumo_core.settings import TRAIN_LIMITS, TrainConfig
 
-ui.require_page("submit_job")
+ui.require_page("retrain")
 st.title("Retrain")
 queue = ui.job_queue()
 models_dir = ui.settings().models_dir

@@ -3,12 +3,7 @@ server, the one-time setup code that creates the first administrator."""
 import streamlit as st
 
 import ui
-from pneumo_core.errors import LockedOut, SignInError
-
-
-def typed_name(name: str) -> str:
-    """The account name as typed, for the audit of a refusal (bounded: anyone can type anything)."""
-    return name.strip().lower()[:64] or "unknown"
+from pneumo_core.errors import SignInError
 
 st.title("Pneumo")
 st.caption("Pneumonia detection on paediatric chest X-rays.")
@@ -34,8 +29,7 @@ if ui.setup_code_if_needed():
         lambda name, password, code: ui.users().create_first_admin(code, name, password, ui.client()),
         name_label="Administrator account name", example="j.smith", password_label="Password",
         extra=lambda column: column.text_input("Setup code", placeholder="XXXX-XXXX-XXXX"),
-        refused=lambda name, error: ui.audit_event("sign_in_failed", typed_name(name), method="setup code",
-                                                   reason=type(error).__name__))
+        refused=lambda name, error: ui.record_refusal(name, error, method="setup code"))
     if actor:
         ui.audit_event("user_change", actor.name, action="add", account=actor.name, role=actor.role,
                        method="setup code")
@@ -50,11 +44,8 @@ with st.form("signin"):
     if st.form_submit_button("Sign in", type="primary" if not ui.oidc_configured() else "secondary"):
         try:
             actor = ui.users().verify(name, password, ui.client())
-        except LockedOut as error:
-            ui.audit_event("sign_in_failed", typed_name(name), reason="locked")
-            st.error(str(error).capitalize() + ".")
-        except SignInError as error:
-            ui.audit_event("sign_in_failed", typed_name(name), reason=str(error))
+        except SignInError as error:   # a lockout too: recorded as "locked"
+            ui.record_refusal(name, error)
             st.error(str(error).capitalize() + ".")
         else:
             ui.sign_in(actor, "local")

@@ -18,7 +18,7 @@ settings = ui.settings()
 models_dir = settings.models_dir
 
 
-actor = ui.require_page("site_validate")
+actor = ui.require_page("site")
 
 
 version = ui.version_picker(key="site_model")

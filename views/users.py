@@ -5,9 +5,10 @@ import streamlit as st
 import ui
 from pneumo_core.errors import PneumoError
 from pneumo_core.records.access import ROLES
+from pneumo_core.records.signin import disable_refusal
 from pneumo_core.records.users import OIDC_ROLES_FILE, ROLE_CLAIM, oidc_roles
 
-admin = ui.require_page("manage_users")
+admin = ui.require_page("users")
 st.title("Users")
 store = ui.users()
 accounts = store.list()
@@ -29,6 +30,7 @@ if accounts:
     chosen = st.selectbox("Account", names)
     account = accounts[names.index(chosen)]
     left, middle, right = st.columns(3)
+    self_disable = disable_refusal(admin, chosen)
     new_role = left.selectbox("Role", ROLES, index=ROLES.index(account["role"]), key=f"role_{chosen}")
     try:
         if left.button("Set role", disabled=new_role == account["role"]):
@@ -41,8 +43,7 @@ if accounts:
                 store.enable(chosen)
                 ui.audit_event("user_change", admin.name, action="enable", account=chosen)
                 st.rerun()
-        elif middle.button("Disable", key=f"disable_{chosen}", disabled=chosen == admin.name,
-                           help="You cannot disable yourself" if chosen == admin.name else None):
+        elif middle.button("Disable", key=f"disable_{chosen}", disabled=self_disable is not None, help=self_disable):
             store.disable(chosen)
             ui.audit_event("user_change", admin.name, action="disable", account=chosen)
             st.rerun()

@@ -5,12 +5,13 @@ import streamlit as st
 import ui
 from pneumo_core.errors import PneumoError
 from pneumo_core.pacs import watcher as pacs
+from pneumo_core.records.signin import may_open
 from pneumo_core.serve.diagnosis import NOTICE
 
 st.title("Worklist")
 st.caption(NOTICE + " Priority: PNEUMONIA first, then borderline calls, then NORMAL; each by probability.")
-actor = st.session_state.get("actor")
-if actor is not None and not actor.may("diagnose"):
+actor = ui.actor()
+if actor is not None and not may_open(actor, "worklist"):
     st.error(f"{actor.name} ({actor.role}) may not see calls; that needs the role clinician, ml_lead or admin.")
     st.stop()
 settings = ui.settings()

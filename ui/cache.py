@@ -1,4 +1,4 @@
-"""A least-recently-used map bounded in bytes, entries and age: what the dashboard caches in.
+"""A least-recently-used map bounded in bytes, entries and age: what the dashboard caches its diagnoses in.
 
 Streamlit's own caches bound entries and age but not bytes, and pickle a copy of the value for
 every reader; this one holds each value once, shared by every session, and forgets the least
