@@ -18,7 +18,7 @@ import pytest
 from conftest import REPO, chest_studies, pacs_env, run_cli, start_orthanc, synthetic_film
 
 from pneumo_core.errors import ConfigError, PacsUnavailable
-from pneumo_core.imaging.films import read_dataset
+from pneumo_core.imaging.dicom import read_dataset
 from pneumo_core.pacs.watcher import PacsClient, PacsState, priority, worklist
 from pneumo_core.records.audit import AuditTrail
 from pneumo_core.serve import dicom_out

@@ -346,7 +346,7 @@ class Watcher:
         return self.outbox / f"{sop_uid}.sr.dcm", self.outbox / f"{sop_uid}.sc.dcm"
 
     def _score(self, row: dict) -> str:
-        from pneumo_core.imaging.films import read_dataset
+        from pneumo_core.imaging.dicom import read_dataset
         from pneumo_core.serve import dicom_out
         film_ref = FilmRef(row["study_uid"], row["series_uid"], row["sop_uid"])
         ds = self._timed("retrieve", self.client.retrieve, film_ref)
@@ -443,7 +443,7 @@ def film_and_heatmap(client: PacsClient, row: dict, outbox: Path):
     """
     import pydicom
 
-    from pneumo_core.imaging.films import read_dataset
+    from pneumo_core.imaging.dicom import read_dataset
     gray = read_dataset(client.retrieve_instance(row["study_uid"], row["series_uid"], row["sop_uid"]),
                         row["sop_uid"]).gray
     if row.get("status") == "stored" and row.get("sc_uid"):
