@@ -38,8 +38,8 @@ def score_films(model, paths, label: str = "site films") -> tuple[np.ndarray, np
 
     One forward pass each, or 1 + k with the version's test-time augmentation (the plain view's embedding).
     """
-    from pneumo_core.learn.data import image_batches
     from pneumo_core.learn.model import scoring_model
+    from pneumo_core.learn.pipeline import image_batches
     if model.tta_views:
         logits, embeddings = score_views(model, paths, model.tta_views, model.tta_seed, label)
         return sigmoid(logits.mean(1)), embeddings[0]
