@@ -60,8 +60,11 @@ system-packages:
 # downloaded. NO_MKDOCS_2_WARNING quiets mkdocs-material's end-of-life banner.
 MKDOCS := NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs
 
+# ruff, then the import contracts of pyproject.toml's [tool.importlinter] (layers, no TensorFlow where it
+# must not load, no Streamlit in the library), then the documentation build.
 lint: $(DEV_STAMP)
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
 	$(MKDOCS) build --strict
 
 # Serves the documentation on http://127.0.0.1:8000 (reloads as pages change).

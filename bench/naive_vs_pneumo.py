@@ -17,9 +17,10 @@ import plotly.graph_objects as go
 from common import REPO, SHARED_DATA, SHARED_WEIGHTS, report, save_chart, timed
 
 from pneumo_core.explain.cam import make_cam
-from pneumo_core.learn.data import class_weights, image_batches, load_dataset
+from pneumo_core.learn.data import class_weights, load_dataset
 from pneumo_core.learn.features import FeatureCache
 from pneumo_core.learn.model import PneumoModel, assemble, build_classifier, build_embedder
+from pneumo_core.learn.pipeline import image_batches
 from pneumo_core.learn.tuning import head_from_hp, tune_head
 
 TRAIN, VAL, TRIALS, EPOCHS, SIZE = int(os.environ.get("BENCH_FILMS", 160)), 64, 3, 2, 224

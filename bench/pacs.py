@@ -24,7 +24,9 @@ import cv2
 sys.path.insert(0, str(REPO))   # scripts/ (the Orthanc starter) is not installed with pneumo_core
 from pneumo_core.imaging.films import read_film  # noqa: E402
 from pneumo_core.learn import store  # noqa: E402
-from pneumo_core.pacs.watcher import PacsClient, PacsState, Watcher  # noqa: E402
+from pneumo_core.pacs.client import PacsClient  # noqa: E402
+from pneumo_core.pacs.state import PacsState  # noqa: E402
+from pneumo_core.pacs.watcher import Watcher  # noqa: E402
 from pneumo_core.records import registry  # noqa: E402
 from pneumo_core.records.audit import AuditTrail  # noqa: E402
 from pneumo_core.serve.dicom_out import film_as_cr  # noqa: E402

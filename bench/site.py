@@ -5,7 +5,7 @@ Usage: PNEUMO_HOME=/path/with/default/model python bench/site.py [--data ../shar
 Every figure comes from the site's labelled films (198 films of the official test split, never trained
 on by the default model). Adaptation methods are scored by patient-grouped 5-fold cross-validation
 (`site.patient_folds`; no film is scored by a head that trained on it), with Platt calibration and the
-operating threshold cross-fitted on the other folds (`site.cross_fit`), over several fold seeds (mean).
+operating threshold cross-fitted on the other folds (`adaptation.cross_fit`), over several fold seeds (mean).
 Out-of-the-box ideas use no site labels at all and are scored on every site film.
 Also times `site validate` and `site adapt` (into a temporary copy of the home).
 """
@@ -22,6 +22,7 @@ import keras
 import numpy as np
 from sklearn.metrics import roc_auc_score
 
+from pneumo_core.golive import adaptation, validation
 from pneumo_core.golive import sites as site
 from pneumo_core.settings import Augmentation
 from pneumo_core.evaluate.metrics import expected_calibration_error, metrics_at
@@ -46,18 +47,18 @@ print(f"model {model.id}; site {films.name}: {len(y)} films ({int((y == 0).sum()
 
 # -- site validate: wall time (report not stored) -----------------------------------------------------
 start = time.perf_counter()
-validated = site.validate(version_dir, args.data, save=False, model=None)
+validated = validation.validate(version_dir, args.data, save=False, model=None)
 report("site validate wall time (model load, 198 films, 1000 patient bootstraps)", time.perf_counter() - start, "s",
        "< 60 s")
 
-p_base, x_site = site.score_films(model, films.frame["path"])
+p_base, x_site = validation.score_films(model, films.frame["path"])
 z_base = np.log(np.clip(p_base, 1e-7, 1 - 1e-7) / np.clip(1 - p_base, 1e-7, 1))
 scorer = scoring_model(model.keras)
 embedder = keras.Model(scorer.inputs, scorer.outputs[1])
-internal = site.training_features(model.metadata, settings, embedder, views=True)
+internal = adaptation.training_features(model.metadata, settings, embedder, views=True)
 x_train, train = internal["train"]
 train_views = internal.get("train_views", x_train[None])
-z_views, site_views = site.score_views(model, films.frame["path"], 5, 0)
+z_views, site_views = validation.score_views(model, films.frame["path"], 5, 0)
 y_train = train["label"].to_numpy().astype(int)
 stats = (x_train.mean(0), x_train.std(0))
 classifier = model.keras.get_layer("classifier")
@@ -111,12 +112,12 @@ print(f"\nAdapted (patient-grouped 5-fold CV on the site films, mean of {args.se
       f"threshold cross-fitted):")
 
 
-def cv(name, oof_logits_for, target=site.SITE_MIN_SENSITIVITY):
+def cv(name, oof_logits_for, target=adaptation.SITE_MIN_SENSITIVITY):
     rows = []
     for seed in range(args.seeds):
         folds = site.patient_folds(patients, y, site.FOLDS, seed)
         logits = oof_logits_for(folds)
-        p, t = site.cross_fit(logits, y, folds, target)
+        p, t = adaptation.cross_fit(logits, y, folds, target)
         m = metrics_at(y, (p >= t).astype(float), 0.5)
         rows.append((roc_auc_score(y, logits), m["sensitivity"], m["specificity"], expected_calibration_error(y, p)))
     auc, sens, spec, ece = np.mean(rows, axis=0)
@@ -124,27 +125,27 @@ def cv(name, oof_logits_for, target=site.SITE_MIN_SENSITIVITY):
     return auc, sens, spec, ece
 
 
-def adapted(weight=site.SITE_WEIGHT, c=site.HEAD_C, train_rows=True):
+def adapted(weight=adaptation.SITE_WEIGHT, c=adaptation.HEAD_C, train_rows=True):
     memo = {}
 
     def run(folds):
         if train_rows:
             key = tuple(folds)   # the same folds give the same heads: fit once per seed
             if key not in memo:
-                memo[key] = site.out_of_fold_logits(x_train, y_train, x_site, y, folds, site_weight=weight, c=c,
-                                                    stats=stats)
+                memo[key] = adaptation.out_of_fold_logits(x_train, y_train, x_site, y, folds, site_weight=weight,
+                                                          c=c, stats=stats)
             return memo[key]
         out = np.zeros(len(y))
         for f in np.unique(folds):
             held = folds == f
-            head = site.LinearHead.fit(x_site[~held], y[~held], c=c, mean=stats[0], std=stats[1])
+            head = adaptation.LinearHead.fit(x_site[~held], y[~held], c=c, mean=stats[0], std=stats[1])
             out[held] = head.logit(x_site[held])
         return out
     return run
 
 
 cv("recalibration only (default model, Platt + threshold on site)", lambda folds: z_base)
-train_only = site.LinearHead.fit(x_train, y_train, c=site.HEAD_C, mean=stats[0], std=stats[1]).logit(x_site)
+train_only = adaptation.LinearHead.fit(x_train, y_train, c=adaptation.HEAD_C, mean=stats[0], std=stats[1]).logit(x_site)
 cv("logistic head on train only, recalibrated on site", lambda folds: train_only)
 cv("logistic head on site films only", adapted(train_rows=False))
 for weight in (1, 5, 20):   # weight 10, C 0.005 is the chosen method, below
@@ -153,7 +154,7 @@ for weight in (1, 5, 20):   # weight 10, C 0.005 is the chosen method, below
 cv("logistic head, train + site weight 10, C=0.05", adapted(10, 0.05))
 plain_logits = adapted()
 for target in (0.95, 0.96, 0.97):
-    cv(f"plain views (w {site.SITE_WEIGHT:g}, C {site.HEAD_C}), threshold at OOF sensitivity {target:.2f}",
+    cv(f"plain views (w {adaptation.SITE_WEIGHT:g}, C {adaptation.HEAD_C}), threshold at OOF sensitivity {target:.2f}",
        plain_logits, target)
 
 
@@ -165,7 +166,7 @@ def ensemble(folds):
 cv("average of the plain-view head (0.7) and the default model (0.3)", ensemble)
 
 
-def with_views(k, train_all=True, weight=site.SITE_WEIGHT):
+def with_views(k, train_all=True, weight=adaptation.SITE_WEIGHT):
     """Heads on every cached view of the training films (or the plain one) and plain + k views of the other
     folds' site films; each held-out film scored by its mean logit over plain + k views (TTA)."""
     x_t = train_views.reshape(-1, train_views.shape[-1]) if train_all else x_train
@@ -175,17 +176,17 @@ def with_views(k, train_all=True, weight=site.SITE_WEIGHT):
     def run(folds):
         key = tuple(folds)
         if key not in memo:
-            memo[key] = site.out_of_fold_view_logits(x_t, y_t, site_views[:k + 1], y, folds, weight, stats=stats)
+            memo[key] = adaptation.out_of_fold_view_logits(x_t, y_t, site_views[:k + 1], y, folds, weight, stats=stats)
         return memo[key]
     return run
 
 
 cv("train plain + site plain/3 views w 10, TTA 3", with_views(3, train_all=False))
-cv("train plain/3 views + site plain/3 views w 2.5 each, TTA 3", with_views(3, weight=site.SITE_WEIGHT / 4))
-if site.TTA_VIEWS != 5:  # else the chosen row below is this one
+cv("train plain/3 views + site plain/3 views w 2.5 each, TTA 3", with_views(3, weight=adaptation.SITE_WEIGHT / 4))
+if adaptation.TTA_VIEWS != 5:  # else the chosen row below is this one
     cv("train plain/3 views + site plain/5 views w 10, TTA 5", with_views(5))
-chosen = cv(f"chosen: train plain/3 views + site plain/{site.TTA_VIEWS} views w 10, TTA {site.TTA_VIEWS}",
-            with_views(site.TTA_VIEWS))
+chosen = cv(f"chosen: train plain/3 views + site plain/{adaptation.TTA_VIEWS} views w 10, TTA {adaptation.TTA_VIEWS}",
+            with_views(adaptation.TTA_VIEWS))
 report("adapted (chosen), cross-validated: AUC / sensitivity / specificity / ECE",
        " / ".join(f"{v:.3f}" for v in chosen), "", "AUC >= 0.97, sens >= 0.95, spec >= 0.85, ECE <= 0.05")
 
@@ -197,7 +198,7 @@ with tempfile.TemporaryDirectory() as tmp:
     if settings.cache_dir.is_dir():
         shutil.copytree(settings.cache_dir, home / "features")
     start = time.perf_counter()
-    new = site.adapt(replace(settings, home=home), args.data, model_ref=version_dir.name)
+    new = adaptation.adapt(replace(settings, home=home), args.data, model_ref=version_dir.name)
     report("site adapt wall time (model load, site films, CV, final head, save)", time.perf_counter() - start, "s",
            "< 10 min")
 print(f"(validate said: {validated['verdict']})")

@@ -39,11 +39,11 @@ PACKAGE = ROOT / "pneumo_core"
 LAYERS = [
     ("base", "errors, settings, choices, progress: no model, no screen, no network"),
     ("imaging", "reading films, preprocessing, augmentation, out-of-distribution detector"),
+    ("evaluate", "metrics, figures, track record"),
     ("learn", "data, backbones, feature cache, model, training, tuning, distribution, the version-folder store"),
     ("explain", "Grad-CAM family, chest mask, faithfulness"),
-    ("evaluate", "metrics, figures, comparison, track record"),
     ("records", "registry, audit chain, users, access and sign-in policy, the database layer"),
-    ("golive", "site validation and adaptation, monitoring"),
+    ("golive", "site data, validation and adaptation, version comparison, monitoring"),
     ("serve", "diagnosis, PDF report, DICOM SR / secondary capture"),
     ("pacs", "DICOMweb client, watcher, worklist state"),
     ("jobs", "queue, runner, process confinement"),

@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from pneumo_core.imaging.films import read_film  # noqa: E402
-from pneumo_core.pacs.watcher import PacsClient  # noqa: E402
+from pneumo_core.pacs.client import PacsClient  # noqa: E402
 from pneumo_core.records import registry  # noqa: E402
 from pneumo_core.serve.dicom_out import film_as_cr  # noqa: E402
 from pneumo_core.settings import load_settings  # noqa: E402

@@ -5,7 +5,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pneumo_core.evaluate.comparison import compare
+from pneumo_core.golive.comparison import compare
 
 
 def _version(models, name, paths, labels, probabilities, threshold):

@@ -8,7 +8,8 @@ import pytest
 from conftest import chest_studies, pacs_env, run_cli, start_orthanc
 from helpers import dashboard_with_tester, require_chromium, sign_in
 
-from pneumo_core.pacs.watcher import PacsClient, PacsState, worklist
+from pneumo_core.pacs.client import PacsClient
+from pneumo_core.pacs.state import PacsState, worklist
 
 pytestmark = pytest.mark.slow
 require_chromium()

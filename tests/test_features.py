@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 from conftest import make_dataset
 
-from pneumo_core.learn.data import image_batches, load_dataset
+from pneumo_core.learn.data import load_dataset
 from pneumo_core.learn.features import FeatureCache, cache_key
+from pneumo_core.learn.pipeline import image_batches
 from pneumo_core.settings import Augmentation
 
 

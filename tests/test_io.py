@@ -11,8 +11,12 @@ from helpers import CASES, FILM, PATIENT, RNG, deflated, dicom, encode, j2k, mon
 from PIL import Image
 from pydicom.uid import JPEG2000Lossless, JPEGBaseline8Bit, JPEGLSLossless
 
-from pneumo_core.imaging import films as reader
-from pneumo_core.imaging.films import ACCEPTED, DecodeBudget, ImageError, frame_size, read_film, read_image
+from pneumo_core.imaging import decoding, films
+from pneumo_core.imaging import dicom as dicom_reader
+from pneumo_core.imaging.dicom import frame_size
+from pneumo_core.imaging.films import ACCEPTED, DecodeBudget, ImageError, read_film, read_image
+
+READERS = (films, dicom_reader, decoding)   # every module a film passes through on its way to a Film
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -32,18 +36,19 @@ def test_hostile_corpus(case):
 
 
 def test_the_corpus_reaches_every_rejection_the_reader_has(tmp_path):
-    """Each `raise ImageError` in io.py runs for some case (or a missing path): a new rejection needs a case."""
-    tree = ast.parse(inspect.getsource(reader))
-    rejections = {node.lineno for node in ast.walk(tree) if isinstance(node, ast.Raise)
+    """Each `raise ImageError` of the readers runs for some case (or a missing path): a new rejection needs a case."""
+    rejections = {(module.__file__, node.lineno) for module in READERS
+                  for node in ast.walk(ast.parse(inspect.getsource(module))) if isinstance(node, ast.Raise)
                   and isinstance(node.exc, ast.Call) and getattr(node.exc.func, "id", None) == "ImageError"}
+    files = {module.__file__ for module in READERS}
     reached = set()
 
     def trace(frame, event, arg):
-        if frame.f_code.co_filename != reader.__file__:
+        if frame.f_code.co_filename not in files:
             return None
         def lines(frame, event, arg):
             if event == "line":
-                reached.add(frame.f_lineno)
+                reached.add((frame.f_code.co_filename, frame.f_lineno))
             return lines
         return lines
 

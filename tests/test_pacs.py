@@ -18,8 +18,9 @@ import pytest
 from conftest import REPO, chest_studies, pacs_env, run_cli, start_orthanc, synthetic_film
 
 from pneumo_core.errors import ConfigError, PacsUnavailable
-from pneumo_core.imaging.films import read_dataset
-from pneumo_core.pacs.watcher import PacsClient, PacsState, priority, worklist
+from pneumo_core.imaging.dicom import read_dataset
+from pneumo_core.pacs.client import PacsClient
+from pneumo_core.pacs.state import PacsState, priority, worklist
 from pneumo_core.records.audit import AuditTrail
 from pneumo_core.serve import dicom_out
 from pneumo_core.serve.diagnosis import Diagnosis, certainty
@@ -337,7 +338,8 @@ def test_wrong_credentials_are_a_clear_error_not_an_outage(orthanc):
 @pytest.mark.slow
 def test_a_film_gone_from_the_archive_fails_alone_and_the_rest_is_stored(orthanc, trained_home, tmp_path):
     from pneumo_core.learn.model import PneumoModel
-    from pneumo_core.pacs.watcher import MAX_ATTEMPTS, FilmRef, Watcher
+    from pneumo_core.pacs.client import FilmRef
+    from pneumo_core.pacs.watcher import MAX_ATTEMPTS, Watcher
     from pneumo_core.records.registry import resolve
     from pneumo_core.serve.diagnosis import Diagnoser
     client = PacsClient(orthanc.dicomweb, orthanc.user, orthanc.password)

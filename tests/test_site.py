@@ -12,6 +12,7 @@ from conftest import REPO, SHARED, SHARED_DATA, make_dataset, run_cli
 from pneumo_core.errors import DatasetError
 from pneumo_core.evaluate.metrics import bootstrap_figures_ci, evaluate_with_ci
 from pneumo_core.evaluate.track_record import INTERNAL_LABEL, track_record
+from pneumo_core.golive import adaptation, validation
 from pneumo_core.golive import sites as site
 from pneumo_core.records.access import Actor
 from pneumo_core.settings import load_settings
@@ -60,8 +61,8 @@ def test_no_site_film_is_scored_by_a_head_that_trained_on_it(monkeypatch):
             seen.append((self.trained, scored))
             return np.zeros(len(x))
 
-    monkeypatch.setattr(site, "fit_site_head", lambda x_tr, y_tr, x_s, y_s, **_: SpyHead(x_s[:, 0].astype(int)))
-    logits = site.out_of_fold_logits(rng.normal(size=(10, 4)), np.arange(10) % 2, x_site, y_site, folds)
+    monkeypatch.setattr(adaptation, "fit_site_head", lambda x_tr, y_tr, x_s, y_s, **_: SpyHead(x_s[:, 0].astype(int)))
+    logits = adaptation.out_of_fold_logits(rng.normal(size=(10, 4)), np.arange(10) % 2, x_site, y_site, folds)
     assert np.isfinite(logits).all()                                        # every film scored once
     assert len(seen) == 4
     for trained, scored in seen:
@@ -77,10 +78,10 @@ def test_cross_fitted_threshold_of_a_fold_ignores_that_folds_labels():
     y = films["label"].to_numpy()
     logits = rng.normal(size=len(y)) + 2 * y
     folds = site.patient_folds(films["patient"], y, k=5)
-    p, t = site.cross_fit(logits, y, folds)
+    p, t = adaptation.cross_fit(logits, y, folds)
     flipped = y.copy()
     flipped[folds == 0] = 1 - flipped[folds == 0]
-    p2, t2 = site.cross_fit(logits, flipped, folds)
+    p2, t2 = adaptation.cross_fit(logits, flipped, folds)
     assert np.allclose(t[folds == 0], t2[folds == 0]) and np.allclose(p[folds == 0], p2[folds == 0])
     assert not np.allclose(t[folds != 0], t2[folds != 0])
 
@@ -235,8 +236,8 @@ def test_site_adapt_registers_a_candidate_with_its_threshold_calibration_and_car
     # The saved model carries the site head and calibration: it reproduces the stored predictions.
     model = PneumoModel.load(folder)
     assert model.threshold == pytest.approx(meta["threshold"])
-    assert meta["tta"] == {"views": site.TTA_VIEWS, "seed": site.TTA_SEED}      # it serves what CV measured
-    assert (model.tta_views, model.tta_seed) == (site.TTA_VIEWS, site.TTA_SEED)
+    assert meta["tta"] == {"views": adaptation.TTA_VIEWS, "seed": adaptation.TTA_SEED}      # it serves what CV measured
+    assert (model.tta_views, model.tta_seed) == (adaptation.TTA_VIEWS, adaptation.TTA_SEED)
     stored = pd.read_csv(folder / "predictions.csv")
     test = stored[stored["split"] == "test"].head(8)
     assert np.allclose(model.predict_files(test["path"]), test["probability"], atol=2e-3)
@@ -301,7 +302,7 @@ def test_metrics_page_names_site_figures_or_says_not_validated(page_home):
     assert any(INTERNAL_LABEL in m.value for m in at.markdown)
     assert any("Not validated at a site" in w.value for w in at.warning)
     (version,) = [d for d in (home / "models").iterdir() if d.is_dir() and not d.name.startswith(".")]
-    site.validate(version, clinic, "clinic", n_boot=100)
+    validation.validate(version, clinic, "clinic", n_boot=100)
     at = _app("metrics").run()
     assert not at.exception
     shown = " ".join(m.value for m in at.markdown)

@@ -4,6 +4,7 @@ import pandas as pd
 import pytest
 from helpers import SPOT_SIZE, bright_spot_model
 
+from pneumo_core.golive import adaptation
 from pneumo_core.golive import sites as site
 from pneumo_core.learn.model import PneumoModel, tta_inputs
 
@@ -70,8 +71,8 @@ def test_tta_views_of_a_held_out_fold_never_train_its_head(monkeypatch):
             seen.append((self.trained, set(x[:, 0].astype(int)), len(x)))
             return x[:, 1]
 
-    monkeypatch.setattr(site, "fit_site_head", lambda x_tr, y_tr, x_s, y_s, *args, **kw: SpyHead(x_s[:, 0]))
-    logits = site.out_of_fold_view_logits(rng.normal(size=(10, 3)), np.arange(10) % 2, views, y, folds)
+    monkeypatch.setattr(adaptation, "fit_site_head", lambda x_tr, y_tr, x_s, y_s, *args, **kw: SpyHead(x_s[:, 0]))
+    logits = adaptation.out_of_fold_view_logits(rng.normal(size=(10, 3)), np.arange(10) % 2, views, y, folds)
     for trained, scored, rows in seen:
         assert not trained & scored and rows == 4 * len(scored)                # all 4 views scored, none trained
     assert np.allclose(logits, views[:, :, 1].mean(0))                         # the mean over a film's views

@@ -8,6 +8,7 @@ from pneumo_core.errors import PneumoError
 from pneumo_core.evaluate import figures
 from pneumo_core.evaluate.track_record import FIGURES, site_reports, track_record
 from pneumo_core.golive import sites as site
+from pneumo_core.golive import validation
 from pneumo_core.records import registry
 
 st.title("Site go-live")
@@ -54,7 +55,7 @@ folder_dir = ui.version_dir(version)
 if st.button("Validate at this site", type="primary", icon=":material/fact_check:"):
     with st.spinner("Scoring the site's films…"):
         try:
-            site.validate(folder_dir, folder, name)
+            validation.validate(folder_dir, folder, name)
         except PneumoError as error:
             st.error(str(error))
 

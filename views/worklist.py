@@ -4,7 +4,9 @@ import streamlit as st
 
 import ui
 from pneumo_core.errors import PneumoError
-from pneumo_core.pacs import watcher as pacs
+from pneumo_core.pacs.client import PacsClient
+from pneumo_core.pacs.state import PacsState, worklist
+from pneumo_core.pacs.watcher import film_and_heatmap, outbox_dir
 from pneumo_core.records.signin import may_open
 from pneumo_core.serve.diagnosis import NOTICE
 
@@ -15,8 +17,8 @@ if actor is not None and not may_open(actor, "worklist"):
     st.error(f"{actor.name} ({actor.role}) may not see calls; that needs the role clinician, ml_lead or admin.")
     st.stop()
 settings = ui.settings()
-state = pacs.PacsState(settings.pacs_state_path)
-status, rows = state.status(), pacs.worklist(state)
+state = PacsState(settings.pacs_state_path)
+status, rows = state.status(), worklist(state)
 if not rows:
     st.info("No film from the archive yet. The archive is set by PNEUMO_PACS_URL (or the secrets file); "
             "start the watcher on the server:")
@@ -56,7 +58,7 @@ if row["ood_flag"]:
 
 @st.cache_data(ttl=600, show_spinner="Fetching the film from the archive…", max_entries=64)
 def _film(row: dict):
-    return pacs.film_and_heatmap(pacs.PacsClient.from_settings(ui.settings()), row, pacs.outbox_dir(ui.settings()))
+    return film_and_heatmap(PacsClient.from_settings(ui.settings()), row, outbox_dir(ui.settings()))
 
 
 try:

@@ -37,7 +37,9 @@ def add_commands(commands, settings: Settings) -> None:
 
 def cmd_pacs(args, settings) -> int:
     """Run a `pacs` subcommand (watch, score, status). Returns the exit status."""
-    from pneumo_core.pacs.watcher import PacsClient, PacsState, Watcher, outbox_dir
+    from pneumo_core.pacs.client import PacsClient
+    from pneumo_core.pacs.state import PacsState
+    from pneumo_core.pacs.watcher import Watcher, outbox_dir
     from pneumo_core.records.audit import AuditTrail
     state = PacsState(settings.pacs_state_path)
     if args.pacs_command == "status":

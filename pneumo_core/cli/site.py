@@ -31,11 +31,11 @@ def add_commands(commands, settings: Settings) -> None:
 
 def cmd_site(args, settings) -> int:
     """Run `site validate` or `site adapt` (the new version's id printed last). Returns the exit status."""
-    from pneumo_core.golive import sites as site
+    from pneumo_core.golive import adaptation, validation
     from pneumo_core.jobs.results import write_result
     from pneumo_core.records.registry import active_version, resolve
     if args.site_command == "validate":
-        report = site.validate(resolve(settings.models_dir, args.model), args.data, args.name)
+        report = validation.validate(resolve(settings.models_dir, args.model), args.data, args.name)
         if args.json:
             print(json.dumps(report))
             return 0
@@ -50,7 +50,7 @@ def cmd_site(args, settings) -> int:
         print(f"site report: {resolve(settings.models_dir, args.model) / 'site_reports' / (report['site'] + '.json')}")
         return 0
     start = time.perf_counter()
-    version_id = site.adapt(settings, args.data, args.name, args.model)
+    version_id = adaptation.adapt(settings, args.data, args.name, args.model)
     seconds = time.perf_counter() - start
     card = json.loads((settings.models_dir / version_id / "metadata.json").read_text())
     cv = card["site"]["cross_validated"]

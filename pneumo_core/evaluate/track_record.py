@@ -9,7 +9,7 @@ hospital. So every figure a clinician sees names the data it was measured on:
 - otherwise its internal test split, labelled "internal test split, same source as training;
   not validated at this site".
 
-Site reports live in the version folder: `site_reports/<site>.json` (see `pneumo_core.golive.sites`).
+Site reports live in the version folder: `site_reports/<site>.json` (see `pneumo_core.golive.validation`).
 """
 from __future__ import annotations
 

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pneumo_core.learn.data import image_batches
+from pneumo_core.learn.pipeline import image_batches
 from pneumo_core.learn.store import cache_tmp_suffix
 from pneumo_core.progress import Progress, Reporter
 from pneumo_core.settings import Augmentation, load_settings

@@ -22,7 +22,7 @@ from pneumo_core.imaging.augment import random_view
 from pneumo_core.imaging.films import read_image
 from pneumo_core.imaging.preprocessing import prepare, resize, to_model_input
 from pneumo_core.learn.backbones import BackbonePreprocess, build_backbone
-from pneumo_core.learn.data import image_batches
+from pneumo_core.learn.pipeline import image_batches
 from pneumo_core.settings import Augmentation
 
 

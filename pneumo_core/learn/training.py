@@ -25,7 +25,7 @@ from pneumo_core.evaluate.metrics import THRESHOLD_CONFIDENCE, THRESHOLD_RULE, c
 from pneumo_core.imaging.films import read_image
 from pneumo_core.imaging.ood import OODDetector
 from pneumo_core.learn.backbones import resolve_weights
-from pneumo_core.learn.data import CLASSES, Dataset, class_weights, image_batches, load_dataset
+from pneumo_core.learn.data import CLASSES, Dataset, class_weights, load_dataset
 from pneumo_core.learn.distribute import (
     fit_replicated,
     gpu_count,
@@ -37,6 +37,7 @@ from pneumo_core.learn.distribute import (
 )
 from pneumo_core.learn.features import FeatureCache
 from pneumo_core.learn.model import PneumoModel, assemble, build_classifier, build_embedder, scoring_model
+from pneumo_core.learn.pipeline import image_batches
 from pneumo_core.learn.store import new_version_id, save_version, tuner_run_dir
 from pneumo_core.learn.tuning import (
     as_hp,

@@ -1,0 +1,126 @@
+"""What the PACS watcher knows, in SQLite (`PNEUMO_HOME/pacs.sqlite`), and the worklist read from it.
+
+One row per (film SOP Instance UID, model version) with its status (new, scored, stored, skipped,
+failed), the call and where the results went; plus the last poll and the last error. No patient
+name is kept: films are named by their UIDs. `worklist` orders the films most urgent first.
+"""
+from __future__ import annotations
+
+import sqlite3
+from contextlib import closing
+from datetime import UTC, datetime
+from pathlib import Path
+
+from pneumo_core.pacs.client import FilmRef
+
+BUSY_MS = 30_000
+PRIORITY = {0: "PNEUMONIA", 1: "borderline", 2: "NORMAL", 3: "not scored"}
+
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS films (
+    sop_uid TEXT NOT NULL, model TEXT NOT NULL, study_uid TEXT NOT NULL, series_uid TEXT NOT NULL,
+    modality TEXT, view TEXT, study_date TEXT, accession TEXT, status TEXT NOT NULL, reason TEXT,
+    label TEXT, probability REAL, threshold REAL, certainty TEXT, ood_score REAL, ood_flag INTEGER,
+    sr_uid TEXT, sc_uid TEXT, sc_series TEXT, audit_id INTEGER, attempts INTEGER NOT NULL DEFAULT 0,
+    discovered TEXT, scored TEXT, stored TEXT, PRIMARY KEY (sop_uid, model));
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
+"""
+
+
+def timestamp() -> str:
+    """Now, as the state stores times: UTC, ISO 8601, to the second."""
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+class PacsState:
+    """The watcher's SQLite state at `path` (WAL; one short connection per call, safe across processes)."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with closing(self._connect()) as db:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.executescript(_SCHEMA)
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=BUSY_MS / 1000, isolation_level=None)
+        db.row_factory = sqlite3.Row
+        return db
+
+    def _execute(self, sql: str, args=()) -> list[dict]:
+        with closing(self._connect()) as db:
+            return [dict(r) for r in db.execute(sql, args).fetchall()]
+
+    def add(self, films: list[FilmRef], model: str) -> int:
+        """Record films not yet known for `model`; returns how many were new."""
+        with closing(self._connect()) as db:
+            before = db.total_changes
+            db.executemany("INSERT OR IGNORE INTO films (sop_uid, model, study_uid, series_uid, modality, view, "
+                           "study_date, accession, status, discovered) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'new', ?)",
+                           [(f.sop_uid, model, f.study_uid, f.series_uid, f.modality, f.view, f.study_date,
+                             f.accession, timestamp()) for f in films])
+            return db.total_changes - before
+
+    def update(self, sop_uid: str, model: str, **values) -> None:
+        names = ", ".join(f"{k} = ?" for k in values)
+        self._execute(f"UPDATE films SET {names} WHERE sop_uid = ? AND model = ?", [*values.values(), sop_uid, model])
+
+    def films(self, model: str | None = None, statuses: tuple[str, ...] | None = None,
+              study_uid: str | None = None) -> list[dict]:
+        """Rows, oldest discovered first, optionally of one model, some statuses, one study."""
+        where, args = [], []
+        if model:
+            where.append("model = ?")
+            args.append(model)
+        if statuses:
+            where.append(f"status IN ({', '.join('?' * len(statuses))})")
+            args.extend(statuses)
+        if study_uid:
+            where.append("study_uid = ?")
+            args.append(study_uid)
+        return self._execute("SELECT * FROM films" + (f" WHERE {' AND '.join(where)}" if where else "")
+                             + " ORDER BY discovered, rowid", args)
+
+    def get_meta(self, key: str) -> str | None:
+        rows = self._execute("SELECT value FROM meta WHERE key = ?", (key,))
+        return rows[0]["value"] if rows else None
+
+    def set_meta(self, **values) -> None:
+        with closing(self._connect()) as db:
+            db.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                           [(k, None if v is None else str(v)) for k, v in values.items()])
+
+    def status(self) -> dict:
+        """Last poll, backlog (films found but not yet in the archive with a result), counts, recent errors."""
+        counts = {r["status"]: r["n"] for r in self._execute("SELECT status, COUNT(*) n FROM films GROUP BY status")}
+        errors = self._execute("SELECT sop_uid, study_uid, model, status, reason, attempts FROM films "
+                               "WHERE status = 'failed' ORDER BY discovered DESC LIMIT 20")
+        return {"url": self.get_meta("url"), "model": self.get_meta("model"), "last_poll": self.get_meta("last_poll"),
+                "last_error": self.get_meta("last_error"), "last_error_time": self.get_meta("last_error_time"),
+                "backlog": counts.get("new", 0) + counts.get("scored", 0), "counts": counts, "errors": errors}
+
+
+def priority(row: dict) -> int:
+    """0 PNEUMONIA, 1 borderline NORMAL, 2 NORMAL, 3 not scored (skipped, failed, waiting)."""
+    if row.get("label") is None:
+        return 3
+    if row["label"] == "PNEUMONIA":
+        return 0
+    return 1 if str(row.get("certainty") or "").startswith("borderline") else 2
+
+
+def worklist(state: PacsState, limit: int = 500) -> list[dict]:
+    """The watcher's films, most urgent first: PNEUMONIA, then borderline, then NORMAL (each by
+    probability, highest first), then films not scored with the reason.
+
+    Returns:
+        Rows of the state plus `priority` (0..3), `priority_name` and `in_archive` (the SR was stored).
+    """
+    rows = state._execute("SELECT * FROM films ORDER BY discovered DESC, rowid DESC LIMIT ?", (int(limit),))
+    for row in rows:
+        row["priority"] = priority(row)
+        row["priority_name"] = PRIORITY[row["priority"]]
+        row["in_archive"] = row["status"] == "stored"
+        row["ood_flag"] = None if row["ood_flag"] is None else bool(row["ood_flag"])
+    return sorted(rows, key=lambda r: (r["priority"], -(r["probability"] or 0.0)))
