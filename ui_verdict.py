@@ -115,3 +115,25 @@ def verdict_form(key: str, gray: np.ndarray, *, diagnosis_id: int | None = None,
         st.error(str(error))
         return
     st.success(f"Recorded: {verdict.summary()}.", icon=":material/check:")
+
+
+def reviewed_adapt_offer(version: str, actor) -> None:
+    """On the Site page: "Adapt with N reviewed films" (a site adaptation job on the films readers judged)."""
+    from pneumo_core.golive import reviewed
+    from pneumo_core.golive.sites import MIN_FILMS_PER_CLASS
+    kept = reviewed.counts(ui.settings())
+    total = sum(kept.values())
+    if not total or not actor.may("site_adapt"):
+        return
+    short = [f"{MIN_FILMS_PER_CLASS - n} more {label}" for label, n in kept.items() if n < MIN_FILMS_PER_CLASS]
+    st.caption(f"Readers gave verdicts on {total} films kept for adaptation ({kept['NORMAL']} read NORMAL, "
+               f"{kept['PNEUMONIA']} PNEUMONIA; de-identified, kept {ui.settings().reviewed_retention_days} days).")
+    if st.button(f"Adapt with {total} reviewed films", icon=":material/rate_review:", disabled=bool(short),
+                 help=f"Needs {' and '.join(short)}." if short else "A candidate adapted to the reviewed films; "
+                 "compare it with the active version below before promoting it."):
+        try:
+            job_id = ui.job_queue().submit_site_adapt(ui.settings().reviewed_dir, reviewed.SITE_NAME, version,
+                                                      actor=actor)
+            st.success(f"Job {job_id} submitted.")
+        except PneumoError as error:
+            st.error(str(error))
