@@ -185,3 +185,27 @@ def test_a_promotion_is_named_once_to_each_reader(tmp_path, trail):
     notices.mark_seen(trail, "dr-ana", change)
     assert notices.unseen_change(models, trail, "dr-ana") is None
     assert notices.unseen_change(models, trail, "dr-ben")["to"] == "B"
+
+
+@pytest.mark.slow
+def test_the_monitor_page_names_the_verdicts_it_measures_and_lists_the_disagreements(tmp_path, monkeypatch):
+    from conftest import REPO
+    from streamlit.testing.v1 import AppTest
+    folder = tmp_path / "home" / "models" / MODEL
+    folder.mkdir(parents=True)
+    (folder / "metadata.json").write_text(json.dumps({"id": MODEL, "created": "2026-01-01T00:00:00+00:00",
+                                                      "threshold": 0.5, "backbone": "mobilenet_v2"}))
+    (folder / "predictions.csv").write_text("path,label,probability,split\n" + "".join(
+        f"v{i}.jpeg,{i % 2},{0.1 + 0.8 * (i % 2)},val\n" for i in range(40)))
+    (folder.parent / "ACTIVE").write_text(MODEL + "\n")
+    monkeypatch.setenv("PNEUMO_HOME", str(tmp_path / "home"))
+    trail = AuditTrail(tmp_path / "home" / "audit.sqlite")
+    for n, (p, read) in enumerate([(0.9, "PNEUMONIA"), (0.2, "NORMAL"), (0.8, "NORMAL")]):
+        record_verdict(trail, READER, _diagnosis(trail, 300 + n, p), read)
+    at = AppTest.from_file(str(REPO / "views" / "monitor.py"), default_timeout=120)
+    at.session_state["actor"] = Actor("lead", "ml_lead")
+    at.run()
+    assert not at.exception
+    assert any("Readers' verdicts on 3 films" in c.value for c in at.caption)
+    assert {m.label for m in at.metric} >= {"Sensitivity", "Specificity", "PPV", "NPV"}
+    assert any("Disagreements to re-read** (1)" in m.value for m in at.markdown)
