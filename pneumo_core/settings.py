@@ -118,6 +118,9 @@ class Settings:
     job_log_mb: float = 5         # a default job's log is ~200 KB
     budget: MemoryBudget = field(default_factory=MemoryBudget)
     site_data_dir: Path | None = None  # sites' labelled films for the Site page (PNEUMO_SITE_DATA)
+    # Days the de-identified pixels of films with a reader's verdict are kept for adaptation
+    # (PNEUMO_REVIEWED_RETENTION_DAYS; 0: keep none). A year: a few adaptation rounds at a site.
+    reviewed_retention_days: int = 365
     pacs_url: str = ""  # DICOMweb root; credentials never shown (repr=False)
     pacs_user: str = field(default="", repr=False)
     pacs_password: str = field(default="", repr=False)
@@ -145,6 +148,11 @@ class Settings:
     @property
     def audit_path(self) -> Path:
         return self.home / "audit.sqlite"
+
+    @property
+    def reviewed_dir(self) -> Path:
+        """De-identified films with a reader's verdict: reviewed/NORMAL|PNEUMONIA/<sha256>.png."""
+        return self.home / "reviewed"
 
     @property
     def pacs_state_path(self) -> Path:
@@ -198,6 +206,7 @@ def load_settings(env: dict | None = None) -> Settings:
         if env.get("KERASTUNER_ORACLE_IP") else "",
         budget=memory_budget(env),
         site_data_dir=Path(env["PNEUMO_SITE_DATA"]) if env.get("PNEUMO_SITE_DATA") else None,
+        reviewed_retention_days=int(env.get("PNEUMO_REVIEWED_RETENTION_DAYS", 365)),
         **_pacs_secrets(env, home),
     )
 

@@ -3,6 +3,7 @@ import pandas as pd
 import streamlit as st
 
 import ui
+from ui import verdict
 from pneumo_core.errors import PneumoError
 from pneumo_core.explain.heatmap import colour_bar, display_name, overlay
 from pneumo_core.imaging.films import ACCEPTED
@@ -12,6 +13,7 @@ from pneumo_core.serve.report import report_filename, report_pdf, study_referenc
 ui.require_page("diagnose")
 st.title("Diagnose")
 st.caption(dx.NOTICE)
+verdict.model_change_notice()
 # Cold start: TensorFlow and the model take ~6 s to load; say so instead of a blank page.
 with st.spinner("Loading the model (first start of the server: about 10 s)…"):
     diagnoser = ui.diagnoser()
@@ -120,12 +122,15 @@ def film_view() -> None:
                 column.image(ui.jpeg(overlay(small, other.heatmap, alpha, outline_only)), width="stretch",
                              caption=display_name(method))
 
+    verdict.earlier_call_notice(d.sha256, d.model_id)
+    verdict.verdict_form(key, gray, sha256=d.sha256, model_id=d.model_id)
     record = ui.figures_that_apply(version_path)
     for line in [f"Model {d.model_id} · scored {dx.local_time(d.when)}"] + track_record_lines(record):
         st.caption(line)
     with st.container(key="diagnose-ready"):  # the browser tests wait for this: the film is fully drawn
         st.download_button(
-            "Download report (PDF)", lambda: report_pdf(gray, d, record, reference, shown, alpha, outline_only),
+            "Download report (PDF)", lambda: report_pdf(gray, d, record, reference, shown, alpha, outline_only,
+                                                              reader=verdict.latest(d.sha256)),
             report_filename(d, reference), "application/pdf", icon=":material/description:",
             on_click=ui.audit_event, args=("report_download", ui.who()),
             kwargs={"sha256": d.sha256, "model": d.model_id, "format": "PDF"})

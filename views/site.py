@@ -4,6 +4,7 @@ from pathlib import Path
 import streamlit as st
 
 import ui
+from ui import verdict
 from pneumo_core.errors import PneumoError
 from pneumo_core.evaluate import figures
 from pneumo_core.evaluate.track_record import FIGURES, site_reports, track_record
@@ -25,6 +26,7 @@ actor = ui.require_page("site")
 version = ui.version_picker(key="site_model")
 if version is None:
     st.stop()
+verdict.reviewed_adapt_offer(version, actor)
 
 source = st.radio("Site films", ["A folder on this server", "Upload a zip"], horizontal=True)
 folder = None

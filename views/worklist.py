@@ -3,6 +3,7 @@ import pandas as pd
 import streamlit as st
 
 import ui
+from ui import verdict
 from pneumo_core.errors import PneumoError
 from pneumo_core.pacs.client import PacsClient
 from pneumo_core.pacs.state import PacsState, worklist
@@ -11,6 +12,7 @@ from pneumo_core.records.signin import may_open
 from pneumo_core.serve.diagnosis import NOTICE
 
 st.title("Worklist")
+verdict.model_change_notice()
 st.caption(NOTICE + " Priority: PNEUMONIA first, then borderline calls, then NORMAL; each by probability.")
 actor = ui.actor()
 if actor is not None and not may_open(actor, "worklist"):
@@ -72,3 +74,6 @@ if heatmap is not None:
     heat.image(heatmap, caption="Heatmap as stored in the archive (red = strongest evidence)", width=440)
 st.caption(f"Model {row['model']} · scored {row['scored']} · " + (
     f"result stored in the archive {row['stored']}" if row["in_archive"] else "result not yet in the archive"))
+rescored = verdict.rescore_offer(row["sop_uid"], gray, row["model"])
+verdict.verdict_form(row["sop_uid"], gray, diagnosis_id=rescored[1] if rescored else row["audit_id"],
+                        source="worklist")

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import time
 
+from pneumo_core.errors import PneumoError
 from pneumo_core.settings import Settings
 
 COMMANDS = {"site": "go-live at a site: validate a model on its labelled films, adapt it"}
@@ -20,10 +21,12 @@ def add_commands(commands, settings: Settings) -> None:
     adapt = site_commands.add_parser("adapt", help="a candidate version adapted to a site's films; prints its id "
                                      "last (figures by patient-grouped cross-validation)")
     for sub in (validate, adapt):
-        sub.add_argument("--data", required=True, help=data_help)
+        sub.add_argument("--data", required=sub is validate, help=data_help)
         sub.add_argument("--model", help="model version id or folder (default: the active model)")
         sub.add_argument("--name", help="site name (default: the folder's name)")
     validate.add_argument("--json", action="store_true")
+    adapt.add_argument("--reviewed", action="store_true", help="adapt to the films readers gave a verdict on "
+                       "(PNEUMO_HOME/reviewed) instead of --data")
     adapt.add_argument("--result-file", metavar="PATH",
                        help="also write the new version's id, folder, cross-validated figures, threshold, whether "
                             "it is active and the seconds taken to PATH as JSON (written whole or not at all)")
@@ -50,7 +53,10 @@ def cmd_site(args, settings) -> int:
         print(f"site report: {resolve(settings.models_dir, args.model) / 'site_reports' / (report['site'] + '.json')}")
         return 0
     start = time.perf_counter()
-    version_id = adaptation.adapt(settings, args.data, args.name, args.model)
+    if not (args.data or args.reviewed):
+        raise PneumoError("site adapt needs --data DIR (a site folder) or --reviewed (the films readers judged)")
+    version_id = adaptation.adapt(settings, settings.reviewed_dir if args.reviewed else args.data,
+                                  args.name or ("reviewed" if args.reviewed else None), args.model)
     seconds = time.perf_counter() - start
     card = json.loads((settings.models_dir / version_id / "metadata.json").read_text())
     cv = card["site"]["cross_validated"]

@@ -17,6 +17,7 @@ ROLES = ("clinician", "ml_lead", "auditor", "admin")
 PERMISSIONS: dict[str, frozenset[str]] = {
     "diagnose": frozenset({"clinician", "ml_lead", "admin"}),
     "view_metrics": frozenset({"clinician", "ml_lead", "admin"}),
+    "record_verdict": frozenset({"clinician", "ml_lead", "admin"}),   # readers; an auditor only looks
     "submit_job": frozenset({"ml_lead", "admin"}),
     "cancel_job": frozenset({"ml_lead", "admin"}),
     "promote": frozenset({"ml_lead", "admin"}),

@@ -21,6 +21,7 @@ import numpy as np
 
 from pneumo_core.evaluate.track_record import TrackRecord
 from pneumo_core.explain.heatmap import colour_bar, display_name, for_display, overlay
+from pneumo_core.records.verdicts import Verdict
 from pneumo_core.serve.diagnosis import NOTICE, Diagnosis, format_probability, local_time
 
 FONT_DIRS = [Path("/usr/share/fonts/truetype/dejavu")]
@@ -95,6 +96,13 @@ def track_record_lines(record: TrackRecord) -> list[str]:
     return lines
 
 
+def reader_lines(verdict: Verdict) -> list[tuple[str, str]]:
+    """(field, value) pairs of the reader's recorded read for the report."""
+    lines = [("Reader's read", verdict.summary()),
+             ("Recorded", f"{verdict.who or 'unknown'}, {local_time(verdict.time)} (model {verdict.model})")]
+    return lines + ([("Reader's note", verdict.note)] if verdict.note else [])
+
+
 def report_filename(d: Diagnosis, reference: str | None = None) -> str:
     """A file name from the study's identifiers or the film's hash, never from the uploaded file's name."""
     ident = (d.info.accession_number if d.info and d.info.accession_number else None) or (reference or "").strip()
@@ -107,7 +115,8 @@ def _png(rgb: np.ndarray) -> io.BytesIO:
 
 
 def report_pdf(gray: np.ndarray, d: Diagnosis, record: TrackRecord | None, reference: str | None = None,
-               heatmap: bool | None = None, alpha: float = 0.4, outline_only: bool = False) -> bytes:
+               heatmap: bool | None = None, alpha: float = 0.4, outline_only: bool = False,
+               reader: Verdict | None = None) -> bytes:
     """The report as PDF bytes (A4, text layer, fonts embedded).
 
     Args:
@@ -115,6 +124,7 @@ def report_pdf(gray: np.ndarray, d: Diagnosis, record: TrackRecord | None, refer
         reference: what the user typed to identify the study (PNG/JPEG have no identifiers).
         heatmap: draw the heatmap (default: where the page draws it, `Diagnosis.shows_heatmap`).
         alpha, outline_only: as on screen.
+        reader: the reader's verdict on this film that counts (the latest), printed under "Reading".
     Returns:
         The PDF file's bytes.
     """
@@ -180,7 +190,10 @@ def report_pdf(gray: np.ndarray, d: Diagnosis, record: TrackRecord | None, refer
                                    ("LINEBELOW", (3, 0), (3, 0), 0.6, colors.black),
                                    ("LINEBELOW", (5, 0), (5, 0), 0.6, colors.black),
                                    ("VALIGN", (0, 0), (-1, -1), "BOTTOM")]))
-    story += [Spacer(1, 5 * mm), p("Reading", heading), signature]
+    story += [Spacer(1, 5 * mm), p("Reading", heading)]
+    if reader is not None:
+        story.append(fields(reader_lines(reader)))
+    story.append(signature)
 
     buffer = io.BytesIO()
     document = SimpleDocTemplate(buffer, pagesize=A4, leftMargin=20 * mm, rightMargin=20 * mm, topMargin=15 * mm,
