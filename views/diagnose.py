@@ -3,12 +3,12 @@ import pandas as pd
 import streamlit as st
 
 import ui
-from ui import verdict
 from pneumo_core.errors import PneumoError
 from pneumo_core.explain.heatmap import colour_bar, display_name, overlay
 from pneumo_core.imaging.films import ACCEPTED
 from pneumo_core.serve import diagnosis as dx
 from pneumo_core.serve.report import report_filename, report_pdf, study_reference, track_record_lines
+from ui import verdict
 
 ui.require_page("diagnose")
 st.title("Diagnose")

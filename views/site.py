@@ -4,13 +4,13 @@ from pathlib import Path
 import streamlit as st
 
 import ui
-from ui import verdict
 from pneumo_core.errors import PneumoError
 from pneumo_core.evaluate import figures
 from pneumo_core.evaluate.track_record import FIGURES, site_reports, track_record
 from pneumo_core.golive import sites as site
 from pneumo_core.golive import validation
 from pneumo_core.records import registry
+from ui import verdict
 
 st.title("Site go-live")
 st.caption("Before the model is used at a hospital, score a labelled set of that hospital's own films (NORMAL/ and "

@@ -3,13 +3,13 @@ import pandas as pd
 import streamlit as st
 
 import ui
-from ui import verdict
 from pneumo_core.errors import PneumoError
 from pneumo_core.pacs.client import PacsClient
 from pneumo_core.pacs.state import PacsState, worklist
 from pneumo_core.pacs.watcher import film_and_heatmap, outbox_dir
 from pneumo_core.records.signin import may_open
 from pneumo_core.serve.diagnosis import NOTICE
+from ui import verdict
 
 st.title("Worklist")
 verdict.model_change_notice()
