@@ -147,3 +147,44 @@ def test_the_audit_trail_records_the_tier_and_old_rows_still_verify(tmp_path):
     subprocess.run([SQLITE, str(path), "DROP TRIGGER diagnoses_no_update; "
                     "UPDATE diagnoses SET tier = 'low' WHERE id = 2"], check=True)
     assert "row 2: its content does not match its hash" in trail.verify()["problem"]
+
+
+# -- drift that survives a case mix (golive.monitor) ---------------------------------------------------
+
+def _logit(p):
+    return np.log(p / (1 - p))
+
+
+def test_a_normal_heavy_day_is_a_case_mix_finding_not_drift():
+    from pneumo_core.golive import monitor
+    rng = np.random.default_rng(8)
+    reference, labels = _site(rng)                                   # 66 % pneumonia, like the go-live set
+    day, day_labels = _site(rng, n_pneumonia=15, n_normal=135)     # a clinic day: 10 % pneumonia
+    report = monitor.compare(reference, day, reference_labels=labels)
+    assert report["psi_unadjusted"] >= monitor.PSI_WARNING        # what raised the alarm before
+    assert not report["drift"] and report["warnings"] == []
+    prevalence = report["prevalence"]
+    assert prevalence["changed"] and prevalence["ci"][0] <= 0.10 <= prevalence["ci"][1]
+    assert "case mix" in report["findings"][0]
+
+
+def test_an_acquisition_change_is_still_drift_at_a_normal_heavy_case_mix():
+    from pneumo_core.golive import monitor
+    rng = np.random.default_rng(9)
+    reference, labels = _site(rng)
+    day, _ = _site(rng, n_pneumonia=15, n_normal=135)
+    crushed = 1 / (1 + np.exp(-0.25 * _logit(np.clip(day, 1e-6, 1 - 1e-6)) - 0.5))   # contrast gone: scores bunch
+    report = monitor.compare(reference, crushed, reference_labels=labels)
+    assert report["drift"] and "re-weighted to the recent case mix" in report["warnings"][0]
+
+
+def test_em_recovers_the_prevalence_and_predictive_values_follow_it():
+    from pneumo_core.golive import monitor
+    rng = np.random.default_rng(10)
+    reference, labels = _site(rng, 400, 400)
+    for share in (0.1, 0.5, 0.8):
+        n1 = int(1000 * share)
+        recent, _ = _site(rng, n1, 1000 - n1)
+        assert monitor.estimate_prevalence(reference, labels, recent)["recent"] == pytest.approx(share, abs=0.05)
+    ppv, npv = monitor.predictive_values(0.95, 0.80, 0.10)
+    assert ppv == pytest.approx(0.095 / (0.095 + 0.18)) and npv == pytest.approx(0.72 / 0.725)
