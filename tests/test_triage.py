@@ -188,3 +188,50 @@ def test_em_recovers_the_prevalence_and_predictive_values_follow_it():
         assert monitor.estimate_prevalence(reference, labels, recent)["recent"] == pytest.approx(share, abs=0.05)
     ppv, npv = monitor.predictive_values(0.95, 0.80, 0.10)
     assert ppv == pytest.approx(0.095 / (0.095 + 0.18)) and npv == pytest.approx(0.72 / 0.725)
+
+
+# -- the tier on the PDF and in the DICOM SR ---------------------------------------------------------------
+
+def test_the_pdf_carries_the_tier_and_its_guarantee_or_says_not_validated(tmp_path):
+    import io as bytes_io
+
+    import pypdf
+
+    from pneumo_core.evaluate.track_record import track_record
+    from pneumo_core.serve.report import report_pdf
+    (tmp_path / "metadata.json").write_text(json.dumps({"id": "v1"}))
+    record = track_record(tmp_path)
+    film = np.full((64, 64), 128, np.uint8)
+    tiers = fit_tiers(*_site(np.random.default_rng(11)), site="north")
+    tier, sentence = dx.tier_of(tiers, 0.99, ood_flag=False)
+    validated = Diagnosis(name="f.png", probability=0.99, label="PNEUMONIA", threshold=0.5,
+                          certainty=dx.certainty(0.99, 0.5), heatmap=None, method=None, model_id="v1",
+                          sha256="0" * 64, tier=tier, tier_guarantee=sentence)
+
+    def text(d):
+        pdf = pypdf.PdfReader(bytes_io.BytesIO(report_pdf(film, d, record)))
+        return " ".join(" ".join(page.extract_text() for page in pdf.pages).split())
+
+    assert "Triage tier High: at site north" in text(validated)
+    unvalidated = text(_diagnosis(0.99))
+    assert "not validated at this site" in unvalidated and "clear" not in unvalidated.lower().split()
+
+
+def test_the_structured_report_carries_the_tier():
+    import io as bytes_io
+
+    import pydicom
+    from conftest import chest_studies
+
+    from pneumo_core.serve import dicom_out
+
+    def roundtrip(ds):
+        buffer = bytes_io.BytesIO()
+        pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
+        return pydicom.dcmread(bytes_io.BytesIO(buffer.getvalue()))
+
+    source = roundtrip(chest_studies([(1, "PA", "CHEST", "CR")])[0])
+    high = dicom_out.read_result(roundtrip(dicom_out.structured_report(source, _diagnosis(0.99, "high"))))
+    assert high["tier"] == "high" and high["certainty"] == "clear"
+    plain = dicom_out.read_result(roundtrip(dicom_out.structured_report(source, _diagnosis(0.99))))
+    assert plain["tier"] is None and plain["certainty"].startswith("not validated at this site")

@@ -207,13 +207,16 @@ def cmd_predict(args, settings) -> int:
         trail.record(d, source="cli", who=who)
         results.append({"path": path, "probability": d.probability, "label": d.label, "threshold": d.threshold,
                         "model": d.model_id, "ood_score": d.ood_score, "ood_flag": d.ood_flag,
-                        "warnings": d.warnings, "sha256": d.sha256})
+                        "warnings": d.warnings, "sha256": d.sha256, "tier": d.tier,
+                        "tier_guarantee": d.tier_guarantee})
     if args.json:
         print(json.dumps(results))
     else:
         for r in results:
             print(f"{r['path']}: " + (f"error: {r['error']}" if "error" in r else
                                       f"{r['label']} (p={r['probability']:.3f}, threshold {r['threshold']:.3f})"
+                                      + (f"; tier {r['tier']}: {r['tier_guarantee']}" if r["tier"] else
+                                         "; not validated at this site")
                                       + "".join(f"; caution: {w}" for w in r["warnings"])))
     return 1 if failed else 0
 
@@ -484,6 +487,13 @@ def _add_site_parser(commands, settings) -> None:
         sub.add_argument("--data", required=True, help=data_help)
         sub.add_argument("--model", help="model version id or folder (default: the active model)")
         sub.add_argument("--name", help="site name (default: the folder's name)")
+    for sub in (validate, adapt):   # the site's triage promises, stored with its site report
+        sub.add_argument("--alpha", type=float, default=settings.triage_alpha,
+                         help="triage: largest share of pneumonias in the low tier, 95%% confidence "
+                              "(default %(default)s)")
+        sub.add_argument("--beta", type=float, default=settings.triage_beta,
+                         help="triage: largest share of normals in the high tier, 95%% confidence "
+                              "(default %(default)s)")
     validate.add_argument("--json", action="store_true")
 
 
@@ -491,7 +501,8 @@ def cmd_site(args, settings) -> int:
     from pneumo_core.golive import sites as site
     from pneumo_core.records.registry import resolve
     if args.site_command == "validate":
-        report = site.validate(resolve(settings.models_dir, args.model), args.data, args.name)
+        report = site.validate(resolve(settings.models_dir, args.model), args.data, args.name,
+                               alpha=args.alpha, beta=args.beta)
         if args.json:
             print(json.dumps(report))
             return 0
@@ -503,9 +514,10 @@ def cmd_site(args, settings) -> int:
         print(f"{'threshold':>12}: {report['threshold']:.3f} (the model's own)\n{'films':>12}: {report['n']}"
               + (f"\n{'OOD flagged':>12}: {ood['rate']:.1%}" if ood["available"] else ""))
         print(report["verdict"])
+        print(report["triage_summary"])
         print(f"site report: {resolve(settings.models_dir, args.model) / 'site_reports' / (report['site'] + '.json')}")
         return 0
-    version_id = site.adapt(settings, args.data, args.name, args.model)
+    version_id = site.adapt(settings, args.data, args.name, args.model, alpha=args.alpha, beta=args.beta)
     card = json.loads((settings.models_dir / version_id / "metadata.json").read_text())
     cv = card["site"]["cross_validated"]
     print(f"site {card['site']['name']} ({card['site']['n']} films, {cv['folds']}-fold by patient): AUC "

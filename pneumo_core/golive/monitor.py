@@ -302,6 +302,32 @@ def monitor(settings, days: int = 30, model: str | None = None, now: datetime | 
             "lines": {"psi": PSI_WARNING, "ks_p": KS_P_WARNING, "ood_rate": OOD_WARNING, "min_recent": MIN_RECENT}}
 
 
+def clinic_prevalence(settings, version_dir, days: int = 30, trail=None) -> tuple[float | None, str]:
+    """The clinic's share of pneumonia for PPV/NPV, and where it comes from (always shown with it).
+
+    The clinic's own setting (PNEUMO_CLINIC_PREVALENCE) first; else estimated from the scores of the
+    version's diagnoses of the last `days` days (`estimate_prevalence`, from MIN_RECENT on); else the
+    share among the version's reference films, named as such.
+
+    Returns:
+        (prevalence or None when nothing is known, the words naming its source).
+    """
+    if settings.clinic_prevalence is not None:
+        return settings.clinic_prevalence, "set for this clinic (PNEUMO_CLINIC_PREVALENCE)"
+    from pneumo_core.records.audit import AuditTrail
+    version_dir = Path(version_dir)
+    reference, labels, label = labelled_reference(version_dir)
+    if labels is None or len(set(labels.tolist())) < 2:
+        return None, "unknown (no labelled reference films)"
+    trail = trail or AuditTrail(settings.audit_path)
+    since = datetime.now(UTC) - timedelta(days=days)
+    recent = [r["probability"] for r in trail.rows(model=version_dir.name) if _when(r["time"]) >= since]
+    if len(recent) >= MIN_RECENT:
+        estimate = estimate_prevalence(reference, labels, recent)
+        return estimate["recent"], f"estimated from the scores of {len(recent)} diagnoses of the last {days} days"
+    return float(np.mean(labels)), f"of the {label} (too few recent diagnoses to estimate the clinic's)"
+
+
 def _when(text: str) -> datetime:
     when = datetime.fromisoformat(text)
     return when if when.tzinfo else when.replace(tzinfo=UTC)

@@ -19,6 +19,10 @@ Honesty of the adapted version's figures: every site film is scored only by a he
 trained on it (patient-grouped folds: `patient_folds`), and each fold's calibration and threshold
 are fitted on the other folds' out-of-fold predictions (cross-fitting), so the stored
 `cross_validated` figures are what the method achieves on films it has not seen.
+
+Both write triage tiers (`golive.triage`) into the version's site report, key "triage": `validate`
+from the site films' probabilities, `adapt` from the candidate's out-of-fold ones (on the served
+calibration), with the site's alpha and beta.
 """
 from __future__ import annotations
 
@@ -43,6 +47,7 @@ import pandas as pd
 from pneumo_core.errors import DatasetError
 from pneumo_core.evaluate.metrics import calibration_curve, choose_threshold, evaluate, evaluate_with_ci, fit_platt
 from pneumo_core.evaluate.track_record import INTERNAL_LABEL, SITE_REPORTS
+from pneumo_core.golive.triage import DEFAULT_ALPHA, DEFAULT_BETA, SOURCES, fit_tiers
 from pneumo_core.learn.data import CLASSES, MIN_IMAGES_PER_CLASS, Dataset, load_dataset
 from pneumo_core.progress import Progress
 
@@ -254,7 +259,7 @@ def _write_json_atomic(path: Path, payload: dict) -> None:
 
 
 def validate(version_dir, data_dir, name: str | None = None, n_boot: int = 1000, seed: int = 0,
-             save: bool = True, model=None) -> dict:
+             save: bool = True, model=None, alpha: float = DEFAULT_ALPHA, beta: float = DEFAULT_BETA) -> dict:
     """Score a site's labelled films with a model version at its own threshold; store the site report.
 
     Args:
@@ -264,11 +269,12 @@ def validate(version_dir, data_dir, name: str | None = None, n_boot: int = 1000,
         n_boot, seed: bootstrap resamples (patients) and seed of the 95 % intervals.
         save: write `site_reports/<site>.json` into the version folder.
         model: the loaded PneumoModel of that version, if already loaded.
+        alpha, beta: the site's triage promises (share of pneumonias in low, of normals in high).
     Returns:
         The report: `evaluate --json`'s keys (with "ppv" and "ci" for AUC, sensitivity, specificity,
         PPV, NPV, ECE) plus site, created, data, fingerprint, verdict, calibration (reliability
         diagram points), ood (flag rate), internal (its figures), labels and probabilities (per film,
-        no names), seconds.
+        no names), triage (`TriageTiers.to_dict`) and triage_summary (its paragraph), seconds.
     Raises:
         DatasetError: the folder is unusable, or the version was adapted on these very films.
     """
@@ -302,6 +308,8 @@ def validate(version_dir, data_dir, name: str | None = None, n_boot: int = 1000,
             "roc_auc", "sensitivity", "specificity", "precision", "npv", "ece", "n")}},
         "labels": y.tolist(), "probabilities": [round(float(v), 6) for v in p],
     }
+    tiers = fit_tiers(p, y, alpha, beta, site=site.name, source=SOURCES[0], created=report["created"])
+    report.update(triage=tiers.to_dict(), triage_summary=tiers.summary())
     report["seconds"] = round(time.perf_counter() - start, 1)
     if save:
         _write_json_atomic(version_dir / SITE_REPORTS / f"{site.name}.json", report)
@@ -457,7 +465,7 @@ def training_features(metadata: dict, settings, embedder, views: bool = False) -
 
 
 def adapt(settings, data_dir, name: str | None = None, model_ref: str | None = None, folds: int = FOLDS,
-          seed: int = 0, n_boot: int = 1000) -> str:
+          seed: int = 0, n_boot: int = 1000, alpha: float = DEFAULT_ALPHA, beta: float = DEFAULT_BETA) -> str:
     """Make and register a candidate version adapted to a site's labelled films; returns its id.
 
     Args:
@@ -466,8 +474,10 @@ def adapt(settings, data_dir, name: str | None = None, model_ref: str | None = N
         model_ref: the version to adapt (default: the active one).
         folds, seed: patient-grouped cross-validation over the site films.
         n_boot: bootstrap resamples (patients) of the cross-validated figures' intervals.
+        alpha, beta: the site's triage promises, set on the out-of-fold probabilities.
     Returns:
-        The new version's id. Its card holds `site` = {name, fingerprint, n, method, cross_validated}.
+        The new version's id. Its card holds `site` = {name, fingerprint, n, method, cross_validated};
+        its site report (`site_reports/<site>.json`) the cross-validated figures and the triage tiers.
     """
     import keras
 
@@ -544,6 +554,17 @@ def adapt(settings, data_dir, name: str | None = None, model_ref: str | None = N
     tuner = read_json(base_dir, "tuner.json") if (base_dir / "tuner.json").is_file() else {}
     path = save_version(settings.models_dir, version_id, model, card, metrics, predictions, history, tuner,
                         ood=OODDetector.load(base_dir))
+    # Triage tiers on the out-of-fold logits through the served calibration: the scale the candidate serves.
+    p_oof = _sigmoid(platt[0] * oof + platt[1])
+    created = card["created"]
+    tiers = fit_tiers(p_oof, y_site, alpha, beta, site=site.name, source=SOURCES[1], created=created)
+    _write_json_atomic(Path(path) / SITE_REPORTS / f"{site.name}.json", {
+        "model": version_id, "split": "site_cv", "data": str(Path(data_dir).resolve()), **cross_validated,
+        "site": site.name, "created": created, "fingerprint": site.fingerprint, "notes": site.notes,
+        "label": (f"site {site.name}: {len(y_site)} labelled films, patient-grouped {cross_validated['folds']}-fold "
+                  f"cross-validation"),
+        "labels": y_site.tolist(), "probabilities": [round(float(v), 6) for v in p_oof],
+        "triage": tiers.to_dict(), "triage_summary": tiers.summary()})
     log.info("adapted version saved in %s", path)
     return version_id
 

@@ -82,7 +82,8 @@ def chain_hash(previous: str, content: dict) -> str:
 HASHED_WHEN_SET = ("tier",)
 
 
-def _content(row: dict) -> dict:
+def hashed_content(row: dict) -> dict:
+    """The part of a row (all columns, as stored) that its hash covers: all but `hash`, and HASHED_WHEN_SET if set."""
     return {k: v for k, v in row.items() if k != "hash" and not (k in HASHED_WHEN_SET and v is None)}
 
 
@@ -102,7 +103,7 @@ def _setup(db: sqlite3.Connection) -> None:
             previous = GENESIS
             for row in db.execute("SELECT * FROM diagnoses ORDER BY id").fetchall():
                 row = {**dict(row), "shown": row["shown"] or row["time"], "prev_hash": previous}
-                row["hash"] = chain_hash(previous, _content(row))
+                row["hash"] = chain_hash(previous, hashed_content(row))
                 db.execute("UPDATE diagnoses SET shown = ?, prev_hash = ?, hash = ? WHERE id = ?",
                            (row["shown"], previous, row["hash"], row["id"]))
                 previous = row["hash"]
@@ -152,7 +153,7 @@ class AuditTrail:
                 seq = db.execute("SELECT seq FROM sqlite_sequence WHERE name = ?", (table,)).fetchone()
                 row = {"id": max(last["id"] if last else 0, seq[0] if seq else 0) + 1, **row,
                        "prev_hash": last["hash"] if last else GENESIS}
-                row["hash"] = chain_hash(row["prev_hash"], _content(row))
+                row["hash"] = chain_hash(row["prev_hash"], hashed_content(row))
                 db.execute(f"INSERT INTO {table} ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
                            list(row.values()))
                 db.execute("COMMIT")
@@ -256,7 +257,7 @@ class AuditTrail:
                     elif row["prev_hash"] != previous:
                         problem = (f"{table} row {row['id']}: its link to the previous row is broken (the previous "
                                    f"row was changed, deleted or inserted)")
-                    elif row["hash"] != chain_hash(previous, _content(row)):
+                    elif row["hash"] != chain_hash(previous, hashed_content(row)):
                         problem = f"{table} row {row['id']}: its content does not match its hash (the row was changed)"
                     if problem:
                         return {"ok": False, "problem": problem, "rows": counts, "last": last}
