@@ -235,3 +235,34 @@ def test_the_structured_report_carries_the_tier():
     assert high["tier"] == "high" and high["certainty"] == "clear"
     plain = dicom_out.read_result(roundtrip(dicom_out.structured_report(source, _diagnosis(0.99))))
     assert plain["tier"] is None and plain["certainty"].startswith("not validated at this site")
+
+
+# -- predict --json ------------------------------------------------------------------------------------------
+
+def test_predict_json_carries_the_tier_once_the_version_has_a_site_guarantee(trained_home, synthetic_data, tmp_path):
+    import shutil
+
+    from conftest import run_cli
+
+    from pneumo_core.records.registry import resolve
+    home = tmp_path / "home"
+    shutil.copytree(trained_home, home)    # the session's model stays without a site report
+    film = next((synthetic_data / "test" / "PNEUMONIA").iterdir())
+
+    def predict():
+        result = run_cli("predict", "--json", film, home=home, timeout=300)
+        assert result.returncode == 0, result.stderr[-2000:]
+        return json.loads(result.stdout)[0]
+
+    plain = predict()
+    assert plain["tier"] is None and plain["tier_guarantee"] is None
+    tiers = fit_tiers(*_site(np.random.default_rng(12)), site="north")
+    reports = resolve(home / "models", None) / "site_reports"
+    reports.mkdir()
+    (reports / "north.json").write_text(json.dumps({"site": "north", "created": "2026-01-01T00:00:00+00:00",
+                                                    "triage": tiers.to_dict()}))
+    tiered = predict()
+    assert (tiered["tier"], tiered["tier_guarantee"]) == dx.tier_of(tiers, tiered["probability"], tiered["ood_flag"])
+    assert "site north" in tiered["tier_guarantee"] or tiered["ood_flag"]
+    recorded = AuditTrail(home / "audit.sqlite").rows(limit=1)[0]
+    assert recorded["tier"] == tiered["tier"]
