@@ -29,6 +29,11 @@ Every knob a deployment may need to change lives here, so the rest of the librar
 | PNEUMO_SITE_DATA      | a folder holding sites' labelled films (NORMAL/ and        |
 |                       | PNEUMONIA/, itself or one or two levels down), offered on  |
 |                       | the Site page; unset = only folders beside PNEUMO_DATA     |
+| PNEUMO_TRIAGE_ALPHA,  | triage tiers' promises (`evaluate.triage`): share of       |
+| PNEUMO_TRIAGE_BETA    | pneumonias in low (0.05), of normals in high (0.10); the   |
+|                       | default of `site validate/adapt --alpha/--beta`            |
+| PNEUMO_CLINIC_PREVALENCE | the clinic's share of pneumonia for PPV/NPV (0..1);     |
+|                       | unset = estimated from recent scores (Monitor)             |
 | PNEUMO_PACS_URL       | DICOMweb root of the archive, e.g.                         |
 |                       | `http://pacs:8042/dicom-web`; unset = no PACS              |
 | PNEUMO_PACS_USER,     | HTTP basic auth for the archive; or PNEUMO_PACS_TOKEN for  |
@@ -121,6 +126,9 @@ class Settings:
     # Days the de-identified pixels of films with a reader's verdict are kept for adaptation
     # (PNEUMO_REVIEWED_RETENTION_DAYS; 0: keep none). A year: a few adaptation rounds at a site.
     reviewed_retention_days: int = 365
+    triage_alpha: float = 0.05   # triage tiers: share of pneumonias the low tier may hold (95 % confidence)
+    triage_beta: float = 0.10    # share of normals the high tier may hold
+    clinic_prevalence: float | None = None   # for PPV/NPV; None: estimated from recent scores
     pacs_url: str = ""  # DICOMweb root; credentials never shown (repr=False)
     pacs_user: str = field(default="", repr=False)
     pacs_password: str = field(default="", repr=False)
@@ -207,6 +215,9 @@ def load_settings(env: dict | None = None) -> Settings:
         budget=memory_budget(env),
         site_data_dir=Path(env["PNEUMO_SITE_DATA"]) if env.get("PNEUMO_SITE_DATA") else None,
         reviewed_retention_days=int(env.get("PNEUMO_REVIEWED_RETENTION_DAYS", 365)),
+        triage_alpha=_share(env, "PNEUMO_TRIAGE_ALPHA", 0.05),
+        triage_beta=_share(env, "PNEUMO_TRIAGE_BETA", 0.10),
+        clinic_prevalence=_share(env, "PNEUMO_CLINIC_PREVALENCE", None),
         **_pacs_secrets(env, home),
     )
 
@@ -218,6 +229,19 @@ TRAIN_LIMITS: dict[str, tuple[int, int]] = {
     "trials": (1, 100), "epochs": (1, 100), "fine_tune_epochs": (0, 20), "image_size": (32, 384),
     "augmented_views": (0, 5), "ensemble": (1, 5), "seed": (0, 2**31 - 1), "tta_views": (0, 8),
 }
+
+
+def _share(env: dict, name: str, fallback: float | None) -> float | None:
+    """A share strictly between 0 and 1 from `env`, or `fallback` when unset."""
+    if not env.get(name):
+        return fallback
+    try:
+        value = float(env[name])
+    except ValueError:
+        value = -1.0
+    if not 0 < value < 1:
+        raise ConfigError(f"{name}={env[name]!r}: expected a share between 0 and 1, e.g. 0.05")
+    return value
 
 
 def memory_budget(env: dict | None = None) -> MemoryBudget:

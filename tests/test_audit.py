@@ -115,13 +115,13 @@ def test_verify_names_the_first_link_an_attacker_broke_with_the_sqlite3_shell(tm
 
 
 def test_a_rewritten_row_with_a_recomputed_hash_still_breaks_the_next_link(tmp_path):
-    from pneumo_core.records.audit import chain_hash
+    from pneumo_core.records.audit import chain_hash, hashed_content
     trail = _history(tmp_path / "audit.sqlite")
     with closing(sqlite3.connect(tmp_path / "audit.sqlite")) as db:
         db.row_factory = sqlite3.Row
         row = dict(db.execute("SELECT * FROM diagnoses WHERE id = 2").fetchone())
     row["call"] = "PNEUMONIA"
-    new_hash = chain_hash(row["prev_hash"], {k: v for k, v in row.items() if k != "hash"})
+    new_hash = chain_hash(row["prev_hash"], hashed_content(row))
     _shell(tmp_path / "audit.sqlite", "DROP TRIGGER diagnoses_no_update; "
            f"UPDATE diagnoses SET call = 'PNEUMONIA', hash = '{new_hash}' WHERE id = 2")
     assert "diagnoses row 3: its link to the previous row is broken" in trail.verify()["problem"]

@@ -12,6 +12,7 @@ from conftest import REPO, SHARED, SHARED_DATA, make_dataset, run_cli
 from pneumo_core.errors import DatasetError
 from pneumo_core.evaluate.metrics import bootstrap_figures_ci, evaluate_with_ci
 from pneumo_core.evaluate.track_record import INTERNAL_LABEL, track_record
+from pneumo_core.evaluate.triage import tiers_for
 from pneumo_core.golive import adaptation, validation
 from pneumo_core.golive import sites as site
 from pneumo_core.records.access import Actor
@@ -210,6 +211,11 @@ def test_site_validate_reports_figures_with_intervals_and_a_verdict(real_home):
     assert len(report["calibration"]["count"]) >= 1 and report["ood"]["available"]
     stored = json.loads((home / "models" / version / "site_reports" / "hospital.json").read_text())
     assert stored["verdict"] == report["verdict"]
+    triage = stored["triage"]   # tiers set on these very films
+    labels = np.asarray(stored["labels"])
+    assert (triage["n_pneumonia"], triage["n_normal"]) == (labels.sum(), (labels == 0).sum())
+    assert triage["source"] == "site validation"
+    assert "Triage tiers at site hospital" in stored["triage_summary"]
     record = track_record(home / "models" / version)
     assert record.source == "site" and record.site == "hospital" and record.label != INTERNAL_LABEL
     assert record.text("specificity").count("[") == 1
@@ -246,6 +252,8 @@ def test_site_adapt_registers_a_candidate_with_its_threshold_calibration_and_car
     assert len(stored[stored["split"] == "site_cv"]) == card["n"]
     record = track_record(folder)
     assert record.source == "site" and "cross-validation" in record.label
+    tiers = tiers_for(folder)   # the candidate's own site report carries tiers set on out-of-fold probabilities
+    assert tiers.source == "out-of-fold site predictions" and tiers.n_pneumonia + tiers.n_normal == card["n"]
     # Its own training films cannot validate it.
     again = run_cli("site", "validate", "--data", films, "--model", version, home=home)
     assert again.returncode == 2 and "adapted on these very films" in again.stderr

@@ -5,6 +5,7 @@ import streamlit as st
 import ui
 from pneumo_core.errors import PneumoError
 from pneumo_core.explain.heatmap import colour_bar, display_name, overlay
+from pneumo_core.golive import monitor
 from pneumo_core.imaging.films import ACCEPTED
 from pneumo_core.serve import diagnosis as dx
 from pneumo_core.serve.report import report_filename, report_pdf, study_reference, track_record_lines
@@ -89,6 +90,8 @@ def film_view() -> None:
                        delta_arrow="up" if d.probability >= d.threshold else "down")
     sure.metric("Certainty", d.certainty_word)
     ui.strength_scale(dx.scale_position(d.probability, d.threshold), d.strength)
+    if d.tier is not None:   # the site's guarantee for this call, in one sentence
+        st.markdown(f"**Tier: {d.tier}** — {d.tier_guarantee}")
     if d.certainty_word in ("borderline", "not assessable"):
         st.warning(d.certainty[0].upper() + d.certainty[1:] + ".", icon=":material/priority_high:")
     for caution in d.warnings:  # shown with the call, never instead of it
@@ -127,6 +130,11 @@ def film_view() -> None:
     record = ui.figures_that_apply(version_path)
     for line in [f"Model {d.model_id} · scored {dx.local_time(d.when)}"] + track_record_lines(record):
         st.caption(line)
+    prevalence, prevalence_source = monitor.clinic_prevalence(ui.settings(), version_path)
+    sensitivity, specificity = record.figures.get("sensitivity"), record.figures.get("specificity")
+    if prevalence is not None and sensitivity is not None and specificity is not None:
+        ppv, npv = monitor.predictive_values(sensitivity, specificity, prevalence)
+        st.caption(f"At a clinic prevalence of {prevalence:.0%} ({prevalence_source}): PPV {ppv:.2f}, NPV {npv:.2f}.")
     with st.container(key="diagnose-ready"):  # the browser tests wait for this: the film is fully drawn
         st.download_button(
             "Download report (PDF)", lambda: report_pdf(gray, d, record, reference, shown, alpha, outline_only,
@@ -142,15 +150,19 @@ def worklist() -> None:
     """The worklist (not a fragment: a row click reruns the page, ~0.9 s; the 'Open film' box reruns the film only)."""
     st.subheader("Worklist")
     # No separate caution column: it was cut off at 1360 px; 'not assessable' says it and fits at 1024 px.
-    st.caption("Check first (not assessable or borderline), then urgent (PNEUMONIA), then routine (NORMAL); "
-               "highest probability first within each. *Not assessable*: the film is unlike the training "
+    st.caption(("High tier, then uncertain (needs a full read), then low, by the site's triage cut-offs; "
+                if diagnoser.tiers is not None else
+                "Check first (not assessable or borderline), then urgent (PNEUMONIA), then routine (NORMAL); ")
+               + "highest probability first within each. *Not assessable*: the film is unlike the training "
                "films (the caution is shown with the film). Click a row's box to open its film.")
     st.session_state["_worklist_keys"] = order
     rows = []
     for k in order:
         gray, d, position, _ = films[k]
-        rows.append({"priority": d.priority, "film": ui.film_thumbnail(k, gray), "file": f"{position}: {d.name}",
-                     "call": d.label, "probability": d.probability_text, "certainty": d.certainty_word})
+        rows.append({"priority": d.tier or d.priority, "film": ui.film_thumbnail(k, gray),
+                     "file": f"{position}: {d.name}", "call": d.label, "probability": d.probability_text,
+                     # "not validated at this site" is said once, with the open film, not on every row
+                     "certainty": "" if d.certainty_word == dx.NOT_VALIDATED else d.certainty_word})
     st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", key="worklist",
                  on_select=ui.open_clicked_row, selection_mode="single-row", column_config={
                      "priority": st.column_config.TextColumn("priority", help=" · ".join(

@@ -7,8 +7,8 @@ import ui
 from pneumo_core.errors import PneumoError
 from pneumo_core.evaluate import figures
 from pneumo_core.evaluate.track_record import FIGURES, site_reports, track_record
+from pneumo_core.golive import monitor, validation
 from pneumo_core.golive import sites as site
-from pneumo_core.golive import validation
 from pneumo_core.records import registry
 from ui import verdict
 
@@ -57,7 +57,7 @@ folder_dir = ui.version_dir(version)
 if st.button("Validate at this site", type="primary", icon=":material/fact_check:"):
     with st.spinner("Scoring the site's films…"):
         try:
-            validation.validate(folder_dir, folder, name)
+            validation.validate(folder_dir, folder, name, alpha=settings.triage_alpha, beta=settings.triage_beta)
         except PneumoError as error:
             st.error(str(error))
 
@@ -77,6 +77,14 @@ else:
         if low_high:
             column.caption(f"[{low_high[0]:.2f}–{low_high[1]:.2f}]")
     (st.success if report.get("holds") else st.warning)(report["verdict"])
+    if report.get("triage_summary"):
+        st.info(report["triage_summary"], icon=":material/rule:")
+    prevalence, prevalence_source = monitor.clinic_prevalence(settings, folder_dir)
+    if prevalence is not None and report.get("sensitivity") is not None and report.get("specificity") is not None:
+        ppv, npv = monitor.predictive_values(report["sensitivity"], report["specificity"], prevalence)
+        st.markdown(f"At a clinic prevalence of **{prevalence:.0%}** ({prevalence_source}): PPV **{ppv:.2f}**, "
+                    f"NPV **{npv:.2f}** (they depend on prevalence; the site set's was "
+                    f"{report.get('prevalence', 0):.0%}).")
     if report["ood"]["available"]:
         st.markdown(f"**{report['ood']['rate']:.1%}** of the site's films were flagged as unlike the training films "
                     f"(about 5 % expected).")

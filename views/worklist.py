@@ -4,11 +4,12 @@ import streamlit as st
 
 import ui
 from pneumo_core.errors import PneumoError
+from pneumo_core.evaluate.triage import TIERS, tiers_for
 from pneumo_core.pacs.client import PacsClient
 from pneumo_core.pacs.state import PacsState, worklist
 from pneumo_core.pacs.watcher import film_and_heatmap, outbox_dir
 from pneumo_core.records.signin import may_open
-from pneumo_core.serve.diagnosis import NOTICE
+from pneumo_core.serve.diagnosis import NOTICE, tier_of
 from ui import verdict
 
 st.title("Worklist")
@@ -30,8 +31,16 @@ st.caption(f"Archive {status['url']} · last poll {status['last_poll']} · waiti
            + (f" · last archive error {status['last_error_time']}: {status['last_error']}"
               if status["last_error"] else ""))
 
+# The site's triage tier of each scored film, from its model version's site report (None: no guarantee).
+site_tiers = {m: tiers_for(settings.models_dir / m) for m in {r["model"] for r in rows if r["model"]}}
+for r in rows:
+    r["tier"], r["tier_guarantee"] = (tier_of(site_tiers.get(r["model"]), r["probability"], r["ood_flag"])
+                                      if r["label"] is not None else (None, None))
+if any(r["tier"] for r in rows):   # high, uncertain, low; films without a tier keep their order after them
+    rows.sort(key=lambda r: TIERS.index(r["tier"]) if r["tier"] else len(TIERS))
+    st.caption("Sorted by the site's triage tiers: high, uncertain (needs a full read), low.")
 table = pd.DataFrame([{
-    "priority": r["priority_name"], "accession": r["accession"], "call": r["label"] or "",
+    "tier": r["tier"] or "", "priority": r["priority_name"], "accession": r["accession"], "call": r["label"] or "",
     "probability": r["probability"], "certainty": (r["certainty"] or "").split(":")[0],
     "caution": "unlike the training films" if r["ood_flag"] else "",
     "result in archive": "yes" if r["in_archive"] else "no", "note": r["reason"] or "",
@@ -53,6 +62,8 @@ call.metric("Call", row["label"])
 probability.metric("Probability of pneumonia", f"{row['probability']:.3f}", f"threshold {row['threshold']:.3f}",
                    delta_color="off")
 sure.metric("Certainty", row["certainty"].split(":")[0])
+if row["tier"]:
+    st.markdown(f"**Tier: {row['tier']}** — {row['tier_guarantee']}")
 if row["ood_flag"]:
     st.warning("Unlike the films the model was trained on: read this call with extra care.",
                icon=":material/warning:")

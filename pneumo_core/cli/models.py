@@ -101,13 +101,16 @@ def cmd_predict(args, settings) -> int:
         trail.record(d, source="cli", who=who)
         results.append({"path": path, "probability": d.probability, "label": d.label, "threshold": d.threshold,
                         "model": d.model_id, "ood_score": d.ood_score, "ood_flag": d.ood_flag,
-                        "warnings": d.warnings, "sha256": d.sha256})
+                        "warnings": d.warnings, "sha256": d.sha256, "tier": d.tier,
+                        "tier_guarantee": d.tier_guarantee})
     if args.json:
         print(json.dumps(results))
     else:
         for r in results:
             print(f"{r['path']}: " + (f"error: {r['error']}" if "error" in r else
                                       f"{r['label']} (p={r['probability']:.3f}, threshold {r['threshold']:.3f})"
+                                      + (f"; tier {r['tier']}: {r['tier_guarantee']}" if r["tier"] else
+                                         "; not validated at this site")
                                       + "".join(f"; caution: {w}" for w in r["warnings"])))
     return 1 if failed else 0
 

@@ -24,6 +24,13 @@ def add_commands(commands, settings: Settings) -> None:
         sub.add_argument("--data", required=sub is validate, help=data_help)
         sub.add_argument("--model", help="model version id or folder (default: the active model)")
         sub.add_argument("--name", help="site name (default: the folder's name)")
+    for sub in (validate, adapt):   # the site's triage promises, stored with its site report
+        sub.add_argument("--alpha", type=float, default=settings.triage_alpha,
+                         help="triage: largest share of pneumonias in the low tier, 95%% confidence "
+                              "(default %(default)s)")
+        sub.add_argument("--beta", type=float, default=settings.triage_beta,
+                         help="triage: largest share of normals in the high tier, 95%% confidence "
+                              "(default %(default)s)")
     validate.add_argument("--json", action="store_true")
     adapt.add_argument("--reviewed", action="store_true", help="adapt to the films readers gave a verdict on "
                        "(PNEUMO_HOME/reviewed) instead of --data")
@@ -38,7 +45,8 @@ def cmd_site(args, settings) -> int:
     from pneumo_core.jobs.results import write_result
     from pneumo_core.records.registry import active_version, resolve
     if args.site_command == "validate":
-        report = validation.validate(resolve(settings.models_dir, args.model), args.data, args.name)
+        report = validation.validate(resolve(settings.models_dir, args.model), args.data, args.name,
+                                     alpha=args.alpha, beta=args.beta)
         if args.json:
             print(json.dumps(report))
             return 0
@@ -50,13 +58,15 @@ def cmd_site(args, settings) -> int:
         print(f"{'threshold':>12}: {report['threshold']:.3f} (the model's own)\n{'films':>12}: {report['n']}"
               + (f"\n{'OOD flagged':>12}: {ood['rate']:.1%}" if ood["available"] else ""))
         print(report["verdict"])
+        print(report["triage_summary"])
         print(f"site report: {resolve(settings.models_dir, args.model) / 'site_reports' / (report['site'] + '.json')}")
         return 0
     start = time.perf_counter()
     if not (args.data or args.reviewed):
         raise PneumoError("site adapt needs --data DIR (a site folder) or --reviewed (the films readers judged)")
     version_id = adaptation.adapt(settings, settings.reviewed_dir if args.reviewed else args.data,
-                                  args.name or ("reviewed" if args.reviewed else None), args.model)
+                                  args.name or ("reviewed" if args.reviewed else None), args.model,
+                                  alpha=args.alpha, beta=args.beta)
     seconds = time.perf_counter() - start
     card = json.loads((settings.models_dir / version_id / "metadata.json").read_text())
     cv = card["site"]["cross_validated"]

@@ -81,7 +81,7 @@ def track_record(version_dir: Path, metadata: dict | None = None) -> TrackRecord
     reports = site_reports(version_dir)
     if reports:
         r = reports[0]
-        label = f"site {r['site']}: {r['n']} labelled films, validated {r.get('created', '')[:10]}"
+        label = r.get("label") or f"site {r['site']}: {r['n']} labelled films, validated {r.get('created', '')[:10]}"
         return _from_metrics("site", label, r, r["site"])
     adapted = (metadata.get("site") or {}).get("cross_validated")
     if adapted:

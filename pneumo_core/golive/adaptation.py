@@ -27,8 +27,10 @@ import pandas as pd
 
 from pneumo_core.errors import DatasetError
 from pneumo_core.evaluate.metrics import calibration_curve, choose_threshold, evaluate, evaluate_with_ci, fit_platt
+from pneumo_core.evaluate.track_record import SITE_REPORTS
+from pneumo_core.evaluate.triage import DEFAULT_ALPHA, DEFAULT_BETA, SOURCES, fit_tiers
 from pneumo_core.golive.sites import FOLDS, load_site, patient_folds
-from pneumo_core.golive.validation import score_films, score_views, sigmoid
+from pneumo_core.golive.validation import score_films, score_views, sigmoid, write_json_atomic
 from pneumo_core.learn.data import load_dataset
 from pneumo_core.progress import Progress
 
@@ -194,7 +196,7 @@ def training_features(metadata: dict, settings, embedder, views: bool = False) -
 
 
 def adapt(settings, data_dir, name: str | None = None, model_ref: str | None = None, folds: int = FOLDS,
-          seed: int = 0, n_boot: int = 1000) -> str:
+          seed: int = 0, n_boot: int = 1000, alpha: float = DEFAULT_ALPHA, beta: float = DEFAULT_BETA) -> str:
     """Make and register a candidate version adapted to a site's labelled films; returns its id.
 
     Args:
@@ -203,8 +205,10 @@ def adapt(settings, data_dir, name: str | None = None, model_ref: str | None = N
         model_ref: the version to adapt (default: the active one).
         folds, seed: patient-grouped cross-validation over the site films.
         n_boot: bootstrap resamples (patients) of the cross-validated figures' intervals.
+        alpha, beta: the site's triage promises, set on the out-of-fold probabilities.
     Returns:
-        The new version's id. Its card holds `site` = {name, fingerprint, n, method, cross_validated}.
+        The new version's id. Its card holds `site` = {name, fingerprint, n, method, cross_validated};
+        its site report (`site_reports/<site>.json`) the cross-validated figures and the triage tiers.
     """
     import keras
 
@@ -281,6 +285,17 @@ def adapt(settings, data_dir, name: str | None = None, model_ref: str | None = N
     tuner = read_json(base_dir, "tuner.json") if (base_dir / "tuner.json").is_file() else {}
     path = save_version(settings.models_dir, version_id, model, card, metrics, predictions, history, tuner,
                         ood=OODDetector.load(base_dir))
+    # Triage tiers on the out-of-fold logits through the served calibration: the scale the candidate serves.
+    p_oof = sigmoid(platt[0] * oof + platt[1])
+    created = card["created"]
+    tiers = fit_tiers(p_oof, y_site, alpha, beta, site=site.name, source=SOURCES[1], created=created)
+    write_json_atomic(Path(path) / SITE_REPORTS / f"{site.name}.json", {
+        "model": version_id, "split": "site_cv", "data": str(Path(data_dir).resolve()), **cross_validated,
+        "site": site.name, "created": created, "fingerprint": site.fingerprint, "notes": site.notes,
+        "label": (f"site {site.name}: {len(y_site)} labelled films, patient-grouped {cross_validated['folds']}-fold "
+                  f"cross-validation"),
+        "labels": y_site.tolist(), "probabilities": [round(float(v), 6) for v in p_oof],
+        "triage": tiers.to_dict(), "triage_summary": tiers.summary()})
     log.info("adapted version saved in %s", path)
     return version_id
 

@@ -22,6 +22,7 @@ import numpy as np
 from pneumo_core.errors import DatasetError
 from pneumo_core.evaluate.metrics import calibration_curve, evaluate_with_ci
 from pneumo_core.evaluate.track_record import INTERNAL_LABEL, SITE_REPORTS
+from pneumo_core.evaluate.triage import DEFAULT_ALPHA, DEFAULT_BETA, SOURCES, fit_tiers
 from pneumo_core.golive.sites import load_site
 from pneumo_core.progress import Progress
 
@@ -125,7 +126,7 @@ def verdict(site: dict, internal: dict, name: str) -> str:
     return head + " The internal figures hold at this site within the 95 % intervals."
 
 
-def _write_json_atomic(path: Path, payload: dict) -> None:
+def write_json_atomic(path: Path, payload: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     with os.fdopen(fd, "w") as f:
@@ -135,7 +136,7 @@ def _write_json_atomic(path: Path, payload: dict) -> None:
 
 
 def validate(version_dir, data_dir, name: str | None = None, n_boot: int = 1000, seed: int = 0,
-             save: bool = True, model=None) -> dict:
+             save: bool = True, model=None, alpha: float = DEFAULT_ALPHA, beta: float = DEFAULT_BETA) -> dict:
     """Score a site's labelled films with a model version at its own threshold; store the site report.
 
     Args:
@@ -145,11 +146,12 @@ def validate(version_dir, data_dir, name: str | None = None, n_boot: int = 1000,
         n_boot, seed: bootstrap resamples (patients) and seed of the 95 % intervals.
         save: write `site_reports/<site>.json` into the version folder.
         model: the loaded PneumoModel of that version, if already loaded.
+        alpha, beta: the site's triage promises (share of pneumonias in low, of normals in high).
     Returns:
         The report: `evaluate --json`'s keys (with "ppv" and "ci" for AUC, sensitivity, specificity,
         PPV, NPV, ECE) plus site, created, data, fingerprint, verdict, calibration (reliability
         diagram points), ood (flag rate), internal (its figures), labels and probabilities (per film,
-        no names), seconds.
+        no names), triage (`TriageTiers.to_dict`) and triage_summary (its paragraph), seconds.
     Raises:
         DatasetError: the folder is unusable, or the version was adapted on these very films.
     """
@@ -183,9 +185,11 @@ def validate(version_dir, data_dir, name: str | None = None, n_boot: int = 1000,
             "roc_auc", "sensitivity", "specificity", "precision", "npv", "ece", "n")}},
         "labels": y.tolist(), "probabilities": [round(float(v), 6) for v in p],
     }
+    tiers = fit_tiers(p, y, alpha, beta, site=site.name, source=SOURCES[0], created=report["created"])
+    report.update(triage=tiers.to_dict(), triage_summary=tiers.summary())
     report["seconds"] = round(time.perf_counter() - start, 1)
     if save:
-        _write_json_atomic(version_dir / SITE_REPORTS / f"{site.name}.json", report)
+        write_json_atomic(version_dir / SITE_REPORTS / f"{site.name}.json", report)
         log.info("site report written to %s", version_dir / SITE_REPORTS / f"{site.name}.json")
     return report
 

@@ -6,7 +6,9 @@
   and shown (`shown`; a cached call shown again later is a new row), which film (its SHA-256, never
   the image, its file name or anything from a DICOM header that could identify the patient), which
   model version, the probability, threshold and call, the out-of-distribution score and flag, the
-  heatmap method, where (dashboard or command line) and who.
+  heatmap method, where (dashboard or command line) and who, and the site's triage tier of the call
+  (`tier`: low / uncertain / high, NULL when the version had no site guarantee; added to older
+  databases by a migration, and hashed only when set, so rows written before it still verify).
 - `events`: who did what else: job submit and cancel, promotion and rollback, report download,
   audit view and export, sign-in, sign-out, failed sign-in, user changes (`AuditTrail.event`).
 
@@ -37,7 +39,7 @@ from pneumo_core.records import db as sqlite_db
 from pneumo_core.records.access import Actor, require
 
 COLUMNS = ("id", "time", "shown", "sha256", "model", "probability", "threshold", "call", "ood_score", "ood_flag",
-           "cam_method", "source", "who")
+           "cam_method", "source", "who", "tier")
 EVENT_COLUMNS = ("id", "time", "kind", "who", "details")
 GENESIS = "0" * 64     # the "previous hash" of a chain's first row
 BUSY_MS = sqlite_db.BUSY_MS
@@ -47,7 +49,7 @@ _SCHEMA = """
 CREATE TABLE IF NOT EXISTS diagnoses (
     id INTEGER PRIMARY KEY AUTOINCREMENT, time TEXT NOT NULL, sha256 TEXT NOT NULL, model TEXT NOT NULL,
     probability REAL NOT NULL, threshold REAL NOT NULL, call TEXT NOT NULL, ood_score REAL, ood_flag INTEGER,
-    cam_method TEXT, source TEXT, who TEXT, shown TEXT, prev_hash TEXT, hash TEXT);
+    cam_method TEXT, source TEXT, who TEXT, shown TEXT, prev_hash TEXT, hash TEXT, tier TEXT);
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT, time TEXT NOT NULL, kind TEXT NOT NULL, who TEXT,
     details TEXT NOT NULL, prev_hash TEXT NOT NULL, hash TEXT NOT NULL);
@@ -76,8 +78,13 @@ def chain_hash(previous: str, content: dict) -> str:
     return hashlib.sha256(f"{previous}\n{text}".encode()).hexdigest()
 
 
-def _content(row: dict) -> dict:
-    return {k: v for k, v in row.items() if k != "hash"}
+# Columns added after rows were chained: hashed only when set, so an older row (NULL there) keeps its hash.
+HASHED_WHEN_SET = ("tier",)
+
+
+def hashed_content(row: dict) -> dict:
+    """The part of a row (all columns, as stored) that its hash covers: all but `hash`, and HASHED_WHEN_SET if set."""
+    return {k: v for k, v in row.items() if k != "hash" and not (k in HASHED_WHEN_SET and v is None)}
 
 
 def _setup(db: sqlite3.Connection) -> None:
@@ -87,8 +94,8 @@ def _setup(db: sqlite3.Connection) -> None:
         for statement in filter(str.strip, _SCHEMA.split(";")):
             db.execute(statement)
         have = {r[1] for r in db.execute("PRAGMA table_info(diagnoses)")}
-        for column in ("shown", "prev_hash", "hash"):
-            if column not in have:   # an audit.sqlite from before the chain
+        for column in ("shown", "prev_hash", "hash", "tier"):
+            if column not in have:   # an audit.sqlite from before the chain (or before triage tiers)
                 db.execute(f"ALTER TABLE diagnoses ADD COLUMN {column} TEXT")
         unsealed = db.execute("SELECT 1 FROM diagnoses WHERE hash IS NULL LIMIT 1").fetchone()
         if unsealed and not db.execute("SELECT 1 FROM sqlite_master WHERE type = 'trigger' "
@@ -96,7 +103,7 @@ def _setup(db: sqlite3.Connection) -> None:
             previous = GENESIS
             for row in db.execute("SELECT * FROM diagnoses ORDER BY id").fetchall():
                 row = {**dict(row), "shown": row["shown"] or row["time"], "prev_hash": previous}
-                row["hash"] = chain_hash(previous, _content(row))
+                row["hash"] = chain_hash(previous, hashed_content(row))
                 db.execute("UPDATE diagnoses SET shown = ?, prev_hash = ?, hash = ? WHERE id = ?",
                            (row["shown"], previous, row["hash"], row["id"]))
                 previous = row["hash"]
@@ -146,7 +153,7 @@ class AuditTrail:
                 seq = db.execute("SELECT seq FROM sqlite_sequence WHERE name = ?", (table,)).fetchone()
                 row = {"id": max(last["id"] if last else 0, seq[0] if seq else 0) + 1, **row,
                        "prev_hash": last["hash"] if last else GENESIS}
-                row["hash"] = chain_hash(row["prev_hash"], _content(row))
+                row["hash"] = chain_hash(row["prev_hash"], hashed_content(row))
                 db.execute(f"INSERT INTO {table} ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
                            list(row.values()))
                 db.execute("COMMIT")
@@ -171,7 +178,7 @@ class AuditTrail:
             "probability": float(d.probability), "threshold": float(d.threshold), "call": d.label,
             "ood_score": None if d.ood_score is None else float(d.ood_score),
             "ood_flag": None if d.ood_flag is None else int(d.ood_flag), "cam_method": d.method,
-            "source": source, "who": who})
+            "source": source, "who": who, "tier": getattr(d, "tier", None)})
 
     def event(self, kind: str, who: str | None, **details) -> int:
         """Append one event to the chain; returns its id.
@@ -250,7 +257,7 @@ class AuditTrail:
                     elif row["prev_hash"] != previous:
                         problem = (f"{table} row {row['id']}: its link to the previous row is broken (the previous "
                                    f"row was changed, deleted or inserted)")
-                    elif row["hash"] != chain_hash(previous, _content(row)):
+                    elif row["hash"] != chain_hash(previous, hashed_content(row)):
                         problem = f"{table} row {row['id']}: its content does not match its hash (the row was changed)"
                     if problem:
                         return {"ok": False, "problem": problem, "rows": counts, "last": last}

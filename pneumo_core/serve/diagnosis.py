@@ -7,9 +7,12 @@ The words and numbers a clinician reads are decided here, once, for the screen a
   point, in log-odds, so "well above the threshold" means the same at a 0.87 threshold as at 0.5
   (probabilities are calibrated to a training set that is 74 % pneumonia: 0.8 can be a NORMAL call);
 - `certainty`: clear / probable / borderline, and "not assessable" when the film is unlike the
-  training films (the call is still shown, never relied on);
-- `priority` / `worklist_order`: check (not assessable or borderline) pinned to the top, then
-  urgent (PNEUMONIA), then routine (NORMAL);
+  training films (the call is still shown, never relied on); a version with no site guarantee
+  never says "clear" or "well above": its certainty is "not validated at this site";
+- `tier` / `tier_guarantee`: the site's triage tier (low / uncertain / high, `evaluate.triage`) and
+  the sentence naming the site films it rests on; None when the version has no site guarantee;
+- `priority` / `worklist_order`: with tiers, high, uncertain, low; without, check (not assessable
+  or borderline) pinned to the top, then urgent (PNEUMONIA), then routine (NORMAL);
 - `shows_heatmap`: heatmaps are drawn for PNEUMONIA and borderline calls (on request for NORMAL).
 
 Heatmaps always explain the PNEUMONIA logit (evidence *for pneumonia*, whatever the call), are
@@ -25,6 +28,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from pneumo_core.evaluate.triage import NOT_VALIDATED, TIERS, TriageTiers, tiers_for
 from pneumo_core.explain.heatmap import chest_mask, restrict, to_uint8
 from pneumo_core.imaging.films import FilmInfo
 from pneumo_core.imaging.ood import WARNING as OOD_WARNING
@@ -42,6 +46,11 @@ SCALE_SPAN = 5.0   # the strength scale runs from -5 to +5 log-odds around the t
 BORDERLINE_TEXT = "borderline: close to the threshold, a second reading is advised"
 NOT_ASSESSABLE_TEXT = ("not assessable: the film is unlike the training films, so the call is shown but must not "
                        "be relied on; a clinician must read this film")
+NOT_VALIDATED_TEXT = (f"{NOT_VALIDATED}: how far a call can be trusted was measured on films of the training "
+                      f"source only; validate this version on the site's films (site validate)")
+# The tier of a film flagged as unlike the training films: the site's guarantee assumes films like the site's.
+OOD_TIER_TEXT = ("Uncertain: the film is unlike the training films, so the site's guarantee does not cover it; "
+                 "it needs a full read.")
 PRIORITIES = ("check", "urgent", "routine")   # worklist order, top first
 PRIORITY_MEANING = {"check": "not assessable or borderline: read first, the model cannot vouch for it",
                     "urgent": "called PNEUMONIA", "routine": "called NORMAL"}
@@ -67,14 +76,18 @@ def format_probability(probability: float) -> str:
     return f"{p:.2f}"
 
 
-def strength_words(probability: float, threshold: float) -> str:
-    """'well above the threshold', 'just below the threshold', … (log-odds distance, see BORDERLINE, CLEAR)."""
+def strength_words(probability: float, threshold: float, validated: bool = True) -> str:
+    """'well above the threshold', 'just below the threshold', … (log-odds distance, see BORDERLINE, CLEAR).
+
+    Without a site validation (`validated` False) there is no 'well': distance from a threshold set on
+    the training source says little at a new site.
+    """
     m = margin(probability, threshold)
     side = "above" if probability >= threshold else "below"
     size = abs(m)
     if size < BORDERLINE:
         return f"just {side} the threshold"
-    if size < CLEAR:
+    if size < CLEAR or not validated:
         return f"{side} the threshold"
     return f"well {side} the threshold"
 
@@ -84,7 +97,7 @@ def scale_position(probability: float, threshold: float) -> float:
     return float(0.5 + np.clip(margin(probability, threshold), -SCALE_SPAN, SCALE_SPAN) / (2 * SCALE_SPAN))
 
 
-def certainty(probability: float, threshold: float, ood_flag: bool | None = None) -> str:
+def certainty(probability: float, threshold: float, ood_flag: bool | None = None, validated: bool = True) -> str:
     """How far the call is from the threshold, in words a clinician reads.
 
     Measured in log-odds, so 0.95 vs a 0.90 threshold counts as close as 0.10 vs 0.18. A film flagged
@@ -93,14 +106,19 @@ def certainty(probability: float, threshold: float, ood_flag: bool | None = None
     Args:
         probability: the model's probability of PNEUMONIA; threshold: its operating point.
         ood_flag: the out-of-distribution flag (None: the model version has no detector).
+        validated: whether the version has a site guarantee (triage tiers); without one, no call is
+            'probable' or 'clear' (a default model was 'clear' on normal films at p 0.95-0.99 at a new site).
     Returns:
-        'not assessable: …', 'borderline: …', 'probable' or 'clear' (the first word is the short form).
+        'not assessable: …', 'borderline: …', 'not validated at this site: …', 'probable' or 'clear'
+        (the words before the colon are the short form).
     """
     if ood_flag:
         return NOT_ASSESSABLE_TEXT
     size = abs(margin(probability, threshold))
     if size < BORDERLINE:
         return BORDERLINE_TEXT
+    if not validated:
+        return NOT_VALIDATED_TEXT
     if size < CLEAR:
         return "probable"
     return "clear"
@@ -128,6 +146,8 @@ class Diagnosis:
     ood_score: float | None = None   # 1.0 = the flag line; None: the model version has no OOD detector
     ood_flag: bool | None = None
     info: FilmInfo | None = None     # format, and for DICOM modality, view, study date and study identifiers
+    tier: str | None = None          # 'low' / 'uncertain' / 'high' (golive.triage); None: no site guarantee
+    tier_guarantee: str | None = None   # the sentence shown with the tier, naming the site's films
 
     @property
     def warnings(self) -> list[str]:
@@ -136,8 +156,13 @@ class Diagnosis:
 
     @property
     def certainty_word(self) -> str:
-        """'clear', 'probable', 'borderline' or 'not assessable'."""
+        """'clear', 'probable', 'borderline', 'not assessable' or 'not validated at this site'."""
         return self.certainty.split(":")[0]
+
+    @property
+    def validated(self) -> bool:
+        """Whether the version has a site guarantee (a tier) for this call."""
+        return self.tier is not None
 
     @property
     def probability_text(self) -> str:
@@ -145,7 +170,7 @@ class Diagnosis:
 
     @property
     def strength(self) -> str:
-        return strength_words(self.probability, self.threshold)
+        return strength_words(self.probability, self.threshold, self.validated)
 
     @property
     def priority(self) -> str:
@@ -172,9 +197,30 @@ def priority(d: Diagnosis) -> str:
 
 
 def worklist_order(diagnoses: list[Diagnosis]) -> list[int]:
-    """Indices of `diagnoses` in worklist order: by priority (PRIORITIES), then highest probability first."""
-    return sorted(range(len(diagnoses)),
-                  key=lambda i: (PRIORITIES.index(priority(diagnoses[i])), -diagnoses[i].probability))
+    """Indices of `diagnoses` in worklist order, highest probability first within each group.
+
+    Calls with a site tier: high, uncertain, low (the site's guarantee orders them); then calls
+    without one, by priority (PRIORITIES).
+    """
+    def key(i):
+        d = diagnoses[i]
+        group = TIERS.index(d.tier) if d.tier in TIERS else len(TIERS) + PRIORITIES.index(priority(d))
+        return group, -d.probability
+    return sorted(range(len(diagnoses)), key=key)
+
+
+def tier_of(tiers: TriageTiers | None, probability: float, ood_flag: bool | None) -> tuple[str | None, str | None]:
+    """(tier, guarantee sentence) of one call; (None, None) without tiers.
+
+    A film flagged as unlike the training films is 'uncertain' whatever its probability: the site's
+    guarantee holds for films like the site's.
+    """
+    if tiers is None:
+        return None, None
+    if ood_flag:
+        return "uncertain", OOD_TIER_TEXT
+    tier = tiers.tier(probability)
+    return tier, tiers.guarantee(tier)
 
 
 def shows_heatmap(d: Diagnosis) -> bool:
@@ -194,6 +240,11 @@ class Diagnoser:
         self.ood = OODDetector.load(model.path)
         self._cams: dict[str, BaseCAM] = {}
         self._lock = threading.Lock()
+
+    @property
+    def tiers(self) -> TriageTiers | None:
+        """The version's triage tiers, read afresh (a site validation while the server runs counts at once)."""
+        return tiers_for(self.model.path)
 
     def cam(self, method: str) -> BaseCAM:
         from pneumo_core.explain.cam import make_cam
@@ -215,11 +266,12 @@ class Diagnoser:
             probability = self.model.tta_adjust([gray], probability)   # versions scored over augmented views
         p = float(probability[0])
         ((ood_score, ood_flag),) = assess(self.ood, embeddings)
+        tier, guarantee = tier_of(self.tiers, p, ood_flag)
         return Diagnosis(name=name, probability=p, label=self.model.label(p), threshold=self.model.threshold,
-                         certainty=certainty(p, self.model.threshold, ood_flag), heatmap=heatmap, method=method,
-                         model_id=self.model.id,
+                         certainty=certainty(p, self.model.threshold, ood_flag, validated=tier is not None),
+                         heatmap=heatmap, method=method, model_id=self.model.id,
                          sha256=hashlib.sha256(data if data is not None else gray.tobytes()).hexdigest(),
-                         ood_score=ood_score, ood_flag=ood_flag, info=info)
+                         ood_score=ood_score, ood_flag=ood_flag, info=info, tier=tier, tier_guarantee=guarantee)
 
     def faithfulness(self, gray: np.ndarray, heatmap: np.ndarray, method: str = "gradcam") -> DeletionCurve:
         """The deletion curve of a heatmap of this film (see `cam.BaseCAM.deletion_curve`)."""

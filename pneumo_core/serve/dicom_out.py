@@ -5,8 +5,9 @@ film's study, with new UIDs, the patient and study modules copied from the sourc
 reference to the source study, series and instance:
 
 - `structured_report`: a Comprehensive SR holding a TID 1500 Measurement Report with one
-  measurement group for the film: the call (SNOMED finding), the certainty words, the OOD flag
-  as qualitative evaluations; the probability, the threshold and the OOD score as measurements;
+  measurement group for the film: the call (SNOMED finding), the certainty words, the site's
+  triage tier (when the version has a site guarantee) and the OOD flag as qualitative evaluations;
+  the probability, the threshold and the OOD score as measurements;
   the model version and algorithm name as the algorithm identification (TID 4019). Marked
   neither final nor verified: it is decision support, a clinician signs the report.
 - `heatmap_capture`: a Secondary Capture of the heatmap overlay, with the label "decision
@@ -54,6 +55,17 @@ THRESHOLD = Code("threshold", SCHEME, "Decision threshold for PNEUMONIA")
 OOD_SCORE = Code("ood-score", SCHEME, "Out-of-distribution score (1.0 = flag line)")
 OOD_FLAG = Code("ood-flag", SCHEME, "Unlike the training films (out of distribution)")
 CERTAINTY = Code("certainty", SCHEME, "Certainty of the call")
+TIER = Code("triage-tier", SCHEME, "Triage tier set on the site's own films")
+TIER_MEANINGS = {"low": "Low: under the site's cut-off for missed pneumonia",
+                 "uncertain": "Uncertain: between the site's cut-offs, needs a full read",
+                 "high": "High: over the site's cut-off for false alarms"}
+
+
+def _certainty_code(certainty: str) -> Code:
+    """The certainty as a code: its short form as value (DICOM allows 16 characters), the words as meaning."""
+    word = certainty.split(":")[0]
+    return Code(word if len(word) <= 16 else "not-validated" if word.startswith("not validated") else word[:16],
+                SCHEME, certainty[:64])
 
 
 def result_uids(source_sop_uid: str, model_id: str) -> dict[str, str]:
@@ -84,7 +96,9 @@ def structured_report(source, diagnosis: Diagnosis) -> hd.sr.ComprehensiveSR:
                                       algorithm_id=algorithm),
                     hd.sr.Measurement(name=THRESHOLD, value=round(d.threshold, 6), unit=UNITLESS)]
     evaluations = [hd.sr.QualitativeEvaluation(FINDING, _finding(d.label)),
-                   hd.sr.QualitativeEvaluation(CERTAINTY, Code(d.certainty.split(":")[0], SCHEME, d.certainty[:64]))]
+                   hd.sr.QualitativeEvaluation(CERTAINTY, _certainty_code(d.certainty))]
+    if d.tier is not None:
+        evaluations.append(hd.sr.QualitativeEvaluation(TIER, Code(d.tier, SCHEME, TIER_MEANINGS[d.tier])))
     if d.ood_score is not None:
         measurements.append(hd.sr.Measurement(name=OOD_SCORE, value=round(d.ood_score, 6), unit=UNITLESS))
         evaluations.append(hd.sr.QualitativeEvaluation(OOD_FLAG, YES if d.ood_flag else NO))
@@ -177,8 +191,8 @@ def read_result(sr) -> dict:
     Args:
         sr: the SR's pydicom Dataset (e.g. retrieved from the archive).
     Returns:
-        {"label", "probability", "threshold", "certainty", "ood_score", "ood_flag", "model", "algorithm",
-        "source_sop_uid", "study_uid"}; missing items are None.
+        {"label", "probability", "threshold", "certainty", "tier", "ood_score", "ood_flag", "model",
+        "algorithm", "source_sop_uid", "study_uid"}; missing items are None.
     """
     items = hd.sr.utils.find_content_items(sr, recursive=True)
     by_code: dict[str, object] = {}
@@ -196,6 +210,7 @@ def read_result(sr) -> dict:
     return {"label": None if finding is None else "PNEUMONIA" if finding.CodeValue == PNEUMONIA.value else "NORMAL",
             "probability": by_code.get(PROBABILITY.value), "threshold": by_code.get(THRESHOLD.value),
             "certainty": None if certainty is None else certainty.CodeMeaning,
+            "tier": None if by_code.get(TIER.value) is None else by_code[TIER.value].CodeValue,
             "ood_score": by_code.get(OOD_SCORE.value),
             "ood_flag": None if flag is None else flag.CodeValue == YES.value,
             "model": by_code.get("111003"), "algorithm": by_code.get("111001"),

@@ -5,7 +5,8 @@ Debian's fonts-dejavu-core where installed, else the Bitstream Vera that ships i
 `missing_glyphs` checks a text against the font). It carries the study's identifiers (DICOM
 accession number and Study Instance UID, or the reference the user typed), never the file name;
 the local time with its zone; the call, its probability against the threshold in words, the
-certainty and any caution; the figures that apply to the model, named by the data they were
+certainty, the site's triage tier with its guarantee (or "not validated at this site") and any caution;
+the figures that apply to the model, named by the data they were
 measured on (`track_record`); the film and, where drawn, its heatmap with a colour bar; and a
 "read by / signed" line.
 """
@@ -74,6 +75,8 @@ def result_lines(d: Diagnosis) -> list[tuple[str, str]]:
     lines = [("Call", d.label),
              ("Probability of pneumonia", f"{d.probability_text}, {d.strength} ({format_probability(d.threshold)})"),
              ("Certainty", d.certainty)]
+    if d.tier is not None:   # the site's guarantee; without one, the certainty says "not validated at this site"
+        lines.append(("Triage tier", d.tier_guarantee))
     if d.ood_score is not None:
         lines.append(("Out-of-distribution score", f"{d.ood_score:.2f} (flagged above 1.00)"))
     return lines
