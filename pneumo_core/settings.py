@@ -29,12 +29,17 @@ Every knob a deployment may need to change lives here, so the rest of the librar
 | PNEUMO_SITE_DATA      | a folder holding sites' labelled films (NORMAL/ and        |
 |                       | PNEUMONIA/, itself or one or two levels down), offered on  |
 |                       | the Site page; unset = only folders beside PNEUMO_DATA     |
+| PNEUMO_SITE_UPLOAD_DAYS | 7: days an uploaded site zip's films are kept under      |
+|                       | PNEUMO_HOME/sites (removed at the next upload after that)  |
 | PNEUMO_PACS_URL       | DICOMweb root of the archive, e.g.                         |
 |                       | `http://pacs:8042/dicom-web`; unset = no PACS              |
 | PNEUMO_PACS_USER,     | HTTP basic auth for the archive; or PNEUMO_PACS_TOKEN for  |
 | PNEUMO_PACS_PASSWORD  | a bearer token; none set = no auth header is sent          |
 | PNEUMO_PACS_SECRETS   | a JSON file {"url", "user", "password", "token"} read when |
 |                       | the variables are unset (default `PNEUMO_HOME/pacs.json`)  |
+| PNEUMO_PACS_ALLOW_HTTP_CREDENTIALS | 0: credentials are refused over a plain  |
+|                       | `http://` URL (anyone on the path reads them); 1 allows    |
+|                       | it (a test archive on this machine)                        |
 """
 from __future__ import annotations
 
@@ -121,10 +126,15 @@ class Settings:
     # Days the de-identified pixels of films with a reader's verdict are kept for adaptation
     # (PNEUMO_REVIEWED_RETENTION_DAYS; 0: keep none). A year: a few adaptation rounds at a site.
     reviewed_retention_days: int = 365
+    # Days an uploaded site's films (up to 1 GB each, a hospital's) stay under PNEUMO_HOME/sites: a week
+    # covers validating, adapting and re-validating (PNEUMO_SITE_UPLOAD_DAYS).
+    site_upload_days: float = 7
     pacs_url: str = ""  # DICOMweb root; credentials never shown (repr=False)
     pacs_user: str = field(default="", repr=False)
     pacs_password: str = field(default="", repr=False)
     pacs_token: str = field(default="", repr=False)
+    # Basic auth or a token over plain http:// is refused unless this is set (PNEUMO_PACS_ALLOW_HTTP_CREDENTIALS=1).
+    pacs_allow_http_credentials: bool = False
 
     @property
     def tuning_role(self) -> str | None:
@@ -207,6 +217,8 @@ def load_settings(env: dict | None = None) -> Settings:
         budget=memory_budget(env),
         site_data_dir=Path(env["PNEUMO_SITE_DATA"]) if env.get("PNEUMO_SITE_DATA") else None,
         reviewed_retention_days=int(env.get("PNEUMO_REVIEWED_RETENTION_DAYS", 365)),
+        site_upload_days=float(env.get("PNEUMO_SITE_UPLOAD_DAYS", 7)),
+        pacs_allow_http_credentials=env.get("PNEUMO_PACS_ALLOW_HTTP_CREDENTIALS", "").lower() in ("1", "true", "yes"),
         **_pacs_secrets(env, home),
     )
 

@@ -44,7 +44,8 @@ else:
         key = f"site_zip_{upload.file_id}_{upload_name}"
         try:
             if key not in st.session_state:   # unpacked once per upload, not on every rerun
-                st.session_state[key] = site.extract_zip(upload.getvalue(), settings.home, upload_name)
+                st.session_state[key] = site.extract_zip(upload.getvalue(), settings.home, upload_name,
+                                                                 settings.site_upload_days)
             folder = st.session_state[key]
         except PneumoError as error:
             st.error(str(error))
