@@ -104,13 +104,14 @@ class Watcher:
         except Exception as error:   # noqa: BLE001 - recorded on the film's row, logged with its traceback
             if isinstance(error, PacsError) and error.status in (401, 403):
                 raise
-            if not isinstance(error, PacsError):
-                log.exception("%s: %s failed", row["sop_uid"], getattr(step, "__name__", "a step"))
+            if isinstance(error, PacsError):
+                log.warning("%s: %s", row["sop_uid"], error)
+            else:   # a bug, or an answer nobody foresaw: its traceback for the log, its name for the row
+                log.exception("%s: %s failed", row["sop_uid"], getattr(step, "__name__", "a step").strip("_"))
                 error = f"{type(error).__name__}: {error}"
             attempts = row["attempts"] + 1
             status = row["status"] if row["status"] == "scored" and attempts < MAX_ATTEMPTS else "failed"
             self.state.update(row["sop_uid"], self.model, status=status, attempts=attempts, reason=str(error)[:500])
-            log.warning("%s: %s", row["sop_uid"], error)
             return failed
 
     def _paths(self, sop_uid: str) -> tuple[Path, Path]:
