@@ -29,6 +29,8 @@ Every knob a deployment may need to change lives here, so the rest of the librar
 | PNEUMO_SITE_DATA      | a folder holding sites' labelled films (NORMAL/ and        |
 |                       | PNEUMONIA/, itself or one or two levels down), offered on  |
 |                       | the Site page; unset = only folders beside PNEUMO_DATA     |
+| PNEUMO_REVIEWED_RETENTION_DAYS | 365: days the de-identified films with a reader's |
+|                       | verdict are kept for adaptation (0: keep none)             |
 | PNEUMO_SITE_UPLOAD_DAYS | 7: days an uploaded site zip's films are kept under      |
 |                       | PNEUMO_HOME/sites (removed at the next upload after that)  |
 | PNEUMO_PACS_URL       | DICOMweb root of the archive, e.g.                         |
