@@ -15,7 +15,6 @@ from pneumo_core.errors import PneumoError, SignInError
 from pneumo_core.records import signin
 from pneumo_core.records.access import Actor
 from ui.loaders import audit_trail, settings, users
-from ui.text import literal
 
 
 def actor() -> Actor | None:
@@ -48,7 +47,7 @@ def require_page(page: str) -> Actor:
     current = actor()
     refusal = signin.page_refusal(current, page)
     if refusal:
-        (st.warning if current is None else st.error)(literal(refusal))
+        (st.warning if current is None else st.error)(refusal)
         st.stop()
     return current
 

@@ -130,7 +130,7 @@ def new_account_form(key: str, submit: str, create, *, name_label: str, example:
         try:
             return create(name, confirm_password(password, again), value)
         except PneumoError as error:
-            st.error(literal(str(error).capitalize() + "."))
+            st.error(str(error).capitalize() + ".")   # the library's account messages: no film or archive text
             if refused:
                 refused(name, error)
             return None

@@ -48,7 +48,7 @@ if accounts:
             ui.audit_event("user_change", admin.name, action="disable", account=chosen)
             st.rerun()
     except PneumoError as error:
-        st.error(ui.literal(str(error).capitalize() + "."))
+        st.error(str(error).capitalize() + ".")
 
 st.subheader("Hospital sign-in (OpenID Connect)")
 if not ui.oidc_configured():
