@@ -8,6 +8,7 @@ from pathlib import Path
 import streamlit as st
 
 import ui
+from pneumo_core.files import keep_private
 from pneumo_core.records.signin import may_open
 
 # A local favicon: an icon name would make the browser fetch it from a font server (fails offline).
@@ -15,6 +16,8 @@ st.set_page_config(page_title="Pneumo", page_icon=str(Path(__file__).parent / "s
                    layout="wide")
 
 HERE = Path(__file__).parent
+# Before any page writes: the home holds patient data (files 0600, folders 0700; a loose home is tightened).
+keep_private(ui.settings().home)
 # (script, title, icon); who may open each page is the library's (may_open, by the script's name)
 PAGES = [
     ("views/diagnose.py", "Diagnose", ":material/stethoscope:"),

@@ -37,7 +37,7 @@ PACKAGE = ROOT / "pneumo_core"
 
 # Lowest first; a layer imports only from the layers above it in this list (docs/architecture.md).
 LAYERS = [
-    ("base", "errors, settings, choices, progress: no model, no screen, no network"),
+    ("base", "errors, settings, choices, progress, files: no model, no screen, no network"),
     ("imaging", "reading films, preprocessing, augmentation, out-of-distribution detector"),
     ("evaluate", "metrics, figures, track record"),
     ("learn", "data, backbones, feature cache, model, training, tuning, distribution, the version-folder store"),

@@ -33,13 +33,20 @@ Every knob a deployment may need to change lives here, so the rest of the librar
 | PNEUMO_TRIAGE_BETA    | pneumonias in low (0.05), of normals in high (0.10); the   |
 |                       | default of `site validate/adapt --alpha/--beta`            |
 | PNEUMO_CLINIC_PREVALENCE | the clinic's share of pneumonia for PPV/NPV (0..1);     |
-|                       | unset = estimated from recent scores (Monitor)             |
+|                       | unset = readers' verdicts, else estimated from scores     |
+| PNEUMO_REVIEWED_RETENTION_DAYS | 365: days the de-identified films with a reader's |
+|                       | verdict are kept for adaptation (0: keep none)             |
+| PNEUMO_SITE_UPLOAD_DAYS | 7: days an uploaded site zip's films are kept under      |
+|                       | PNEUMO_HOME/sites (removed at the next upload after that)  |
 | PNEUMO_PACS_URL       | DICOMweb root of the archive, e.g.                         |
 |                       | `http://pacs:8042/dicom-web`; unset = no PACS              |
 | PNEUMO_PACS_USER,     | HTTP basic auth for the archive; or PNEUMO_PACS_TOKEN for  |
 | PNEUMO_PACS_PASSWORD  | a bearer token; none set = no auth header is sent          |
 | PNEUMO_PACS_SECRETS   | a JSON file {"url", "user", "password", "token"} read when |
 |                       | the variables are unset (default `PNEUMO_HOME/pacs.json`)  |
+| PNEUMO_PACS_ALLOW_HTTP_CREDENTIALS | 0: credentials are refused over a plain  |
+|                       | `http://` URL (anyone on the path reads them); 1 allows    |
+|                       | it (a test archive on this machine)                        |
 """
 from __future__ import annotations
 
@@ -129,10 +136,15 @@ class Settings:
     triage_alpha: float = 0.05   # triage tiers: share of pneumonias the low tier may hold (95 % confidence)
     triage_beta: float = 0.10    # share of normals the high tier may hold
     clinic_prevalence: float | None = None   # for PPV/NPV; None: estimated from recent scores
+    # Days an uploaded site's films (up to 1 GB each, a hospital's) stay under PNEUMO_HOME/sites: a week
+    # covers validating, adapting and re-validating (PNEUMO_SITE_UPLOAD_DAYS).
+    site_upload_days: float = 7
     pacs_url: str = ""  # DICOMweb root; credentials never shown (repr=False)
     pacs_user: str = field(default="", repr=False)
     pacs_password: str = field(default="", repr=False)
     pacs_token: str = field(default="", repr=False)
+    # Basic auth or a token over plain http:// is refused unless this is set (PNEUMO_PACS_ALLOW_HTTP_CREDENTIALS=1).
+    pacs_allow_http_credentials: bool = False
 
     @property
     def tuning_role(self) -> str | None:
@@ -218,6 +230,8 @@ def load_settings(env: dict | None = None) -> Settings:
         triage_alpha=_share(env, "PNEUMO_TRIAGE_ALPHA", 0.05),
         triage_beta=_share(env, "PNEUMO_TRIAGE_BETA", 0.10),
         clinic_prevalence=_share(env, "PNEUMO_CLINIC_PREVALENCE", None),
+        site_upload_days=float(env.get("PNEUMO_SITE_UPLOAD_DAYS", 7)),
+        pacs_allow_http_credentials=env.get("PNEUMO_PACS_ALLOW_HTTP_CREDENTIALS", "").lower() in ("1", "true", "yes"),
         **_pacs_secrets(env, home),
     )
 

@@ -100,9 +100,9 @@ def test_bootstrap_intervals_resample_patients_and_hold_the_estimate():
     assert per_film["resampled"] == "films" and per_film["sensitivity"][0] < per_film["sensitivity"][1]
 
 
-def _zip(entries: dict) -> bytes:
+def _zip(entries: dict, compression=zipfile.ZIP_STORED) -> bytes:
     buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
+    with zipfile.ZipFile(buffer, "w", compression) as archive:
         for name, data in entries.items():
             archive.writestr(name, data)
     return buffer.getvalue()
@@ -123,6 +123,56 @@ def test_zip_upload_is_unpacked_safely(tmp_path):
     with pytest.raises(DatasetError, match="not a zip"):
         site.extract_zip(b"plain text", tmp_path / "home", "bad")
     assert not (tmp_path / "evil.jpeg").exists() and not list((tmp_path / "home").glob(".site-upload-*"))
+
+
+def _site_zip(tmp_path, compression=zipfile.ZIP_STORED) -> bytes:
+    data = make_dataset(tmp_path / "films", {"hospital": (20, 20)})
+    return _zip({f"hospital/{p.parent.name}/{p.name}": p.read_bytes() for p in (data / "hospital").rglob("*.jpeg")},
+                compression)
+
+
+def _lying_sizes(data: bytes, size: int) -> bytes:
+    """`data` with every member's uncompressed size, in its local and central headers, replaced by `size`."""
+    out = bytearray(data)
+    for signature, offset in ((b"PK\x03\x04", 22), (b"PK\x01\x02", 24)):
+        start = out.find(signature)
+        while start >= 0:
+            out[start + offset:start + offset + 4] = size.to_bytes(4, "little")
+            start = out.find(signature, start + 4)
+    return bytes(out)
+
+
+@pytest.mark.parametrize("compression", [zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED])
+def test_a_member_whose_header_lies_about_its_size_is_a_clear_error(tmp_path, compression):
+    # Under-stated: the reader stops at the stated size and the CRC fails. (Over-stated is harmless:
+    # the data ends first, its CRC holds, and the bytes read are bounded by MAX_FILM_BYTES anyway.)
+    data = _lying_sizes(_site_zip(tmp_path, compression), 10)
+    with pytest.raises(DatasetError, match="header does not match its data"):
+        site.extract_zip(data, tmp_path / "home", "liar")
+    assert not list((tmp_path / "home").glob(".site-upload-*"))   # nothing half-unpacked is left
+
+
+def test_every_member_counts_and_too_many_are_refused_before_the_list_is_read(tmp_path):
+    many = _zip({f"empty/{i}": b"" for i in range(site.MAX_ZIP_MEMBERS + 1)})  # no film among them
+    assert site.zip_member_count(many)[0] == site.MAX_ZIP_MEMBERS + 1
+    with pytest.raises(DatasetError, match=f"{site.MAX_ZIP_MEMBERS + 1} members"):
+        site.extract_zip(many, tmp_path / "home", "many")
+
+
+def test_uploaded_sites_expire_after_their_age(tmp_path):
+    import os
+    import time
+    home = tmp_path / "home"
+    old = site.extract_zip(_site_zip(tmp_path), home, "old site").parent
+    week_ago = time.time() - 8 * 86400
+    os.utime(old, (week_ago, week_ago))
+    fresh = site.extract_zip(_zip({**{f"b/NORMAL/{i}.jpeg": b"x" for i in range(2)}, "b/PNEUMONIA/0.jpeg": b"x"}),
+                             home, "fresh site", keep_days=7)
+    assert not old.exists() and fresh.is_dir()
+    assert site.expire_uploads(home, days=7) == []
+    assert site.expire_uploads(home, days=7, now=time.time() + 8 * 86400) == [fresh.parent]
+    assert not fresh.exists()
+    assert load_settings({"PNEUMO_SITE_UPLOAD_DAYS": "2"}).site_upload_days == 2
 
 
 def test_site_page_offers_the_folders_under_pneumo_site_data_and_never_the_training_data(tmp_path):

@@ -5,7 +5,8 @@
 - images: display-sized films, JPEG and thumbnail encodings;
 - widgets: first-run message, version picker, job progress, promote, account form, strength scale;
 - session: who is signed in, glue over the library's sign-in policy (`pneumo_core.records.signin`);
-- keras_session: Keras's state kept across runs.
+- keras_session: Keras's state kept across runs;
+- text: `literal`, the one escape for untrusted text (headers, PACS, file and user names, errors) in Markdown.
 
 Screen only: every decision is the library's (pneumo_core never imports this package or Streamlit).
 """
@@ -49,6 +50,7 @@ from ui.session import (
     signed_in_actor,
     who,
 )
+from ui.text import literal
 from ui.widgets import (
     TRAIN_COMMAND,
     check_upload_count,
@@ -68,7 +70,7 @@ __all__ = [
     "client", "current_train_params", "decode_budget", "diagnose_and_record", "diagnoser", "diagnoser_for",
     "diagnosis", "diagnosis_cache", "display_film", "error_overlay", "faithfulness", "figures_that_apply",
     "film_jpeg", "film_key", "film_thumbnail", "first_run", "for_display", "job_progress", "job_queue", "jpeg",
-    "keep_keras_session", "may", "new_account_form", "oidc_configured", "oidc_logged_in", "open_clicked_row",
+    "keep_keras_session", "literal", "may", "new_account_form", "oidc_configured", "oidc_logged_in", "open_clicked_row",
     "open_new_films", "promote", "record_refusal", "require_page", "settings", "setup_code_if_needed", "sign_in",
     "sign_out", "signed_in_actor", "strength_scale", "test_predictions", "thumbnail_uri", "users", "version_dir",
     "version_picker", "versions", "who",

@@ -14,6 +14,7 @@ from pneumo_core.golive.reviewed import review
 from pneumo_core.records import notices, verdicts
 from pneumo_core.records.registry import active_version
 from pneumo_core.serve.diagnosis import format_probability, local_time
+from ui.text import literal
 
 READ_LABELS = {"NORMAL": "NORMAL", "PNEUMONIA": "PNEUMONIA", "not-assessable": "not assessable"}
 
@@ -94,7 +95,7 @@ def verdict_form(key: str, gray: np.ndarray, *, diagnosis_id: int | None = None,
     st.markdown("##### Your read")
     earlier = latest(sha256)
     if earlier is not None:
-        st.caption(f"On record: {earlier.summary()} · {earlier.who}, {local_time(earlier.time)}. "
+        st.caption(f"On record: {literal(earlier.summary())} · {literal(earlier.who)}, {local_time(earlier.time)}. "
                    "A new verdict supersedes it (the earlier one stays in the audit trail).")
     with st.form(f"verdict_{key}", border=True):
         read = st.radio("Your read of this film", verdicts.READS, index=None, horizontal=True,
@@ -112,7 +113,7 @@ def verdict_form(key: str, gray: np.ndarray, *, diagnosis_id: int | None = None,
     try:
         verdict = review(ui.settings(), trail, actor, gray, diagnosis_id, read, zones, note, source)
     except PneumoError as error:
-        st.error(str(error))
+        st.error(literal(error))
         return
     st.success(f"Recorded: {verdict.summary()}.", icon=":material/check:")
 
@@ -136,4 +137,4 @@ def reviewed_adapt_offer(version: str, actor) -> None:
                                                       actor=actor)
             st.success(f"Job {job_id} submitted.")
         except PneumoError as error:
-            st.error(str(error))
+            st.error(literal(error))

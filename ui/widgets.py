@@ -12,6 +12,7 @@ from pneumo_core.records.signin import confirm_password
 from pneumo_core.records.users import MIN_PASSWORD
 from ui.loaders import audit_trail, settings, versions
 from ui.session import actor, may
+from ui.text import literal
 
 TRAIN_COMMAND = "python -m pneumo_core train --data DATA_DIR"
 
@@ -69,7 +70,7 @@ def job_progress(queue: JobQueue, log_lines: int, follow_key: str, cancel_prefix
         try:
             queue.cancel(job["id"], actor=actor())
         except PneumoError as error:
-            st.error(str(error))
+            st.error(literal(error))
         else:
             st.rerun()
 
@@ -86,7 +87,7 @@ def promote(version: str, active: str | None) -> None:
         entry = registry.promote(settings().models_dir, version, actor=actor(), expected_active=active,
                                  trail=audit_trail())
     except PneumoError as error:
-        st.error(str(error))
+        st.error(literal(error))
     else:
         was = f" (was {entry['from']})" if entry["from"] else ""
         st.toast(f"{entry['action'].capitalize()}: {entry['to']} is now the active model{was}.")
@@ -129,7 +130,7 @@ def new_account_form(key: str, submit: str, create, *, name_label: str, example:
         try:
             return create(name, confirm_password(password, again), value)
         except PneumoError as error:
-            st.error(str(error).capitalize() + ".")
+            st.error(str(error).capitalize() + ".")   # the library's account messages: no film or archive text
             if refused:
                 refused(name, error)
             return None

@@ -27,7 +27,7 @@ filters = {"model": None if model == "all" else model, "call": None if call == "
 try:
     rows = trail.view(ui.actor(), **filters)   # recorded: who looked, with which filters
 except PermissionDenied as error:
-    st.error(str(error))
+    st.error(ui.literal(error))
     st.stop()
 st.markdown(f"**{len(rows)}** of {len(everything)} diagnoses")
 st.dataframe(pd.DataFrame(rows, columns=list(COLUMNS)), hide_index=True, width="stretch", column_config={

@@ -50,10 +50,10 @@ bar.empty()
 if failures:
     st.markdown(f"**{len(failures)} of {len(uploads)} files could not be scored**"
                 + (f"; the other {len(uploads) - len(failures)} were." if films else "."))
-for message in failures:
-    st.error(message)
+for message in failures:   # they name the uploaded files: shown as they are, never as Markdown
+    st.error(ui.literal(message))
 for message in copies:
-    st.info(message)
+    st.info(ui.literal(message))
 if not films:
     st.stop()
 order = [list(films)[i] for i in dx.worklist_order([film[1] for film in films.values()])]
@@ -71,16 +71,16 @@ def film_view() -> None:
                                            f"{films[k][1].probability_text} · SHA-256 {k}")
     key = st.session_state["open_film"] if len(order) > 1 else order[0]
     gray, d, position, data = films[key]
-    st.subheader(f"File {position}: {d.name}")
+    st.subheader(f"File {position}: {ui.literal(d.name)}")
     identity = [d.info.summary()] if d.info else []
     identity += [f"{k}: {v}" for k, v in study_reference(d) if k != "Reference"]
-    st.caption(" · ".join(identity + [f"SHA-256 {d.sha256[:16]}…"]))
+    st.caption(" · ".join([ui.literal(part) for part in identity] + [f"SHA-256 {d.sha256[:16]}…"]))
     reference = None
     if not (d.info and (d.info.accession_number or d.info.study_instance_uid)):
         reference = st.text_input("Study reference for the report (optional)", key=f"reference_{key}",
                                   placeholder="e.g. the accession number from the request")
         if reference:
-            st.caption(f"On the report as: Reference {reference.strip()}")
+            st.caption(f"On the report as: Reference {ui.literal(reference.strip())}")
 
     colour = "red" if d.label == "PNEUMONIA" else "green"
     st.markdown(f"#### Call: :{colour}[{d.label}]")
@@ -95,7 +95,7 @@ def film_view() -> None:
     if d.certainty_word in ("borderline", "not assessable"):
         st.warning(d.certainty[0].upper() + d.certainty[1:] + ".", icon=":material/priority_high:")
     for caution in d.warnings:  # shown with the call, never instead of it
-        st.warning(caution, icon=":material/warning:")
+        st.warning(ui.literal(caution), icon=":material/warning:")
     st.caption("Out-of-distribution check unavailable for this model version" if d.ood_score is None else
                 f"Out-of-distribution score {d.ood_score:.2f} (flagged above 1.00)")
 

@@ -74,10 +74,10 @@ def panels() -> None:
                         gray, d = ui.diagnose_and_record(path, data, name, method, budget)
                         curve = ui.faithfulness(path, data, name, method)
                 except PneumoError as error:
-                    st.error(str(error))
+                    st.error(ui.literal(error))
                     continue
                 st.image(overlay(for_display(gray), d.heatmap, alpha, outline_only), width="stretch")
-                st.markdown(f"**{display_name(method)}** · {v}  \n{name}  \n"
+                st.markdown(f"**{display_name(method)}** · {ui.literal(v)}  \n{ui.literal(name)}  \n"
                             f"{truth_and_call(truth, d.probability, d.threshold)} (threshold "
                             f"{d.threshold:.2f})")
                 st.line_chart(pd.DataFrame({"hottest first": curve.probabilities,
@@ -92,7 +92,7 @@ def panels() -> None:
                            + (" The probability is already low, so removing evidence can hardly lower it."
                               if d.probability < 0.1 else ""))
                 for caution in d.warnings:
-                    st.warning(caution)
+                    st.warning(ui.literal(caution))
 
 
 panels()

@@ -78,4 +78,4 @@ pages = (len(chosen) - 1) // per_page + 1
 page = st.number_input(f"Page (of {pages}; {len(chosen)} films)", 1, pages, 1)
 for column, row in zip(st.columns(per_page), chosen.iloc[(page - 1) * per_page: page * per_page].itertuples()):
     column.image(ui.error_overlay(str(folder), row.path), width="stretch")
-    column.caption(f"{Path(row.path).name}  \ntruth {label_name(row.label)}, p = {row.probability:.3f}")
+    column.caption(f"{ui.literal(Path(row.path).name)}  \ntruth {label_name(row.label)}, p = {row.probability:.3f}")

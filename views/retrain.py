@@ -109,7 +109,7 @@ else:
     chosen = st.selectbox("Log of job", [j["id"] for j in jobs], key=f"log_job_{jobs[0]['id']}")
     job = next(j for j in jobs if j["id"] == chosen)
     if job["error"] and job["state"] == "cancelled":  # a cancel is the user's own choice, not a failure
-        st.info(job["error"])
+        st.info(ui.literal(job["error"]))
     elif job["error"]:
         st.error(f"Job {chosen} failed:", icon=":material/error:")
         st.code(job["error"], language=None, wrap_lines=True)  # plain text, never Markdown

@@ -44,10 +44,11 @@ else:
         key = f"site_zip_{upload.file_id}_{upload_name}"
         try:
             if key not in st.session_state:   # unpacked once per upload, not on every rerun
-                st.session_state[key] = site.extract_zip(upload.getvalue(), settings.home, upload_name)
+                st.session_state[key] = site.extract_zip(upload.getvalue(), settings.home, upload_name,
+                                                                 settings.site_upload_days)
             folder = st.session_state[key]
         except PneumoError as error:
-            st.error(str(error))
+            st.error(ui.literal(error))
 if folder is None:
     st.stop()
 default_name = site.site_name(folder)
@@ -59,7 +60,7 @@ if st.button("Validate at this site", type="primary", icon=":material/fact_check
         try:
             validation.validate(folder_dir, folder, name, alpha=settings.triage_alpha, beta=settings.triage_beta)
         except PneumoError as error:
-            st.error(str(error))
+            st.error(ui.literal(error))
 
 report = next((r for r in site_reports(folder_dir) if r["site"] == name), None)
 st.subheader(f"Validation at site {name}")
@@ -113,7 +114,7 @@ if actor.may("site_adapt") and st.button("Adapt to this site", icon=":material/t
         job_id = queue.submit_site_adapt(site.class_folder(folder), name, version, actor=actor)
         st.success(f"Job {job_id} submitted.")
     except PneumoError as error:
-        st.error(str(error))
+        st.error(ui.literal(error))
 ui.job_progress(queue, log_lines=8, follow_key="following_site_job", cancel_prefix="cancel_site_")
 
 adapted = [m for m in ui.versions() if (m.get("site") or {}).get("name") == name]

@@ -27,9 +27,9 @@ if not rows:
             "start the watcher on the server:")
     st.code("python -m pneumo_core pacs watch", language="bash")
     st.stop()
-st.caption(f"Archive {status['url']} · last poll {status['last_poll']} · waiting {status['backlog']}"
-           + (f" · last archive error {status['last_error_time']}: {status['last_error']}"
-              if status["last_error"] else ""))
+st.caption(f"Archive {ui.literal(status['url'])} · last poll {ui.literal(status['last_poll'])} · waiting "
+           f"{status['backlog']}" + (f" · last archive error {ui.literal(status['last_error_time'])}: "
+                                     f"{ui.literal(status['last_error'])}" if status["last_error"] else ""))
 
 # The site's triage tier of each scored film, from its model version's site report (None: no guarantee).
 site_tiers = {m: tiers_for(settings.models_dir / m) for m in {r["model"] for r in rows if r["model"]}}
@@ -52,9 +52,11 @@ event = st.dataframe(table, hide_index=True, width="stretch", on_select="rerun",
                                                                         format="%.3f")})
 picked = event.selection.rows if event and event.selection else []
 row = rows[picked[0]] if picked else rows[0]
-st.subheader(f"{row['priority_name']} · accession {row['accession'] or '-'} · {row['study_date'] or ''}")
+# Accession and date come from the archive as they are: never read as Markdown.
+st.subheader(f"{row['priority_name']} · accession {ui.literal(row['accession'] or '-')} · "
+             f"{ui.literal(row['study_date'] or '')}")
 if row["label"] is None:
-    st.info(f"Not scored: {row['reason'] or row['status']}.")
+    st.info(f"Not scored: {ui.literal(row['reason'] or row['status'])}.")
     st.stop()
 st.caption("Click a row to open another film.")
 call, probability, sure = st.columns(3)
@@ -77,14 +79,15 @@ def _film(row: dict):
 try:
     gray, heatmap = _film(row)
 except PneumoError as error:
-    st.error(str(error))
+    st.error(ui.literal(error))
     st.stop()
 film, heat = st.columns(2)
 film.image(gray, caption="Film", width=440, clamp=True)
 if heatmap is not None:
     heat.image(heatmap, caption="Heatmap as stored in the archive (red = strongest evidence)", width=440)
-st.caption(f"Model {row['model']} · scored {row['scored']} · " + (
-    f"result stored in the archive {row['stored']}" if row["in_archive"] else "result not yet in the archive"))
+st.caption(f"Model {ui.literal(row['model'])} · scored {ui.literal(row['scored'])} · " + (
+    f"result stored in the archive {ui.literal(row['stored'])}" if row["in_archive"]
+    else "result not yet in the archive"))
 rescored = verdict.rescore_offer(row["sop_uid"], gray, row["model"])
 verdict.verdict_form(row["sop_uid"], gray, diagnosis_id=rescored[1] if rescored else row["audit_id"],
                         source="worklist")

@@ -13,6 +13,7 @@ import sys
 
 from pneumo_core.cli import audit, jobs, models, monitor, pacs, review, site, train, users
 from pneumo_core.errors import PneumoError
+from pneumo_core.files import keep_private
 from pneumo_core.settings import Settings, load_settings
 
 # The one table of commands, in the order `--help` lists them. Each group module has COMMANDS
@@ -80,6 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv, settings)
     _show_library_log()
     try:
+        # Before anything is written: the home holds patient data (files 0600, folders 0700).
+        keep_private(settings.home)
         return args.func(args, settings)
     # Only errors a user can act on become one line; anything else is a bug and keeps its traceback.
     except PneumoError as error:

@@ -13,8 +13,11 @@ import os
 import re
 import shutil
 import stat
+import struct
 import tempfile
+import time
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -115,8 +118,13 @@ def patient_folds(patients, labels, k: int = FOLDS, seed: int = 0) -> np.ndarray
 
 UPLOADS = "sites"                  # PNEUMO_HOME/sites/<name>-<hash>/: extracted zip uploads
 MAX_ZIP_FILES = 5000
+# Every member counts (folders, other files): 550 000 empty members took 5 s and ~290 MB to list. Read
+# from the zip's end record before the member list is parsed; 20 000 leaves room for folders and notes.
+MAX_ZIP_MEMBERS = 20_000
+MAX_ZIP_DIRECTORY_BYTES = 8 << 20  # the member list itself (~60 bytes a member with a short name)
 MAX_ZIP_BYTES = 1 << 30            # uncompressed total
 MAX_FILM_BYTES = 50 << 20
+UPLOAD_DAYS = 7                    # default age at which an uploaded site's films are removed
 
 
 def _is_site_folder(folder: Path) -> bool:
@@ -150,16 +158,63 @@ def site_folders(settings) -> list[Path]:
     return [f for f in found if f.parent not in found]   # 'south', not also 'south/test': the same films
 
 
-def extract_zip(data: bytes, home: Path, name: str) -> Path:
+def zip_member_count(data: bytes) -> tuple[int, int]:
+    """(members, bytes of the member list) as the zip's end record states them, read without parsing the list.
+
+    Raises DatasetError when there is no end record (not a zip).
+    """
+    end = data.rfind(b"PK\x05\x06", max(0, len(data) - 22 - 0xFFFF))
+    if end < 0 or len(data) < end + 22:
+        raise DatasetError("the upload is not a zip file; zip a folder holding NORMAL/ and PNEUMONIA/ films")
+    members, directory_bytes = struct.unpack("<HI", data[end + 10:end + 16])
+    locator = end - 20
+    if (members == 0xFFFF or directory_bytes == 0xFFFFFFFF) and locator >= 0 and \
+            data[locator:locator + 4] == b"PK\x06\x07":   # zip64: the counts are in the zip64 end record
+        record = struct.unpack("<Q", data[locator + 8:locator + 16])[0]
+        if data[record:record + 4] == b"PK\x06\x06" and len(data) >= record + 56:
+            members, directory_bytes = struct.unpack("<QQ", data[record + 32:record + 48])
+    return members, directory_bytes
+
+
+def expire_uploads(home: Path, days: float = UPLOAD_DAYS, now: float | None = None) -> list[Path]:
+    """Remove uploaded sites (PNEUMO_HOME/sites/*) unpacked more than `days` ago, and unpacking
+    folders left by a crash; their films are a hospital's and up to MAX_ZIP_BYTES each.
+
+    Args:
+        home: PNEUMO_HOME.
+        days: age in days (of the folder's last change) past which an upload is removed.
+        now: the time to measure from (default: now).
+    Returns:
+        The folders removed.
+    """
+    now = time.time() if now is None else now
+    home = Path(home)
+    old = [p for p in (home / UPLOADS).glob("*") if p.is_dir() and now - p.stat().st_mtime > days * 86400]
+    old += [p for p in home.glob(".site-upload-*") if p.is_dir() and now - p.stat().st_mtime > 86400]
+    for folder in old:
+        shutil.rmtree(folder, ignore_errors=True)
+    return old
+
+
+def extract_zip(data: bytes, home: Path, name: str, keep_days: float = UPLOAD_DAYS) -> Path:
     """Unpack an uploaded zip of NORMAL/ and PNEUMONIA/ films into PNEUMO_HOME/sites; returns the site folder.
 
-    Refuses (DatasetError) what is not a zip, members with absolute paths or '..', links, more than
-    MAX_ZIP_FILES films or MAX_ZIP_BYTES uncompressed; only .png/.jpg/.jpeg files are written.
+    Refuses (DatasetError) what is not a zip, more than MAX_ZIP_MEMBERS members of any kind, members
+    with absolute paths or '..', links, more than MAX_ZIP_FILES films or MAX_ZIP_BYTES uncompressed,
+    and a member that is damaged or larger than its header says; only .png/.jpg/.jpeg files are
+    written. Uploads older than `keep_days` are removed first (`expire_uploads`).
     """
+    members_stated, directory_bytes = zip_member_count(data)
+    if members_stated > MAX_ZIP_MEMBERS or directory_bytes > MAX_ZIP_DIRECTORY_BYTES:
+        raise DatasetError(f"the zip holds {members_stated} members ({directory_bytes >> 10} KB of names); at most "
+                           f"{MAX_ZIP_MEMBERS} files and folders are accepted")
     try:
         archive = zipfile.ZipFile(io.BytesIO(data))
-    except zipfile.BadZipFile:
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError):
         raise DatasetError("the upload is not a zip file; zip a folder holding NORMAL/ and PNEUMONIA/ films") from None
+    if len(archive.infolist()) > MAX_ZIP_MEMBERS:   # an end record that under-states the count
+        raise DatasetError(f"the zip holds {len(archive.infolist())} members; at most {MAX_ZIP_MEMBERS} files "
+                           f"and folders are accepted")
     members, total = [], 0
     for info in archive.infolist():
         parts = Path(info.filename).parts
@@ -180,16 +235,18 @@ def extract_zip(data: bytes, home: Path, name: str) -> Path:
                            f"and {MAX_ZIP_BYTES >> 20} MB are accepted")
     target = Path(home) / UPLOADS / f"{site_name(Path(name), name)}-{hashlib.sha256(data).hexdigest()[:8]}"
     Path(home).mkdir(parents=True, exist_ok=True)
+    expire_uploads(home, keep_days)
     tmp = Path(tempfile.mkdtemp(dir=home, prefix=".site-upload-"))
     try:
+        written = 0
         for info in members:
             out = tmp.joinpath(*Path(info.filename).parts)
             out.parent.mkdir(parents=True, exist_ok=True)
-            with archive.open(info) as source:
-                chunk = source.read(MAX_FILM_BYTES + 1)   # the header's size may lie
-                if len(chunk) > MAX_FILM_BYTES:
-                    raise DatasetError(f"{info.filename} is over {MAX_FILM_BYTES >> 20} MB uncompressed")
-                out.write_bytes(chunk)
+            film = _member_bytes(archive, info)
+            written += len(film)
+            if written > MAX_ZIP_BYTES:   # the headers' sizes summed below it, the data does not
+                raise DatasetError(f"the zip's films are over {MAX_ZIP_BYTES >> 20} MB uncompressed")
+            out.write_bytes(film)
         roots = [tmp, *sorted(p for p in tmp.rglob("*") if p.is_dir())]
         root = next((r for r in roots if _is_site_folder(r)), None)
         if root is None:
@@ -199,7 +256,24 @@ def extract_zip(data: bytes, home: Path, name: str) -> Path:
         target.parent.mkdir(parents=True, exist_ok=True)
         if not target.exists():
             os.rename(tmp, target)
+        else:
+            target.touch()   # uploaded again: its age starts again
         return target / relative
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _member_bytes(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> bytes:
+    """A member's bytes, at most MAX_FILM_BYTES; DatasetError when its data does not match its header."""
+    try:
+        with archive.open(info) as source:
+            chunk = source.read(MAX_FILM_BYTES + 1)   # the header's size may lie
+    except (zipfile.BadZipFile, EOFError, zlib.error, NotImplementedError, RuntimeError, ValueError) as error:
+        # A size or CRC that lies, a truncated or encrypted member, an unknown compression method.
+        why = "encrypted" if "encrypted" in str(error) else "damaged or its header does not match its data"
+        raise DatasetError(f"{info.filename} in the zip is {why} (header: {info.file_size} bytes); "
+                           f"zip the folder again") from None
+    if len(chunk) > MAX_FILM_BYTES:
+        raise DatasetError(f"{info.filename} is over {MAX_FILM_BYTES >> 20} MB uncompressed")
+    return chunk

@@ -23,6 +23,7 @@ from pneumo_core.errors import DatasetError
 from pneumo_core.evaluate.metrics import calibration_curve, evaluate_with_ci
 from pneumo_core.evaluate.track_record import INTERNAL_LABEL, SITE_REPORTS
 from pneumo_core.evaluate.triage import DEFAULT_ALPHA, DEFAULT_BETA, SOURCES, fit_tiers
+from pneumo_core.files import new_file_mode
 from pneumo_core.golive.sites import load_site
 from pneumo_core.progress import Progress
 
@@ -131,7 +132,7 @@ def write_json_atomic(path: Path, payload: dict) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     with os.fdopen(fd, "w") as f:
         json.dump(payload, f, indent=1)
-    os.chmod(tmp, 0o644)
+    os.chmod(tmp, new_file_mode())   # mkstemp's 0600 -> a new file's usual mode (0600 under pneumo_core.files)
     os.replace(tmp, path)
 
 

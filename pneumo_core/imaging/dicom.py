@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io as _io
 import logging
+import re
 import struct
 import zlib
 from functools import cache
@@ -50,6 +51,17 @@ def _dicom_text(ds, keyword: str) -> str:
     return str(ds.get(keyword, "") or "").strip().upper()
 
 
+# A Code String (the VR of Modality, BodyPartExamined, ViewPosition): capitals, digits, space and '_', at
+# most 16 characters. Only such a value is named in a message; anything else (markup, a patient's name
+# typed into the field) is called "a non-standard value" and never quoted.
+_CODE_STRING = re.compile(r"[A-Z0-9 _]{1,16}")
+
+
+def _named(value: str) -> str:
+    """A header code for a message: itself when it is a well-formed Code String, else a stand-in."""
+    return value if _CODE_STRING.fullmatch(value) else "(a non-standard value)"
+
+
 def _study_date(ds) -> str | None:
     value = str(ds.get("StudyDate", "") or "")
     return f"{value[:4]}-{value[4:6]}-{value[6:8]}" if len(value) == 8 and value.isdigit() else None
@@ -59,10 +71,10 @@ def _check_dicom_content(ds, name: str, max_pixels: int = MAX_PIXELS) -> None:
     """Refuse what is clearly not a frontal chest radiograph, from the header alone."""
     modality, body, view = (_dicom_text(ds, k) for k in ("Modality", "BodyPartExamined", "ViewPosition"))
     if modality not in RADIOGRAPH_MODALITIES:
-        raise ImageError(f"{name}: a DICOM {modality} image, not a plain radiograph; send a chest X-ray "
+        raise ImageError(f"{name}: a DICOM {_named(modality)} image, not a plain radiograph; send a chest X-ray "
                          f"(modality CR or DX).")
     if body not in CHEST_BODY_PARTS:
-        raise ImageError(f"{name}: the DICOM header says body part {body}; the model reads chest films only.")
+        raise ImageError(f"{name}: the DICOM header says body part {_named(body)}; the model reads chest films only.")
     if view in LATERAL_VIEWS:
         raise ImageError(f"{name}: a lateral view ({view}); the model reads frontal (PA or AP) chest films only.")
     if "PixelData" not in ds:

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 from pneumo_core.errors import JobError
+from pneumo_core.files import keep_private
 from pneumo_core.jobs.argv import is_site_adapt, job_argv
 from pneumo_core.jobs.process import is_ours, remove_partial_output, start_time
 from pneumo_core.jobs.progress_lines import ProgressTracker
@@ -103,6 +104,7 @@ def run(queue: JobQueue, job_id: int) -> int:
     Raises:
         JobError when the job is not this process's to run (see `claim`).
     """
+    keep_private(queue.settings.home)   # an entry point too (started by the dashboard, or by hand)
     job = claim(queue, job_id)
     site_job = is_site_adapt(job["params"])
     tracker = ProgressTracker(1 if site_job else TrainConfig.from_dict(job["params"]).feature_passes)

@@ -27,6 +27,7 @@ from pathlib import Path
 import pandas as pd
 
 from pneumo_core.errors import RegistryError
+from pneumo_core.files import new_file_mode
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +67,9 @@ def write_text_atomic(path: Path, text: str) -> None:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())    # the content is on disk before the name points at it
-        os.chmod(tmp, 0o644)   # mkstemp's 0600 would hide the pointer from a dashboard run as another user
+        # mkstemp's 0600 whatever the umask: give the pointer the mode any new file gets (0600 under the
+        # entry points' private umask, pneumo_core.files; 0644 for a library caller under 022).
+        os.chmod(tmp, new_file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -120,7 +123,7 @@ def save_version(models_dir: Path, version_id: str, model, metadata: dict, metri
         raise RegistryError(f"model version {version_id} already exists")
     tmp = Path(tempfile.mkdtemp(dir=models_dir, prefix=f"{partial_prefix()}{version_id}-"))
     try:
-        tmp.chmod(0o755)
+        tmp.chmod(new_file_mode(0o777))   # mkdtemp's 0700: a version folder gets a new folder's usual mode
         model.save(tmp / "model.keras")
         (tmp / "metadata.json").write_text(json.dumps({**metadata, "id": version_id,
                                                        "model_sha256": file_sha256(tmp / "model.keras")}, indent=2))

@@ -7,8 +7,10 @@ raises PacsUnavailable (the watcher backs off and retries); one that refuses rai
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import date
+from urllib.parse import urlsplit
 
 import requests
 
@@ -17,6 +19,30 @@ from pneumo_core.errors import ConfigError, PacsError, PacsUnavailable
 MODALITIES = ("CR", "DX", "DR")
 FIELDS = ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "Modality", "ViewPosition",
           "BodyPartExamined", "StudyDate", "AccessionNumber"]
+
+
+# PS3.5 9.1: components of digits joined by dots, no leading zero in a component of more than one digit,
+# at most 64 characters. A UID names files in the outbox and paths of archive requests, so anything else
+# (`../../x/PWNED`) is refused before it is used.
+UID = re.compile(r"(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))*")
+UID_RULE = "digits and dots, at most 64 characters (DICOM PS3.5 9.1)"
+
+
+def uid_problem(uid: str) -> str | None:
+    """Why `uid` is not a DICOM UID, or None when it is one (the value itself is never quoted).
+
+    Args:
+        uid: a Study, Series or SOP Instance UID as it arrived.
+    Returns:
+        None, or a reason such as "71 characters; a UID is digits and dots, at most 64 characters (...)".
+    """
+    if not uid:
+        return "empty"
+    if len(uid) > 64:
+        return f"{len(uid)} characters; a UID is {UID_RULE}"
+    if not UID.fullmatch(uid):
+        return f"not a UID; a UID is {UID_RULE}"
+    return None
 
 
 @dataclass(frozen=True)
@@ -30,6 +56,14 @@ class FilmRef:
     study_date: str = ""
     accession: str = ""
 
+    def uid_problem(self) -> str | None:
+        """Why the film's UIDs cannot be used (which one, and why), or None when all three are DICOM UIDs."""
+        for name, uid in (("Study Instance UID", self.study_uid), ("Series Instance UID", self.series_uid),
+                          ("SOP Instance UID", self.sop_uid)):
+            if (problem := uid_problem(uid)) is not None:
+                return f"its {name} is {problem}"
+        return None
+
 
 class PacsClient:
     """A DICOMweb archive at `url` (e.g. `http://pacs:8042/dicom-web`).
@@ -39,16 +73,26 @@ class PacsClient:
         user, password: HTTP basic auth; token: a bearer token (used when no user is given).
         timeout: seconds per request.
         compression: ask the archive to gzip its answers (worth it only on slow links).
+        allow_http_credentials: send `user`/`token` over a plain `http://` URL to another machine
+            (refused otherwise: anyone on the network path would read them; to this machine's own
+            loopback address they never leave it and are sent).
+    Raises:
+        ConfigError: no URL, or credentials for an `http://` URL without `allow_http_credentials`.
     """
 
     def __init__(self, url: str, user: str = "", password: str = "", token: str = "", timeout: float = 30,
-                 compression: bool = False):
+                 compression: bool = False, allow_http_credentials: bool = False):
         from dicomweb_client import DICOMwebClient
         from dicomweb_client.session_utils import create_session, create_session_from_user_pass
         if not url:
             raise ConfigError("no PACS URL: pass --url or set PNEUMO_PACS_URL to the archive's DICOMweb root, "
                               "e.g. http://pacs:8042/dicom-web")
         self.url = url.rstrip("/")
+        if (user or token) and not allow_http_credentials and not _credentials_stay_private(self.url):
+            raise ConfigError(f"refusing to send the PACS credentials over plain http to {self.url}: anyone on the "
+                              f"network path could read them. Use the archive's https:// address, or set "
+                              f"PNEUMO_PACS_ALLOW_HTTP_CREDENTIALS=1 for an archive on this machine or a "
+                              f"closed network")
         session = create_session_from_user_pass(user, password) if user else create_session()
         if not compression:
             # Measured on Orthanc 1.10 (gzip on by default): a 3.4 Mpx CR took 450 ms to retrieve
@@ -62,7 +106,8 @@ class PacsClient:
     @classmethod
     def from_settings(cls, settings, url: str | None = None) -> PacsClient:
         """The archive named by `url` or the settings, with the settings' credentials."""
-        return cls(url or settings.pacs_url, settings.pacs_user, settings.pacs_password, settings.pacs_token)
+        return cls(url or settings.pacs_url, settings.pacs_user, settings.pacs_password, settings.pacs_token,
+                   allow_http_credentials=settings.pacs_allow_http_credentials)
 
     def _call(self, what: str, function, *args, **kwargs):
         """Run one DICOMweb request; archive down -> PacsUnavailable, refused -> PacsError."""
@@ -103,7 +148,9 @@ class PacsClient:
         return [_film_ref(item) for item in found]
 
     def retrieve(self, film: FilmRef):
-        """The film's pydicom Dataset (WADO-RS)."""
+        """The film's pydicom Dataset (WADO-RS). Raises PacsError when a UID is not a DICOM UID."""
+        if (problem := film.uid_problem()) is not None:
+            raise PacsError(f"not retrieved from the archive: {problem}")
         return self._call("a retrieve (WADO-RS)", self._client.retrieve_instance, film.study_uid, film.series_uid,
                           film.sop_uid)
 
@@ -124,6 +171,16 @@ class PacsClient:
         if failed:
             reasons = ", ".join(str(item.get("FailureReason", "?")) for item in failed)
             raise PacsError(f"the archive at {self.url} refused {len(failed)} instance(s) (reasons {reasons})")
+
+
+LOOPBACK = ("localhost", "127.0.0.1", "::1")
+
+
+def _credentials_stay_private(url: str) -> bool:
+    """Whether credentials sent to `url` are unreadable on the way: https, or this machine's loopback."""
+    parts = urlsplit(url)
+    return parts.scheme.lower() == "https" or (parts.hostname or "").lower() in LOOPBACK \
+        or (parts.hostname or "").startswith("127.")
 
 
 def _film_ref(item: dict) -> FilmRef:

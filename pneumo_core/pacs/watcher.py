@@ -24,7 +24,8 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 from pneumo_core.errors import ImageError, PacsError, PacsUnavailable
-from pneumo_core.pacs.client import FilmRef, PacsClient
+from pneumo_core.files import private_folder
+from pneumo_core.pacs.client import FilmRef, PacsClient, uid_problem
 from pneumo_core.pacs.state import PacsState, timestamp
 
 log = logging.getLogger(__name__)
@@ -50,7 +51,7 @@ class Watcher:
                  who: str | None = None, method: str = "gradcam", lookback_days: int = 7):
         self.client, self.diagnoser, self.state, self.audit = client, diagnoser, state, audit
         self.outbox, self.who, self.method, self.lookback_days = Path(outbox), who, method, lookback_days
-        self.outbox.mkdir(parents=True, exist_ok=True)
+        private_folder(self.outbox)   # results carry the patient's name and MRN in their headers
         self.model = diagnoser.model.id
         self.timings: dict[str, float] = {}   # seconds per step, summed (bench/pacs.py reads them)
 
@@ -93,27 +94,43 @@ class Watcher:
         return summary
 
     def _refusal_is_a_failure(self, row: dict, step, failed):
-        """Run `step(row)`; the archive refusing this one film (not down, not our credentials) makes
-        it a failure of that film, retried up to MAX_ATTEMPTS times, instead of stopping the watcher."""
+        """Run `step(row)`; the archive refusing this one film (not down, not our credentials), or any
+        other error with this film, makes it a failure of that film, retried up to MAX_ATTEMPTS times,
+        instead of stopping the watcher: one poisoned film never stops the scoring of the others."""
         try:
             return step(row)
         except PacsUnavailable:
             raise
-        except PacsError as error:
-            if error.status in (401, 403):
+        except Exception as error:   # noqa: BLE001 - recorded on the film's row, logged with its traceback
+            if isinstance(error, PacsError) and error.status in (401, 403):
                 raise
+            if isinstance(error, PacsError):
+                log.warning("%s: %s", row["sop_uid"], error)
+            else:   # a bug, or an answer nobody foresaw: its traceback for the log, its name for the row
+                log.exception("%s: %s failed", row["sop_uid"], getattr(step, "__name__", "a step").strip("_"))
+                error = f"{type(error).__name__}: {error}"
             attempts = row["attempts"] + 1
             status = row["status"] if row["status"] == "scored" and attempts < MAX_ATTEMPTS else "failed"
             self.state.update(row["sop_uid"], self.model, status=status, attempts=attempts, reason=str(error)[:500])
-            log.warning("%s: %s", row["sop_uid"], error)
             return failed
 
     def _paths(self, sop_uid: str) -> tuple[Path, Path]:
-        return self.outbox / f"{sop_uid}.sr.dcm", self.outbox / f"{sop_uid}.sc.dcm"
+        return outbox_paths(self.outbox, sop_uid)
+
+    def _skip_bad_uids(self, row: dict) -> bool:
+        """Mark a film whose UIDs are not DICOM UIDs as skipped, with the reason; True when it was."""
+        problem = FilmRef(row["study_uid"], row["series_uid"], row["sop_uid"]).uid_problem()
+        if problem is None:
+            return False
+        self.state.update(row["sop_uid"], self.model, status="skipped", reason=f"not scored: {problem}")
+        log.warning("skipped a film of the archive: %s", problem)   # the UID itself may be anything: not logged
+        return True
 
     def _score(self, row: dict) -> str:
         from pneumo_core.imaging.dicom import read_dataset
         from pneumo_core.serve import dicom_out
+        if self._skip_bad_uids(row):
+            return "skipped"
         film_ref = FilmRef(row["study_uid"], row["series_uid"], row["sop_uid"])
         ds = self._timed("retrieve", self.client.retrieve, film_ref)
         try:
@@ -151,6 +168,8 @@ class Watcher:
 
     def _store(self, row: dict) -> bool:
         import pydicom
+        if self._skip_bad_uids(row):   # a row left by an earlier version that did not check
+            return False
         sr_path, sc_path = self._paths(row["sop_uid"])
         if not sr_path.exists() or not sc_path.exists():
             # Results lost from the outbox (deleted by hand): score again rather than leave a gap.
@@ -201,6 +220,14 @@ def outbox_dir(settings) -> Path:
     return settings.home / "pacs_outbox"
 
 
+def outbox_paths(outbox: Path, sop_uid: str) -> tuple[Path, Path]:
+    """(SR, heatmap capture) files of a film in the outbox; PacsError when `sop_uid` is not a DICOM UID
+    (it names the files: a UID such as `../../x` must never reach a path)."""
+    if (problem := uid_problem(sop_uid)) is not None:
+        raise PacsError(f"no outbox file for a film whose SOP Instance UID is {problem}")
+    return Path(outbox) / f"{sop_uid}.sr.dcm", Path(outbox) / f"{sop_uid}.sc.dcm"
+
+
 def film_and_heatmap(client: PacsClient, row: dict, outbox: Path):
     """(film as scored (2-D uint8), heatmap overlay RGB or None) of a worklist row.
 
@@ -214,5 +241,5 @@ def film_and_heatmap(client: PacsClient, row: dict, outbox: Path):
                         row["sop_uid"]).gray
     if row.get("status") == "stored" and row.get("sc_uid"):
         return gray, client.retrieve_instance(row["study_uid"], row["sc_series"], row["sc_uid"]).pixel_array
-    waiting = Path(outbox) / f"{row['sop_uid']}.sc.dcm"
+    waiting = outbox_paths(outbox, row["sop_uid"])[1]
     return gray, (pydicom.dcmread(waiting).pixel_array if waiting.exists() else None)
