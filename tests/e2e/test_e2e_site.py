@@ -8,7 +8,6 @@ import pytest
 from conftest import make_dataset
 from helpers import dashboard_with_tester, idle, require_chromium, sign_in
 
-pytestmark = pytest.mark.slow
 require_chromium()
 VIEWPORT = (1360, 1800)
 

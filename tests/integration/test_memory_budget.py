@@ -23,7 +23,6 @@ from pydicom.encaps import encapsulate
 from pydicom.uid import JPEG2000Lossless
 
 from pneumo_core.records.access import Actor
-from ui.cache import ByteLRU
 
 # Runs in the child: `films` (paths) are read by `STEP` (Python code using `data`, `name`) after
 # `WARM` ran once; prints one JSON line {"growth_mb": ..., **extra}.
@@ -127,7 +126,6 @@ def test_a_large_16_bit_png_decodes_with_a_bounded_peak(tmp_path):
     assert out["outcomes"] == ["read"] and out["growth_mb"] < 200, out
 
 
-@pytest.mark.slow
 def test_50_distinct_7000_px_pngs_through_the_diagnose_path_grow_memory_under_500_mb(trained_home, tmp_path):
     films = [big_png(tmp_path / f"film{i:02d}.png", i) for i in range(51)]
     setup = ("import ui\nfrom pneumo_core import registry\n"
@@ -141,31 +139,6 @@ def test_50_distinct_7000_px_pngs_through_the_diagnose_path_grow_memory_under_50
     assert out["outcomes"] == ["read"] * 50, out["outcomes"][:3]
     assert out["cached"] == 51 and out["cache_mb"] <= 256, out
     assert out["growth_mb"] < 500, out  # before: ~245 MB kept per film (full-size film + float heatmap)
-
-
-def test_byte_lru_forgets_the_least_recently_used_first():
-    cache = ByteLRU(max_bytes=100)
-    for key in "abc":
-        cache.put(key, key.upper(), 40)
-    assert cache.get("a") is None and cache.nbytes == 80 and len(cache) == 2  # 'a' went for 'c'
-    assert cache.get("b") == "B"  # now the most recent
-    cache.put("d", "D", 40)
-    assert cache.get("c") is None and cache.get("b") == "B" and cache.get("d") == "D"
-
-
-def test_byte_lru_bounds_entries_age_and_never_holds_a_value_larger_than_itself():
-    now = [0.0]
-    cache = ByteLRU(max_bytes=1000, max_entries=2, ttl_s=60, clock=lambda: now[0])
-    for key in "xyz":
-        cache.put(key, key, 1)
-    assert len(cache) == 2 and cache.get("x") is None
-    now[0] = 61
-    assert cache.get("y") is None and cache.get("z") is None and cache.nbytes == 0
-    cache.put("huge", "value", 1001)
-    assert cache.get("huge") is None and cache.nbytes == 0
-    cache.put("k", 1, 10)
-    cache.put("k", 2, 20)  # replacing a key counts its bytes once
-    assert cache.get("k") == 2 and cache.nbytes == 20
 
 
 def _png(seed: int) -> bytes:
@@ -182,7 +155,6 @@ def home(trained_home, tmp_path, monkeypatch):
     return copy
 
 
-@pytest.mark.slow
 def test_an_upload_of_too_many_files_is_refused_with_the_limit(home, monkeypatch):
     from streamlit.testing.v1 import AppTest
     monkeypatch.setenv("PNEUMO_FILES_PER_UPLOAD", "2")
@@ -196,7 +168,6 @@ def test_an_upload_of_too_many_files_is_refused_with_the_limit(home, monkeypatch
     assert not at.metric  # nothing was scored
 
 
-@pytest.mark.slow
 def test_a_request_over_its_pixel_budget_gets_a_message_for_the_film_that_crossed_it(home, monkeypatch):
     from streamlit.testing.v1 import AppTest
     monkeypatch.setenv("PNEUMO_REQUEST_MPX", "0.025")  # two 90 x 120 films fit, the third does not
@@ -210,7 +181,6 @@ def test_a_request_over_its_pixel_budget_gets_a_message_for_the_film_that_crosse
     assert len(errors) == 1 and errors[0].startswith("budget2.png: not read") and "0.025 megapixels" in errors[0]
 
 
-@pytest.mark.slow
 def test_at_most_models_loaded_versions_stay_loaded_least_recently_used_first(home):
     import ui
     (first,) = [d for d in (home / "models").iterdir() if d.is_dir() and not d.name.startswith(".")]
@@ -225,38 +195,6 @@ def test_at_most_models_loaded_versions_stay_loaded_least_recently_used_first(ho
     assert ui.diagnoser_for(versions[1]) is not b
 
 
-def test_display_copies_are_bounded_and_keep_the_heatmap_on_the_film():
-    from dataclasses import dataclass
-
-    import ui
-
-    @dataclass
-    class Called:
-        heatmap: np.ndarray | None
-
-    film = np.zeros((1750, 1400), np.uint8)
-    heat = np.zeros((1750, 1400), np.float32)
-    heat[:875] = 1.0  # the top half
-    gray, d = ui.for_display(film, Called(heat), side=1024)
-    assert gray.shape == (1024, 819) and d.heatmap.shape == gray.shape and d.heatmap.dtype == np.float16
-    assert d.heatmap[:500].min() == 1.0 and d.heatmap[530:].max() == 0.0
-    model_sized = np.full((224, 224), 200, np.uint8)  # a uint8 map at model resolution stays as it is
-    assert ui.for_display(film, Called(model_sized))[1].heatmap is model_sized
-    small, none = ui.for_display(np.zeros((300, 200), np.uint8), Called(None))
-    assert small.shape == (300, 200) and none.heatmap is None
-
-
-def test_the_budget_is_read_from_the_environment_and_a_bad_value_is_a_config_error():
-    from pneumo_core.errors import ConfigError
-    from pneumo_core.settings import MemoryBudget, load_settings
-    budget = load_settings({"PNEUMO_MAX_FILM_MPX": "36", "PNEUMO_CACHE_MB": "64", "PNEUMO_MODELS_LOADED": "1"}).budget
-    assert (budget.max_film_pixels, budget.cache_bytes, budget.models_loaded) == (36_000_000, 64 * 2 ** 20, 1)
-    assert load_settings({}).budget == MemoryBudget()
-    with pytest.raises(ConfigError, match="PNEUMO_FILES_PER_UPLOAD"):
-        load_settings({"PNEUMO_FILES_PER_UPLOAD": "many"})
-
-
-@pytest.mark.slow
 def test_paging_the_metrics_error_browser_leaves_the_diagnosis_cache_alone(home):
     from streamlit.testing.v1 import AppTest
 

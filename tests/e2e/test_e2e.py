@@ -18,7 +18,6 @@ from helpers import dashboard_with_tester, idle, require_chromium, sign_in
 
 from pneumo_core.records import registry
 
-pytestmark = pytest.mark.slow
 require_chromium()
 
 

@@ -17,7 +17,6 @@ from pneumo_core.records import registry
 from pneumo_core.records.access import Actor
 from pneumo_core.settings import load_settings
 
-pytestmark = pytest.mark.slow
 PAGES = ["diagnose", "heatmaps", "metrics", "models"]
 
 

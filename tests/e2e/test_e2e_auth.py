@@ -31,7 +31,6 @@ from helpers import (
 from pneumo_core.records import registry
 from pneumo_core.records.access import Actor, PermissionDenied
 
-pytestmark = pytest.mark.slow
 require_chromium()
 OLDER = "20000101-000000-mobilenet_v2"
 OIDC_EMAIL = "ana.lopez@hospital.example"

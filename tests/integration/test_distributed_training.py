@@ -8,7 +8,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 from conftest import REPO
 
 TINY = ["--weights", "none", "--image-size", "64", "--views", "1"]
@@ -52,7 +51,6 @@ def finish(processes, timeout=400) -> list[int]:
                 p.kill()
 
 
-@pytest.mark.slow
 def test_chief_and_two_workers_share_one_search(tmp_path, synthetic_data):
     (port,) = free_ports(1)
     search, trials = tmp_path / "search", 6
@@ -81,7 +79,6 @@ def test_chief_and_two_workers_share_one_search(tmp_path, synthetic_data):
     assert head.get_layer(index=1).units == summary["best"][0]["hyperparameters"]["units"]
 
 
-@pytest.mark.slow
 def test_train_under_multiworker_mirrored_strategy_on_two_cpu_workers(tmp_path, synthetic_data):
     ports = free_ports(2)
     cluster = {"worker": [f"localhost:{p}" for p in ports]}
@@ -107,17 +104,3 @@ def test_train_under_multiworker_mirrored_strategy_on_two_cpu_workers(tmp_path, 
     assert "fine-tune" in history
 
 
-def test_training_copy_in_mixed_precision_keeps_weights_and_a_float32_output():
-    import numpy as np
-
-    from pneumo_core.learn.distribute import training_copy
-    from pneumo_core.learn.model import assemble, build_classifier, build_embedder, build_head
-
-    backbone = build_embedder("mobilenet_v2", 32, None).get_layer("backbone")
-    model = assemble("mobilenet_v2", backbone, build_classifier(backbone.output_shape[1:], [build_head(1280)]))
-    copy = training_copy(model, mixed_precision=True)
-    assert copy.get_layer("backbone").layers[1].dtype_policy.name == "mixed_float16"
-    assert copy.get_layer("probability").dtype_policy.name == "float32"
-    assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), copy.get_weights()))
-    out = copy.predict_on_batch(np.full((2, 32, 32, 3), 128, np.float32))
-    assert out.dtype == np.float32 and out.shape == (2, 1)

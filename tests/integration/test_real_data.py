@@ -9,8 +9,6 @@ from pneumo_core.explain.cam import make_cam
 from pneumo_core.learn.data import load_dataset
 from pneumo_core.learn.model import PneumoModel
 
-pytestmark = pytest.mark.slow
-
 
 @pytest.fixture(scope="module")
 def real_subset(tmp_path_factory):

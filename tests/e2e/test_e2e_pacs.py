@@ -10,7 +10,6 @@ from helpers import dashboard_with_tester, require_chromium, sign_in
 
 from pneumo_core.pacs.watcher import PacsClient, PacsState, worklist
 
-pytestmark = pytest.mark.slow
 require_chromium()
 VIEWPORT = (1500, 1500)
 PRIORITIES = ["PNEUMONIA", "borderline", "NORMAL", "not scored"]

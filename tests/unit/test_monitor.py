@@ -1,4 +1,4 @@
-"""Monitoring over the audit trail: PSI / KS drift against the reference, OOD rate, calls per day, page."""
+"""Monitoring over the audit trail: PSI / KS drift against the reference, OOD rate, calls per day."""
 import json
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPO, run_cli
+from conftest import run_cli
 
 from pneumo_core.golive import monitor
 from pneumo_core.records.audit import AuditTrail
@@ -98,20 +98,3 @@ def test_monitor_command_prints_json(home):
     assert {"psi", "ks", "ks_p", "ood_rate", "per_day", "warnings", "lines"} <= set(report)
 
 
-@pytest.mark.slow
-def test_monitor_page_shows_the_warning(home):
-    from streamlit.testing.v1 import AppTest
-
-    from pneumo_core.records.access import Actor
-    trail = AuditTrail(home / "audit.sqlite")
-    recent = datetime.now(UTC)
-    for i, p in enumerate(np.random.default_rng(8).uniform(0.4, 0.6, 60)):
-        trail.record(SimpleNamespace(when=(recent - timedelta(hours=i)).isoformat(timespec="seconds"),
-                                     sha256=f"{i:064x}", model_id=VERSION, probability=float(p), threshold=0.5,
-                                     label="NORMAL", ood_score=0.5, ood_flag=False, method=None), source="cli")
-    at = AppTest.from_file(str(REPO / "views" / "monitor.py"), default_timeout=120)
-    at.session_state["actor"] = Actor("test", "admin")
-    at.run()
-    assert not at.exception
-    assert any("shifted from the reference" in e.value for e in at.error)
-    assert {m.label for m in at.metric} >= {"PSI", "KS statistic", "Diagnoses in the window"}
