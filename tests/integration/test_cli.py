@@ -1,10 +1,12 @@
-"""Every command of the command line, run as a user would (a subprocess), on synthetic data."""
+"""Every command of the command line on synthetic data and the session's trained model: in this process
+(the `cli` fixture), and as a subprocess where the process itself is the point (train's output, a
+download that cannot happen)."""
 import json
 
 import cv2
 import numpy as np
 import pytest
-from conftest import run_cli, synthetic_film
+from conftest import TINY_TRAIN, run_cli, synthetic_film
 
 from pneumo_core.progress import parse_line
 from pneumo_core.records.access import cli_actor
@@ -24,23 +26,22 @@ def test_train_registers_a_complete_version(trained_home):
     assert 0 <= meta["ood"]["val_flagged"] <= 0.05 and meta["ood"]["val"] > 0 and meta["ood"]["quantile"] == 0.95
 
 
-def test_the_default_version_scores_with_test_time_augmentation_as_its_predictions_say(trained_home):
+def test_the_version_scores_with_the_test_time_augmentation_its_predictions_were_made_with(trained_home):
     import pandas as pd
 
     from pneumo_core.learn.model import PneumoModel
-    from pneumo_core.settings import TrainConfig
 
     (version,) = [d for d in (trained_home / "models").iterdir() if d.is_dir() and not d.name.startswith(".")]
     meta = json.loads((version / "metadata.json").read_text())
-    assert meta["tta"]["views"] == TrainConfig().tta_views > 0
+    assert meta["tta"]["views"] == int(TINY_TRAIN[TINY_TRAIN.index("--tta-views") + 1]) > 0
     stored = pd.read_csv(version / "predictions.csv").query("split == 'test'")
     served = PneumoModel.load(version).predict_files(stored["path"])
     assert np.allclose(served, stored["probability"], atol=1e-4)   # threshold and Platt fitted on what it serves
 
 
-def test_train_prints_progress_a_summary_and_the_model_id_last(trained_run):
+def test_train_prints_progress_a_summary_and_the_model_id_last(trained_run, cli):
     home, result = trained_run
-    (row,) = json.loads(run_cli("models", "--json", home=home).stdout)
+    (row,) = json.loads(cli("models", "--json", home=home).stdout)
     lines = result.stdout.strip().splitlines()
     assert lines[-1] == row["id"] and row["active"]          # the id, alone on the last line
     assert lines[-3].startswith("test: AUC ") and lines[-2].startswith(f"saved {home / 'models' / row['id']}")
@@ -50,8 +51,8 @@ def test_train_prints_progress_a_summary_and_the_model_id_last(trained_run):
     assert "backbone: mobilenet_v2" in result.stderr and "progress:" not in result.stderr   # notes apart
 
 
-def test_evaluate_json_on_the_test_folder(trained_home, synthetic_data):
-    result = run_cli("evaluate", "--data", synthetic_data, "--split", "test", "--json", home=trained_home)
+def test_evaluate_json_on_the_test_folder(trained_home, synthetic_data, cli):
+    result = cli("evaluate", "--data", synthetic_data, "--split", "test", "--json", home=trained_home)
     assert result.returncode == 0, result.stderr
     metrics = json.loads(result.stdout)
     assert CONTRACT <= set(metrics)
@@ -61,11 +62,11 @@ def test_evaluate_json_on_the_test_folder(trained_home, synthetic_data):
     assert metrics["accuracy"] == pytest.approx((tn + tp) / 40)
 
 
-def test_predict_json_scores_good_files_and_explains_bad_ones(trained_home, synthetic_data, tmp_path):
+def test_predict_json_scores_good_files_and_explains_bad_ones(trained_home, synthetic_data, tmp_path, cli):
     good = sorted((synthetic_data / "test" / "PNEUMONIA").iterdir())[0]
     bad = tmp_path / "notes.png"
     bad.write_text("not an image")
-    result = run_cli("predict", good, bad, "--json", home=trained_home)
+    result = cli("predict", good, bad, "--json", home=trained_home)
     assert result.returncode == 1  # one file failed
     scored, failed = json.loads(result.stdout)
     assert scored["path"] == str(good) and 0 <= scored["probability"] <= 1
@@ -76,7 +77,7 @@ def test_predict_json_scores_good_files_and_explains_bad_ones(trained_home, synt
 
 
 def test_predict_json_on_many_bad_files_scores_the_good_and_audits_only_them(trained_home, synthetic_data,
-                                                                             tmp_path):
+                                                                             tmp_path, cli):
     import shutil
 
     from helpers import CASES
@@ -90,7 +91,7 @@ def test_predict_json_on_many_bad_files_scores_the_good_and_audits_only_them(tra
     dicom_film = tmp_path / "film.dcm"
     dicom_film.write_bytes(CASES["DICOM MONOCHROME1 (inverted)"][0])
     paths = [good[0], *bad.values(), dicom_film, good[1]]
-    result = run_cli("predict", *paths, "--json", home=home)
+    result = cli("predict", *paths, "--json", home=home)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     out = json.loads(result.stdout)
     assert [o["path"] for o in out] == list(map(str, paths))  # one object per file, in order
@@ -103,21 +104,21 @@ def test_predict_json_on_many_bad_files_scores_the_good_and_audits_only_them(tra
     rows = AuditTrail(home / "audit.sqlite").rows()
     assert sorted(r["sha256"] for r in rows) == sorted(o["sha256"] for o in scored)  # failures make no row
     assert {r["source"] for r in rows} == {"cli"} and all(r["who"] for r in rows)
-    assert run_cli("predict", good[0], "--json", home=home).returncode == 0  # all good: exit 0
+    assert cli("predict", good[0], "--json", home=home).returncode == 0  # all good: exit 0
 
 
-def test_cam_writes_an_overlay_of_the_original_size(trained_home, tmp_path):
+def test_cam_writes_an_overlay_of_the_original_size(trained_home, tmp_path, cli):
     film = tmp_path / "wide.png"
     cv2.imwrite(str(film), synthetic_film(1, np.random.default_rng(0), shape=(90, 160)))
     out = tmp_path / "cam" / "overlay.png"
-    result = run_cli("cam", film, "--method", "gradcam++", "--out", out, home=trained_home)
+    result = cli("cam", film, "--method", "gradcam++", "--out", out, home=trained_home)
     assert result.returncode == 0, result.stderr
     image = cv2.imread(str(out))
     assert image.shape == (90, 160, 3) and image.std() > 0
 
 
-def test_without_a_model_commands_say_how_to_train(tmp_path, synthetic_data):
-    result = run_cli("predict", synthetic_data / "test" / "NORMAL" / "x.jpeg", home=tmp_path / "empty")
+def test_without_a_model_commands_say_how_to_train(tmp_path, synthetic_data, cli):
+    result = cli("predict", synthetic_data / "test" / "NORMAL" / "x.jpeg", home=tmp_path / "empty")
     assert result.returncode == 2       # a user error (PneumoError): one line, exit 2
     assert "no trained model" in result.stderr and "train" in result.stderr and "Traceback" not in result.stderr
 
@@ -131,13 +132,13 @@ def test_unreachable_imagenet_weights_give_one_sentence(tmp_path, synthetic_data
     assert "Traceback" not in result.stderr and "http" not in result.stderr.lower()
 
 
-def test_missing_dataset_is_a_clear_error(tmp_path):
-    result = run_cli("train", "--data", tmp_path / "nowhere", home=tmp_path)
+def test_missing_dataset_is_a_clear_error(tmp_path, cli):
+    result = cli("train", "--data", tmp_path / "nowhere", home=tmp_path)
     assert result.returncode == 2 and "does not exist" in result.stderr
 
 
 
-def test_promote_switches_the_active_model(trained_home, tmp_path):
+def test_promote_switches_the_active_model(trained_home, tmp_path, cli):
     import shutil
     home = tmp_path / "home"
     shutil.copytree(trained_home, home)
@@ -147,12 +148,36 @@ def test_promote_switches_the_active_model(trained_home, tmp_path):
     meta = json.loads((later / "metadata.json").read_text())
     (later / "metadata.json").write_text(json.dumps({**meta, "created": "2999-01-01T00:00:00+00:00"}))
     def roles():
-        return {r["id"]: r["role"] for r in json.loads(run_cli("models", "--json", home=home).stdout)}
+        return {r["id"]: r["role"] for r in json.loads(cli("models", "--json", home=home).stdout)}
 
     assert roles() == {first: "active", later.name: "candidate"}  # a newer version waits for promotion
-    result = run_cli("promote", later.name, home=home)
+    result = cli("promote", later.name, home=home)
     assert result.returncode == 0 and later.name in result.stdout and f"by {cli_actor().name}" in result.stdout
     assert roles() == {first: "previous", later.name: "active"}
-    assert run_cli("promote", "no-such-version", home=home).returncode == 2
+    assert cli("promote", "no-such-version", home=home).returncode == 2
 
 
+
+
+def test_promotion_and_rollback_change_the_active_model_and_are_recorded(trained_home, tmp_path, cli):
+    import shutil
+
+    from pneumo_core.records import registry
+    from pneumo_core.records.access import Actor
+    home = tmp_path / "home"
+    shutil.copytree(trained_home, home, ignore=shutil.ignore_patterns("audit.sqlite*"))
+    models = home / "models"
+    first = registry.active_version(models)
+    second = "29990101-000000-mobilenet_v2"     # a later version: a candidate until promoted
+    shutil.copytree(models / first, models / second)
+    promoted = cli("promote", second, home=home)
+    assert promoted.returncode == 0 and "promote" in promoted.stdout
+    assert registry.active_version(models) == second
+    entry = registry.promote(models, first, actor=Actor("night shift", "ml_lead"))
+    assert registry.active_version(models) == first
+    log = registry.promotions(models)
+    assert [(e["action"], e["from"], e["to"], e["who"]) for e in log] == [
+        ("first model", None, first, registry.SYSTEM), ("promote", first, second, cli_actor().name),
+        ("rollback", second, first, "night shift")]
+    assert entry == log[-1] and all(e["when"] for e in log)
+    assert {v["id"]: v["role"] for v in registry.list_versions(models)} == {first: "active", second: "previous"}

@@ -7,7 +7,6 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import closing
 
 import pytest
-from conftest import run_cli
 
 from pneumo_core.errors import PermissionDenied
 from pneumo_core.records.access import Actor
@@ -66,11 +65,11 @@ def _shell(path, sql):
     return subprocess.run([SQLITE, str(path), sql], capture_output=True, text=True, timeout=30)
 
 
-def test_a_normal_history_verifies_and_the_cli_says_intact(tmp_path):
+def test_a_normal_history_verifies_and_the_cli_says_intact(tmp_path, cli):
     trail = _history(tmp_path / "audit.sqlite")
     assert trail.verify() == {"ok": True, "problem": None, "rows": {"diagnoses": 6, "events": 2},
                               "last": trail.verify()["last"]}
-    result = run_cli("audit", "verify", home=tmp_path)
+    result = cli("audit", "verify", home=tmp_path)
     assert result.returncode == 0 and "intact: 6 diagnoses row(s)" in result.stdout, result.stderr
 
 
@@ -101,15 +100,15 @@ def test_the_apps_own_connection_cannot_change_delete_or_unlock_rows(tmp_path):
     ("DELETE FROM diagnoses WHERE id = 6", "diagnoses: the newest rows after row 5 are missing"),
     ("UPDATE events SET who = 'someone else' WHERE id = 2", "events row 2: its content does not match"),
 ])
-def test_verify_names_the_first_link_an_attacker_broke_with_the_sqlite3_shell(tmp_path, attack, broken):
+def test_verify_names_the_first_link_an_attacker_broke_with_the_sqlite3_shell(tmp_path, attack, broken, cli):
     _history(tmp_path / "audit.sqlite")
     # An attacker with the file drops the triggers first, then edits.
     drop = "".join(f"DROP TRIGGER {t}_no_{v};" for t in ("diagnoses", "events") for v in ("update", "delete"))
     result = _shell(tmp_path / "audit.sqlite", drop + attack)
     assert result.returncode == 0, result.stderr
     assert broken in AuditTrail(tmp_path / "audit.sqlite").verify()["problem"]
-    cli = run_cli("audit", "verify", home=tmp_path)
-    assert cli.returncode == 1 and broken in cli.stdout
+    verified = cli("audit", "verify", home=tmp_path)
+    assert verified.returncode == 1 and broken in verified.stdout
 
 
 def test_a_rewritten_row_with_a_recomputed_hash_still_breaks_the_next_link(tmp_path):
@@ -170,13 +169,13 @@ def test_viewing_and_exporting_need_the_role_and_are_recorded(tmp_path):
     assert trail.verify()["ok"]
 
 
-def test_audit_verify_also_checks_the_promotions_chain(tmp_path):
+def test_audit_verify_also_checks_the_promotions_chain(tmp_path, cli):
     _history(tmp_path / "audit.sqlite")
     models = tmp_path / "models"
     models.mkdir()
     (models / "promotions.jsonl").write_text('{"when": "x", "who": "a", "action": "promote", "from": null, '
                                              '"to": "v1", "prev": "00", "hash": "11"}\n')
     (models / "ACTIVE").write_text("v1\n")
-    result = run_cli("audit", "verify", home=tmp_path)
+    result = cli("audit", "verify", home=tmp_path)
     assert result.returncode == 1 and "promotions.jsonl entry 1: its link to the previous entry is broken" in \
         result.stdout

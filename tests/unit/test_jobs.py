@@ -6,7 +6,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import REPO, make_dataset, run_cli
+from conftest import REPO, make_dataset
 
 from pneumo_core.cli.main import main
 from pneumo_core.errors import ConfigError, JobError, PermissionDenied
@@ -181,7 +181,7 @@ def test_a_job_needs_free_disk_space(tmp_path, tiny_data):
         queue.submit({"data_dir": str(tiny_data), **TINY}, actor=LEAD)
 
 
-def test_a_dead_runners_job_fails_and_the_process_now_holding_its_pid_is_left_alone(held_queue, tiny_data):
+def test_a_dead_runners_job_fails_and_the_process_now_holding_its_pid_is_left_alone(held_queue, tiny_data, cli):
     job_id = held_queue.submit({"data_dir": str(tiny_data), **TINY}, actor=LEAD)
     squatter = subprocess.Popen(["setsid", "sleep", "60"])     # an unrelated process, its own session
     try:
@@ -190,7 +190,7 @@ def test_a_dead_runners_job_fails_and_the_process_now_holding_its_pid_is_left_al
         # As if the runner had that pid before a reboot: the pid matches, the start time does not.
         held_queue.store.update(job_id, state="running", pid=squatter.pid, pid_started=pid_started - 3600,
                                 child_pid=squatter.pid, child_started=pid_started - 3599, log_path=None)
-        listed = run_cli("jobs", "list", "--json", home=held_queue.settings.home)
+        listed = cli("jobs", "list", "--json", home=held_queue.settings.home)
         assert listed.returncode == 0, listed.stderr
         (job,) = json.loads(listed.stdout)
         assert job["state"] == "failed" and "stopped without reporting" in job["error"]

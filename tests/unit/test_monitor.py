@@ -6,7 +6,6 @@ from types import SimpleNamespace
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import run_cli
 
 from pneumo_core.golive import monitor
 from pneumo_core.records.audit import AuditTrail
@@ -88,10 +87,10 @@ def test_a_high_ood_rate_is_flagged_and_few_diagnoses_are_not_judged(home):
     assert not few["drift"] and "only 5 diagnoses" in few["warnings"][0]
 
 
-def test_monitor_command_prints_json(home):
+def test_monitor_command_prints_json(home, cli):
     trail = AuditTrail(home / "audit.sqlite")
     _record(trail, np.random.default_rng(6).uniform(0.4, 0.6, 50), days_ago=0)
-    result = run_cli("monitor", "--days", "36500", "--json", home=home, timeout=120)
+    result = cli("monitor", "--days", "36500", "--json", home=home)
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(result.stdout)
     assert report["model"] == VERSION and report["n"] == 50 and report["drift"]

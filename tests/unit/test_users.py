@@ -7,7 +7,7 @@ import stat
 import numpy as np
 import pydicom
 import pytest
-from helpers import PASSWORD, poisoned_dicom, users_cli
+from helpers import PASSWORD, poisoned_dicom
 
 from pneumo_core.errors import JobError, PneumoError
 from pneumo_core.jobs.confine import check_form_paths
@@ -188,23 +188,23 @@ def test_a_clinicians_library_calls_for_other_roles_raise():
     assert require(Actor("sam", "ml_lead"), "promote").name == "sam"
 
 
-def test_users_command_line(tmp_path):
+def test_users_command_line(tmp_path, cli):
     home = tmp_path / "home"
-    added = users_cli(home, "add", "root", "--role", "admin", stdin=f"{PASSWORD}\n{PASSWORD}\n")
+    added = cli("users", "add", "root", "--role", "admin", stdin=f"{PASSWORD}\n{PASSWORD}\n", home=home)
     assert added.returncode == 0 and "root: admin, enabled" in added.stdout
-    assert users_cli(home, "add", "ana", "--role", "clinician", stdin=PASSWORD + "\n").returncode == 0
-    differ = users_cli(home, "add", "bob", "--role", "clinician", stdin=f"{PASSWORD}\nsomething else\n")
+    assert cli("users", "add", "ana", "--role", "clinician", stdin=PASSWORD + "\n", home=home).returncode == 0
+    differ = cli("users", "add", "bob", "--role", "clinician", stdin=f"{PASSWORD}\nsomething else\n", home=home)
     assert differ.returncode == 2 and differ.stderr.startswith("error: the two passwords differ")
-    short = users_cli(home, "add", "bob", "--role", "clinician", stdin="short\n")
+    short = cli("users", "add", "bob", "--role", "clinician", stdin="short\n", home=home)
     assert short.returncode == 2 and "at least 10 characters" in short.stderr
-    assert users_cli(home, "set-role", "ana", "ml_lead").returncode == 0
-    assert users_cli(home, "disable", "ana").returncode == 0
-    missing = users_cli(home, "disable", "nobody")
+    assert cli("users", "set-role", "ana", "ml_lead", home=home).returncode == 0
+    assert cli("users", "disable", "ana", home=home).returncode == 0
+    missing = cli("users", "disable", "nobody", home=home)
     assert missing.returncode == 2 and "no account named 'nobody'" in missing.stderr
-    listed = json.loads(users_cli(home, "list", "--json").stdout)
+    listed = json.loads(cli("users", "list", "--json", home=home).stdout)
     assert [(a["name"], a["role"], a["disabled"]) for a in listed] == [("ana", "ml_lead", True),
                                                                       ("root", "admin", False)]
-    assert "bob" not in users_cli(home, "list").stdout
+    assert "bob" not in cli("users", "list", home=home).stdout
     assert UserStore(home).verify("root", PASSWORD).role == "admin"
 
 
