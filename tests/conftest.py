@@ -29,14 +29,18 @@ SHARED_WEIGHTS = SHARED / "weights" / "mobilenet_v2_1.0_224_imagenet_notop.weigh
 TIERS = ("unit", "integration", "e2e")
 
 
+@pytest.hookimpl(tryfirst=True)     # before xdist reads the xdist_group marks added here
 def pytest_collection_modifyitems(items):
-    """Mark each test with its tier, the name of the folder under tests/ that holds it."""
+    """Mark each test with its tier, the name of the folder under tests/ that holds it; put the users of the
+    session's Orthanc in one xdist group."""
     root = Path(__file__).resolve().parent
     for item in items:
         tier = item.path.resolve().relative_to(root).parts[0]
         if tier not in TIERS:
             raise pytest.UsageError(f"{item.nodeid}: tests live in tests/unit, tests/integration or tests/e2e")
         item.add_marker(tier)
+        if "orthanc_server" in item.fixturenames:     # one Orthanc per test session: one worker uses it
+            item.add_marker(pytest.mark.xdist_group("orthanc"))
 
 
 def synthetic_film(label: int, rng: np.random.Generator, shape=(96, 96)) -> np.ndarray:
@@ -196,12 +200,30 @@ def start_orthanc(folder: Path, port: int | None = None, password: str | None = 
     return OrthancServer(folder, port, password=password).start()
 
 
-@pytest.fixture
-def orthanc(tmp_path_factory):
-    """A fresh Orthanc for one test (see `start_orthanc`), stopped after it."""
+@pytest.fixture(scope="session")
+def orthanc_server(tmp_path_factory):
+    """The test session's one Orthanc (see `start_orthanc`), stopped at its end. Its users are put in the
+    xdist group "orthanc" (pytest_collection_modifyitems), so one worker runs them all, one at a time; each
+    starts from an empty archive (`emptied`)."""
     server = start_orthanc(tmp_path_factory.mktemp("orthanc"))
     yield server
     server.stop()
+
+
+def emptied(server):
+    """`server` with every study deleted: the watcher searches the whole archive, so each user of the
+    session's Orthanc starts from an empty one."""
+    import requests
+    for study in server.get("/studies"):
+        requests.delete(f"{server.url}/studies/{study}", auth=server.auth, timeout=60).raise_for_status()
+    assert server.get("/statistics")["CountInstances"] == 0
+    return server
+
+
+@pytest.fixture
+def orthanc(orthanc_server):
+    """The session's Orthanc, emptied for one test."""
+    return emptied(orthanc_server)
 
 
 def chest_studies(specs, seed: int = 0, shape=(256, 224)) -> list:

@@ -5,7 +5,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import chest_studies, pacs_env, run_cli, start_orthanc
+from conftest import chest_studies, emptied, pacs_env, run_cli
 from helpers import dashboard_with_tester, require_chromium, sign_in
 
 from pneumo_core.pacs.watcher import PacsClient, PacsState, worklist
@@ -16,21 +16,19 @@ PRIORITIES = ["PNEUMONIA", "borderline", "NORMAL", "not scored"]
 
 
 @pytest.fixture(scope="module")
-def scored(trained_home, tmp_path_factory):
-    """A home whose watcher has scored four frontal films and skipped a lateral, and its archive."""
-    server = start_orthanc(tmp_path_factory.mktemp("orthanc"))
-    try:
-        home = tmp_path_factory.mktemp("e2e-pacs") / "home"
-        shutil.copytree(trained_home, home, ignore=shutil.ignore_patterns("audit.sqlite*"))
-        client = PacsClient(server.dicomweb, server.user, server.password)
-        for ds in chest_studies([(1, "PA", "CHEST", "CR"), (0, "PA", "CHEST", "CR"), (1, "AP", "CHEST", "DX"),
-                                 (1, "LL", "CHEST", "CR"), (0, "PA", "CHEST", "DX")], seed=7):
-            client.store([ds], ds.StudyInstanceUID)
-        result = run_cli("pacs", "watch", "--once", home=home, env_extra=pacs_env(server))
-        assert result.returncode == 0, result.stderr[-3000:]
-        yield home, server
-    finally:
-        server.stop()
+def scored(trained_home, tmp_path_factory, orthanc_server):
+    """A home whose watcher has scored four frontal films and skipped a lateral, and its archive (the
+    session's Orthanc, emptied first)."""
+    server = emptied(orthanc_server)
+    home = tmp_path_factory.mktemp("e2e-pacs") / "home"
+    shutil.copytree(trained_home, home, ignore=shutil.ignore_patterns("audit.sqlite*"))
+    client = PacsClient(server.dicomweb, server.user, server.password)
+    for ds in chest_studies([(1, "PA", "CHEST", "CR"), (0, "PA", "CHEST", "CR"), (1, "AP", "CHEST", "DX"),
+                             (1, "LL", "CHEST", "CR"), (0, "PA", "CHEST", "DX")], seed=7):
+        client.store([ds], ds.StudyInstanceUID)
+    result = run_cli("pacs", "watch", "--once", home=home, env_extra=pacs_env(server))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return home, server
 
 
 @pytest.fixture(scope="module")

@@ -3,16 +3,20 @@
 Films are synthetic, converted to CR/DX DICOM with synthetic patient names, stored with STOW-RS;
 the watcher runs as a user would run it (the command line) with the session's tiny model.
 """
+import http.server
 import json
 import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from types import SimpleNamespace
 
 import pytest
-from conftest import REPO, chest_studies, pacs_env, run_cli, start_orthanc
+import requests
+from conftest import REPO, chest_studies, emptied, pacs_env, run_cli
+from helpers import free_port
 
 from pneumo_core.errors import PacsUnavailable
 from pneumo_core.pacs.watcher import PacsClient, PacsState, worklist
@@ -23,10 +27,6 @@ FRONTAL = [(1, "PA", "CHEST", "CR"), (0, "AP", "CHEST", "DX"), (1, "PA", "CHEST"
 LATERAL, HAND = (1, "LL", "CHEST", "CR"), (0, "PA", "HAND", "CR")
 
 
-# --- DICOM output, no archive needed -----------------------------------------------------------------
-
-# --- against a real Orthanc --------------------------------------------------------------------------
-
 def _home(trained_home, tmp_path_factory):
     home = tmp_path_factory.mktemp("pacs") / "home"
     shutil.copytree(trained_home, home, ignore=shutil.ignore_patterns("audit.sqlite*"))
@@ -34,19 +34,76 @@ def _home(trained_home, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def archive(trained_home, tmp_path_factory):
-    """An Orthanc holding three frontal chest studies, a lateral and a hand, after one watcher run."""
-    server = start_orthanc(tmp_path_factory.mktemp("orthanc"))
-    try:
-        home = _home(trained_home, tmp_path_factory)
-        films = chest_studies(FRONTAL + [LATERAL, HAND], seed=1)
-        client = PacsClient(server.dicomweb, server.user, server.password)
-        for ds in films:
-            client.store([ds], ds.StudyInstanceUID)
-        first = run_cli("pacs", "watch", "--once", home=home, env_extra=pacs_env(server))
-        yield SimpleNamespace(server=server, home=home, films=films, client=client, first=first)
-    finally:
-        server.stop()
+def archive(trained_home, tmp_path_factory, orthanc_server):
+    """The session's Orthanc, emptied, holding three frontal chest studies, a lateral and a hand, after one
+    watcher run."""
+    server = emptied(orthanc_server)
+    home = _home(trained_home, tmp_path_factory)
+    films = chest_studies(FRONTAL + [LATERAL, HAND], seed=1)
+    client = PacsClient(server.dicomweb, server.user, server.password)
+    for ds in films:
+        client.store([ds], ds.StudyInstanceUID)
+    first = run_cli("pacs", "watch", "--once", home=home, env_extra=pacs_env(server))
+    return SimpleNamespace(server=server, home=home, films=films, client=client, first=first)
+
+
+class FlakyArchive:
+    """A relay in front of an archive that goes down, refusing connections on its port, right after it has
+    passed on `stores_before_outage` stores (STOW-RS POSTs), and comes back on the same port with `back()`:
+    an outage at a chosen moment of a watcher's run, while the real archive runs on.
+
+    Attributes:
+        dicomweb, user, password: as an `OrthancServer`'s, for `pacs_env`.
+        down: set once the relay has gone down.
+    """
+
+    def __init__(self, server, stores_before_outage: int):
+        self.upstream, self.user, self.password = server.url, server.user, server.password
+        self.port = free_port()
+        self.dicomweb = f"http://127.0.0.1:{self.port}/dicom-web"
+        self.stores_left = stores_before_outage
+        self.down = threading.Event()
+        self.back()
+
+    def back(self) -> None:
+        """Listen (again) on the relay's port."""
+        relay = self
+
+        class Relay(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.0"    # one request per connection: none stays open through the outage
+
+            def relay(self):
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
+                answer = requests.request(self.command, relay.upstream + self.path, data=body, headers=headers,
+                                          timeout=120, allow_redirects=False, stream=True)
+                content = answer.raw.read()      # as sent: a compressed answer stays compressed
+                self.send_response(answer.status_code)
+                for key, value in answer.headers.items():
+                    if key.lower() not in ("connection", "transfer-encoding", "content-length", "keep-alive"):
+                        self.send_header(key, value)
+                self.send_header("Content-Length", str(len(content)))
+                self.end_headers()
+                self.wfile.write(content)
+                self.wfile.flush()
+                if self.command == "POST" and answer.ok:
+                    relay.stores_left -= 1
+                    if relay.stores_left == 0:
+                        relay.go_down()
+
+            do_GET = do_POST = relay
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", self.port), Relay)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def go_down(self) -> None:
+        """Stop listening: a new connection is refused, as by an archive that is down."""
+        self.server.shutdown()
+        self.server.server_close()
+        self.down.set()
 
 
 def _instances(archive, study_uid, modality):
@@ -139,46 +196,46 @@ def test_worklist_page_lists_the_films_and_opens_one_with_its_heatmap(archive, m
     assert len(at.get("image")) == 2   # the film and its heatmap, retrieved from the archive
 
 
-def test_archive_down_mid_run_every_film_is_scored_exactly_once(trained_home, tmp_path_factory):
-    folder = tmp_path_factory.mktemp("orthanc")
-    servers, watcher, output = [start_orthanc(folder)], None, ""
+def test_archive_down_mid_run_every_film_is_scored_exactly_once(trained_home, tmp_path_factory, orthanc):
+    home = _home(trained_home, tmp_path_factory)
+    films = chest_studies([(i % 2, "PA", "CHEST", "CR") for i in range(12)], seed=3, shape=(768, 640))
+    client = PacsClient(orthanc.dicomweb, orthanc.user, orthanc.password)
+    for ds in films:
+        client.store([ds], ds.StudyInstanceUID)
+    # Each film's results are two stores (its report, then its heatmap): the archive goes down after the first
+    # film's two and the second film's report, so that one film waits in the outbox with half its results out.
+    archive = FlakyArchive(orthanc, stores_before_outage=3)
+    state = PacsState(home / "pacs.sqlite")
+    stored = lambda: state.status()["counts"].get("stored", 0)      # noqa: E731
+    env = {**os.environ, "PNEUMO_HOME": str(home), **pacs_env(archive)}
+    watcher = subprocess.Popen([sys.executable, "-m", "pneumo_core", "pacs", "watch", "--interval", "0.5"],
+                               cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    output = ""
     try:
-        server = servers[0]
-        home = _home(trained_home, tmp_path_factory)
-        films = chest_studies([(i % 2, "PA", "CHEST", "CR") for i in range(12)], seed=3, shape=(768, 640))
-        client = PacsClient(server.dicomweb, server.user, server.password)
-        for ds in films:
-            client.store([ds], ds.StudyInstanceUID)
-        state = PacsState(home / "pacs.sqlite")
-        stored = lambda: state.status()["counts"].get("stored", 0)
-        env = {**os.environ, "PNEUMO_HOME": str(home), **pacs_env(server)}
-        watcher = subprocess.Popen([sys.executable, "-m", "pneumo_core", "pacs", "watch", "--interval", "0.5"],
-                                   cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        deadline = time.monotonic() + 300
-        # Stop the archive as soon as the watcher has taken up any film (results are stored in batches,
-        # so waiting for a first stored one could see all of them stored at once).
-        while not sum(state.status()["counts"].values()) and time.monotonic() < deadline and watcher.poll() is None:
-            time.sleep(0.005)
-        server.stop()
-        stored_while_down = stored()
-        assert stored_while_down < len(films), "the archive must go down in the middle of the run"
-        while not state.status()["last_error"] and time.monotonic() < deadline:
-            time.sleep(0.1)
+        assert archive.down.wait(timeout=300), "the watcher stored nothing"
+        _wait_for(lambda: state.status()["last_error"] or watcher.poll() is not None)
         assert "cannot be reached" in state.status()["last_error"]
-        # Same storage and port: the archive is back.
-        servers.append(start_orthanc(folder, server.port, server.password))
-        while stored() < len(films) and time.monotonic() < deadline and watcher.poll() is None:
-            time.sleep(0.2)
+        assert stored() == 1                       # the first film; the second's heatmap could not be stored
+        archive.back()
+        _wait_for(lambda: stored() == len(films) or watcher.poll() is not None, timeout=300)
     finally:
-        if watcher is not None:
-            watcher.terminate()
-            output = watcher.communicate(timeout=60)[0]
-        for server in servers:
-            server.stop()
+        watcher.terminate()
+        output = watcher.communicate(timeout=60)[0]
+        archive.go_down()
     assert stored() == len(films), output[-3000:]
     audit = AuditTrail(home / "audit.sqlite").rows()
-    assert len(audit) == len(films) and len({r["sha256"] for r in audit}) == len(films)
+    assert len(audit) == len(films) and len({r["sha256"] for r in audit}) == len(films)   # each scored once
+    for ds in films[:2]:                            # each result stored once, the half-stored film's too
+        assert len(client.search_films(study_uid=ds.StudyInstanceUID, modalities=("SR", "OT"))) == 2
     assert not list((home / "pacs_outbox").iterdir())
+
+
+def _wait_for(condition, timeout: float = 120, poll: float = 0.1):
+    """Wait until `condition()` is true; fails the test after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out"
+        time.sleep(poll)
 
 
 def test_wrong_credentials_are_a_clear_error_not_an_outage(orthanc):
