@@ -4,12 +4,17 @@ import io
 import numpy as np
 import pytest
 from conftest import REPO, synthetic_film
-from helpers import poisoned_dicom
+from helpers import poisoned_dicom, widget
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from pneumo_core.records import registry
 from pneumo_core.records.access import Actor
+
+
+def uploader(at):
+    """The Diagnose page's file uploader."""
+    return widget(at, "file_uploader", "Chest X-rays")
 
 
 def app() -> AppTest:
@@ -65,7 +70,7 @@ def test_patient_names_stay_on_screen_only(model_home, caplog, capfd):
     at = AppTest.from_file(str(REPO / "views" / "diagnose.py"), default_timeout=120)
     at.session_state["actor"] = Actor("ana", "clinician")
     at.run()
-    at.file_uploader[0].set_value([("DOE_JANE_MRN123.png", png(0), "image/png"),
+    uploader(at).set_value([("DOE_JANE_MRN123.png", png(0), "image/png"),
                                    ("scan.dcm", poisoned_dicom("WindowCenter", "DS"), "application/dicom")])
     at.run()
     assert not at.exception

@@ -18,6 +18,7 @@ import numpy as np
 import pydicom
 import pytest
 from conftest import REPO, synthetic_film
+from helpers import widget
 from PIL import Image
 from pydicom.encaps import encapsulate
 from pydicom.uid import JPEG2000Lossless
@@ -63,6 +64,11 @@ print(json.dumps({{"growth_mb": max(sampled, by_maxrss) / 2 ** 20, "outcomes": o
 """
 
 READ_FILM = ("from pneumo_core.imaging.films import read_film", "    read_film(data, name)")
+
+
+def uploader(at):
+    """The Diagnose page's file uploader."""
+    return widget(at, "file_uploader", "Chest X-rays")
 
 
 def growth(films, warm, setup, step, env=None) -> dict:
@@ -161,7 +167,7 @@ def test_an_upload_of_too_many_files_is_refused_with_the_limit(home, monkeypatch
     at = AppTest.from_file(str(REPO / "views" / "diagnose.py"), default_timeout=120)
     at.session_state["actor"] = Actor("tester", "admin")
     at.run()
-    at.file_uploader[0].set_value([(f"film{i}.png", _png(i), "image/png") for i in range(3)])
+    uploader(at).set_value([(f"film{i}.png", _png(i), "image/png") for i in range(3)])
     at.run()
     assert not at.exception
     assert any("3 files in one upload; at most 2" in e.value for e in at.error)
@@ -174,7 +180,7 @@ def test_a_request_over_its_pixel_budget_gets_a_message_for_the_film_that_crosse
     at = AppTest.from_file(str(REPO / "views" / "diagnose.py"), default_timeout=120)
     at.session_state["actor"] = Actor("tester", "admin")
     at.run()
-    at.file_uploader[0].set_value([(f"budget{i}.png", _png(100 + i), "image/png") for i in range(3)])
+    uploader(at).set_value([(f"budget{i}.png", _png(100 + i), "image/png") for i in range(3)])
     at.run()
     assert not at.exception
     errors = [e.value for e in at.error]
@@ -202,11 +208,11 @@ def test_paging_the_metrics_error_browser_leaves_the_diagnosis_cache_alone(home)
     at = AppTest.from_file(str(REPO / "views" / "metrics.py"), default_timeout=120)
     at.session_state["actor"] = Actor("tester", "admin")
     at.run()
-    at.radio[0].set_value("true positives").run()
-    pages = min(3, int(at.number_input[0].max))
+    widget(at, "radio", "Show").set_value("true positives").run()
+    pages = min(3, int(widget(at, "number_input", "Page").max))
     assert pages >= 2, "the synthetic test split should give more than one page of true positives"
     before = len(ui.diagnosis_cache())
     for number in range(1, pages + 1):
-        at.number_input[0].set_value(number).run()
+        widget(at, "number_input", "Page").set_value(number).run()
         assert not at.exception and at.get("image")  # the page's films are drawn
     assert len(ui.diagnosis_cache()) == before  # ... from their own small cache, not the diagnoses'

@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import REPO, SHARED, SHARED_DATA, make_dataset, run_cli
+from helpers import widget
 
 from pneumo_core.evaluate.track_record import INTERNAL_LABEL, track_record
 from pneumo_core.golive import sites as site
@@ -138,8 +139,8 @@ def test_site_page_validates_a_folder_and_shows_the_report(page_home):
     home, clinic = page_home
     at = _app("site").run()
     assert not at.exception
-    assert str(clinic) in at.selectbox[1].options
-    at.selectbox[1].set_value(clinic)
+    assert str(clinic) in widget(at, "selectbox", "Folder").options
+    widget(at, "selectbox", "Folder").set_value(clinic)
     at.run()
     next(b for b in at.button if b.label == "Validate at this site").click()
     at.run()
