@@ -27,7 +27,7 @@ def e2e_home(request, tmp_path_factory) -> Path:
     if os.environ.get("PNEUMO_E2E_HOME"):
         return Path(os.environ["PNEUMO_E2E_HOME"])
     home = tmp_path_factory.mktemp("e2e") / "home"
-    shutil.copytree(request.getfixturevalue("trained_home"), home)
+    shutil.copytree(request.getfixturevalue("trained_home"), home, ignore=shutil.ignore_patterns("audit.sqlite*"))
     return home
 
 

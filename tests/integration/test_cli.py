@@ -141,7 +141,7 @@ def test_missing_dataset_is_a_clear_error(tmp_path, cli):
 def test_promote_switches_the_active_model(trained_home, tmp_path, cli):
     import shutil
     home = tmp_path / "home"
-    shutil.copytree(trained_home, home)
+    shutil.copytree(trained_home, home, ignore=shutil.ignore_patterns("audit.sqlite*"))   # other workers write it
     (first,) = [d.name for d in (home / "models").iterdir() if d.is_dir() and not d.name.startswith(".")]
     later = home / "models" / "29990101-000000-mobilenet_v2"
     shutil.copytree(home / "models" / first, later)
