@@ -151,7 +151,7 @@ def test_the_measurement_sees_what_a_step_allocates(tmp_path, step, low, high):
 def test_distinct_7000_px_pngs_through_the_diagnose_path_keep_only_small_copies(trained_home, tmp_path):
     # 8 measured films are enough: before, ~245 MB were kept per film (full-size film + float heatmap), 2 GB here.
     films = [big_png(tmp_path / f"film{i:02d}.png", i) for i in range(9)]
-    setup = ("import ui\nfrom pneumo_core import registry\n"
+    setup = ("import ui\nfrom pneumo_core.records import registry\n"
              "version = str(registry.resolve(ui.settings().models_dir, None))")
     step = ("    gray, d = ui.diagnosis(version, data, name, 'gradcam', ui.decode_budget())\n"
             "    assert max(gray.shape) <= ui.BUDGET.display_side and d.heatmap.dtype.name == 'uint8'\n"

@@ -72,9 +72,20 @@ class FlakyArchive:
         class Relay(http.server.BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.0"    # one request per connection: none stays open through the outage
 
+            def body(self) -> bytes:
+                if self.headers.get("Transfer-Encoding", "").lower() != "chunked":
+                    return self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                chunks = []        # a streamed upload (the heatmap captures)
+                while size := int(self.rfile.readline().split(b";")[0], 16):
+                    chunks.append(self.rfile.read(size))
+                    self.rfile.readline()
+                self.rfile.readline()
+                return b"".join(chunks)
+
             def relay(self):
-                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
+                body = self.body()
+                headers = {k: v for k, v in self.headers.items()
+                           if k.lower() not in ("host", "connection", "transfer-encoding", "content-length")}
                 answer = requests.request(self.command, relay.upstream + self.path, data=body, headers=headers,
                                           timeout=120, allow_redirects=False, stream=True)
                 content = answer.raw.read()      # as sent: a compressed answer stays compressed
@@ -226,7 +237,8 @@ def test_archive_down_mid_run_every_film_is_scored_exactly_once(trained_home, tm
     audit = AuditTrail(home / "audit.sqlite").rows()
     assert len(audit) == len(films) and len({r["sha256"] for r in audit}) == len(films)   # each scored once
     for ds in films[:2]:                            # each result stored once, the half-stored film's too
-        assert len(client.search_films(study_uid=ds.StudyInstanceUID, modalities=("SR", "OT"))) == 2
+        for modality in ("SR", "OT"):
+            assert len(client.search_films(study_uid=ds.StudyInstanceUID, modalities=(modality,))) == 1, modality
     assert not list((home / "pacs_outbox").iterdir())
 
 
