@@ -98,8 +98,8 @@ def cli(monkeypatch, capsys):
             capsys.readouterr()             # only this call's output
             try:
                 code = main([str(a) for a in args]) or 0     # as sys.exit(main()) exits
-            except SystemExit as exit:      # argparse's usage errors
-                code = exit.code or 0
+            except SystemExit as stopped:   # argparse's usage errors
+                code = stopped.code or 0
             out = capsys.readouterr()
         return subprocess.CompletedProcess(["pneumo_core", *map(str, args)], code, out.out, out.err)
     return call

@@ -4,7 +4,7 @@ import re
 
 import pytest
 from conftest import REPO
-from helpers import PASSWORD, start_dashboard, stop
+from helpers import PASSWORD
 from streamlit.testing.v1 import AppTest
 
 from pneumo_core.records.access import Actor
@@ -219,33 +219,5 @@ def test_a_weights_path_outside_the_configured_folder_is_refused_as_plain_text(h
     assert [e.value for e in at.error] == ["Not submitted:"]
     assert any("weights file must lie inside" in c.value and str(tmp_path / "weights") in c.value for c in at.code)
     assert JobQueue(load_settings()).list() == []
-
-
-def test_the_dashboard_started_as_make_run_does_listens_on_this_machine_only(tmp_path):
-    import psutil
-    process, _ = start_dashboard(tmp_path / "home", tmp_path / "server.log", address=None)  # config.toml decides
-    try:
-        listening = {c.laddr.ip for c in psutil.Process(process.pid).net_connections(kind="inet")
-                     if c.status == psutil.CONN_LISTEN}
-    finally:
-        stop(process)
-    assert listening == {"127.0.0.1"}
-
-
-# With a model --------------------------------------------------------------------------------------
-
-@pytest.fixture
-def model_home(trained_home, tmp_path, monkeypatch):
-    import json
-    import shutil
-    copy = tmp_path / "model_home"
-    shutil.copytree(trained_home, copy, ignore=shutil.ignore_patterns("audit.sqlite*"))
-    (first,) = [d for d in (copy / "models").iterdir() if d.is_dir() and not d.name.startswith(".")]
-    older = copy / "models" / "20000101-000000-mobilenet_v2"
-    shutil.copytree(first, older)
-    meta = json.loads((older / "metadata.json").read_text())
-    (older / "metadata.json").write_text(json.dumps({**meta, "created": "2000-01-01T00:00:00+00:00"}))
-    monkeypatch.setenv("PNEUMO_HOME", str(copy))
-    return copy
 
 
