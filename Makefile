@@ -1,4 +1,5 @@
 # Two commands: `make run` (dashboard) and `make test` (every test). Both set up .venv first.
+# `make test-fast` runs the unit tier alone (tests/unit).
 # The environment is pinned whole: `make` installs the lock files (every transitive package, with
 # hashes) made by `make lock` from the hand-edited requirements*.txt. `make setup GPU=1` on a GPU
 # server installs tensorflow[and-cuda] of the same version instead of tensorflow-cpu.
@@ -71,11 +72,16 @@ lint: $(DEV_STAMP)
 docs: $(DEV_STAMP)
 	$(MKDOCS) serve -a 127.0.0.1:8000
 
+# Three tiers (pytest.ini): tests/unit (make test-fast), tests/integration and tests/e2e. Two workers
+# (pytest-xdist); --dist loadgroup keeps the tests of one xdist_group (one Orthanc, one browser) on one
+# worker; the 15 slowest tests are printed to see where the time goes.
+PYTEST := $(PY) -m pytest -q -p no:cacheprovider -n $(or $(WORKERS),2)
+
 test: $(DEV_STAMP) system-packages lint
-	$(PY) -m pytest -q -p no:cacheprovider tests
+	$(PYTEST) --dist loadgroup --durations=15 tests
 
 test-fast: $(DEV_STAMP)
-	$(PY) -m pytest -q -p no:cacheprovider -m "not slow" tests
+	$(PYTEST) tests/unit
 
 train: $(STAMP)
 	$(PY) -m pneumo_core train

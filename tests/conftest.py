@@ -1,7 +1,16 @@
-"""Shared fixtures: synthetic films and datasets (no patient data), tiny models."""
+"""Shared fixtures: synthetic films and datasets (no patient data), tiny models; the tier marks.
+
+Tiers by folder: tests/unit (fast, no subprocess-heavy set-up), tests/integration (the command line,
+Orthanc, real trainings, real shared data), tests/e2e (the dashboard in a headless browser).
+"""
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import io
+import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +24,23 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
 SHARED_DATA = SHARED / "data" / "chest_xray"
 SHARED_WEIGHTS = SHARED / "weights" / "mobilenet_v2_1.0_224_imagenet_notop.weights.h5"
+
+
+TIERS = ("unit", "integration", "e2e")
+
+
+@pytest.hookimpl(tryfirst=True)     # before xdist reads the xdist_group marks added here
+def pytest_collection_modifyitems(items):
+    """Mark each test with its tier, the name of the folder under tests/ that holds it; put the users of the
+    session's Orthanc in one xdist group."""
+    root = Path(__file__).resolve().parent
+    for item in items:
+        tier = item.path.resolve().relative_to(root).parts[0]
+        if tier not in TIERS:
+            raise pytest.UsageError(f"{item.nodeid}: tests live in tests/unit, tests/integration or tests/e2e")
+        item.add_marker(tier)
+        if "orthanc_server" in item.fixturenames:     # one Orthanc per test session: one worker uses it
+            item.add_marker(pytest.mark.xdist_group("orthanc"))
 
 
 def synthetic_film(label: int, rng: np.random.Generator, shape=(96, 96)) -> np.ndarray:
@@ -54,21 +80,84 @@ def run_cli(*args, home: Path, timeout: int = 600, env_extra: dict | None = None
                           capture_output=True, text=True, timeout=timeout)
 
 
+@pytest.fixture
+def cli(monkeypatch, capsys):
+    """The command line run in this process, for tests where a subprocess is not the point (no interpreter
+    and TensorFlow start per call).
+
+    Returns call(*args, home, stdin="", env_extra=None) -> CompletedProcess (returncode, stdout, stderr),
+    as `run_cli` does; stdin is not a terminal.
+    """
+    from pneumo_core.cli.main import main
+
+    def call(*args, home: Path, stdin: str = "", env_extra: dict | None = None) -> subprocess.CompletedProcess:
+        with monkeypatch.context() as patch:
+            for name, value in {"PNEUMO_HOME": str(home), **(env_extra or {})}.items():
+                patch.setenv(name, value)
+            patch.setattr("sys.stdin", io.StringIO(stdin))
+            capsys.readouterr()             # only this call's output
+            try:
+                code = main([str(a) for a in args]) or 0     # as sys.exit(main()) exits
+            except SystemExit as stopped:   # argparse's usage errors
+                code = stopped.code or 0
+            out = capsys.readouterr()
+        return subprocess.CompletedProcess(["pneumo_core", *map(str, args)], code, out.out, out.err)
+    return call
+
+
+# The session's one trained model: random-init MobileNetV2 at 64 px, 2 trials x 3 epochs, 2 heads averaged,
+# no augmented views in training and one test-time view (the defaults, 3 and 3, cost ~3x the time here).
+TINY_TRAIN = ("--weights", "none", "--image-size", 64, "--trials", 2, "--epochs", 3, "--views", 0, "--ensemble", 2,
+              "--tta-views", 1)
+
+
+@contextlib.contextmanager
+def made_once(tmp_path_factory, name: str):
+    """A folder shared by the whole test run, xdist workers included, and whether it still needs making.
+
+    Yields (folder, missing): the first worker to get here holds a file lock while it makes `folder`
+    (missing is True) and marks it done; the others wait for the lock and find it made (missing is False).
+    """
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent          # every worker's base folder sits in this run's one folder
+    folder, done = base / name, base / f"{name}.done"
+    with open(base / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            missing = not done.exists()
+            if missing:
+                shutil.rmtree(folder, ignore_errors=True)    # a half-made one from a failed try
+                folder.mkdir()
+            yield folder, missing
+            if missing:
+                done.touch()
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 @pytest.fixture(scope="session")
 def synthetic_data(tmp_path_factory) -> Path:
-    """train 60/60 with a tiny val/ (folded into train) and a test/ of 20/20."""
-    return make_dataset(tmp_path_factory.mktemp("data"), {"train": (60, 60), "val": (4, 4), "test": (20, 20)})
+    """train 60/60 with a tiny val/ (folded into train) and a test/ of 20/20, one copy per test run."""
+    with made_once(tmp_path_factory, "data") as (folder, missing):
+        if missing:
+            make_dataset(folder, {"train": (60, 60), "val": (4, 4), "test": (20, 20)})
+    return folder
 
 
 @pytest.fixture(scope="session")
 def trained_run(tmp_path_factory, synthetic_data) -> tuple[Path, subprocess.CompletedProcess]:
-    """(home dir, the finished `train` command) of one model trained by the CLI on synthetic data
-    (random-init MobileNetV2)."""
-    home = tmp_path_factory.mktemp("home")
-    result = run_cli("train", "--data", synthetic_data, "--weights", "none", "--image-size", 64,
-                     "--trials", 2, "--epochs", 3, "--views", 1, "--ensemble", 2, home=home)
+    """(home dir, the finished `train` command) of the session's one model, trained by the CLI on synthetic
+    data (TINY_TRAIN) once per test run and shared by the xdist workers. Tests copy the home to change it."""
+    with made_once(tmp_path_factory, "trained") as (folder, missing):
+        record = folder / "train.json"
+        if missing:
+            result = run_cli("train", "--data", synthetic_data, *TINY_TRAIN, home=folder / "home")
+            record.write_text(json.dumps({"args": result.args, "returncode": result.returncode,
+                                          "stdout": result.stdout, "stderr": result.stderr}))
+    result = subprocess.CompletedProcess(**json.loads(record.read_text()))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return home, result
+    return folder / "home", result
 
 
 @pytest.fixture(scope="session")
@@ -111,12 +200,30 @@ def start_orthanc(folder: Path, port: int | None = None, password: str | None = 
     return OrthancServer(folder, port, password=password).start()
 
 
-@pytest.fixture
-def orthanc(tmp_path_factory):
-    """A fresh Orthanc for one test (see `start_orthanc`), stopped after it."""
+@pytest.fixture(scope="session")
+def orthanc_server(tmp_path_factory):
+    """The test session's one Orthanc (see `start_orthanc`), stopped at its end. Its users are put in the
+    xdist group "orthanc" (pytest_collection_modifyitems), so one worker runs them all, one at a time; each
+    starts from an empty archive (`emptied`)."""
     server = start_orthanc(tmp_path_factory.mktemp("orthanc"))
     yield server
     server.stop()
+
+
+def emptied(server):
+    """`server` with every study deleted: the watcher searches the whole archive, so each user of the
+    session's Orthanc starts from an empty one."""
+    import requests
+    for study in server.get("/studies"):
+        requests.delete(f"{server.url}/studies/{study}", auth=server.auth, timeout=60).raise_for_status()
+    assert server.get("/statistics")["CountInstances"] == 0
+    return server
+
+
+@pytest.fixture
+def orthanc(orthanc_server):
+    """The session's Orthanc, emptied for one test."""
+    return emptied(orthanc_server)
 
 
 def chest_studies(specs, seed: int = 0, shape=(256, 224)) -> list:

@@ -441,3 +441,11 @@ def poisoned_dicom(keyword: str, vr: str) -> bytes:
 
 # Joins the hostile corpus: the reader's message for a malformed header value names no value.
 CASES["DICOM with a patient's name in a numeric field"] = (poisoned_dicom("WindowCenter", "DS"), "malformed value")
+
+
+def widget(at, kind: str, label: str):
+    """The one widget of `kind` on an AppTest page (an AppTest attribute: "slider", "selectbox", "file_uploader",
+    ...) whose label is `label` or starts with it: found by what the user reads, not by its position."""
+    found = [w for w in getattr(at, kind) if w.label == label or w.label.startswith(label)]
+    assert len(found) == 1, f"{len(found)} {kind}(s) labelled {label!r} among {[w.label for w in getattr(at, kind)]}"
+    return found[0]

@@ -1,0 +1,233 @@
+"""End to end in a real browser: Playwright drives Debian's Chromium against `streamlit run app.py`.
+
+Set PNEUMO_E2E_HOME to use an existing home (e.g. with a real model) and PNEUMO_SCREENSHOT_DIR to
+keep the screenshots (the README's come from `PNEUMO_SCREENSHOT_DIR=docs/screenshots`).
+"""
+import os
+import re
+import shutil
+import time
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pypdf
+import pytest
+from conftest import SHARED_DATA, synthetic_film
+from helpers import dashboard_with_tester, idle, require_chromium, sign_in
+
+from pneumo_core.records import registry
+
+require_chromium()
+
+
+@pytest.fixture(scope="module")
+def e2e_home(request, tmp_path_factory) -> Path:
+    """PNEUMO_E2E_HOME as it is, else a copy of the tiny trained home (the retrain test adds to it)."""
+    if os.environ.get("PNEUMO_E2E_HOME"):
+        return Path(os.environ["PNEUMO_E2E_HOME"])
+    home = tmp_path_factory.mktemp("e2e") / "home"
+    shutil.copytree(request.getfixturevalue("trained_home"), home, ignore=shutil.ignore_patterns("audit.sqlite*"))
+    return home
+
+
+@pytest.fixture(scope="module")
+def server(request, e2e_home, tmp_path_factory):
+    data = {} if os.environ.get("PNEUMO_E2E_HOME") else {"PNEUMO_DATA": str(request.getfixturevalue("synthetic_data"))}
+    with dashboard_with_tester(e2e_home, tmp_path_factory.mktemp("streamlit") / "server.log", env=data) as url:
+        yield url
+
+
+def _film(tmp_path: Path) -> Path:
+    real = sorted((SHARED_DATA / "train" / "PNEUMONIA").glob("*.jpeg"))[:1] if SHARED_DATA.is_dir() else []
+    if real and os.environ.get("PNEUMO_E2E_HOME"):
+        return real[0]
+    path = tmp_path / "film.png"
+    cv2.imwrite(str(path), synthetic_film(1, np.random.default_rng(0), (300, 360)))
+    return path
+
+
+def _png(label: int, seed: int) -> bytes:
+    return cv2.imencode(".png", synthetic_film(label, np.random.default_rng(seed), (300, 360)))[1].tobytes()
+
+
+def _diagnosed(page) -> None:
+    """Wait for the film view's last element (the report button) and the end of the run."""
+    page.locator(".st-key-diagnose-ready button").wait_for(timeout=120_000)
+    idle(page)
+    page.wait_for_function("() => Array.from(document.images).every(i => i.complete)", timeout=60_000)
+
+
+def _upload(page, server, files) -> None:
+    sign_in(page, server, "tester")
+    page.get_by_text("Upload one or more frontal chest films").wait_for(timeout=120_000)
+    page.locator("input[type=file]").set_input_files(files)
+    _diagnosed(page)
+
+
+def _open_title(page) -> str:
+    return page.locator("h3", has_text="File ").first.inner_text()
+
+
+def _confusion_labels(page) -> list:
+    return page.evaluate("""() => Array.from(document.querySelectorAll('.js-plotly-plot'))
+        .map(p => p.data && p.data[0] && p.data[0].text).filter(t => t && String(t).includes('true negative'))""")
+
+
+def test_a_deep_link_on_a_fresh_server_gets_the_apps_navigation(server, browser_page):
+    # First test of the module on purpose: Streamlit runs a deep-linked script of a `pages/` folder
+    # on its own until app.py has run once, which is why the pages live in `views/`.
+    page = browser_page
+    sign_in(page, f"{server}/models", "tester")
+    page.get_by_text("Decision support, not a diagnosis.").wait_for(timeout=120_000)
+    titles = page.locator("[data-testid=stSidebarNav]").inner_text().split()
+    assert {"Diagnose", "Retrain"} <= set(titles) and "app" not in titles
+
+
+def test_upload_gives_a_call_its_strength_and_a_heatmap_with_a_local_favicon(server, e2e_home, browser_page, shots,
+                                                                              tmp_path):
+    page = browser_page
+    sign_in(page, server, "tester")
+    page.get_by_text("Upload one or more frontal chest films").wait_for(timeout=120_000)
+    icons = page.evaluate("() => Array.from(document.querySelectorAll('link[rel*=icon]')).map(l => l.href)")
+    assert icons and all(href.startswith(server) for href in icons)       # nothing fetched from the internet
+    page.locator("input[type=file]").set_input_files(str(_film(tmp_path)))
+    _diagnosed(page)
+    call = page.locator("h4", has_text="Call:").inner_text()
+    # The call the library makes of the same file with the dashboard's active model (public API).
+    from pneumo_core import Diagnoser, PneumoModel, read_film, resolve
+    data = _film(tmp_path).read_bytes()
+    film = read_film(data, "film.png")
+    expected = Diagnoser(PneumoModel.load(resolve(e2e_home / "models"))).diagnose(film.gray, "film.png", "gradcam",
+                                                                                  data, film.info)
+    assert call == f"Call: {expected.label}"
+    assert page.get_by_text("the threshold (").first.is_visible()          # 'well above the threshold (0.50)'
+    body = page.locator("body").inner_text()
+    assert "1.000" not in body and "not validated at this site" in body
+    assert page.locator("[data-testid=stImage] img").count() >= 1
+    page.screenshot(path=str(shots / "diagnose.png"), full_page=True)
+
+
+def test_the_pdf_report_is_text_on_a4_without_the_file_name(server, browser_page, tmp_path):
+    page = browser_page
+    _upload(page, server, {"name": "secret-name.png", "mimeType": "image/png", "buffer": _png(1, 5)})
+    page.get_by_label("Study reference for the report (optional)").fill("REQ-4711")
+    page.keyboard.press("Enter")
+    page.get_by_text("On the report as: Reference REQ-4711").wait_for(timeout=60_000)
+    _diagnosed(page)
+    with page.expect_download(timeout=60_000) as download:
+        page.get_by_role("button", name=re.compile("Download report")).click()
+    assert download.value.suggested_filename == "pneumo-report-REQ-4711.pdf"
+    path = tmp_path / "report.pdf"
+    download.value.save_as(path)
+    reader = pypdf.PdfReader(path)
+    box = reader.pages[0].mediabox
+    assert (round(float(box.width)), round(float(box.height))) == (595, 842)   # A4
+    text = reader.pages[0].extract_text()
+    assert "Call: " in text and "REQ-4711" in text and "Read by" in text and "secret-name" not in text
+
+
+def test_two_films_with_the_same_name_are_both_reachable_by_clicking_their_rows(server, browser_page):
+    page = browser_page
+    _upload(page, server, [{"name": "image.jpeg", "mimeType": "image/png", "buffer": _png(label, 20 + label)}
+                           for label in (0, 1)])
+    identity = page.locator("[data-testid=stCaptionContainer]", has_text="SHA-256").first
+    first = identity.inner_text()
+    grid = page.locator("[data-testid=stDataFrame]")
+    changed = "(old) => Array.from(document.querySelectorAll('[data-testid=stCaptionContainer]'))" \
+              ".some(e => e.innerText.includes('SHA-256') && e.innerText !== old)"
+    grid.click(position={"x": 15, "y": 35 + 35 * 1 + 17})   # the second row's selection box (rows are 35 px)
+    page.wait_for_function(changed, arg=first, timeout=60_000)
+    _diagnosed(page)
+    second = identity.inner_text()
+    grid.click(position={"x": 15, "y": 35 + 17})            # back to the first row
+    page.wait_for_function(changed, arg=second, timeout=60_000)
+    _diagnosed(page)
+    assert identity.inner_text() == first and first != second   # two films, each opened by its own row
+    assert _open_title(page) in ("File 1: image.jpeg", "File 2: image.jpeg")
+
+
+def test_at_1024_px_nothing_overflows_and_the_call_is_whole(server, browser_page):
+    page = browser_page.context.browser.new_page(viewport={"width": 1024, "height": 900})
+    try:
+        _upload(page, server, [{"name": f"film{i}.png", "mimeType": "image/png", "buffer": _png(i % 2, 30 + i)}
+                               for i in range(3)])
+        widths = page.evaluate("() => [document.documentElement.scrollWidth, window.innerWidth]")
+        assert widths[0] <= widths[1], widths
+        grid = page.locator("[data-testid=stDataFrame]")   # the worklist's columns all fit: nothing scrolled off
+        assert grid.evaluate("e => { const s = e.querySelector('.dvn-scroller'); "
+                             "return s && s.scrollWidth <= s.clientWidth + 1; }")
+        call = page.locator("h4", has_text="Call:")
+        assert call.evaluate("e => e.scrollWidth <= e.clientWidth")
+        assert call.inner_text().endswith(("NORMAL", "PNEUMONIA"))
+        for value in page.locator("[data-testid=stMetricValue]").all():   # probability and certainty in full
+            assert value.evaluate("e => e.scrollWidth <= e.clientWidth + 1"), value.inner_text()
+        for image in page.locator("[data-testid=stImage] img").all():
+            box = image.bounding_box()
+            assert box["x"] + box["width"] <= 1024
+    finally:
+        page.close()
+
+
+def test_threshold_slider_changes_the_matrix(server, browser_page, shots):
+    page = browser_page
+    sign_in(page, f"{server}/metrics", "tester")
+    page.get_by_text("Threshold: call PNEUMONIA").wait_for(timeout=120_000)
+    page.wait_for_function("() => document.querySelectorAll('.js-plotly-plot').length >= 3", timeout=60_000)
+    before = _confusion_labels(page)
+    assert before, "confusion matrix not drawn"
+    page.screenshot(path=str(shots / "metrics.png"), full_page=True)
+    slider = page.locator("[data-testid=stSlider] input[type=range]").first
+    slider.focus()
+    page.keyboard.press("End")  # threshold 1.0: (almost) every film is called NORMAL
+    page.wait_for_function("""(old) => { const now = Array.from(document.querySelectorAll('.js-plotly-plot'))
+        .map(p => p.data && p.data[0] && p.data[0].text).filter(t => t && String(t).includes('true negative'));
+        return now.length && JSON.stringify(now) !== JSON.stringify(old); }""", arg=before, timeout=60_000)
+    after = _confusion_labels(page)
+    assert slider.get_attribute("value") == "1" and after != before
+    assert after[0][0][1].startswith("0<br>")  # no false positives left at threshold 1.0
+
+
+def test_every_page_renders(server, e2e_home, browser_page, shots):
+    page = browser_page
+    active = next(v for v in registry.list_versions(e2e_home / "models") if v["active"])
+    expected = {  # what each page must show once its script has run to the end
+        "heatmaps": page.get_by_text("Deletion area").nth(2),       # one panel per CAM method, each with its curve
+        "models": page.get_by_text(f"{active['backbone']} ({active['weights'] or 'random init'} weights)").first,
+        "retrain": page.get_by_role("button", name="Retrain with current settings"),
+    }
+    for path, marker in (("heatmaps", "Compare"), ("models", "Model card"), ("retrain", "Past jobs")):
+        sign_in(page, f"{server}/{path}", "tester")
+        page.get_by_text(marker).first.wait_for(timeout=120_000)
+        # Streamlit's own ready marker: the script has run to its end (the Retrain page's fragment
+        # reruns every 2 s, and is idle in between).
+        page.locator("[data-testid=stApp][data-test-script-state=notRunning]").wait_for(timeout=120_000)
+        expected[path].wait_for(timeout=30_000)     # raises (fails the test) when the content never comes
+        page.wait_for_function("() => Array.from(document.images).every(i => i.complete)", timeout=60_000)
+        assert not page.locator("[data-testid=stException]").count(), path
+        page.screenshot(path=str(shots / f"{path}.png"), full_page=True)
+
+
+def test_retrain_runs_to_completion_and_the_candidate_is_promoted(server, e2e_home, browser_page, shots):
+    if os.environ.get("PNEUMO_E2E_HOME"):
+        pytest.skip("retraining a real model takes minutes; run against the tiny test home")
+    page = browser_page
+    sign_in(page, f"{server}/retrain", "tester")
+    page.get_by_text("Past jobs").wait_for(timeout=120_000)       # the first run has finished
+    page.get_by_role("button", name="Retrain with current settings").click()
+    page.get_by_text(re.compile(r"Job \d+ submitted")).wait_for(timeout=120_000)
+    page.get_by_text(re.compile(r"Job \d+: ")).first.wait_for(timeout=60_000)   # the live progress bar
+    page.screenshot(path=str(shots / "retrain-progress.png"), full_page=True)
+    promote = page.get_by_role("button", name=re.compile(r"^Promote "))
+    promote.wait_for(timeout=300_000)        # the fragment refreshes the page when the job ends
+    page.get_by_text("called differently").wait_for(timeout=30_000)
+    idle(page)
+    page.screenshot(path=str(shots / "retrain.png"), full_page=True)
+    candidate = registry.candidates(e2e_home / "models")[0]
+    before = registry.active_version(e2e_home / "models")
+    promote.click()
+    deadline = time.time() + 30
+    while registry.active_version(e2e_home / "models") == before and time.time() < deadline:
+        time.sleep(0.5)
+    assert registry.active_version(e2e_home / "models") == candidate
+    assert registry.promotions(e2e_home / "models")[-1]["to"] == candidate

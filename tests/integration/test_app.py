@@ -1,0 +1,369 @@
+"""Dashboard pages under Streamlit's AppTest, with a small model trained on synthetic films."""
+import hashlib
+import io
+import json
+import shutil
+
+import numpy as np
+import pytest
+from conftest import REPO, synthetic_film
+from helpers import chest_film, dicom_film, png_bytes, widget
+from PIL import Image
+from streamlit.testing.v1 import AppTest
+
+from pneumo_core import Diagnoser, PneumoModel, read_film, resolve
+from pneumo_core.jobs.queue import JobQueue
+from pneumo_core.learn import store
+from pneumo_core.records import registry
+from pneumo_core.records.access import Actor
+from pneumo_core.serve.diagnosis import format_probability
+from pneumo_core.settings import load_settings
+
+PAGES = ["diagnose", "heatmaps", "metrics", "models"]
+
+
+def uploader(at):
+    """The Diagnose page's file uploader."""
+    return widget(at, "file_uploader", "Chest X-rays")
+
+
+def page(name: str, actor: Actor = Actor("tester", "admin")) -> AppTest:
+    """A page run on its own, signed in as `actor` (app.py's sign-in sets the same key)."""
+    at = AppTest.from_file(str(REPO / "views" / f"{name}.py"), default_timeout=120)
+    at.session_state["actor"] = actor
+    return at
+
+
+def png(label: int, seed: int, shape=(90, 120)) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(synthetic_film(label, np.random.default_rng(seed), shape)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+@pytest.fixture
+def home(trained_home, tmp_path, monkeypatch):
+    """A copy of the trained home with a second, older version beside the first."""
+    copy = tmp_path / "home"
+    shutil.copytree(trained_home, copy, ignore=shutil.ignore_patterns("audit.sqlite*"))  # a fresh trail
+    (first,) = [d for d in (copy / "models").iterdir() if d.is_dir() and not d.name.startswith(".")]
+    older = copy / "models" / "20000101-000000-mobilenet_v2"
+    shutil.copytree(first, older)
+    meta = json.loads((older / "metadata.json").read_text())
+    (older / "metadata.json").write_text(json.dumps({**meta, "created": "2000-01-01T00:00:00+00:00",
+                                                     "threshold": 0.2}))
+    monkeypatch.setenv("PNEUMO_HOME", str(copy))
+    return copy
+
+
+@pytest.mark.parametrize("name", PAGES)
+def test_first_run_state_shows_how_to_train(name, tmp_path, monkeypatch):
+    monkeypatch.setenv("PNEUMO_HOME", str(tmp_path / "empty"))
+    at = page(name).run()
+    assert not at.exception
+    assert any("No model has been trained yet" in i.value for i in at.info)
+    assert any("pneumo_core train" in c.value for c in at.code)
+
+
+def shown_text(at) -> str:
+    """Every text the page shows (markdown, captions, metrics, alerts, table cells but thumbnails)."""
+    parts = [e.value for kind in ("markdown", "caption", "info", "warning", "error", "subheader")
+             for e in at.get(kind)]
+    parts += [f"{m.label} {m.value} {m.proto.delta}" for m in at.metric]
+    parts += [frame.value.drop(columns=["film"], errors="ignore").to_csv() for frame in at.dataframe]
+    return "\n".join(map(str, parts))
+
+
+def film_keys(at) -> dict:
+    """{label: film key} of the 'Open film' box (a film's key is its content hash, shown at the label's end)."""
+    box = next(s for s in at.selectbox if s.label == "Open film")
+    return {label: label.rsplit("SHA-256 ", 1)[1] for label in box.options}
+
+
+def open_film(at, name_part: str):
+    """Open the film whose worklist label contains `name_part` (the 'Open film' box)."""
+    key = next(k for label, k in film_keys(at).items() if name_part in label)
+    next(s for s in at.selectbox if s.label == "Open film").set_value(key).run()
+
+
+def test_upload_yields_a_call_its_strength_a_heatmap_and_a_report(home):
+    at = page("diagnose").run()
+    uploader(at).set_value([("film.png", png(1, 0), "image/png")])
+    at.run()
+    assert not at.exception
+    call = next(m.value for m in at.markdown if m.value.startswith("#### Call:"))
+    # The page shows the call and probability the library gives the same file with the active model.
+    film = read_film(png(1, 0), "film.png")
+    expected = Diagnoser(PneumoModel.load(resolve(home / "models"))).diagnose(film.gray, "film.png", "gradcam",
+                                                                              png(1, 0), film.info)
+    other = ({"PNEUMONIA", "NORMAL"} - {expected.label}).pop()
+    assert expected.label in call and other not in call
+    metrics = {m.label: m for m in at.metric}
+    probability = metrics["Probability of pneumonia"]
+    assert probability.value == format_probability(expected.probability)
+    assert "the threshold" in probability.proto.delta          # 'well above the threshold (0.50)' and the like
+    above = "above" in probability.proto.delta
+    assert ("PNEUMONIA" in call) == above                     # the badge agrees with the call
+    assert metrics["Certainty"].value in ("clear", "probable", "borderline", "not assessable")
+    assert "1.000" not in shown_text(at)
+    assert len(at.get("image")) >= 1
+    assert [b.label for b in at.get("download_button")] == ["Download report (PDF)"]
+    assert any("not validated at this site" in c.value for c in at.caption)   # figures name their data
+
+
+def test_many_files_make_a_triaged_worklist_and_bad_files_get_their_own_message(home):
+    from helpers import CASES
+    bad = {"broken.png": "damaged", "empty.jpg": "the file is empty", "scan.pdf": "PDF document",
+           "holiday.jpg": "colour photo", "cine.dcm": "multi-frame DICOM", "side.dcm": "lateral view",
+           "bomb.png": "megapixels", "tiny.png": "at least 64x64"}
+    data = {"broken.png": b"\x89PNG\r\n\x1a\n garbage", "empty.jpg": b"", "scan.pdf": CASES["PDF"][0],
+            "holiday.jpg": CASES["colour photo JPEG"][0], "cine.dcm": CASES["DICOM multi-frame"][0],
+            "side.dcm": CASES["DICOM lateral view"][0], "bomb.png": CASES["20000x20000 header bomb"][0],
+            "tiny.png": CASES["1x1 px PNG"][0]}
+    good = [("a.png", png(0, 1), "image/png"), ("b.png", png(1, 2), "image/png"),
+            ("c.dcm", CASES["DICOM MONOCHROME1 (inverted)"][0], "application/dicom")]
+    at = page("diagnose").run()
+    uploader(at).set_value(good[:2] + [(n, d, "application/octet-stream") for n, d in data.items()]
+                                  + good[2:])
+    at.run()
+    assert not at.exception
+    for name, message in bad.items():  # one message per bad file, naming it
+        assert sum(e.value.startswith(name + ": ") and message in e.value for e in at.error) == 1, name
+    assert any("8 of 11 files could not be scored" in m.value for m in at.markdown)
+    table = at.dataframe[0].value
+    assert {f.split(": ", 1)[1] for f in table["file"]} == {"a.png", "b.png", "c.dcm"}
+    ranks = [["check", "urgent", "routine"].index(p) for p in table["priority"]]
+    assert ranks == sorted(ranks)                            # check, then urgent, then routine
+    open_film(at, "c.dcm")
+    assert any("DICOM · DX · PA · 2024-03-01" in c.value for c in at.caption)
+    assert "Doe" not in shown_text(at)
+
+
+def test_two_different_films_with_the_same_name_are_both_reachable_and_a_new_upload_opens_itself(home):
+    first, second, third = png(0, 11), png(1, 12), png(1, 13)
+    at = page("diagnose").run()
+    uploader(at).set_value([("image.jpeg", first, "image/png"), ("image.jpeg", second, "image/png")]).run()
+    assert not at.exception
+    assert len(at.dataframe[0].value) == 2
+    keys = list(film_keys(at).values())
+    assert len(keys) == 2
+    seen = set()
+    for key in keys:
+        next(s for s in at.selectbox if s.label == "Open film").set_value(key).run()
+        identity = next(c.value for c in at.caption if "SHA-256" in c.value)
+        seen.add(identity.split("SHA-256 ")[1][:16])
+    assert seen == {hashlib.sha256(f).hexdigest()[:16] for f in (first, second)}   # each opens its own film
+    uploader(at).set_value([("image.jpeg", first, "image/png"), ("image.jpeg", second, "image/png"),
+                                   ("image.jpeg", third, "image/png")]).run()
+    identity = next(c.value for c in at.caption if "SHA-256" in c.value)
+    assert hashlib.sha256(third).hexdigest()[:16] in identity                      # the new film is open
+
+
+def test_a_dicom_film_shows_its_study_identifiers_and_png_gets_a_typed_reference(home):
+    at = page("diagnose").run()
+    uploader(at).set_value([("1.dcm", dicom_film(chest_film((200, 160))), "application/dicom")]).run()
+    assert not at.exception
+    identity = next(c.value for c in at.caption if "SHA-256" in c.value)
+    assert "Accession number: ACC-2024-0042" in identity and "Study Instance UID: 1.2.826.0.1.3680043.2.1125.1" \
+        in identity
+    assert not [t for t in at.text_input if t.label.startswith("Study reference")]   # DICOM has its own
+    assert "Doe" not in shown_text(at)
+    uploader(at).set_value([("x.png", png_bytes(chest_film((200, 160))), "image/png")]).run()
+    assert [t for t in at.text_input if t.label.startswith("Study reference")]
+
+
+def test_a_film_unlike_the_training_data_keeps_its_call_but_is_not_assessable_and_pinned_to_the_top(home):
+    from pneumo_core.imaging.ood import OOD_FILE, WARNING, OODDetector
+    for version in (home / "models").iterdir():
+        if (version / OOD_FILE).is_file():  # move the flag line so that every film is flagged
+            detector = OODDetector.load(version)
+            detector.threshold = 1e-6
+            detector.save(version / OOD_FILE)
+    at = page("diagnose").run()
+    uploader(at).set_value([("a.png", png(0, 1), "image/png"), ("b.png", png(1, 2), "image/png")]).run()
+    assert not at.exception
+    assert any(m.value.startswith("#### Call:") for m in at.markdown)     # the call is still there
+    assert {m.label: m.value for m in at.metric}["Certainty"] == "not assessable"
+    assert any(WARNING in w.value for w in at.warning)
+    assert any(w.value.startswith("Not assessable: ") for w in at.warning)
+    table = at.dataframe[0].value
+    assert set(table["priority"]) == {"check"} and set(table["certainty"]) == {"not assessable"}
+    assert any("*Not assessable*: the film is unlike the training films" in c.value for c in at.caption)
+
+
+def test_a_site_report_puts_its_figures_and_ppv_npv_at_the_sites_prevalence_under_the_call(home):
+    active = registry.resolve(home / "models", None)
+    (active / "site_reports").mkdir()
+    (active / "site_reports" / "north.json").write_text(json.dumps({
+        "site": "north", "n": 198, "created": "2026-11-26T06:00:00+00:00", "prevalence": 0.38, "sensitivity": 0.97,
+        "specificity": 0.63, "roc_auc": 0.93, "precision": 0.62, "npv": 0.97,
+        "ci": {"sensitivity": [0.93, 0.99], "specificity": [0.55, 0.71], "ppv": [0.54, 0.70], "npv": [0.93, 0.99]}}))
+    at = page("diagnose").run()
+    uploader(at).set_value([("a.png", png(1, 3), "image/png")]).run()
+    assert not at.exception
+    text = shown_text(at)
+    assert "Sensitivity 0.97 [0.93–0.99], specificity 0.63 [0.55–0.71]" in text and "site north" in text
+    assert "prevalence of 38 %: PPV 0.62 [0.54–0.70], NPV 0.97 [0.93–0.99]" in text
+    assert "not validated at this site" not in text
+
+
+def test_audit_page_lists_each_diagnosis_once_and_exports_csv(home):
+    at = page("audit").run()
+    assert not at.exception and any("No diagnosis has been recorded yet" in i.value for i in at.info)
+    diagnose = page("diagnose").run()
+    uploader(diagnose).set_value([("a.png", png(0, 1), "image/png"), ("b.png", png(1, 2), "image/png")])
+    diagnose.run()
+    widget(diagnose, "slider", "Heatmap opacity").set_value(0.7).run()  # a rerun shows the same calls: no new rows
+    at = page("audit").run()
+    assert not at.exception
+    table = at.dataframe[0].value
+    assert len(table) == 2 and set(table["source"]) == {"dashboard"} and set(table["cam_method"]) == {"gradcam"}
+    assert {"sha256", "model", "probability", "threshold", "call", "ood_score", "ood_flag"} <= set(table.columns)
+    assert [b.label for b in at.get("download_button")] == ["Download CSV"]
+    widget(at, "selectbox", "Call").set_value("PNEUMONIA").run()
+    assert len(at.dataframe[0].value) == (table["call"] == "PNEUMONIA").sum()
+
+
+def _confusion(at) -> list:
+    """[[tn, fp], [fn, tp]] as drawn: read from the cell labels of the confusion-matrix chart."""
+    spec = json.loads(next(c for c in at.get("plotly_chart") if "Confusion" in c.proto.spec).proto.spec)
+    return [[int(cell.split("<br>")[0]) for cell in row] for row in spec["data"][0]["text"]]
+
+
+def test_threshold_slider_changes_the_confusion_matrix(home):
+    at = page("metrics").run()
+    assert not at.exception
+    stored = _confusion(at)
+    assert sum(map(sum, stored)) == 40  # the 40 films of the synthetic test/ folder
+    widget(at, "slider", "Threshold").set_value(0.0).run()
+    assert _confusion(at) == [[0, 20], [0, 20]]  # threshold 0: every film is called PNEUMONIA
+    widget(at, "slider", "Threshold").set_value(1.0).run()
+    everything_normal = _confusion(at)
+    assert everything_normal[0][1] == 0 and everything_normal[1][1] <= 1  # only p == 1.0 stays PNEUMONIA
+    widget(at, "button", "Reset to the stored threshold").click().run()  # reset to the stored threshold
+    assert _confusion(at) == stored
+
+
+def test_version_comparison_draws_both_roc_curves(home):
+    at = page("models").run()
+    assert not at.exception
+    assert len(at.dataframe[0].value) == 2
+    roc = json.loads(next(c for c in at.get("plotly_chart") if "ROC" in c.proto.spec).proto.spec)
+    names = [trace["name"] for trace in roc["data"]]
+    assert sum("AUC" in n for n in names) == 2 and any("@ 0.200" in n for n in names)
+
+
+def test_heatmaps_compare_the_three_methods_on_several_films_with_their_faithfulness(home):
+    at = page("heatmaps").run()
+    assert not at.exception
+    panels = [m.value for m in at.markdown if "p = " in m.value or "p < " in m.value or "p > " in m.value]
+    assert [p.split("**")[1] for p in panels] == ["Grad-CAM", "Grad-CAM++", "Score-CAM"]
+    assert all("truth: " in p and ", call: " in p for p in panels)
+    assert sum(c.value.startswith("Deletion area") for c in at.caption) == 3
+    assert len(at.get("image")) == 4                         # the colour bar and three panels
+    paths = list(store.test_predictions(registry.resolve(home / "models", None))["path"])
+    widget(at, "multiselect", "Test-split films").select(paths[1]).run()
+    assert not at.exception
+    assert len(at.get("image")) == 7                         # two films x three methods, and the colour bar
+
+
+def test_heatmaps_with_one_model_version_say_there_is_nothing_to_compare(trained_home, tmp_path, monkeypatch):
+    shutil.copytree(trained_home, tmp_path / "home", ignore=shutil.ignore_patterns("audit.sqlite*"))
+    monkeypatch.setenv("PNEUMO_HOME", str(tmp_path / "home"))
+    at = page("heatmaps").run()
+    widget(at, "radio", "Compare").set_value("Two model versions").run()
+    assert not at.exception
+    assert any("Only one model version exists" in i.value for i in at.info)
+
+
+def test_rollback_is_one_click_and_recorded(home):
+    at = page("models").run()
+    (button,) = [b for b in at.button if b.label in ("Roll back", "Make active")]
+    assert button.label == "Roll back"        # the other version is older than the active one
+    button.click().run()
+    assert not at.exception
+    assert registry.active_version(home / "models") == "20000101-000000-mobilenet_v2"
+    last = registry.promotions(home / "models")[-1]
+    assert (last["action"], last["to"], last["who"]) == ("rollback", "20000101-000000-mobilenet_v2", "tester")
+
+
+def test_retrain_before_any_model_offers_default_options(tmp_path, monkeypatch, synthetic_data):
+    monkeypatch.setenv("PNEUMO_HOME", str(tmp_path / "empty"))
+    monkeypatch.setenv("PNEUMO_DATA", str(synthetic_data))
+    at = page("retrain").run()
+    assert not at.exception
+    assert any("default options (no model yet)" in c.value and str(synthetic_data) in c.value for c in at.caption)
+    assert any(b.label == "Retrain with current settings" for b in at.button)
+
+
+def test_retrain_page_submits_shows_progress_and_promotes(home, synthetic_data, monkeypatch):
+    monkeypatch.setenv("PNEUMO_DATA", str(synthetic_data))
+    at = page("retrain", Actor("lead engineer", "ml_lead"))
+    at.run()
+    active = registry.active_version(home / "models")
+    assert any(f"options of the active model {active}" in c.value for c in at.caption)
+    assert widget(at, "number_input", "Tuner trials").value == 2      # the active model's 2 trials, under Advanced
+    next(b for b in at.button if b.label == "Retrain with current settings").click().run()
+    assert not at.exception
+    assert any("Job 1 submitted" in m.value for m in at.success)
+    progress = at.get("progress")
+    assert progress and "Job 1" in progress[0].proto.text
+
+    job = JobQueue(load_settings()).wait(1, timeout=300)
+    assert job["state"] == "succeeded", job["error"]
+    at.run()
+    assert not at.exception
+    metrics = [m.label for m in at.metric]
+    assert metrics == ["AUC", "Sensitivity", "Specificity"] * 2     # active | candidate side by side
+    roc = json.loads(next(c for c in at.get("plotly_chart") if "ROC" in c.proto.spec).proto.spec)
+    assert sum("AUC" in trace["name"] for trace in roc["data"]) == 2
+    assert registry.active_version(home / "models") == active        # a finished job does not take over
+    next(b for b in at.button if b.label.startswith("Promote")).click().run()
+    assert registry.active_version(home / "models") == job["model_id"]
+    last = registry.promotions(home / "models")[-1]
+    assert (last["from"], last["to"], last["who"]) == (active, job["model_id"], "lead engineer")
+    history = at.dataframe[-1].value
+    assert list(history["job"]) == [1] and list(history["state"]) == ["succeeded"]
+
+
+def test_a_cancelled_job_is_reported_as_information_not_as_an_error(tmp_path, monkeypatch, synthetic_data):
+    monkeypatch.setenv("PNEUMO_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("PNEUMO_DATA", str(synthetic_data))
+    monkeypatch.setattr(JobQueue, "start_next", lambda self: None)   # the job stays queued: no training here
+    queue = JobQueue(load_settings())
+    lead = Actor("lead engineer", "ml_lead")
+    queue.cancel(queue.submit({"data_dir": str(synthetic_data)}, actor=lead), actor=lead)
+    at = page("retrain").run()
+    assert not at.exception
+    assert any("cancelled by lead engineer" in i.value for i in at.info)
+    assert not any("cancelled" in e.value for e in at.error)
+
+
+def test_retrain_log_follows_the_newest_job(tmp_path, monkeypatch, synthetic_data):
+    monkeypatch.setenv("PNEUMO_HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("PNEUMO_DATA", str(synthetic_data))
+    monkeypatch.setattr(JobQueue, "start_next", lambda self: None)   # jobs stay queued: no training here
+    queue = JobQueue(load_settings())
+    queue.submit({"data_dir": str(synthetic_data)}, actor=Actor("lead engineer", "ml_lead"))
+    at = page("retrain").run()
+    log_of = lambda: next(s for s in at.selectbox if s.label == "Log of job").value  # noqa: E731
+    assert log_of() == 1
+    queue.submit({"data_dir": str(synthetic_data)}, actor=Actor("lead engineer", "ml_lead"))
+    at.run()
+    assert not at.exception
+    assert log_of() == 2        # the new job, not the earlier choice kept by its widget key
+
+
+def test_the_dashboard_keeps_keras_state_across_runs(home):
+    # Streamlit ends every run with keras.backend.clear_session(): a full garbage collection and a fresh
+    # Keras state (40 % of the dashboard's busy time under bench/load.py). app.py keeps the state.
+    import keras
+
+    at = AppTest.from_file(str(REPO / "app.py"), default_timeout=120)
+    at.session_state["actor"] = Actor("tester", "admin")
+    at.run()                                  # Diagnose, the first page: loads the model (imports Keras)
+    assert not at.exception and "Diagnose" in [t.value for t in at.title]
+    # Keras's name counters live in its global state: a cleared session would start them again at 1.
+    before = keras.backend.get_uid("pneumo_probe")
+    at.run()
+    assert not at.exception
+    assert keras.backend.get_uid("pneumo_probe") == before + 1

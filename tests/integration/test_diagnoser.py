@@ -1,0 +1,24 @@
+"""The Diagnoser on the session's trained model: heatmaps inside the chest, stored as uint8."""
+
+import numpy as np
+from helpers import chest_film
+
+
+def test_diagnoser_stores_the_evidence_for_pneumonia_inside_the_chest_as_uint8(trained_home):
+    from pneumo_core.explain.cam import make_cam
+    from pneumo_core.explain.heatmap import chest_mask
+    from pneumo_core.learn.model import PneumoModel
+    from pneumo_core.records.registry import resolve
+    from pneumo_core.serve.diagnosis import Diagnoser
+    model = PneumoModel.load(resolve(trained_home / "models", None))
+    film = chest_film((300, 240))
+    d = Diagnoser(model).diagnose(film, "film.png")
+    assert d.heatmap.dtype == np.uint8 and d.heatmap.shape == (model.image_size, model.image_size)
+    assert d.heatmap.nbytes == model.image_size ** 2             # one byte per pixel at model resolution
+    mask = chest_mask(film, model.image_size)
+    assert np.all(d.heatmap[mask == 0] == 0)                      # nothing outside the body or below the diaphragm
+    # Evidence for PNEUMONIA whatever the call: the map is the PNEUMONIA map, not the NORMAL one.
+    maps = make_cam(model.keras, "gradcam")(model.inputs([film]), target=1)[0]
+    inside = maps * mask
+    if inside.max() > 0:
+        assert np.corrcoef(d.heatmap.ravel().astype(float), inside.ravel())[0, 1] > 0.99
