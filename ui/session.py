@@ -57,8 +57,9 @@ def client() -> str:
     counts only through the proxies of PNEUMO_TRUSTED_PROXIES (`signin.client_key`)."""
     try:
         address, forwarded = st.context.ip_address, st.context.headers.get("X-Forwarded-For")
-    except Exception:  # no client context (AppTest)
+    except Exception:  # no client context
         address, forwarded = None, None
+    address, forwarded = (value if isinstance(value, str) else None for value in (address, forwarded))  # AppTest: mocks
     return signin.client_key(address, forwarded, settings().trusted_proxies)
 
 

@@ -18,7 +18,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from pneumo_core.errors import ConfigError, IntegrityError
+from pneumo_core.errors import ConfigError, IntegrityError, RegistryError
 from pneumo_core.learn.store import file_sha256, write_text_atomic
 
 SIGNATURE_FILE = "signature.json"
@@ -76,6 +76,9 @@ def sign_version(version_dir: Path, private_key: Path) -> dict:
         {"version", "files": {name: sha256}, "signature": hex, "public_key": hex}.
     """
     version_dir = Path(version_dir)
+    if not (version_dir / "model.keras").is_file():
+        raise RegistryError(f"no model version {version_dir.name} in {version_dir.parent}. List them with: "
+                            f"python -m pneumo_core models")
     key = _load(private_key, private=True)
     digests = _digests(version_dir)
     record = {"version": version_dir.name, "files": digests,
