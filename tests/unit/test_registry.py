@@ -84,7 +84,7 @@ def test_a_changed_model_file_is_refused_at_load(tmp_path, small_model):
         byte = f.read(1)
         f.seek(100)
         f.write(bytes([byte[0] ^ 1]))
-    with pytest.raises(registry.RegistryError, match="integrity check failed: its model.keras does not match"):
+    with pytest.raises(registry.RegistryError, match=r"integrity check failed\): its model.keras does not match"):
         PneumoModel.load(path)
 
 
