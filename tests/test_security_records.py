@@ -18,7 +18,7 @@ from pneumo_core.learn import store
 from pneumo_core.records import registry
 from pneumo_core.records.access import Actor
 from pneumo_core.records.anchor import Anchors, audit_trail
-from pneumo_core.records.audit import GENESIS, TABLES, AuditTrail, chain_hash
+from pneumo_core.records.audit import GENESIS, TABLES, AuditTrail, chain_hash, hashed_content
 from pneumo_core.records.signing import generate_keys
 from pneumo_core.records.users import MAX_FAILURES, SignInError, UserStore
 from pneumo_core.serve.diagnosis import Diagnosis
@@ -161,7 +161,7 @@ def rewrite_whole_chain(path):
             previous = GENESIS
             for number, row in enumerate(rows, 1):
                 row.update(id=number, prev_hash=previous)
-                row["hash"] = previous = chain_hash(previous, {k: v for k, v in row.items() if k != "hash"})
+                row["hash"] = previous = chain_hash(previous, hashed_content(row))
                 db.execute(f"INSERT INTO {table} ({', '.join(row)}) VALUES ({', '.join('?' * len(row))})",
                            list(row.values()))
             db.execute("UPDATE sqlite_sequence SET seq = ? WHERE name = ?", (len(rows), table))
