@@ -233,3 +233,20 @@ def test_users_unlock_ends_the_wait_and_is_recorded(env, capsys):
     assert accounts.failures("pair:root|203.0.113.9") == 0
     change = AuditTrail(settings.audit_path).events(kind="user_change")[0]["details"]
     assert change["action"] == "unlock" and change["account"] == "root" and change["cleared"] == 2
+
+
+def test_the_key_holder_signs_a_version_from_the_command_line(env, monkeypatch, capsys):
+    keys = env / "outside"
+    assert main(["sign", "--new-key", str(keys / "models.key"), "--public", str(keys / "models.pub")]) == 0
+    assert oct((keys / "models.key").stat().st_mode & 0o777) == "0o600"
+    assert main(["sign", "--new-key", str(keys / "models.key"), "--public", str(keys / "again.pub")]) == 2
+    monkeypatch.setenv("PNEUMO_VERIFY_KEY", str(keys / "models.pub"))
+    settings = load_settings()
+    history(settings)                                      # version v1, promoted
+    version = settings.models_dir / "v1"
+    with pytest.raises(IntegrityError, match="it is not signed"):
+        registry.check_version(version, settings.models_dir, settings.verify_key)
+    assert main(["sign", "v1", "--key", str(keys / "models.key")]) == 0
+    assert registry.check_version(version, settings.models_dir, settings.verify_key)["sha256"] == \
+        store.file_sha256(version / "model.keras")
+    assert AuditTrail(settings.audit_path).events(kind="model_signed")[0]["details"]["version"] == "v1"
