@@ -250,3 +250,17 @@ def test_the_key_holder_signs_a_version_from_the_command_line(env, monkeypatch, 
     assert registry.check_version(version, settings.models_dir, settings.verify_key)["sha256"] == \
         store.file_sha256(version / "model.keras")
     assert AuditTrail(settings.audit_path).events(kind="model_signed")[0]["details"]["version"] == "v1"
+
+
+def test_anchors_written_while_many_threads_append_all_hold(env, monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from pneumo_core.records import anchor
+    monkeypatch.setattr(anchor, "ANCHOR_EVERY", 3)
+    settings = load_settings()
+    trail = audit_trail(settings)
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(lambda i: trail.record(diagnosis(i), source="dashboard", who="ana"), range(120)))
+    checked = Anchors.from_settings(settings).check()
+    assert checked["ok"], checked["problem"]
+    assert checked["anchors"] >= 2      # written while others appended, and each names a state that existed

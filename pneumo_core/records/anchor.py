@@ -76,10 +76,10 @@ class Anchors:
         chains = {}
         if Path(self.audit_path).is_file():
             with closing(_read_only(self.audit_path)) as db:
-                for table in TABLES:
-                    rows, = db.execute(f"SELECT count(*) FROM {table}").fetchone()
-                    last = db.execute(f"SELECT hash FROM {table} ORDER BY id DESC LIMIT 1").fetchone()
-                    chains[table] = [rows, last[0] if last else None]
+                for table in TABLES:   # one statement: the count and the last hash of the same snapshot
+                    rows, last = db.execute(f"SELECT count(*), (SELECT hash FROM {table} ORDER BY id DESC LIMIT 1) "
+                                            f"FROM {table}").fetchone()
+                    chains[table] = [rows, last]
         else:
             chains.update({table: [0, None] for table in TABLES})
         heads = registry.chain_heads(self.models_dir)
