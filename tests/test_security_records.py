@@ -90,6 +90,22 @@ def test_a_swapped_model_with_its_hash_rewritten_is_refused_by_predict_and_the_d
     with pytest.raises(IntegrityError, match="integrity check failed.*the record of its promotion"):
         loaders.diagnoser_for(str(active))
 
+    def page():   # what the Diagnose page asks for: the active model
+        import streamlit as st
+
+        import ui
+        ui.diagnoser()
+        st.write("scored")
+
+    from streamlit.testing.v1 import AppTest
+    at = AppTest.from_function(page, default_timeout=120).run()
+    assert not at.exception and [m.value for m in at.markdown] == []
+    assert [e.value.replace("\\", "") for e in at.error] == [
+        f"model version {active.name} refused (integrity check failed): its model.keras does not match the SHA-256 "
+        f"in the record of its promotion (file {store.file_sha256(active / 'model.keras')[:12]}…, recorded "
+        f"{registry.recorded_sha256(active.parent, active.name)[:12]}…). Restore the folder from a backup or "
+        f"activate another version"]
+
 
 def test_with_a_public_key_only_signed_versions_load_even_when_the_promotions_record_is_rewritten(
         env, models, monkeypatch):

@@ -8,12 +8,14 @@ import hashlib
 import numpy as np
 import streamlit as st
 
+from pneumo_core.errors import IntegrityError
 from pneumo_core.imaging.films import DecodeBudget, read_film
 from pneumo_core.records import registry
 from ui.cache import ByteLRU
 from ui.images import for_display
 from ui.loaders import BUDGET, audit_trail, diagnoser_for, settings
 from ui.session import who
+from ui.text import literal
 from ui.widgets import first_run
 
 
@@ -24,7 +26,11 @@ def diagnoser(version_id: str | None = None):
     except registry.RegistryError:
         first_run()
         st.stop()
-    return diagnoser_for(str(path))
+    try:
+        return diagnoser_for(str(path))
+    except IntegrityError as error:   # a swapped or unsigned model is never served: the page says why
+        st.error(literal(error))
+        st.stop()
 
 
 def decode_budget() -> DecodeBudget:
