@@ -4,7 +4,7 @@ import streamlit as st
 
 import ui
 from pneumo_core.errors import PneumoError
-from pneumo_core.explain.heatmap import colour_bar, display_name, overlay
+from pneumo_core.explain.heatmap import SCALE_TEXT, colour_bar, display_name, overlay
 from pneumo_core.golive import monitor
 from pneumo_core.imaging.films import ACCEPTED
 from pneumo_core.serve import diagnosis as dx
@@ -113,7 +113,7 @@ def film_view() -> None:
                     caption=f"{display_name(d.method)}: evidence for pneumonia, inside the chest only")
         if not outline_only:
             right.image(colour_bar(), width="stretch")
-            right.caption("Blue: no evidence · red: the strongest evidence for pneumonia on this film.")
+            right.caption(SCALE_TEXT)
     else:
         right.caption("Heatmap not drawn for a NORMAL call (tick the box above to see it).")
     with st.expander("Compare heatmap methods"):

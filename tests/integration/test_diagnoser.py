@@ -1,12 +1,13 @@
 """The Diagnoser on the session's trained model: heatmaps inside the chest, stored as uint8."""
 
 import numpy as np
+import pytest
 from helpers import chest_film
 
 
 def test_diagnoser_stores_the_evidence_for_pneumonia_inside_the_chest_as_uint8(trained_home):
     from pneumo_core.explain.cam import make_cam
-    from pneumo_core.explain.heatmap import chest_mask
+    from pneumo_core.explain.heatmap import chest_mask, evidence_weight
     from pneumo_core.learn.model import PneumoModel
     from pneumo_core.records.registry import resolve
     from pneumo_core.serve.diagnosis import Diagnoser
@@ -20,5 +21,8 @@ def test_diagnoser_stores_the_evidence_for_pneumonia_inside_the_chest_as_uint8(t
     # Evidence for PNEUMONIA whatever the call: the map is the PNEUMONIA map, not the NORMAL one.
     maps = make_cam(model.keras, "gradcam")(model.inputs([film]), target=1)[0]
     inside = maps * mask
-    if inside.max() > 0:
+    # Scaled by the film's evidence: its peak is the call's weight (one scale for every film of the model).
+    weight = evidence_weight(d.probability, d.threshold)
+    assert d.heatmap.max() / 255 == pytest.approx(weight if inside.max() > 0 else 0.0, abs=1 / 255)
+    if inside.max() > 0 and weight > 0:
         assert np.corrcoef(d.heatmap.ravel().astype(float), inside.ravel())[0, 1] > 0.99

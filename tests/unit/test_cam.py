@@ -6,7 +6,17 @@ from helpers import bright_spot_model, chest_film
 
 from pneumo_core.errors import ConfigError
 from pneumo_core.explain.cam import METHODS, make_cam, overlay, to_original_size
-from pneumo_core.explain.heatmap import as_float, chest_mask, colour_bar, display_name, restrict, to_uint8, top_region
+from pneumo_core.explain.heatmap import (
+    as_float,
+    by_evidence,
+    chest_mask,
+    colour_bar,
+    display_name,
+    evidence_weight,
+    restrict,
+    to_uint8,
+    top_region,
+)
 from pneumo_core.imaging.preprocessing import prepare
 from pneumo_core.learn.model import assemble, build_classifier, build_embedder, build_head
 
@@ -151,3 +161,20 @@ def test_deletion_curve_falls_faster_along_a_faithful_heatmap_than_at_random(spo
     assert curve.area < curve.random_area
     flat = cam.deletion_curve(x[0], np.zeros((SIZE, SIZE), np.float32), steps=8)  # no information: random order
     assert flat.area == pytest.approx(flat.random_area, abs=0.15)
+
+
+def test_maps_are_scaled_by_the_films_evidence_so_a_clear_normal_film_draws_no_outline():
+    """Issue 24, item 9: the outline was scaled to each film's own peak, so a NORMAL film at p < 0.01 drew a region."""
+    gray = np.full((120, 90), 100, np.uint8)
+    where = np.zeros((32, 32), np.float32)
+    where[8:16, 8:16] = 1.0                            # restricted map: peak 1 inside the chest
+    assert evidence_weight(0.5, 0.5) == pytest.approx(0.5)
+    assert evidence_weight(0.005, 0.5) == 0.0 and evidence_weight(0.999, 0.5) == 1.0
+    assert evidence_weight(0.3, 0.2) > evidence_weight(0.3, 0.5)   # the same p is more evidence under a lower threshold
+    normal = to_uint8(by_evidence(where, 0.008, 0.5))  # p < 0.01
+    assert not top_region(normal).any()
+    assert np.array_equal(overlay(gray, normal, outline_only=True), np.repeat(gray[:, :, None], 3, axis=2))
+    strong = to_uint8(by_evidence(where, 0.97, 0.5))
+    assert top_region(strong)[10, 10] and np.any(overlay(gray, strong, outline_only=True) != 100)
+    # One scale: the stronger call is drawn hotter at the same place.
+    assert strong.max() > to_uint8(by_evidence(where, 0.7, 0.5)).max() > normal.max()
