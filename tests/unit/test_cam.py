@@ -1,8 +1,9 @@
+import cv2
 import keras
 import numpy as np
 import pytest
 from helpers import SPOT_SIZE as SIZE
-from helpers import bright_spot_model, chest_film
+from helpers import adult_chest_film, bright_spot_model, chest_film
 
 from pneumo_core.errors import ConfigError
 from pneumo_core.explain.cam import METHODS, make_cam, overlay, to_original_size
@@ -64,10 +65,12 @@ def test_overlay_blends_a_colour_map_over_the_film():
     gray = np.full((40, 70), 100, np.uint8)
     heat = np.zeros((40, 70), np.float32)
     heat[:, 35:] = 1.0
+    heat[:, 5:15] = 0.1
     out = overlay(gray, heat, alpha=0.5)
     assert out.shape == (40, 70, 3) and out.dtype == np.uint8
     assert out[0, 60, 0] > out[0, 60, 2]  # hot half is red in JET
-    assert out[0, 10, 2] > out[0, 10, 0]  # cold half is blue
+    assert out[0, 10, 2] > out[0, 10, 0]  # weak evidence is blue
+    assert np.array_equal(out[0, 25], [100, 100, 100])   # none (or outside the chest): the film as it is
     assert np.array_equal(overlay(gray, heat, alpha=0.0)[..., 0], gray)
 
 
@@ -178,3 +181,19 @@ def test_maps_are_scaled_by_the_films_evidence_so_a_clear_normal_film_draws_no_o
     assert top_region(strong)[10, 10] and np.any(overlay(gray, strong, outline_only=True) != 100)
     # One scale: the stronger call is drawn hotter at the same place.
     assert strong.max() > to_uint8(by_evidence(where, 0.7, 0.5)).max() > normal.max()
+
+
+def _lungs_kept(gray: np.ndarray, lungs: np.ndarray, size: int = 224) -> float:
+    mask = chest_mask(gray, size) > 0
+    small = cv2.resize(lungs.astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST).astype(bool)
+    return float((mask & small).sum() / small.sum())
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_chest_mask_keeps_the_lung_bases_of_adult_like_films(seed):
+    """Issue 24, item 11: the lower cut removed the bases of an adult film (faint, low on the flanks)."""
+    film, lungs = adult_chest_film(seed)
+    assert _lungs_kept(film, lungs) >= 0.95
+    rows = np.flatnonzero(chest_mask(film, 224).any(axis=1))
+    assert rows[-1] < 0.95 * 224                       # the abdomen's lowest rows are still cut
+
