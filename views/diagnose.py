@@ -125,6 +125,7 @@ def film_view() -> None:
                 column.image(ui.jpeg(overlay(small, other.heatmap, alpha, outline_only)), width="stretch",
                              caption=display_name(method))
 
+    ui.prior_for_upload(version_path, data, small, d)   # the patient's earlier film, beside this one
     verdict.earlier_call_notice(d.sha256, d.model_id)
     verdict.verdict_form(key, gray, sha256=d.sha256, model_id=d.model_id)
     record = ui.figures_that_apply(version_path)
