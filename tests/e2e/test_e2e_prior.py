@@ -70,7 +70,7 @@ def test_the_worklist_shows_the_prior_film_from_the_archive_beside_the_current_o
 def test_diagnose_shows_the_prior_film_of_an_uploaded_dicom(archive, server_url, browser_page, shots):
     _, _, current = archive
     page = browser_page
-    page.goto(f"{server_url}/diagnose")
+    sign_in(page, f"{server_url}/diagnose", "tester")
     page.get_by_text("Upload one or more frontal chest films").wait_for(timeout=120_000)
     page.locator("input[type=file]").set_input_files({"name": "current.dcm", "mimeType": "application/dicom",
                                                       "buffer": current})
