@@ -236,7 +236,9 @@ def retest_spread(model, films_limit: int = SPREAD_FILMS, views: int = SPREAD_VI
     if not used:
         return None
     spread = float(np.quantile(differences, SPREAD_QUANTILE))
-    cache.write_text(json.dumps({"spread": spread, "films": used, "views": views, "quantile": SPREAD_QUANTILE,
+    partial = cache.with_suffix(".tmp")   # whole files only: a reader never sees half a cache
+    partial.write_text(json.dumps({"spread": spread, "films": used, "views": views, "quantile": SPREAD_QUANTILE,
                                  "method": "augmentation views (imaging.augment.random_view) of test films; "
                                            "quantile of |p(a) - p(b)| over pairs of views of one film"}, indent=1))
+    partial.replace(cache)
     return spread
