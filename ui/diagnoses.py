@@ -90,10 +90,12 @@ def diagnose_and_record(version_path: str, data: bytes, name: str, method: str =
 def error_overlay(version_path: str, film_path: str, side: int = 384) -> np.ndarray:
     """The Metrics error browser's picture of a test film: its Grad-CAM overlay, <= `side` px (~0.4 MB).
 
+    The map is the Diagnose page's (`Diagnoser.diagnose`): restricted to the same chest mask and on the
+    same evidence scale, and `overlay` colours nothing outside it (no tint on the side marker).
     Its own small cache (`browser_entries`, a few pages' worth), so paging through the errors never
     fills the diagnosis cache.
     """
-    from pneumo_core.explain.cam import overlay  # imports TensorFlow: only where a model is used
+    from pneumo_core.explain.heatmap import overlay
     film = read_film(film_path, max_pixels=settings().budget.max_film_pixels)
     gray, d = for_display(film.gray, diagnoser_for(version_path).diagnose(film.gray, film_path), side)
     return overlay(gray, d.heatmap, 0.4)
