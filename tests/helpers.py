@@ -54,6 +54,12 @@ FILM = (np.tile(np.linspace(20, 230, 100), (90, 1)) + RNG.normal(0, 5, (90, 100)
 PATIENT = "Doe^Jane"
 
 
+def shown(markdown: str) -> str:
+    """What a reader sees of a Markdown element whose untrusted parts were escaped (`ui.literal`): the text
+    without its backslash escapes. AppTest gives an element's Markdown source."""
+    return re.sub(r"\\(.)", r"\1", markdown)
+
+
 def encode(array, fmt="PNG", mode=None, **kwargs) -> bytes:
     buffer = io.BytesIO()
     image = Image.fromarray(array) if mode is None else Image.fromarray(array).convert(mode)
