@@ -195,7 +195,7 @@ def test_20_jobs_run_exactly_once_by_2_runners(engine_url, tmp_path, monkeypatch
     for runner in runners:
         assert runner.wait(timeout=300) == 0, runner.stderr.read()
     lines = [line.split() for line in runs.read_text().splitlines()]
-    ran = Counter(int(job) for job, _ in lines)
+    ran = Counter(int(job) for job, *_ in lines)
     assert sorted(ran) == sorted(submitted) and set(ran.values()) == {1}     # each job once
-    assert len({pid for _, pid in lines}) == 2                                # both runners took jobs
+    assert len({pid for _, pid, _ in lines}) == 2                                # both runners took jobs
     assert {job["state"] for job in jobs.list()} == {"succeeded"}
