@@ -5,13 +5,18 @@ database: one audit chain from 4 writers, 20 jobs run exactly once by 2 runners.
 """
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
+import pydicom
 import pytest
 
 from pneumo_core.errors import AccountError, LockedOut, SignInError
@@ -199,3 +204,65 @@ def test_20_jobs_run_exactly_once_by_2_runners(engine_url, tmp_path, monkeypatch
     assert sorted(ran) == sorted(submitted) and set(ran.values()) == {1}     # each job once
     assert len({pid for _, pid, _ in lines}) == 2                                # both runners took jobs
     assert {job["state"] for job in jobs.list()} == {"succeeded"}
+
+
+class FakeArchive:
+    """An archive in memory: `count` synthetic DX chest films, a study each; keeps what is stored."""
+
+    url = "memory://archive"
+
+    def __init__(self, count: int):
+        from conftest import chest_studies
+        self.datasets = {}
+        for ds in chest_studies([(1, "AP", "CHEST", "DX")] * count, shape=(64, 64)):
+            buffer = io.BytesIO()
+            pydicom.dcmwrite(buffer, ds, enforce_file_format=True)
+            self.datasets[ds.SOPInstanceUID] = buffer.getvalue()
+        self.films = [FilmRef(ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID, modality="DX", view="AP")
+                      for ds in map(self.retrieve_bytes, self.datasets.values())]
+        self.stored: list[str] = []
+        self.lock = threading.Lock()
+
+    @staticmethod
+    def retrieve_bytes(data: bytes):
+        return pydicom.dcmread(io.BytesIO(data))
+
+    def search_films(self, since=None, study_uid=None):
+        return list(self.films)
+
+    def retrieve(self, film):
+        return self.retrieve_bytes(self.datasets[film.sop_uid])
+
+    def store(self, datasets, study_uid):
+        with self.lock:
+            self.stored.extend(ds.SOPInstanceUID for ds in datasets)
+
+
+class FakeDiagnoser:
+    """Scores every film PNEUMONIA at 0.9, slowly enough that two watchers overlap; counts its calls."""
+
+    def __init__(self):
+        self.model = type("Model", (), {"id": "v1"})()
+        self.scored: list[str] = []
+
+    def diagnose(self, gray, name, method, info=None):
+        time.sleep(0.02)
+        self.scored.append(name)
+        return Diagnosis(name=name, probability=0.9, label="PNEUMONIA", threshold=0.5, certainty="clear",
+                         heatmap=np.zeros(gray.shape, np.float32), method=method, model_id="v1",
+                         sha256=name.rsplit(".", 1)[-1].rjust(64, "0"), ood_score=0.5, ood_flag=False)
+
+
+def test_two_watchers_score_and_store_each_film_once(engine_url, tmp_path):
+    from pneumo_core.pacs.watcher import Watcher
+    archive, diagnoser = FakeArchive(30), FakeDiagnoser()
+    trail = AuditTrail(tmp_path / "audit.sqlite")
+    watchers = [Watcher(archive, diagnoser, PacsState(tmp_path / "pacs.sqlite"), trail, tmp_path / f"outbox{i}")
+                for i in range(2)]
+    with ThreadPoolExecutor(2) as pool:
+        summaries = list(pool.map(lambda w: w.poll(), watchers))
+    assert sorted(diagnoser.scored) == sorted(f.sop_uid for f in archive.films)      # each film scored once
+    assert len(archive.stored) == 60 and len(set(archive.stored)) == 60               # one SR + one capture each
+    assert sum(s["scored"] for s in summaries) == 30 and all(s["scored"] for s in summaries)   # both worked
+    assert len(trail.rows()) == 30 and trail.verify()["ok"]
+    assert {r["status"] for r in PacsState(tmp_path / "pacs.sqlite").films()} == {"stored"}
