@@ -18,14 +18,17 @@ def add_commands(commands, settings: Settings) -> None:
 def cmd_audit(args, settings) -> int:
     """Run `audit verify`. Returns 1 naming the first broken link, 0 when every chain is intact."""
     from pneumo_core.records.audit import AuditTrail
+    from pneumo_core.records.db import database_url, safe_url
     from pneumo_core.records.registry import verify_promotions
-    if not settings.audit_path.is_file():
+    url = database_url()       # the shared database when set: there is no file to look for
+    trail_at = safe_url(url) if url else settings.audit_path
+    if not url and not settings.audit_path.is_file():
         print(f"no audit trail yet at {settings.audit_path}")
         trail_result = {"ok": True, "rows": {}, "last": {}}
     else:
         trail_result = AuditTrail(settings.audit_path).verify()
     promotions_result = verify_promotions(settings.models_dir)
-    for where, result in ((settings.audit_path, trail_result), (settings.models_dir, promotions_result)):
+    for where, result in ((trail_at, trail_result), (settings.models_dir, promotions_result)):
         if not result["ok"]:
             print(f"BROKEN: {where}: {result['problem']}")
             return 1

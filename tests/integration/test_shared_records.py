@@ -164,7 +164,7 @@ def test_pacs_state_claims_a_film_for_one_watcher(engine_url, tmp_path):
     assert [r["sop_uid"] for r in worklist(state)][0] == "1.2.3.4.0"          # PNEUMONIA first
 
 
-def test_2000_audit_rows_from_4_processes_make_one_chain(postgres_server, tmp_path):
+def test_2000_audit_rows_from_4_processes_make_one_chain(postgres_server, tmp_path, cli, monkeypatch):
     url = postgres_server.new_database()
     AuditTrail(tmp_path / "audit.sqlite").database.connect().close()   # migrated once, before the race
     env = worker_env(tmp_path, PNEUMO_DATABASE_URL=url)
@@ -172,14 +172,11 @@ def test_2000_audit_rows_from_4_processes_make_one_chain(postgres_server, tmp_pa
                                 env=env, cwd=REPO, stderr=subprocess.PIPE, text=True) for _ in range(4)]
     for writer in writers:
         assert writer.wait(timeout=300) == 0, writer.stderr.read()
-    os.environ["PNEUMO_DATABASE_URL"] = url
-    try:
-        result = AuditTrail(tmp_path / "audit.sqlite").verify()
-        writers_seen = Counter(r["who"] for r in AuditTrail(tmp_path / "audit.sqlite").rows())
-    finally:
-        del os.environ["PNEUMO_DATABASE_URL"]
-    assert result["ok"], result["problem"]
-    assert result["rows"] == {"diagnoses": 2000, "events": 200}
+    verify = cli("audit", "verify", home=tmp_path / "elsewhere", env_extra={"PNEUMO_DATABASE_URL": url})
+    assert verify.returncode == 0, verify.stdout
+    assert "intact: 2000 diagnoses row(s)" in verify.stdout and "intact: 200 events row(s)" in verify.stdout
+    monkeypatch.setenv("PNEUMO_DATABASE_URL", url)
+    writers_seen = Counter(r["who"] for r in AuditTrail(tmp_path / "audit.sqlite").rows())
     assert sorted(writers_seen.values()) == [500] * 4
 
 
@@ -266,3 +263,38 @@ def test_two_watchers_score_and_store_each_film_once(engine_url, tmp_path):
     assert sum(s["scored"] for s in summaries) == 30 and all(s["scored"] for s in summaries)   # both worked
     assert len(trail.rows()) == 30 and trail.verify()["ok"]
     assert {r["status"] for r in PacsState(tmp_path / "pacs.sqlite").films()} == {"stored"}
+
+
+def test_the_applications_role_can_append_to_the_audit_trail_but_never_change_it(postgres_server, monkeypatch,
+                                                                                  tmp_path):
+    from pneumo_core.records.migrations import app_role_sql
+    owner_url = postgres_server.new_database()
+    database = owner_url.rsplit("/", 1)[1]
+    records_db.engine(owner_url)                       # the owner migrates
+    postgres_server.sql("DO $$ BEGIN CREATE ROLE pneumo_app LOGIN; EXCEPTION WHEN duplicate_object THEN NULL; END $$")
+    for statement in app_role_sql("pneumo_app"):
+        postgres_server.sql(statement, database)
+    monkeypatch.setenv("PNEUMO_DATABASE_URL", postgres_server.url(database, user="pneumo_app"))
+    trail = AuditTrail(tmp_path / "audit.sqlite")
+    for i in range(3):
+        trail.record(diagnosis(i))
+    trail.event("sign_in", "ana")
+    assert trail.verify()["ok"]
+    for statement in ("ALTER TABLE diagnoses DISABLE TRIGGER diagnoses_append_only", "DELETE FROM diagnoses",
+                      "UPDATE events SET who = 'x'", "TRUNCATE events", "UPDATE audit_sequence SET seq = 9"):
+        with pytest.raises(Exception, match="must be owner|permission denied"):
+            with trail.database.transaction() as db:
+                db.execute(statement)
+    assert UserStore(tmp_path / "home").add("ana", "clinician", PASSWORD)["role"] == "clinician"   # the rest: as usual
+
+
+def test_db_command_says_where_the_records_are_and_never_shows_the_password(engine_url, cli, tmp_path):
+    env = {"PNEUMO_DATABASE_URL": engine_url.replace("postgres@", "postgres:hunter2@")} if engine_url else {}
+    status = cli("db", "status", home=tmp_path, env_extra=env)
+    assert status.returncode == 0
+    if engine_url:
+        assert "schema revision 0001" in status.stdout and "hunter2" not in status.stdout + status.stderr
+    else:
+        assert "SQLite files under" in status.stdout and cli("db", "upgrade", home=tmp_path).returncode == 2
+    assert "GRANT SELECT, INSERT ON diagnoses, events TO pneumo_app" in cli("db", "grants", "pneumo_app",
+                                                                            home=tmp_path).stdout

@@ -10,6 +10,8 @@ from __future__ import annotations
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
+AUDIT_TABLES = ("diagnoses", "events")
+OTHER_TABLES = ("users", "failures", "setup_code", "jobs", "changes", "films", "meta")
 
 
 def config():
@@ -42,3 +44,23 @@ def current(engine) -> str | None:
     from alembic.runtime.migration import MigrationContext
     with engine.connect() as connection:
         return MigrationContext.configure(connection).get_current_revision()
+
+
+def app_role_sql(role: str) -> list[str]:
+    """The GRANTs that make `role` the application's role: it reads and appends the audit trail but
+    can never change or delete it (not even with the triggers off), and reads and writes the other tables.
+
+    The owner (who runs the migrations: `python -m pneumo_core db upgrade`) runs these once; every
+    dashboard, runner and watcher then connects as `role`.
+
+    Args:
+        role: an existing role name (letters, digits, underscores).
+    Returns:
+        SQL statements, in order.
+    """
+    if not role.replace("_", "").isalnum():
+        raise ValueError(f"role {role!r}: use letters, digits and underscores")
+    return [f"GRANT SELECT, INSERT ON {', '.join(AUDIT_TABLES)} TO {role}",
+            f"GRANT SELECT ON audit_sequence, alembic_version TO {role}",
+            f"GRANT SELECT, INSERT, UPDATE, DELETE ON {', '.join(OTHER_TABLES)} TO {role}",
+            f"GRANT USAGE ON ALL SEQUENCES IN SCHEMA public TO {role}"]

@@ -35,7 +35,9 @@ STATEMENTS = [
     "CREATE TABLE audit_sequence (name TEXT PRIMARY KEY, seq BIGINT NOT NULL)",
     """CREATE FUNCTION audit_append_only() RETURNS trigger LANGUAGE plpgsql AS $$
         BEGIN RAISE EXCEPTION 'the audit trail is append-only: % refused', TG_OP; END $$""",
-    """CREATE FUNCTION audit_sequence_bump() RETURNS trigger LANGUAGE plpgsql AS $$
+    # SECURITY DEFINER: the owner keeps the sequence, so the application's role needs no right on it.
+    """CREATE FUNCTION audit_sequence_bump() RETURNS trigger LANGUAGE plpgsql
+        SECURITY DEFINER SET search_path FROM CURRENT AS $$
         BEGIN
             INSERT INTO audit_sequence (name, seq) VALUES (TG_TABLE_NAME, NEW.id)
                 ON CONFLICT (name) DO UPDATE SET seq = GREATEST(audit_sequence.seq, EXCLUDED.seq);
