@@ -20,7 +20,7 @@ Every knob a deployment may need to change lives here, so the rest of the librar
 | PNEUMO_JOB_LOG_MB     | 5: a job log rotates at this size (one older part kept)    |
 | PNEUMO_JOB_RUNNERS    | `local`: a job's runner starts on the machine that queues  |
 |                       | it; `workers`: jobs wait for `jobs runner` processes (any  |
-|                       | machine that sees the database and PNEUMO_MODELS)          |
+|                       | machine that sees the database and PNEUMO_HOME/models)     |
 | PNEUMO_DATABASE_URL   | unset: audit, accounts, jobs, PACS state in SQLite files   |
 |                       | under PNEUMO_HOME; `postgresql://user@host/db`: all in one |
 |                       | shared PostgreSQL (read by `records.db`)                   |

@@ -31,7 +31,7 @@ def add_commands(commands, settings: Settings) -> None:
                                         "does)").add_argument("id", type=int)
     runner = job_commands.add_parser("runner", help="a long-lived worker: claim queued jobs and run them, one "
                                                     "at a time (PNEUMO_JOB_RUNNERS=workers, any machine that sees "
-                                                    "the database and PNEUMO_MODELS)")
+                                                    "the database and PNEUMO_HOME/models)")
     runner.add_argument("--once", action="store_true", help="stop when nothing is queued instead of waiting")
     runner.add_argument("--idle", type=float, default=2.0, help="seconds between looks at an empty queue")
 

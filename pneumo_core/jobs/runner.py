@@ -10,7 +10,7 @@ next queued job. While the job runs, a heartbeat thread writes the time into the
 the row says it was cancelled (from a dashboard on another machine).
 
 `serve` is `python -m pneumo_core jobs runner`: a long-lived worker for PNEUMO_JOB_RUNNERS=workers
-on any machine that sees the database and the model store. It claims the oldest queued job
+on any machine that sees the database and the model store (PNEUMO_HOME/models). It claims the oldest queued job
 (`JobStore.claim_next`: FOR UPDATE SKIP LOCKED on PostgreSQL, so two workers never take the same
 job), runs it as above, and claims the next; with nothing queued it waits and looks again.
 """
