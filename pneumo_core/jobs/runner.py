@@ -154,7 +154,12 @@ def run(queue: JobQueue, job_id: int) -> int:
     result_path = queue.result_path(job_id)
     result_path.unlink(missing_ok=True)      # a result left by an earlier try of this job is not this one's
     argv = job_argv(job["params"], result_file=str(result_path))
-    log_file = BoundedLog(Path(job["log_path"]), queue.settings.job_log_mb * 2**20)
+    log_path = Path(job["log_path"])
+    if not log_path.parent.is_dir():    # queued on another machine: the log is kept here, and the row says where
+        queue.log_dir.mkdir(parents=True, exist_ok=True)
+        log_path = queue.log_dir / f"{int(job_id)}.log"
+        queue.store.update(job_id, "running", log_path=str(log_path))
+    log_file = BoundedLog(log_path, queue.settings.job_log_mb * 2**20)
     with Heartbeat(queue, job_id) as heartbeat:
         return _follow(queue, job_id, job, site_job, tracker, env, result_path, argv, log_file, heartbeat)
 

@@ -298,3 +298,20 @@ def test_db_command_says_where_the_records_are_and_never_shows_the_password(engi
         assert "SQLite files under" in status.stdout and cli("db", "upgrade", home=tmp_path).returncode == 2
     assert "GRANT SELECT, INSERT ON diagnoses, events TO pneumo_app" in cli("db", "grants", "pneumo_app",
                                                                             home=tmp_path).stdout
+
+
+def test_a_worker_runs_a_job_queued_on_another_machine_and_keeps_its_log_here(engine_url, tmp_path, monkeypatch):
+    from pneumo_core.jobs import runner
+    monkeypatch.setenv("PNEUMO_JOB_RUNNERS", "workers")
+    data = tmp_path / "data"
+    (data / "NORMAL").mkdir(parents=True)            # no PNEUMONIA/: the runner's data check fails the job
+    dashboard = queue(tmp_path / "dashboard-home")
+    job_id = dashboard.submit(TrainConfig(data_dir=str(data)), actor=LEAD)
+    dashboard.store.update(job_id, None, log_path="/srv/elsewhere/jobs/1.log")   # a folder of the other machine
+    worker_home = tmp_path / ("runner-home" if engine_url else "dashboard-home")  # SQLite: one machine only
+    assert runner.serve(queue(worker_home), once=True) == 1
+    job = dashboard.get(job_id)
+    assert job["state"] == "failed" and "the data check failed" in job["error"]
+    assert job["log_path"] == str(worker_home / "jobs" / f"{job_id}.log")
+    assert "data check" in Path(job["log_path"]).read_text()
+    assert job["runner_host"] and job["heartbeat"] > time.time() - 60
