@@ -17,9 +17,10 @@ library's own connection is not allowed to change or drop rows, tables or trigge
 authorizer), and each row holds `hash` = SHA-256 of the previous row's hash and its own content
 (`chain_hash`). Someone who drops the triggers with the `sqlite3` shell and edits or deletes a row
 breaks the chain at that row, which `verify` (and `python -m pneumo_core audit verify`) names.
-Deleting the newest rows is caught through SQLite's AUTOINCREMENT counter; an attacker who also
-rewrites that counter and every later hash is caught only by comparing with a copy kept elsewhere
-(back up `PNEUMO_HOME`, or write down the last hash that `audit verify` prints).
+Deleting the newest rows is caught through SQLite's AUTOINCREMENT counter. An attacker who also
+rewrites that counter and every later hash, or who puts back an older copy of the whole file, is
+caught only by comparing with heads kept elsewhere: `records.anchor` sends them to an append-only
+file and/or a syslog server, and `audit verify` checks the chains against them.
 
 WAL mode lets readers browse while sessions write; each append takes the write lock (BEGIN
 IMMEDIATE) to read the last hash and insert, so concurrent sessions and processes never fork the chain.
@@ -129,11 +130,18 @@ def _authorize(action, arg1, arg2, dbname, source):
 
 class AuditTrail:
     """The audit database at `path`, created (WAL, tables, triggers) on first use; or the shared
-    PostgreSQL database when PNEUMO_DATABASE_URL is set (`records.db`; its triggers come from the migrations)."""
+    PostgreSQL database when PNEUMO_DATABASE_URL is set (`records.db`; its triggers come from the migrations).
 
-    def __init__(self, path: Path):
+    Args:
+        path: the database file.
+        anchors: a `records.anchor.Anchors` told of every appended row (it anchors the chains' heads
+            outside the database on promotions and at intervals); None: not anchored.
+    """
+
+    def __init__(self, path: Path, anchors=None):
         self.path = Path(path)
         self.database = records_db.Database("audit", self.path, _setup)
+        self.anchors = anchors
         self.connection().close()
 
     def connection(self) -> sqlite3.Connection:
@@ -168,6 +176,8 @@ class AuditTrail:
                 if db.in_transaction:
                     db.execute("ROLLBACK")
                 raise
+        if self.anchors is not None:
+            self.anchors.after_append(row.get("kind"))
         return row["id"]
 
     def record(self, diagnosis, source: str = "", who: str | None = None, shown: str | None = None) -> int:
