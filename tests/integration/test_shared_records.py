@@ -34,6 +34,7 @@ from pneumo_core.settings import TrainConfig, load_settings
 REPO = Path(__file__).resolve().parents[2]
 PASSWORD = "correct horse battery"
 LEAD = Actor("lead", "ml_lead")
+ADMIN = Actor("root", "admin")
 
 
 def diagnosis(i: int, label: str = "NORMAL") -> Diagnosis:
@@ -108,9 +109,9 @@ def test_accounts_sign_in_lockout_and_setup_code(engine_url, tmp_path):
     code = store.issue_setup_code()
     assert store.setup_code_pending()
     assert store.create_first_admin(code, "root", PASSWORD).role == "admin"
-    store.add("ana", "clinician", PASSWORD)
+    store.add("ana", "clinician", PASSWORD, by=ADMIN)
     with pytest.raises(AccountError, match="already exists"):
-        store.add("ana", "auditor", PASSWORD)
+        store.add("ana", "auditor", PASSWORD, by=ADMIN)
     assert [a["name"] for a in store.list()] == ["ana", "root"]
     assert store.verify("ana", PASSWORD).role == "clinician"
     for _ in range(5):
@@ -121,9 +122,9 @@ def test_accounts_sign_in_lockout_and_setup_code(engine_url, tmp_path):
     assert UserStore(tmp_path / "home", clock=lambda: clock[0]).failures("user:ana") == 5   # kept by the store
     clock[0] += 31
     assert store.verify("ana", PASSWORD).name == "ana" and store.failures("user:ana") == 0
-    store.disable("ana")
+    store.disable("ana", by=ADMIN)
     with pytest.raises(AccountError, match="last enabled administrator"):
-        store.disable("root")
+        store.disable("root", by=Actor("other", "admin"))
 
 
 def test_jobs_submit_claim_change_counter_and_cancel(engine_url, tmp_path, monkeypatch):
@@ -285,7 +286,8 @@ def test_the_applications_role_can_append_to_the_audit_trail_but_never_change_it
         with pytest.raises(Exception, match="must be owner|permission denied"):
             with trail.database.transaction() as db:
                 db.execute(statement)
-    assert UserStore(tmp_path / "home").add("ana", "clinician", PASSWORD)["role"] == "clinician"   # the rest: as usual
+    added = UserStore(tmp_path / "home").add("ana", "clinician", PASSWORD, by=ADMIN)   # the other tables: as usual
+    assert added["role"] == "clinician"
 
 
 def test_db_command_says_where_the_records_are_and_never_shows_the_password(engine_url, cli, tmp_path):
