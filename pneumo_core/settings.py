@@ -18,6 +18,14 @@ Every knob a deployment may need to change lives here, so the rest of the librar
 | PNEUMO_MIN_FREE_MB    | 2048: free disk space in PNEUMO_HOME a job needs at submit |
 | PNEUMO_FEATURE_CACHE_MB | 4096: feature cache size; least recently used evicted    |
 | PNEUMO_JOB_LOG_MB     | 5: a job log rotates at this size (one older part kept)    |
+| PNEUMO_JOB_RUNNERS    | `local`: a job's runner starts on the machine that queues  |
+|                       | it; `workers`: jobs wait for `jobs runner` processes (any  |
+|                       | machine that sees the database and PNEUMO_HOME/models)     |
+| PNEUMO_DATABASE_URL   | unset: audit, accounts, jobs, PACS state in SQLite files   |
+|                       | under PNEUMO_HOME; `postgresql://user@host/db`: all in one |
+|                       | shared PostgreSQL (read by `records.db`)                   |
+| PNEUMO_DATABASE_URL_FILE | a file holding that URL on its first line (a secret    |
+|                       | kept out of the environment); PGPASSWORD/PGPASSFILE work   |
 | PNEUMO_MAX_FILM_MPX,  | the dashboard's memory budget (`MemoryBudget` below and    |
 | PNEUMO_REQUEST_MPX,   | docs/memory.md): megapixels per film and per               |
 | PNEUMO_FILES_PER_UPLOAD, | request, files per upload, MB of cached diagnoses, model |
@@ -139,6 +147,7 @@ class Settings:
     min_free_mb: int = 2048     # a default job writes ~100 MB (features, tuner, model); 2 GB leaves room for many
     feature_cache_mb: int = 4096   # ~80 MB per seed/size/backbone on the 5216 films: ~50 settings kept
     job_log_mb: float = 5         # a default job's log is ~200 KB
+    job_runners: str = "local"    # "workers": only `jobs runner` processes start jobs (PNEUMO_JOB_RUNNERS)
     budget: MemoryBudget = field(default_factory=MemoryBudget)
     site_data_dir: Path | None = None  # sites' labelled films for the Site page (PNEUMO_SITE_DATA)
     # Days the de-identified pixels of films with a reader's verdict are kept for adaptation
@@ -230,6 +239,14 @@ def _key_outside_home(env, name: str, home: Path) -> Path | None:
     return key
 
 
+def _job_runners(env: dict) -> str:
+    value = env.get("PNEUMO_JOB_RUNNERS", "local").strip().lower() or "local"
+    if value not in ("local", "workers"):
+        raise ConfigError(f"PNEUMO_JOB_RUNNERS={value!r}: use 'local' (a runner per job on the machine that queues "
+                          f"it) or 'workers' (jobs wait for `python -m pneumo_core jobs runner` processes)")
+    return value
+
+
 def load_settings(env: dict | None = None) -> Settings:
     """Build the settings from `env` (default: the process environment)."""
     env = os.environ if env is None else env
@@ -259,6 +276,7 @@ def load_settings(env: dict | None = None) -> Settings:
         min_free_mb=int(env.get("PNEUMO_MIN_FREE_MB", 2048)),
         feature_cache_mb=int(env.get("PNEUMO_FEATURE_CACHE_MB", 4096)),
         job_log_mb=float(env.get("PNEUMO_JOB_LOG_MB", 5)),
+        job_runners=_job_runners(env),
         oracle=f"{env['KERASTUNER_ORACLE_IP']}:{env.get('KERASTUNER_ORACLE_PORT', '')}"
         if env.get("KERASTUNER_ORACLE_IP") else "",
         budget=memory_budget(env),

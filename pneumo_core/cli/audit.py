@@ -24,6 +24,7 @@ def cmd_audit(args, settings) -> int:
     destination, 0 when every chain is intact (or the anchor was written)."""
     from pneumo_core.records.anchor import Anchors
     from pneumo_core.records.audit import AuditTrail
+    from pneumo_core.records.db import database_url, safe_url
     from pneumo_core.records.registry import verify_promotions
     anchors = Anchors.from_settings(settings)
     if args.audit_command == "anchor":
@@ -33,14 +34,16 @@ def cmd_audit(args, settings) -> int:
         written = anchors.write("timer")
         print("anchored: " + ", ".join(f"{chain} {rows} row(s)" for chain, (rows, _) in written["chains"].items()))
         return 0
-    if not settings.audit_path.is_file():
+    url = database_url()       # the shared database when set: there is no file to look for
+    trail_at = safe_url(url) if url else settings.audit_path
+    if not url and not settings.audit_path.is_file():
         print(f"no audit trail yet at {settings.audit_path}")
         trail_result = {"ok": True, "rows": {}, "last": {}}
     else:
         trail_result = AuditTrail(settings.audit_path).verify()
     promotions_result = verify_promotions(settings.models_dir)
     anchor_result = anchors.check()
-    for where, result in ((settings.audit_path, trail_result), (settings.models_dir, promotions_result),
+    for where, result in ((trail_at, trail_result), (settings.models_dir, promotions_result),
                           (settings.anchor_file, anchor_result)):
         if not result["ok"]:
             print(f"BROKEN: {where}: {result['problem']}")

@@ -34,6 +34,7 @@ from pathlib import Path
 
 from pneumo_core.records import registry
 from pneumo_core.records.audit import BUSY_MS, TABLES, AuditTrail, now
+from pneumo_core.records.db import Database, database_url
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +75,7 @@ class Anchors:
     def heads(self) -> dict[str, list]:
         """{chain: [rows, last hash]} for the audit tables and the promotions chain, now."""
         chains = {}
-        if Path(self.audit_path).is_file():
+        if _has_trail(self.audit_path):
             with closing(_read_only(self.audit_path)) as db:
                 for table in TABLES:   # one statement: the count and the last hash of the same snapshot
                     rows, last = db.execute(f"SELECT count(*), (SELECT hash FROM {table} ORDER BY id DESC LIMIT 1) "
@@ -154,7 +155,7 @@ class Anchors:
         """
         anchors, problem = self.read(), None
         heads = registry.chain_heads(self.models_dir)
-        db = _read_only(self.audit_path) if Path(self.audit_path).is_file() else None
+        db = _read_only(self.audit_path) if _has_trail(self.audit_path) else None
         try:
             for anchor in anchors:
                 if "unreadable" in anchor:
@@ -195,8 +196,18 @@ def _mismatch(anchor: dict, db: sqlite3.Connection | None, heads: list[str]) -> 
     return None
 
 
+def _has_trail(path: Path) -> bool:
+    """Is there an audit trail to read: its file, or the shared database (PNEUMO_DATABASE_URL)?"""
+    return database_url() is not None or Path(path).is_file()
+
+
 def _read_only(path: Path) -> sqlite3.Connection:
-    return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_MS / 1000)
+    """A read-only connection to the audit trail: its file, or the shared database in one snapshot (`records.db`)."""
+    if database_url() is None:
+        return sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_MS / 1000)
+    db = Database("audit", path).connect()
+    db.execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")   # rolled back when closed
+    return db
 
 
 def _send_syslog(destination: str, message: str) -> None:

@@ -36,14 +36,14 @@ from contextlib import closing
 from datetime import UTC, datetime
 from pathlib import Path
 
-from pneumo_core.records import db as sqlite_db
+from pneumo_core.records import db as records_db
 from pneumo_core.records.access import Actor, require
 
 COLUMNS = ("id", "time", "shown", "sha256", "model", "probability", "threshold", "call", "ood_score", "ood_flag",
            "cam_method", "source", "who", "tier")
 EVENT_COLUMNS = ("id", "time", "kind", "who", "details")
 GENESIS = "0" * 64     # the "previous hash" of a chain's first row
-BUSY_MS = sqlite_db.BUSY_MS
+BUSY_MS = records_db.BUSY_MS
 TABLES = ("diagnoses", "events")
 
 _SCHEMA = """
@@ -129,7 +129,8 @@ def _authorize(action, arg1, arg2, dbname, source):
 
 
 class AuditTrail:
-    """The audit database at `path`, created (WAL, tables, triggers) on first use.
+    """The audit database at `path`, created (WAL, tables, triggers) on first use; or the shared
+    PostgreSQL database when PNEUMO_DATABASE_URL is set (`records.db`; its triggers come from the migrations).
 
     Args:
         path: the database file.
@@ -139,17 +140,23 @@ class AuditTrail:
 
     def __init__(self, path: Path, anchors=None):
         self.path = Path(path)
+        self.database = records_db.Database("audit", self.path, _setup)
         self.anchors = anchors
         self.connection().close()
 
     def connection(self) -> sqlite3.Connection:
         """A new connection as the library uses it: it can read and append rows, and is refused any
-        UPDATE, DELETE, DROP or ALTER on the audit tables (close it when done)."""
-        db = sqlite_db.connect(self.path, _setup)
-        db.set_authorizer(_authorize)
+        UPDATE, DELETE, DROP or ALTER on the audit tables (close it when done). On PostgreSQL the
+        server's triggers refuse them (and, deployed as docs/scaling.md says, the role's privileges)."""
+        db = self.database.connect()
+        if self.database.dialect == records_db.SQLITE:
+            db.set_authorizer(_authorize)
         return db
 
     def journal_mode(self) -> str:
+        """SQLite's journal mode ("wal"), or "postgresql" for the shared server."""
+        if self.database.dialect != records_db.SQLITE:
+            return self.database.dialect
         with closing(self.connection()) as db:
             return db.execute("PRAGMA journal_mode").fetchone()[0]
 
@@ -254,8 +261,7 @@ class AuditTrail:
              "last": {table: last hash}}.
         """
         counts, last = {}, {}
-        with closing(sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=BUSY_MS / 1000)) as db:
-            db.row_factory = sqlite3.Row
+        with self.database.snapshot() as db:
             for table in TABLES:
                 problem, previous, expected_id = None, GENESIS, None
                 rows = db.execute(f"SELECT * FROM {table} ORDER BY id").fetchall()

@@ -43,6 +43,7 @@ from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatc
 
 from pneumo_core.errors import AccountError, LockedOut, SetupError, SignInError
 from pneumo_core.records.access import ROLES, Actor, require
+from pneumo_core.records.db import SQLITE, Database, integrity_errors
 
 __all__ = ["AccountError", "LockedOut", "SetupError", "SignInError", "UserStore", "oidc_role", "oidc_roles"]
 log = logging.getLogger(__name__)
@@ -115,6 +116,9 @@ class UserStore:
     def __init__(self, home: Path, clock=time.time):
         self.path = Path(home) / "users.sqlite"
         self.clock = clock
+        self.database = Database("users", self.path, lambda db: db.executescript(_SCHEMA))
+        if self.database.dialect != SQLITE:   # the shared server: tables from its migrations
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # Created 0600 before SQLite opens it, so the hashes are never readable by others, even briefly.
         os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
@@ -128,9 +132,7 @@ class UserStore:
                 os.chmod(side, 0o600)
 
     def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        db.execute("PRAGMA busy_timeout=30000")
-        return db
+        return self.database.connect()
 
     # Accounts -----------------------------------------------------------------------------------
 
@@ -154,7 +156,7 @@ class UserStore:
             with closing(self._connect()) as db:
                 db.execute("INSERT INTO users (name, role, hash, created, changed) VALUES (?, ?, ?, ?, ?)",
                            (name, role, _HASHER.hash(password), now, now))
-        except sqlite3.IntegrityError:
+        except integrity_errors():
             raise AccountError(f"an account named {name!r} already exists (disabled accounts keep their name); "
                                f"choose another name or change its role with `users set-role`") from None
         log.info("account %s added with role %s", name, role)
