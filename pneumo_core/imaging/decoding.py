@@ -154,7 +154,7 @@ def shrink(pixels: np.ndarray, factor: int) -> np.ndarray:
     return cv2.resize(pixels, (-(-width // factor), -(-height // factor)), interpolation=cv2.INTER_AREA)
 
 
-def _reduce(image: Image.Image, factor: int) -> Image.Image:
+def reduce_image(image: Image.Image, factor: int) -> Image.Image:
     """A PIL image reduced by `factor` (box average); 16-bit images in strips of rows, staying uint16."""
     if factor <= 1:
         return image

@@ -25,7 +25,6 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 from pneumo_core.errors import ImageError
 from pneumo_core.imaging.decoding import (
     ACCEPTED,
-    CHUNK_PIXELS,
     DECODE_GATE,
     MAX_PIXELS,
     WORKING_SIDE,
@@ -35,8 +34,8 @@ from pneumo_core.imaging.decoding import (
     check_size,
     full_range_to_uint8,
     gray_from_rgb,
+    reduce_image,
     reduction_factor,
-    shrink,
 )
 from pneumo_core.imaging.dicom import is_dicom, read_dataset, read_dicom
 
@@ -48,24 +47,6 @@ Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 # Bytes per pixel of the full-size buffer a decoder fills before any reduction: Pillow keeps RGB
 # as 4 bytes, a palette film is expanded to RGB (1 + 4), 16-bit is 2; JPEG 2000 decodes to int32.
 _BUFFER_BYTES = {"1": 2, "L": 1, "P": 5, "I;16": 2, "I;16B": 2, "I;16L": 2, "LA": 4, "CMYK": 8, "YCbCr": 8}
-
-
-def _reduce(image: Image.Image, factor: int) -> Image.Image:
-    """A PIL image reduced by `factor` (box average); 16-bit images in strips of rows, staying uint16."""
-    if factor <= 1:
-        return image
-    if image.mode.startswith("I;16"):  # Pillow cannot reduce these; a whole-film array would double the peak
-        image.load()
-        width, height = image.size
-        step = factor * max(1, CHUNK_PIXELS // (width * factor))
-        strips = [shrink(np.asarray(image.crop((0, top, width, min(top + step, height)))).astype(np.uint16),
-                          factor) for top in range(0, height, step)]
-        return Image.fromarray(np.concatenate(strips))
-    if image.mode not in ("L", "LA", "RGB", "RGBA", "I", "F"):  # palette, 1-bit, CMYK, YCbCr
-        image = image.convert("L" if image.mode == "1" else "RGB")
-    return image.reduce(factor)
-
-
 
 
 def read_png_jpeg(data: bytes, name: str = "image", *, max_pixels: int = MAX_PIXELS,
@@ -95,7 +76,7 @@ def read_png_jpeg(data: bytes, name: str = "image", *, max_pixels: int = MAX_PIX
                 image.draft(image.mode, (-(-image.size[0] // factor), -(-image.size[1] // factor)))
                 factor = reduction_factor(*image.size, max_side)
             with DECODE_GATE.hold(image.size[0] * image.size[1] * _BUFFER_BYTES.get(image.mode, 4)):
-                reduced = _reduce(image, factor)
+                reduced = reduce_image(image, factor)
                 if reduced is not image:  # a reduced copy lacks the EXIF orientation: carry it over
                     reduced.info.update(image.info)
                     reduced.getexif().update(image.getexif())
