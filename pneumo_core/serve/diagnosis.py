@@ -60,6 +60,9 @@ PRIORITY_MEANING = {"check": "not assessable or borderline: read first, the mode
                     "urgent": "called PNEUMONIA", "routine": "called NORMAL",
                     "high": "site tier high: read first", "uncertain": "site tier uncertain: needs a full read",
                     "low": "site tier low", NOT_SCORED: "no call (skipped, failed or waiting)"}
+ORDER_TEXT = ("Order: the site's triage tiers first (high, then uncertain: needs a full read, then low); without "
+              "them, check (not assessable or borderline), then urgent (PNEUMONIA), then routine (NORMAL); "
+              "highest probability first within each; films not scored last.")
 # Date patterns by locale (language, or language-REGION): the order and separators a reader expects.
 # Without a locale, ISO 8601 (unambiguous). Babel is not a runtime dependency; these cover the sites' locales.
 DATE_PATTERNS = {"en-us": "%m/%d/%Y", "en": "%d/%m/%Y", "en-ca": "%Y-%m-%d", "de": "%d.%m.%Y", "fr": "%d/%m/%Y",
