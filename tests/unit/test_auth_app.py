@@ -10,9 +10,9 @@ from streamlit.testing.v1 import AppTest
 from pneumo_core.records.access import Actor
 from pneumo_core.records.users import MAX_FAILURES, UserStore
 
-ALL_PAGES = ["diagnose", "heatmaps", "metrics", "models", "retrain", "audit", "users"]
+ALL_PAGES = ["diagnose", "heatmaps", "metrics", "models", "retrain", "monitor", "audit", "users"]
 ROLE_PAGES = {"clinician": {"diagnose", "heatmaps", "metrics", "models"},
-              "ml_lead": {"diagnose", "heatmaps", "metrics", "models", "retrain"},
+              "ml_lead": {"diagnose", "heatmaps", "metrics", "models", "retrain", "monitor"},
               "auditor": {"audit"},
               "admin": set(ALL_PAGES)}
 
@@ -139,7 +139,7 @@ def test_each_role_gets_its_pages_only(home, role):
 
 
 @pytest.mark.parametrize("name, role", [("retrain", "clinician"), ("audit", "clinician"), ("users", "ml_lead"),
-                                        ("diagnose", "auditor"), ("models", "auditor")])
+                                        ("diagnose", "auditor"), ("models", "auditor"), ("monitor", "auditor")])
 def test_a_page_refuses_a_role_it_is_not_for(home, name, role):
     at = AppTest.from_file(str(REPO / "views" / f"{name}.py"), default_timeout=120)
     at.session_state["actor"] = Actor("x", role)

@@ -17,7 +17,7 @@ NOW = 1_000_000.0
 # The pages each role opens (app.py's navigation and each page's own check read the same table).
 ROLE_PAGES = {"clinician": {"diagnose", "worklist", "heatmaps", "metrics", "models"},
               "ml_lead": {"diagnose", "worklist", "heatmaps", "metrics", "models", "retrain", "site", "monitor"},
-              "auditor": {"monitor", "audit"},
+              "auditor": {"audit"},   # not Monitor: clinical operations, not audit (issue 24)
               "admin": set(signin.PAGE_ACTIONS)}
 
 
@@ -40,6 +40,18 @@ def test_each_role_opens_its_pages_only(role):
     who = Actor("someone", role)
     assert {page for page in signin.PAGE_ACTIONS if signin.may_open(who, page)} == ROLE_PAGES[role]
     assert all(signin.page_refusal(who, page) is None for page in ROLE_PAGES[role])
+
+
+def test_the_documented_roles_table_is_the_one_the_dashboard_enforces():
+    table = (REPO / "docs" / "deploying.md").read_text().split("## Roles", 1)[1]
+    documented = {}
+    for line in table.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if line.startswith("|") and cells[0] in ROLES:
+            documented[cells[0]] = {page.strip().lower() for page in cells[1].split(",")}
+    enforced = {role: {page for page in signin.PAGE_ACTIONS if signin.may_open(Actor("x", role), page)}
+                for role in ROLES}
+    assert documented == enforced == ROLE_PAGES
 
 
 def test_a_refused_page_says_sign_in_first_or_names_the_user_and_role():
