@@ -43,10 +43,11 @@ def cmd_site(args, settings) -> int:
     """Run `site validate` or `site adapt` (the new version's id printed last). Returns the exit status."""
     from pneumo_core.golive import adaptation, validation
     from pneumo_core.jobs.results import write_result
+    from pneumo_core.progress import StreamReporter
     from pneumo_core.records.registry import active_version, resolve
     if args.site_command == "validate":
         report = validation.validate(resolve(settings.models_dir, args.model), args.data, args.name,
-                                     alpha=args.alpha, beta=args.beta)
+                                     alpha=args.alpha, beta=args.beta, reporter=StreamReporter())
         if args.json:
             print(json.dumps(report))
             return 0
@@ -66,7 +67,7 @@ def cmd_site(args, settings) -> int:
         raise PneumoError("site adapt needs --data DIR (a site folder) or --reviewed (the films readers judged)")
     version_id = adaptation.adapt(settings, settings.reviewed_dir if args.reviewed else args.data,
                                   args.name or ("reviewed" if args.reviewed else None), args.model,
-                                  alpha=args.alpha, beta=args.beta)
+                                  alpha=args.alpha, beta=args.beta, reporter=StreamReporter())
     seconds = time.perf_counter() - start
     card = json.loads((settings.models_dir / version_id / "metadata.json").read_text())
     cv = card["site"]["cross_validated"]

@@ -90,6 +90,12 @@ def promotions(models_dir: Path) -> list[dict]:
     return [json.loads(line) for line in log_file.read_text().splitlines() if line.strip()]
 
 
+def replaced(models_dir: Path, version_id: str) -> str | None:
+    """The version `version_id` replaced when it last became active (None: it was the first, or never active)."""
+    entry = next((e for e in reversed(promotions(models_dir)) if e.get("to") == version_id), None)
+    return entry.get("from") if entry else None
+
+
 def verify_promotions(models_dir: Path) -> dict:
     """Check the promotions chain and that `ACTIVE` names the chain's last `to`.
 

@@ -1,6 +1,7 @@
 """Go-live at a site on real films: `site validate` / `site adapt` (command line and job), the site pages."""
 import json
 import shutil
+import time
 
 import numpy as np
 import pandas as pd
@@ -185,8 +186,27 @@ def test_site_adapt_runs_as_a_job_through_the_queue(real_home, monkeypatch):
     monkeypatch.setenv("PNEUMO_HOME", str(home))
     queue = JobQueue(load_settings())
     job_id = queue.submit_site_adapt(films, "hospital", base, actor=Actor("tester", "ml_lead"))
-    job = queue.wait(job_id, timeout=600, poll=0.5)
+    # The bar moves within 10 s of the job's start, through the adaptation's real stages, never backwards.
+    started, seen = None, []
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        job = queue.get(job_id)
+        if job["state"] == "running" and started is None:
+            started = time.monotonic()
+        if started is not None:
+            seen.append((time.monotonic() - started, job["percent"] or 0.0, job["stage"]))
+        if job["state"] not in ("queued", "running"):
+            break
+        time.sleep(0.2)
     assert job["state"] == "succeeded", job["error"]
+    first_move = next(t for t, percent, _ in seen if percent > 0)
+    assert first_move < 10, seen[:20]
+    percents = [percent for _, percent, _ in seen]
+    assert percents == sorted(percents) and percents[-1] >= 88
+    stages = {stage.split(" (")[0] for _, _, stage in seen if stage}
+    assert {"scoring site films", "training site fold"} <= {s[:len("training site fold")].strip() for s in stages} | \
+        {s[:len("scoring site films")] for s in stages}, stages
+    print("site adapt job timeline (s, %, stage):", [(round(t, 1), p, s) for t, p, s in seen[::10]])
     assert job["model_id"] in registry.candidates(home / "models")
     card = json.loads((home / "models" / job["model_id"] / "metadata.json").read_text())
     assert card["site"]["name"] == "hospital" and card["adapted_from"] == base
