@@ -25,6 +25,9 @@ def add_commands(commands, settings: Settings) -> None:
     set_role = user_commands.add_parser("set-role", help="give an account another role")
     set_role.add_argument("name")
     set_role.add_argument("role", choices=["clinician", "ml_lead", "auditor", "admin"])
+    first = user_commands.add_parser("first-start", help="print the dashboard's address and, while no administrator "
+                                                         "exists, a fresh one-time setup code (make run does this)")
+    first.add_argument("--url", default="http://localhost:8501", help="the dashboard's address to print")
 
 
 def _read_new_password() -> str:
@@ -50,6 +53,10 @@ def cmd_users(args, settings) -> int:
     from pneumo_core.records.audit import AuditTrail
     from pneumo_core.records.users import UserStore
     store, actor = UserStore(settings.home), cli_actor()
+    if args.users_command == "first-start":
+        from pneumo_core.records.signin import first_start
+        print(first_start(store, args.url), flush=True)
+        return 0
     if args.users_command == "list":
         rows = store.list()
         if args.json:

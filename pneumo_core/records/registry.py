@@ -230,7 +230,8 @@ def resolve(models_dir: Path, ref: str | None = None) -> Path:
             pointer = _pointer_text(models_dir)
             if not versions:
                 raise RegistryError(f"no trained model yet in {models_dir}. Train one with: "
-                                    f"python -m pneumo_core train --data DIR")
+                                    f"python -m pneumo_core train --data DATA_FOLDER (make train: the default "
+                                    f"folder)")
             if pointer:
                 raise RegistryError(f"no active model: {ACTIVE_FILE} names {pointer!r}, which is not a model version "
                                     f"in {models_dir}. Choose one with: python -m pneumo_core promote VERSION")

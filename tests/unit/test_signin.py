@@ -186,6 +186,19 @@ def test_a_fresh_server_issues_one_setup_code_until_an_administrator_exists(acco
     assert signin.first_admin_setup(accounts) == signin.FirstAdmin(False)
 
 
+def test_make_run_prints_the_address_and_a_working_setup_code_before_any_visit(accounts, tmp_path):
+    signin.first_admin_setup(accounts)          # a code left pending by an earlier start: unreadable now
+    result = subprocess.run([sys.executable, "-m", "pneumo_core", "users", "first-start", "--url",
+                             "http://localhost:8502"], cwd=REPO, capture_output=True, text=True,
+                            env={"PATH": "/usr/bin:/bin", "PNEUMO_HOME": str(accounts.path.parent)})
+    assert result.returncode == 0, result.stderr
+    assert "http://localhost:8502" in result.stdout and "STREAMLIT_SERVER_PORT" in result.stdout
+    code = result.stdout.split("One-time setup code: ")[1].split()[0]
+    assert accounts.create_first_admin(code, "root", PASSWORD) == Actor("root", "admin")   # the printed code works
+    again = signin.first_start(accounts, "http://localhost:8501")
+    assert "http://localhost:8501" in again and "setup code" not in again    # an administrator exists: no code
+
+
 def test_the_library_policy_never_imports_streamlit():
     code = "import sys, pneumo_core.records.signin; print('streamlit' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
