@@ -73,7 +73,7 @@ def test_other_lines_are_not_progress(line):
 def test_a_site_adaptations_bar_follows_its_stages_in_order_and_never_goes_back():
     from pneumo_core.jobs.progress_lines import SITE_ADAPT_BANDS, ProgressTracker
     tracker = ProgressTracker(1, every=0.0, bands=SITE_ADAPT_BANDS)
-    loading = "progress: loading the model and the site's films"
+    loading = "progress: loading the site's films and the model"
     lines = [f"{loading} 0/3 0s", f"{loading} 1/3 3s", "progress: scoring site films (6 views) 20/40 (50%) 9s",
              "progress: caching train plain view 10/10 (100%) 1s",
              "progress: caching val 0/5 (0%) 0s", "progress: training site fold 5/5 (100%) 4s",
