@@ -163,15 +163,16 @@ def worklist() -> None:
                      "certainty": "" if d.certainty_word == dx.NOT_VALIDATED else d.certainty_word})
     st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", key="worklist",
                  on_select=ui.open_clicked_row, selection_mode="single-row", column_config={
-                     "priority": st.column_config.TextColumn("priority", width="small", help=" · ".join(
+                     # widths in px fit 1024 px with the sidebar open, each word whole ('PNEUMONIA', 'uncertain')
+                     "priority": st.column_config.TextColumn("priority", width=85, help=" · ".join(
                          f"{k}: {v}" for k, v in dx.PRIORITY_MEANING.items())),
                      "film": st.column_config.ImageColumn("film", width="small"),
                      # the file name gives way (its full name is in the 'Open film' box): the call,
                      # probability and certainty stay in view at 1024 px
-                     "file": st.column_config.TextColumn("file", width="medium"),
-                     "call": st.column_config.TextColumn("call", width="small"),
-                     "probability": st.column_config.TextColumn("probability", width="small"),
-                     "certainty": st.column_config.TextColumn("certainty", width="small")})
+                     "file": st.column_config.TextColumn("file", width=150),
+                     "call": st.column_config.TextColumn("call", width=95),
+                     "probability": st.column_config.TextColumn("probability", width=85),
+                     "certainty": st.column_config.TextColumn("certainty", width=115)})
 
 
 if len(order) > 1:

@@ -41,11 +41,16 @@ table = pd.DataFrame([{
     for r in rows])
 event = st.dataframe(table, hide_index=True, width="stretch", on_select="rerun", selection_mode="single-row",
                      key="worklist_table", column_config={
-                         "priority": st.column_config.TextColumn("priority", width="small", help=" · ".join(
+                         # widths in px: each word whole at 1024 px with the sidebar open
+                         "priority": st.column_config.TextColumn("priority", width=85, help=" · ".join(
                              f"{k}: {v}" for k, v in dx.PRIORITY_MEANING.items())),
-                         "certainty": st.column_config.TextColumn("certainty", width="medium",
+                         "call": st.column_config.TextColumn("call", width=95),
+                         "probability": st.column_config.TextColumn("probability", width=85),
+                         "certainty": st.column_config.TextColumn("certainty", width=130,
                                                                   help="For a film not scored: why."),
-                         "in archive": st.column_config.TextColumn("in archive", width="small",
+                         "accession": st.column_config.TextColumn("accession", width=100),
+                         "study date": st.column_config.TextColumn("study date", width=90),
+                         "in archive": st.column_config.TextColumn("in archive", width=75,
                                                                    help="The result (SR and heatmap) is stored in "
                                                                         "the archive.")})
 picked = event.selection.rows if event and event.selection else []

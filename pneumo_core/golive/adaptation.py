@@ -269,7 +269,7 @@ def adapt(settings, data_dir, name: str | None = None, model_ref: str | None = N
         n_boot: bootstrap resamples (patients) of the cross-validated figures' intervals.
         alpha, beta: the site's triage promises, set on the out-of-fold probabilities.
         reporter: where each stage's progress goes (loading, scoring site films, caching, training site fold,
-            evaluating, scoring internal val/test films: `jobs.progress_lines.SITE_ADAPT_BANDS`).
+            evaluating, scoring internal val/test films, saving: `jobs.progress_lines.SITE_ADAPT_BANDS`).
     Returns:
         The new version's id. Its card holds `site` = {name, fingerprint, n, method, cross_validated};
         its site report (`site_reports/<site>.json`) the cross-validated figures and the triage tiers.
@@ -350,6 +350,7 @@ def adapt(settings, data_dir, name: str | None = None, model_ref: str | None = N
                             if k in ("roc_auc", "sensitivity", "specificity", "ece", "threshold")}},
         "training": {**meta.get("training", {}), "seconds": seconds, "site_adapt_seconds": seconds},
     })
+    saving = Progress("saving the adapted version", 1, reporter)
     version_id = new_version_id(f"{meta['backbone']}-{site.name}")
     history = pd.DataFrame({"epoch": [], "member": [], "loss": []})
     tuner = read_json(base_dir, "tuner.json") if (base_dir / "tuner.json").is_file() else {}
@@ -366,6 +367,7 @@ def adapt(settings, data_dir, name: str | None = None, model_ref: str | None = N
                   f"cross-validation"),
         "labels": y_site.tolist(), "probabilities": [round(float(v), 6) for v in p_oof],
         "triage": tiers.to_dict(), "triage_summary": tiers.summary()})
+    saving.update(1, version_id)
     log.info("adapted version saved in %s", path)
     return version_id
 

@@ -204,10 +204,9 @@ def test_site_adapt_runs_as_a_job_through_the_queue(real_home, monkeypatch):
     first_move = next(t for t, percent, _ in seen if percent > 0)
     assert first_move < 10, changes
     percents = [percent for _, percent, _ in seen]
-    assert percents == sorted(percents) and percents[-1] >= 88
+    assert percents == sorted(percents) and percents[-1] >= 67
     stages = {stage.split(" (")[0] for _, _, stage in seen if stage}
-    assert {"scoring site films", "training site fold"} <= {s[:len("training site fold")].strip() for s in stages} | \
-        {s[:len("scoring site films")] for s in stages}, stages
+    assert {"scoring site films", "training site fold", "saving the adapted version"} <= stages, stages
     assert job["model_id"] in registry.candidates(home / "models")
     card = json.loads((home / "models" / job["model_id"] / "metadata.json").read_text())
     assert card["site"]["name"] == "hospital" and card["adapted_from"] == base
