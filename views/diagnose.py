@@ -163,16 +163,17 @@ def worklist() -> None:
                      "certainty": "" if d.certainty_word == dx.NOT_VALIDATED else d.certainty_word})
     st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", key="worklist",
                  on_select=ui.open_clicked_row, selection_mode="single-row", column_config={
-                     # widths in px fit 1024 px with the sidebar open, each word whole ('PNEUMONIA', 'uncertain')
-                     "priority": st.column_config.TextColumn("priority", width=85, help=" · ".join(
+                     # widths in px: 519 with the selection column's 33 fit the 562 px beside the sidebar at
+                     # 1024 px, each word whole ('PNEUMONIA', 'not assessable')
+                     "priority": st.column_config.TextColumn("priority", width=82, help=" · ".join(
                          f"{k}: {v}" for k, v in dx.PRIORITY_MEANING.items())),
-                     "film": st.column_config.ImageColumn("film", width="small"),
+                     "film": st.column_config.ImageColumn("film", width=50),
                      # the file name gives way (its full name is in the 'Open film' box): the call,
                      # probability and certainty stay in view at 1024 px
-                     "file": st.column_config.TextColumn("file", width=150),
-                     "call": st.column_config.TextColumn("call", width=95),
-                     "probability": st.column_config.TextColumn("probability", width=85),
-                     "certainty": st.column_config.TextColumn("certainty", width=115)})
+                     "file": st.column_config.TextColumn("file", width=105),
+                     "call": st.column_config.TextColumn("call", width=90),
+                     "probability": st.column_config.TextColumn("probability", width=82),
+                     "certainty": st.column_config.TextColumn("certainty", width=110)})
 
 
 if len(order) > 1:

@@ -139,8 +139,10 @@ candidate = st.selectbox("Adapted version", [m["id"] for m in adapted])
 other = registry.replaced(models_dir, active) if candidate == active else active
 other_title = "replaced" if candidate == active else "active"
 if other is None or not ui.version_dir(other).is_dir():
-    st.success(f"{candidate} is the active model" + (" (it replaced no earlier version)." if candidate == active
-                                                      else "."))
+    if candidate == active:
+        st.success(f"{candidate} is the active model; it replaced no earlier version still on this server.")
+    else:
+        st.info("No active model to compare with.")
     st.stop()
 chosen = track_record(ui.version_dir(candidate))
 current = track_record(ui.version_dir(other))

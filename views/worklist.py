@@ -32,27 +32,25 @@ st.caption(f"Archive {ui.literal(status['url'])} · last poll {ui.literal(status
                                      f"{ui.literal(status['last_error'])}" if status["last_error"] else ""))
 
 locale = st.context.locale   # the reader's browser locale: dates as the reader writes them
-# Seven short columns: every one readable at 1024 px (the modality, view and model are shown with the open film).
+# Six short columns, each word whole at 1024 px (562 px beside the sidebar, measured in the browser test);
+# the modality, view, model and whether the result is in the archive are shown with the open film.
 table = pd.DataFrame([{
     "priority": r["priority_name"], "call": r["label"] or "", "probability": dx.format_probability(r["probability"])
     if r["probability"] is not None else "", "certainty": (r["certainty"] or "").split(":")[0]
     if r["label"] else (r["reason"] or r["status"]).split(";")[0], "accession": r["accession"] or "",
-    "study date": dx.format_date(r["study_date"], locale), "in archive": "yes" if r["in_archive"] else "no"}
+    "study date": dx.format_date(r["study_date"], locale)}
     for r in rows])
 event = st.dataframe(table, hide_index=True, width="stretch", on_select="rerun", selection_mode="single-row",
                      key="worklist_table", column_config={
-                         # widths in px: each word whole at 1024 px with the sidebar open
-                         "priority": st.column_config.TextColumn("priority", width=85, help=" · ".join(
+                         # widths in px: 526 with the selection column's 33 fill the 562 px
+                         "priority": st.column_config.TextColumn("priority", width=82, help=" · ".join(
                              f"{k}: {v}" for k, v in dx.PRIORITY_MEANING.items())),
-                         "call": st.column_config.TextColumn("call", width=95),
-                         "probability": st.column_config.TextColumn("probability", width=85),
-                         "certainty": st.column_config.TextColumn("certainty", width=130,
+                         "call": st.column_config.TextColumn("call", width=90),
+                         "probability": st.column_config.TextColumn("probability", width=82),
+                         "certainty": st.column_config.TextColumn("certainty", width=110,
                                                                   help="For a film not scored: why."),
-                         "accession": st.column_config.TextColumn("accession", width=100),
-                         "study date": st.column_config.TextColumn("study date", width=90),
-                         "in archive": st.column_config.TextColumn("in archive", width=75,
-                                                                   help="The result (SR and heatmap) is stored in "
-                                                                        "the archive.")})
+                         "accession": st.column_config.TextColumn("accession", width=80),
+                         "study date": st.column_config.TextColumn("study date", width=82)})
 picked = event.selection.rows if event and event.selection else []
 row = rows[picked[0]] if picked else rows[0]
 # Accession and date come from the archive as they are: never read as Markdown.

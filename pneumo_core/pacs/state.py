@@ -124,4 +124,5 @@ def worklist(state: PacsState, limit: int = 500, models_dir: Path | None = None)
         facts = (row["label"], row["probability"], row["threshold"], row["ood_flag"], row["tier"])
         row["priority"], row["priority_name"] = order_key(*facts)[0], call_priority(*facts)
         row["in_archive"] = row["status"] == "stored"
-    return sorted(rows, key=lambda r: (r["priority"], -(r["probability"] or 0.0)))
+    return sorted(rows, key=lambda r: order_key(r["label"], r["probability"], r["threshold"], r["ood_flag"], r["tier"],
+                                                r["study_uid"]))

@@ -251,15 +251,17 @@ def call_priority(label: str | None, probability: float | None, threshold: float
 
 
 def order_key(label: str | None, probability: float | None, threshold: float | None, ood_flag: bool | None,
-              tier: str | None = None) -> tuple[int, float]:
+              tier: str | None = None, study: str = "") -> tuple[int, float, str]:
     """The sort key of one call in every list of calls (Diagnose's worklist, the PACS Worklist).
 
     Tiers first (high, uncertain, low: the site's guarantee orders them), then calls without a tier by
-    priority (check, urgent, routine), then films not scored; highest probability first within each.
+    priority (check, urgent, routine), then films not scored; highest probability first within each;
+    equal probabilities by `study` (the Study Instance UID where there is one), so that two pages
+    listing the same films in different arrival orders still agree.
     """
     word = call_priority(label, probability, threshold, ood_flag, tier)
     groups = (*TIERS, *PRIORITIES, NOT_SCORED)
-    return groups.index(word), -(probability or 0.0)
+    return groups.index(word), -(probability or 0.0), study or ""
 
 
 def priority(d: Diagnosis) -> str:
@@ -268,10 +270,11 @@ def priority(d: Diagnosis) -> str:
 
 
 def worklist_order(diagnoses: list[Diagnosis]) -> list[int]:
-    """Indices of `diagnoses` in worklist order (`order_key`)."""
-    return sorted(range(len(diagnoses)), key=lambda i: order_key(
-        diagnoses[i].label, diagnoses[i].probability, diagnoses[i].threshold, diagnoses[i].ood_flag,
-        diagnoses[i].tier))
+    """Indices of `diagnoses` in worklist order (`order_key`; ties by Study Instance UID, else the film's hash)."""
+    def key(d: Diagnosis):
+        study = (d.info.study_instance_uid if d.info is not None else None) or d.sha256
+        return order_key(d.label, d.probability, d.threshold, d.ood_flag, d.tier, study)
+    return sorted(range(len(diagnoses)), key=lambda i: key(diagnoses[i]))
 
 
 def tier_of(tiers: TriageTiers | None, probability: float, ood_flag: bool | None) -> tuple[str | None, str | None]:

@@ -52,13 +52,13 @@ def test_worklist_shows_the_scored_studies_in_priority_order(scored, server_url,
         .map(r => Array.from(r.querySelectorAll('td')).map(c => c.innerText.trim()))""")
     header = page.evaluate("""() => Array.from(document.querySelectorAll('[data-testid=stDataFrame] table thead th'))
         .map(c => c.innerText.trim())""")
-    assert {"priority", "accession", "in archive", "certainty"} <= set(header), header
+    assert {"priority", "accession", "certainty", "study date"} <= set(header), header
     accession = [row[header.index("accession")] for row in rows]
     priority = [row[header.index("priority")] for row in rows]
     assert accession == [r["accession"] for r in expected] and len(rows) == 5
     assert [PRIORITIES.index(p) for p in priority] == sorted(PRIORITIES.index(p) for p in priority)
     assert priority[-1] == "not scored" and "lateral view" in rows[-1][header.index("certainty")]
-    assert sum(row[header.index("in archive")] == "yes" for row in rows) == 4
+    assert sum(r["in_archive"] for r in expected) == 4
     # The most urgent film opens with its heatmap, fetched from the archive.
     page.locator("[data-testid=stImage] img").nth(1).wait_for(timeout=60_000)
     assert page.get_by_text("Heatmap as stored in the archive").is_visible()

@@ -55,13 +55,14 @@ def _fits(page) -> None:
     widths = page.evaluate("() => [document.documentElement.scrollWidth, window.innerWidth]")
     assert widths[0] <= widths[1], widths
     for grid in page.locator("[data-testid=stDataFrame]").all():
-        assert grid.evaluate("e => { const s = e.querySelector('.dvn-scroller'); "
-                             "return s && s.scrollWidth <= s.clientWidth + 1; }"), "a grid scrolls sideways"
+        scroll, client = grid.evaluate("e => { const s = e.querySelector('.dvn-scroller'); "
+                                       "return [s.scrollWidth, s.clientWidth]; }")
+        assert scroll <= client + 1, f"a grid scrolls sideways: {scroll} px of columns in {client} px"
     for value in page.locator("[data-testid=stMetricValue]").all():
         assert value.evaluate("e => e.scrollWidth <= e.clientWidth + 1"), value.inner_text()
 
 
-def test_worklist_and_diagnose_at_1024_px_fit_show_no_1000_and_agree_on_the_order(room, browser_page):
+def test_worklist_and_diagnose_at_1024_px_fit_show_no_1000_and_agree_on_the_order(room, browser_page, shots):
     url, _, files = room
     page = browser_page
     sign_in(page, f"{url}/worklist", "tester")
@@ -75,6 +76,7 @@ def test_worklist_and_diagnose_at_1024_px_fit_show_no_1000_and_agree_on_the_orde
     assert len(worklist_order) == FILMS and "study date" in header and "certainty" in header
     assert not any(re.fullmatch(r"\d{8}", cell) for row in rows for cell in row)     # no raw DICOM dates
     assert "1.000" not in page.locator("body").inner_text() and not any("1.000" in c for r in rows for c in r)
+    page.screenshot(path=str(shots / "worklist-1024.png"), full_page=True)
     _fits(page)
 
     page.goto(f"{url}/diagnose")
@@ -88,6 +90,7 @@ def test_worklist_and_diagnose_at_1024_px_fit_show_no_1000_and_agree_on_the_orde
     assert diagnose_order == worklist_order                                  # one order, the library's
     assert [row[header.index("priority")] for row in rows] == worklist_priority   # shown the same way
     assert "1.000" not in page.locator("body").inner_text()
+    page.screenshot(path=str(shots / "diagnose-1024.png"), full_page=True)
     _fits(page)
 
 
