@@ -79,7 +79,7 @@ def test_worklist_and_diagnose_at_1024_px_fit_show_no_1000_and_agree_on_the_orde
     page.screenshot(path=str(shots / "worklist-1024.png"), full_page=True)
     _fits(page)
 
-    page.goto(f"{url}/diagnose")
+    sign_in(page, f"{url}/diagnose", "tester")    # a new address is a new session
     page.get_by_text("Upload one or more frontal chest films").wait_for(timeout=120_000)
     page.locator("input[type=file]").set_input_files(files)
     page.locator(".st-key-diagnose-ready button").wait_for(timeout=300_000)
