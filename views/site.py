@@ -86,33 +86,37 @@ else:
                       help=f"95 % CI {low_high[0]:.3f}–{low_high[1]:.3f}" if low_high else None)
         if low_high:
             column.caption(f"[{low_high[0]:.2f}–{low_high[1]:.2f}]")
-    (st.success if report.get("holds") else st.warning)(report["verdict"])
-    if report.get("triage_summary"):
-        st.info(report["triage_summary"], icon=":material/rule:")
-    prevalence, prevalence_source = monitor.clinic_prevalence(settings, folder_dir)
-    if prevalence is not None and report.get("sensitivity") is not None and report.get("specificity") is not None:
-        ppv, npv = monitor.predictive_values(report["sensitivity"], report["specificity"], prevalence)
-        st.markdown(f"At a clinic prevalence of **{prevalence:.0%}** ({prevalence_source}): PPV **{ppv:.2f}**, "
-                    f"NPV **{npv:.2f}** (they depend on prevalence; the site set's was "
-                    f"{report.get('prevalence', 0):.0%}).")
-    if report["ood"]["available"]:
-        st.markdown(f"**{report['ood']['rate']:.1%}** of the site's films were flagged as unlike the training films "
-                    f"(about 5 % expected).")
-    internal = report["internal"]
-    internal_figures = {**internal, "ppv": internal.get("precision")}
-    left, right = st.columns(2)
-    left.plotly_chart(figures.ci_figure({f"site {name} ({report['n']} films)": (report, report["ci"]),
-                                         "internal test split": (internal_figures, {})},
-                                        f"Figures at site {name} vs the internal test split"),
-                      width="stretch", key="site_ci")
-    right.plotly_chart(figures.calibration_figure(report["calibration"], report["ece"],
-                                                  f"Calibration at site {name} (ECE {report['ece']:.3f})"),
-                       width="stretch", key="site_calibration")
-    if report.get("probabilities"):
-        roc = figures.roc_figure({f"site {name}": (report["labels"], report["probabilities"])},
-                                 {f"site {name}": report["threshold"]})
-        st.plotly_chart(roc.update_layout(title=f"ROC at site {name}, operating point at the stored threshold"),
-                        width="stretch", key="site_roc")
+    if "verdict" not in report:   # an adapted version at its own site: cross-validated figures, no verdict
+        st.info(f"{ui.literal(report.get('label', ''))}: the adapted version's cross-validated figures. A verdict "
+                f"needs films it was not adapted on: validate it on other films of the site.")
+    else:
+        (st.success if report.get("holds") else st.warning)(report["verdict"])
+        if report.get("triage_summary"):
+            st.info(report["triage_summary"], icon=":material/rule:")
+        prevalence, prevalence_source = monitor.clinic_prevalence(settings, folder_dir)
+        if prevalence is not None and report.get("sensitivity") is not None and report.get("specificity") is not None:
+            ppv, npv = monitor.predictive_values(report["sensitivity"], report["specificity"], prevalence)
+            st.markdown(f"At a clinic prevalence of **{prevalence:.0%}** ({prevalence_source}): PPV **{ppv:.2f}**, "
+                        f"NPV **{npv:.2f}** (they depend on prevalence; the site set's was "
+                        f"{report.get('prevalence', 0):.0%}).")
+        if report["ood"]["available"]:
+            st.markdown(f"**{report['ood']['rate']:.1%}** of the site's films were flagged as unlike the training "
+                        f"films (about 5 % expected).")
+        internal = report["internal"]
+        internal_figures = {**internal, "ppv": internal.get("precision")}
+        left, right = st.columns(2)
+        left.plotly_chart(figures.ci_figure({f"site {name} ({report['n']} films)": (report, report["ci"]),
+                                             "internal test split": (internal_figures, {})},
+                                            f"Figures at site {name} vs the internal test split"),
+                          width="stretch", key="site_ci")
+        right.plotly_chart(figures.calibration_figure(report["calibration"], report["ece"],
+                                                      f"Calibration at site {name} (ECE {report['ece']:.3f})"),
+                           width="stretch", key="site_calibration")
+        if report.get("probabilities"):
+            roc = figures.roc_figure({f"site {name}": (report["labels"], report["probabilities"])},
+                                     {f"site {name}": report["threshold"]})
+            st.plotly_chart(roc.update_layout(title=f"ROC at site {name}, operating point at the stored threshold"),
+                            width="stretch", key="site_roc")
 
 st.subheader("Adapt to this site")
 queue = ui.job_queue()
