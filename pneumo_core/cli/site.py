@@ -47,7 +47,7 @@ def cmd_site(args, settings) -> int:
     from pneumo_core.records.registry import active_version, resolve
     if args.site_command == "validate":
         report = validation.validate(resolve(settings.models_dir, args.model), args.data, args.name,
-                                     alpha=args.alpha, beta=args.beta, reporter=StreamReporter())
+                                     alpha=args.alpha, beta=args.beta)
         if args.json:
             print(json.dumps(report))
             return 0
