@@ -52,8 +52,8 @@ run: $(STAMP)
 
 # Real components the tests start themselves, from Debian's packages: Chromium for the browser
 # tests (Playwright cannot download its own browsers here), Orthanc + its DICOMweb plugin for the
-# PACS tests, the sqlite3 shell for the tamper tests.
-SYSTEM_PACKAGES := chromium orthanc orthanc-dicomweb nginx-light sqlite3 fonts-dejavu-core
+# PACS tests, the sqlite3 shell for the tamper tests, PostgreSQL for the shared-records tests.
+SYSTEM_PACKAGES := chromium orthanc orthanc-dicomweb nginx-light sqlite3 fonts-dejavu-core postgresql
 system-packages:
 	@missing=""; for p in $(SYSTEM_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then (apt-get update -qq && DEBIAN_FRONTEND=noninteractive \

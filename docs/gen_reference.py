@@ -99,6 +99,8 @@ def module_groups() -> dict[str, list[tuple[str, str]]]:
         relative = path.relative_to(PACKAGE)
         if path.name in ("__init__.py", "__main__.py") or "__pycache__" in relative.parts:
             continue
+        if "migrations" in relative.parts and (path.name == "env.py" or "versions" in relative.parts):
+            continue    # Alembic's scripts, run by Alembic and never imported (a revision's name is no identifier)
         group = relative.parts[0] if len(relative.parts) > 1 else "base"
         if group not in groups:
             log.warning(f"pneumo_core/{group}/ is in no layer: add it to LAYERS in docs/gen_reference.py "

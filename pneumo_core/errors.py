@@ -32,6 +32,11 @@ class RegistryError(PneumoError, LookupError):
     """No such model, no model at all, or a registry change that is refused; the message says what to do."""
 
 
+class IntegrityError(RegistryError):
+    """A model version (or a record) that is not what was recorded or signed: it is never served; the
+    message names the file and says what to do."""
+
+
 class JobError(PneumoError, ValueError):
     """A job that cannot be submitted, found, cancelled or run."""
 
@@ -46,7 +51,15 @@ class AccountError(PneumoError, ValueError):
 
 class SignInError(PneumoError):
     """A sign-in refused: wrong name or password (never which of the two), a disabled account, or an
-    identity-provider user with no role."""
+    identity-provider user with no role.
+
+    Attributes:
+        account: the existing account the refusal was for, None when the name typed is no account (what
+            was typed is then never recorded: it may be a password typed in the wrong field).
+        locked_seconds: set when this refusal started a wait for this account and client.
+    """
+    account: str | None = None
+    locked_seconds: float = 0.0
 
 
 class LockedOut(SignInError):

@@ -18,6 +18,14 @@ Every knob a deployment may need to change lives here, so the rest of the librar
 | PNEUMO_MIN_FREE_MB    | 2048: free disk space in PNEUMO_HOME a job needs at submit |
 | PNEUMO_FEATURE_CACHE_MB | 4096: feature cache size; least recently used evicted    |
 | PNEUMO_JOB_LOG_MB     | 5: a job log rotates at this size (one older part kept)    |
+| PNEUMO_JOB_RUNNERS    | `local`: a job's runner starts on the machine that queues  |
+|                       | it; `workers`: jobs wait for `jobs runner` processes (any  |
+|                       | machine that sees the database and PNEUMO_HOME/models)     |
+| PNEUMO_DATABASE_URL   | unset: audit, accounts, jobs, PACS state in SQLite files   |
+|                       | under PNEUMO_HOME; `postgresql://user@host/db`: all in one |
+|                       | shared PostgreSQL (read by `records.db`)                   |
+| PNEUMO_DATABASE_URL_FILE | a file holding that URL on its first line (a secret    |
+|                       | kept out of the environment); PGPASSWORD/PGPASSFILE work   |
 | PNEUMO_MAX_FILM_MPX,  | the dashboard's memory budget (`MemoryBudget` below and    |
 | PNEUMO_REQUEST_MPX,   | docs/memory.md): megapixels per film and per               |
 | PNEUMO_FILES_PER_UPLOAD, | request, files per upload, MB of cached diagnoses, model |
@@ -47,6 +55,17 @@ Every knob a deployment may need to change lives here, so the rest of the librar
 | PNEUMO_PACS_ALLOW_HTTP_CREDENTIALS | 0: credentials are refused over a plain  |
 |                       | `http://` URL (anyone on the path reads them); 1 allows    |
 |                       | it (a test archive on this machine)                        |
+| PNEUMO_VERIFY_KEY     | Ed25519 public key (PEM) of whoever signs model versions;  |
+|                       | set = only signed versions load. Outside PNEUMO_HOME       |
+| PNEUMO_SIGNING_KEY    | Ed25519 private key (PEM) that signs each new version at   |
+|                       | registration; unset = versions are signed by the key's     |
+|                       | holder (`sign`). Outside PNEUMO_HOME                       |
+| PNEUMO_ANCHOR_FILE    | append-only file (chattr +a, or another user's) the audit  |
+|                       | and promotion chains' heads are appended to; unset = none  |
+| PNEUMO_ANCHOR_SYSLOG  | `HOST:PORT` (UDP) or a socket path (`/dev/log`) the heads  |
+|                       | are also sent to as syslog lines; unset = none             |
+| PNEUMO_TRUSTED_PROXIES| comma-separated addresses or networks of reverse proxies   |
+|                       | whose X-Forwarded-For names the client; unset = none       |
 """
 from __future__ import annotations
 
@@ -128,6 +147,7 @@ class Settings:
     min_free_mb: int = 2048     # a default job writes ~100 MB (features, tuner, model); 2 GB leaves room for many
     feature_cache_mb: int = 4096   # ~80 MB per seed/size/backbone on the 5216 films: ~50 settings kept
     job_log_mb: float = 5         # a default job's log is ~200 KB
+    job_runners: str = "local"    # "workers": only `jobs runner` processes start jobs (PNEUMO_JOB_RUNNERS)
     budget: MemoryBudget = field(default_factory=MemoryBudget)
     site_data_dir: Path | None = None  # sites' labelled films for the Site page (PNEUMO_SITE_DATA)
     # Days the de-identified pixels of films with a reader's verdict are kept for adaptation
@@ -145,6 +165,14 @@ class Settings:
     pacs_token: str = field(default="", repr=False)
     # Basic auth or a token over plain http:// is refused unless this is set (PNEUMO_PACS_ALLOW_HTTP_CREDENTIALS=1).
     pacs_allow_http_credentials: bool = False
+    # Integrity and security (docs/security.md): keys outside PNEUMO_HOME, where the service's writer cannot
+    # replace them; anchors in a place the service can append to but not rewrite; the proxies trusted for
+    # the client's address.
+    verify_key: Path | None = None
+    signing_key: Path | None = None
+    anchor_file: Path | None = None
+    anchor_syslog: str = ""
+    trusted_proxies: tuple[str, ...] = ()
 
     @property
     def tuning_role(self) -> str | None:
@@ -205,6 +233,25 @@ def _pacs_secrets(env, home: Path) -> dict:
     return {f"pacs_{key}": env.get(variable) or str(stored.get(key) or "") for key, variable in keys.items()}
 
 
+def _key_outside_home(env, name: str, home: Path) -> Path | None:
+    """The key file named by `env[name]`, refused inside PNEUMO_HOME (whoever can write there could replace it)."""
+    if not env.get(name):
+        return None
+    key = Path(env[name]).expanduser()
+    if key.resolve().is_relative_to(home.expanduser().resolve()):
+        raise ConfigError(f"{name}={env[name]} lies inside PNEUMO_HOME ({home}); keep model keys outside it, where "
+                          f"whoever can write PNEUMO_HOME cannot replace them (docs/security.md)")
+    return key
+
+
+def _job_runners(env: dict) -> str:
+    value = env.get("PNEUMO_JOB_RUNNERS", "local").strip().lower() or "local"
+    if value not in ("local", "workers"):
+        raise ConfigError(f"PNEUMO_JOB_RUNNERS={value!r}: use 'local' (a runner per job on the machine that queues "
+                          f"it) or 'workers' (jobs wait for `python -m pneumo_core jobs runner` processes)")
+    return value
+
+
 def load_settings(env: dict | None = None) -> Settings:
     """Build the settings from `env` (default: the process environment)."""
     env = os.environ if env is None else env
@@ -212,6 +259,13 @@ def load_settings(env: dict | None = None) -> Settings:
     data = env.get("PNEUMO_DATA")
     weights_dir = env.get("PNEUMO_WEIGHTS_DIR")
     home = Path(env.get("PNEUMO_HOME", cwd / ".pneumo"))
+    security = {
+        "verify_key": _key_outside_home(env, "PNEUMO_VERIFY_KEY", home),
+        "signing_key": _key_outside_home(env, "PNEUMO_SIGNING_KEY", home),
+        "anchor_file": Path(env["PNEUMO_ANCHOR_FILE"]) if env.get("PNEUMO_ANCHOR_FILE") else None,
+        "anchor_syslog": env.get("PNEUMO_ANCHOR_SYSLOG", ""),
+        "trusted_proxies": tuple(p.strip() for p in env.get("PNEUMO_TRUSTED_PROXIES", "").split(",") if p.strip()),
+    }
     return Settings(
         data_dir=Path(data) if data else _first_existing(
             cwd / "data" / "chest_xray", REPO_ROOT.parent / "shared" / "data" / "chest_xray"),
@@ -227,6 +281,7 @@ def load_settings(env: dict | None = None) -> Settings:
         min_free_mb=int(env.get("PNEUMO_MIN_FREE_MB", 2048)),
         feature_cache_mb=int(env.get("PNEUMO_FEATURE_CACHE_MB", 4096)),
         job_log_mb=float(env.get("PNEUMO_JOB_LOG_MB", 5)),
+        job_runners=_job_runners(env),
         oracle=f"{env['KERASTUNER_ORACLE_IP']}:{env.get('KERASTUNER_ORACLE_PORT', '')}"
         if env.get("KERASTUNER_ORACLE_IP") else "",
         budget=memory_budget(env),
@@ -238,6 +293,7 @@ def load_settings(env: dict | None = None) -> Settings:
         site_upload_days=float(env.get("PNEUMO_SITE_UPLOAD_DAYS", 7)),
         pacs_allow_http_credentials=env.get("PNEUMO_PACS_ALLOW_HTTP_CREDENTIALS", "").lower() in ("1", "true", "yes"),
         **_pacs_secrets(env, home),
+        **security,
     )
 
 

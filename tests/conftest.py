@@ -245,3 +245,28 @@ def pacs_env(server) -> dict:
     """Environment variables that point Pneumo at an `OrthancServer`."""
     return {"PNEUMO_PACS_URL": server.dicomweb, "PNEUMO_PACS_USER": server.user,
             "PNEUMO_PACS_PASSWORD": server.password}
+
+
+@pytest.fixture(scope="session")
+def postgres_server():
+    """A PostgreSQL server for this test session (per xdist worker; `tests/postgres.py`); skips when
+    PostgreSQL is not installed."""
+    from postgres import PostgresServer, binaries
+    bin_dir = binaries()
+    if bin_dir is None:
+        pytest.skip("PostgreSQL is not installed (apt-get install postgresql; `make system-packages` does it)")
+    server = PostgresServer(bin_dir).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def engine_url(request, monkeypatch):
+    """Each test twice: the records in SQLite files (PNEUMO_DATABASE_URL unset), and in a fresh database
+    of the session's PostgreSQL. Returns the URL set in PNEUMO_DATABASE_URL, or None for SQLite."""
+    if request.param == "sqlite":
+        monkeypatch.delenv("PNEUMO_DATABASE_URL", raising=False)
+        return None
+    url = request.getfixturevalue("postgres_server").new_database()
+    monkeypatch.setenv("PNEUMO_DATABASE_URL", url)
+    return url

@@ -26,6 +26,7 @@ import urllib.request
 import zlib
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pydicom
 from PIL import Image
@@ -51,6 +52,12 @@ RNG = np.random.default_rng(0)
 RAMP = np.tile(np.linspace(0, 4095, 96).astype(np.uint16), (80, 1))  # 12-bit, dark left to bright right
 FILM = (np.tile(np.linspace(20, 230, 100), (90, 1)) + RNG.normal(0, 5, (90, 100))).clip(0, 255).astype(np.uint8)
 PATIENT = "Doe^Jane"
+
+
+def shown(markdown: str) -> str:
+    """What a reader sees of a Markdown element whose untrusted parts were escaped (`ui.literal`): the text
+    without its backslash escapes. AppTest gives an element's Markdown source."""
+    return re.sub(r"\\(.)", r"\1", markdown)
 
 
 def encode(array, fmt="PNG", mode=None, **kwargs) -> bytes:
@@ -449,3 +456,36 @@ def widget(at, kind: str, label: str):
     found = [w for w in getattr(at, kind) if w.label == label or w.label.startswith(label)]
     assert len(found) == 1, f"{len(found)} {kind}(s) labelled {label!r} among {[w.label for w in getattr(at, kind)]}"
     return found[0]
+
+
+def adult_chest_film(seed: int = 0, shape=(430, 350)) -> tuple[np.ndarray, np.ndarray]:
+    """(film, lung mask) of a synthetic adult-like frontal chest film, for measuring the chest mask.
+
+    Adult proportions, unlike the paediatric films of the shared data: a portrait 14 x 17 in frame with air
+    beside the trunk, lungs from the apices (~15 % of the height) to costophrenic angles low on the flanks
+    (84-90 %), domes of the diaphragm higher medially (66-74 %), bases brightening over their lowest 16 % of
+    the height (breast shadows, posterior recesses), a bright abdomen below them and a gastric air bubble
+    under the left dome. The lung mask is exact (the film is drawn from it).
+    """
+    rng = np.random.default_rng(seed)
+    h, w = shape
+    yy, xx = np.mgrid[0:h, 0:w] / np.array([h, w])[:, None, None]
+    film = np.full(shape, 25.0)                                      # air beside the body
+    trunk = np.abs(xx - 0.5) < 0.44 - 0.08 * np.clip(0.25 - yy, 0, 1) * 4
+    film[trunk] = 175 + 30 * yy[trunk]
+    lungs = np.zeros(shape, bool)
+    for side, centre in ((-1, 0.29), (1, 0.71)):
+        dome, angle = rng.uniform(0.66, 0.74), rng.uniform(0.84, 0.90)
+        half = rng.uniform(0.15, 0.17)
+        across = np.clip((xx - centre) * side / half, -1, 1)         # -1 medial .. +1 lateral
+        base = dome + (angle - dome) * ((across + 1) / 2) ** 2       # the lowest point is the lateral angle
+        apex = 0.15 + 0.05 * np.abs(across)
+        lung = (np.abs(xx - centre) < half) & (yy > apex) & (yy < base)
+        lungs |= lung
+        # Bases overlapped by the breasts and the posterior recesses: brighter towards the diaphragm.
+        fade = np.clip(1 - (base - yy) / 0.16, 0, 1)
+        film[lung] = (70 + 25 * yy + 75 * fade)[lung]
+    bubble = ((xx - 0.66) / 0.05) ** 2 + ((yy - 0.80) / 0.03) ** 2 < 1
+    film[bubble & ~lungs] = 60
+    film += rng.normal(0, 6, shape)
+    return np.clip(cv2.GaussianBlur(film, (0, 0), 2), 0, 255).astype(np.uint8), lungs

@@ -35,6 +35,7 @@ from ui.loaders import (
     version_dir,
     versions,
 )
+from ui.prior import prior_for_row, prior_for_upload
 from ui.session import (
     actor,
     audit_event,
@@ -74,3 +75,4 @@ __all__ = [
     "sign_out", "signed_in_actor", "strength_scale", "test_predictions", "thumbnail_uri", "users", "version_dir",
     "version_picker", "versions", "who",
 ]
+__all__ += ["prior_for_row", "prior_for_upload"]   # the prior film panel (ui/prior.py)

@@ -8,12 +8,14 @@ import hashlib
 import numpy as np
 import streamlit as st
 
+from pneumo_core.errors import IntegrityError
 from pneumo_core.imaging.films import DecodeBudget, read_film
 from pneumo_core.records import registry
 from ui.cache import ByteLRU
 from ui.images import for_display
 from ui.loaders import BUDGET, audit_trail, diagnoser_for, settings
 from ui.session import who
+from ui.text import literal
 from ui.widgets import first_run
 
 
@@ -24,7 +26,11 @@ def diagnoser(version_id: str | None = None):
     except registry.RegistryError:
         first_run()
         st.stop()
-    return diagnoser_for(str(path))
+    try:
+        return diagnoser_for(str(path))
+    except IntegrityError as error:   # a swapped or unsigned model is never served: the page says why
+        st.error(literal(error))
+        st.stop()
 
 
 def decode_budget() -> DecodeBudget:
@@ -84,10 +90,12 @@ def diagnose_and_record(version_path: str, data: bytes, name: str, method: str =
 def error_overlay(version_path: str, film_path: str, side: int = 384) -> np.ndarray:
     """The Metrics error browser's picture of a test film: its Grad-CAM overlay, <= `side` px (~0.4 MB).
 
+    The map is the Diagnose page's (`Diagnoser.diagnose`): restricted to the same chest mask and on the
+    same evidence scale, and `overlay` colours nothing outside it (no tint on the side marker).
     Its own small cache (`browser_entries`, a few pages' worth), so paging through the errors never
     fills the diagnosis cache.
     """
-    from pneumo_core.explain.cam import overlay  # imports TensorFlow: only where a model is used
+    from pneumo_core.explain.heatmap import overlay
     film = read_film(film_path, max_pixels=settings().budget.max_film_pixels)
     gray, d = for_display(film.gray, diagnoser_for(version_path).diagnose(film.gray, film_path), side)
     return overlay(gray, d.heatmap, 0.4)

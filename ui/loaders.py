@@ -39,10 +39,12 @@ def test_predictions(version_id: str) -> pd.DataFrame:
 @st.cache_resource(show_spinner="Loading model…", max_entries=BUDGET.models_loaded)
 def diagnoser_for(version_dir: str):
     """One loaded model per version for the whole server (shared by every session); at most
-    `models_loaded` versions at once, the least recently used unloaded first."""
-    from pneumo_core.learn.model import PneumoModel
+    `models_loaded` versions at once, the least recently used unloaded first. Integrity checked on
+    load (`serve.loading.load_version`): a swapped model is refused with a message naming integrity."""
     from pneumo_core.serve.diagnosis import Diagnoser
-    return Diagnoser(PneumoModel.load(version_dir))
+    from pneumo_core.serve.loading import load_version
+    s = settings()
+    return Diagnoser(load_version(s.models_dir, version_dir, s.verify_key))
 
 
 def job_queue() -> JobQueue:
@@ -69,8 +71,8 @@ def figures_that_apply(version_path: str):
 
 @st.cache_resource(show_spinner=False)
 def _audit_trail_at(path: str):
-    from pneumo_core.records.audit import AuditTrail
-    return AuditTrail(path)
+    from pneumo_core.records.anchor import audit_trail as anchored_trail
+    return anchored_trail(settings())   # anchored outside the database on promotions and at intervals
 
 
 def audit_trail():

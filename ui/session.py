@@ -53,12 +53,14 @@ def require_page(page: str) -> Actor:
 
 
 def client() -> str:
-    """The browser's address for rate limiting ('local' on this machine or under AppTest)."""
+    """The browser's address for rate limiting ('local' on this machine or under AppTest); X-Forwarded-For
+    counts only through the proxies of PNEUMO_TRUSTED_PROXIES (`signin.client_key`)."""
     try:
-        address = st.context.ip_address
-    except Exception:  # no client context (AppTest)
-        address = None
-    return signin.client_key(address)
+        address, forwarded = st.context.ip_address, st.context.headers.get("X-Forwarded-For")
+    except Exception:  # no client context
+        address, forwarded = None, None
+    address, forwarded = (value if isinstance(value, str) else None for value in (address, forwarded))  # AppTest: mocks
+    return signin.client_key(address, forwarded, settings().trusted_proxies)
 
 
 def audit_event(kind: str, who_: str, **details) -> None:
@@ -67,8 +69,8 @@ def audit_event(kind: str, who_: str, **details) -> None:
 
 
 def record_refusal(name: str, error: PneumoError, method: str | None = None) -> None:
-    """Record a refused sign-in (or setup-code use) under the name typed (`signin.record_refusal`)."""
-    signin.record_refusal(audit_trail(), name, error, method)
+    """Record a refused sign-in (or setup-code use): the account, or "unknown account" (`signin.record_refusal`)."""
+    signin.record_refusal(audit_trail(), name, error, method, client())
 
 
 def sign_in(signed_in: Actor, source: str) -> None:

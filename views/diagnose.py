@@ -4,7 +4,7 @@ import streamlit as st
 
 import ui
 from pneumo_core.errors import PneumoError
-from pneumo_core.explain.heatmap import colour_bar, display_name, overlay
+from pneumo_core.explain.heatmap import SCALE_TEXT, colour_bar, display_name, overlay
 from pneumo_core.golive import monitor
 from pneumo_core.imaging.films import ACCEPTED
 from pneumo_core.serve import diagnosis as dx
@@ -113,7 +113,7 @@ def film_view() -> None:
                     caption=f"{display_name(d.method)}: evidence for pneumonia, inside the chest only")
         if not outline_only:
             right.image(colour_bar(), width="stretch")
-            right.caption("Blue: no evidence · red: the strongest evidence for pneumonia on this film.")
+            right.caption(SCALE_TEXT)
     else:
         right.caption("Heatmap not drawn for a NORMAL call (tick the box above to see it).")
     with st.expander("Compare heatmap methods"):
@@ -125,6 +125,7 @@ def film_view() -> None:
                 column.image(ui.jpeg(overlay(small, other.heatmap, alpha, outline_only)), width="stretch",
                              caption=display_name(method))
 
+    ui.prior_for_upload(version_path, data, small, d)   # the patient's earlier film, beside this one
     verdict.earlier_call_notice(d.sha256, d.model_id)
     verdict.verdict_form(key, gray, sha256=d.sha256, model_id=d.model_id)
     record = ui.figures_that_apply(version_path)

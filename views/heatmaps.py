@@ -12,8 +12,9 @@ from pneumo_core.serve.diagnosis import truth_and_call
 ui.require_page("heatmaps")
 st.title("Heatmaps")
 st.caption("Evidence for pneumonia inside the chest (the film's outline, above the diaphragm), whatever the call. "
-           "Every panel uses the same colours (blue = none … red = the strongest evidence in that panel) and the "
-           "same opacity. Under each: the deletion curve, how fast the probability falls as the hottest pixels are "
+           "Every panel uses the same colours on one evidence scale (no colour = none, blue = weak, red = strong; "
+           "a film called clearly NORMAL shows little or none) and the same opacity. Under each: the deletion "
+           "curve, how fast the probability falls as the hottest pixels are "
            "removed; a heatmap that shows what the score depends on falls faster than random removal.")
 if ui.version_picker("Model version", key="heatmap_model") is None:
     st.stop()
@@ -63,7 +64,7 @@ def panels() -> None:
     alpha = opacity.slider("Opacity (all panels)", 0.0, 1.0, 0.45, 0.05)
     outline_only = outline.toggle("Outline of the strongest evidence only")
     if not outline_only:
-        st.image(colour_bar(), width="stretch", caption="no evidence → strongest evidence for pneumonia")
+        st.image(colour_bar(), width="stretch", caption="weak → strong evidence for pneumonia (one scale)")
     budget = ui.decode_budget()
     for row in rows:
         for column, (method, v, (name, data, truth)) in zip(st.columns(len(row)), row):

@@ -16,7 +16,8 @@ st.dataframe(pd.DataFrame(accounts, columns=["name", "role", "disabled", "create
              hide_index=True, width="stretch")
 
 st.subheader("Add an account")
-account = ui.new_account_form("add_user", "Add account", lambda name, password, role: store.add(name, role, password),
+account = ui.new_account_form("add_user", "Add account",
+                              lambda name, password, role: store.add(name, role, password, by=admin),
                               name_label="Account name", example="a.lopez", password_label="Initial password",
                               extra=lambda column: column.selectbox("Role", ROLES), clear_on_submit=True)
 if account:
@@ -34,17 +35,17 @@ if accounts:
     new_role = left.selectbox("Role", ROLES, index=ROLES.index(account["role"]), key=f"role_{chosen}")
     try:
         if left.button("Set role", disabled=new_role == account["role"]):
-            store.set_role(chosen, new_role)
+            store.set_role(chosen, new_role, by=admin)
             ui.audit_event("user_change", admin.name, action="set_role", account=chosen, role=new_role,
                            was=account["role"])
             st.rerun()
         if account["disabled"]:
             if middle.button("Enable", key=f"enable_{chosen}"):
-                store.enable(chosen)
+                store.enable(chosen, by=admin)
                 ui.audit_event("user_change", admin.name, action="enable", account=chosen)
                 st.rerun()
         elif middle.button("Disable", key=f"disable_{chosen}", disabled=self_disable is not None, help=self_disable):
-            store.disable(chosen)
+            store.disable(chosen, by=admin)
             ui.audit_event("user_change", admin.name, action="disable", account=chosen)
             st.rerun()
     except PneumoError as error:

@@ -91,6 +91,7 @@ if heatmap is not None:
 st.caption(f"Model {ui.literal(row['model'])} · scored {ui.literal(row['scored'])} · " + (
     f"result stored in the archive {ui.literal(row['stored'])}" if row["in_archive"]
     else "result not yet in the archive"))
+ui.prior_for_row(str(settings.models_dir / row["model"]), row, gray)   # the patient's earlier film
 rescored = verdict.rescore_offer(row["sop_uid"], gray, row["model"])
 verdict.verdict_form(row["sop_uid"], gray, diagnosis_id=rescored[1] if rescored else row["audit_id"],
                         source="worklist")

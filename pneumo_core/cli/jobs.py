@@ -29,6 +29,11 @@ def add_commands(commands, settings: Settings) -> None:
     wait.add_argument("--timeout", type=float, help="give up after this many seconds (exit 3)")
     job_commands.add_parser("run", help="run a queued job in the foreground (what the background runner "
                                         "does)").add_argument("id", type=int)
+    runner = job_commands.add_parser("runner", help="a long-lived worker: claim queued jobs and run them, one "
+                                                    "at a time (PNEUMO_JOB_RUNNERS=workers, any machine that sees "
+                                                    "the database and PNEUMO_HOME/models)")
+    runner.add_argument("--once", action="store_true", help="stop when nothing is queued instead of waiting")
+    runner.add_argument("--idle", type=float, default=2.0, help="seconds between looks at an empty queue")
 
 
 def cmd_jobs(args, settings) -> int:
@@ -66,4 +71,8 @@ def cmd_jobs(args, settings) -> int:
               + (f"\n{job['error']}" if job["error"] and job["state"] == "failed" else ""))
         return 0 if job["state"] == "succeeded" else 3 if job["state"] not in FINISHED else 1
     from pneumo_core.jobs import runner  # the data check's film decoders: only a runner needs them
+    if args.job_command == "runner":
+        ran = runner.serve(queue, idle_seconds=args.idle, once=args.once)
+        print(f"ran {ran} job(s)")
+        return 0
     return runner.run(queue, args.id)

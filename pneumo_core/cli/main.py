@@ -11,14 +11,14 @@ import argparse
 import logging
 import sys
 
-from pneumo_core.cli import audit, jobs, models, monitor, pacs, review, site, train, users
+from pneumo_core.cli import audit, db, jobs, models, monitor, pacs, review, site, train, users
 from pneumo_core.errors import PneumoError
 from pneumo_core.files import keep_private
 from pneumo_core.settings import Settings, load_settings
 
 # The one table of commands, in the order `--help` lists them. Each group module has COMMANDS
 # ({name: one-line help}) and add_commands(subparsers, settings), which adds exactly those.
-COMMAND_GROUPS = (train, models, jobs, pacs, audit, users, site, monitor, review)
+COMMAND_GROUPS = (train, models, jobs, pacs, audit, users, site, monitor, review, db)
 
 
 def command_help() -> dict[str, str]:

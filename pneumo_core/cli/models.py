@@ -1,4 +1,4 @@
-"""`evaluate`, `predict`, `cam`, `models` and `promote`: using and choosing model versions."""
+"""`evaluate`, `predict`, `cam`, `models`, `promote` and `sign`: using, choosing and signing model versions."""
 from __future__ import annotations
 
 import json
@@ -14,12 +14,13 @@ COMMANDS = {
     "cam": "write a heatmap overlay of one image",
     "models": "list model versions",
     "promote": "make a version the active model (an older one: a rollback)",
+    "sign": "sign a model version with the Ed25519 key of whoever answers for models (or make a key pair)",
 }
 MODEL_HELP = "model version id or folder (default: the active model)"
 
 
 def add_commands(commands, settings: Settings) -> None:
-    """Add `evaluate`, `predict`, `cam`, `models` and `promote` to the command line's subcommands."""
+    """Add `evaluate`, `predict`, `cam`, `models`, `promote` and `sign` to the command line's subcommands."""
     evaluate = commands.add_parser("evaluate", help=COMMANDS["evaluate"])
     evaluate.set_defaults(func=cmd_evaluate)
     evaluate.add_argument("--model", help=MODEL_HELP)
@@ -49,12 +50,20 @@ def add_commands(commands, settings: Settings) -> None:
     promote.set_defaults(func=cmd_promote)
     promote.add_argument("version")
 
+    sign = commands.add_parser("sign", help=COMMANDS["sign"])
+    sign.set_defaults(func=cmd_sign)
+    sign.add_argument("version", nargs="?", help="the version id to sign")
+    sign.add_argument("--key", help="the private key (PEM; default PNEUMO_SIGNING_KEY)")
+    sign.add_argument("--new-key", metavar="PRIVATE", help="make a new key pair: the private key goes to PRIVATE "
+                                                           "(0600, never overwritten), the public one to --public")
+    sign.add_argument("--public", metavar="PUBLIC", help="with --new-key: where the public key goes "
+                                                         "(the server's PNEUMO_VERIFY_KEY)")
+
 
 def load_model(settings: Settings, ref: str | None):
-    """The model version `ref` (id or folder; None: the active one), loaded (TensorFlow)."""
-    from pneumo_core.learn.model import PneumoModel
-    from pneumo_core.records.registry import resolve
-    return PneumoModel.load(resolve(settings.models_dir, ref))
+    """The model version `ref` (id or folder; None: the active one), integrity checked and loaded (TensorFlow)."""
+    from pneumo_core.serve.loading import load_version
+    return load_version(settings.models_dir, ref, settings.verify_key)
 
 
 def cmd_evaluate(args, settings) -> int:
@@ -85,10 +94,10 @@ def cmd_predict(args, settings) -> int:
     """Run `predict`: score each image (each scored one audited). Returns 1 if any image failed, else 0."""
     from pneumo_core.errors import ImageError
     from pneumo_core.imaging.films import read_film
-    from pneumo_core.records.audit import AuditTrail
+    from pneumo_core.records.anchor import audit_trail
     from pneumo_core.serve.diagnosis import Diagnoser
     diagnoser = Diagnoser(load_model(settings, args.model))
-    trail, who = AuditTrail(settings.audit_path), os_user()
+    trail, who = audit_trail(settings), os_user()
     results, failed = [], False
     for path in args.images:
         try:
@@ -151,8 +160,31 @@ def cmd_models(args, settings) -> int:
 def cmd_promote(args, settings) -> int:
     """Run `promote`: make a version active, recorded as the OS user. Returns the exit status."""
     from pneumo_core.records.access import cli_actor
-    from pneumo_core.records.audit import AuditTrail
+    from pneumo_core.records.anchor import audit_trail
     from pneumo_core.records.registry import promote
-    entry = promote(settings.models_dir, args.version, actor=cli_actor(), trail=AuditTrail(settings.audit_path))
+    entry = promote(settings.models_dir, args.version, actor=cli_actor(), trail=audit_trail(settings))
     print(f"active model: {args.version} ({entry['action']} from {entry['from']}, by {entry['who']})")
+    return 0
+
+
+def cmd_sign(args, settings) -> int:
+    """Run `sign`: sign a version (or make a key pair), recorded in the audit trail. Returns the exit status."""
+    from pneumo_core.errors import ConfigError
+    from pneumo_core.learn.store import check_version_id
+    from pneumo_core.records.anchor import audit_trail
+    from pneumo_core.records.signing import generate_keys, sign_version
+    if args.new_key:
+        if not args.public:
+            raise ConfigError("--new-key needs --public FILE: where the server's public key goes")
+        generate_keys(Path(args.new_key), Path(args.public))
+        print(f"private key: {args.new_key} (keep it off the server; whoever holds it answers for the models)\n"
+              f"public key: {args.public} (the server's PNEUMO_VERIFY_KEY, outside PNEUMO_HOME)")
+        return 0
+    key = Path(args.key) if args.key else settings.signing_key
+    if not args.version or key is None:
+        raise ConfigError("sign needs a VERSION and a key (--key FILE or PNEUMO_SIGNING_KEY); or --new-key to make one")
+    record = sign_version(settings.models_dir / check_version_id(args.version), key)
+    audit_trail(settings).event("model_signed", os_user(), source="cli", version=args.version,
+                                files=record["files"], public_key=record["public_key"])
+    print(f"signed {args.version}: " + ", ".join(f"{name} {digest[:12]}…" for name, digest in record["files"].items()))
     return 0

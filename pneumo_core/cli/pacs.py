@@ -40,7 +40,7 @@ def cmd_pacs(args, settings) -> int:
     from pneumo_core.pacs.client import PacsClient
     from pneumo_core.pacs.state import PacsState
     from pneumo_core.pacs.watcher import Watcher, outbox_dir
-    from pneumo_core.records.audit import AuditTrail
+    from pneumo_core.records.anchor import audit_trail
     state = PacsState(settings.pacs_state_path)
     if args.pacs_command == "status":
         report = state.status()
@@ -54,7 +54,7 @@ def cmd_pacs(args, settings) -> int:
         return 0
     from pneumo_core.serve.diagnosis import Diagnoser
     client = PacsClient.from_settings(settings, args.url)
-    watcher = Watcher(client, Diagnoser(load_model(settings, args.model)), state, AuditTrail(settings.audit_path),
+    watcher = Watcher(client, Diagnoser(load_model(settings, args.model)), state, audit_trail(settings),
                       outbox_dir(settings), who=os_user(), method=args.method,
                       lookback_days=getattr(args, "lookback_days", 7))
     def show(summary, always=True):   # a quiet archive prints nothing between polls; `pacs status` says when

@@ -49,11 +49,11 @@ def cmd_review(args, settings) -> int:
     from pneumo_core.golive.reviewed import review
     from pneumo_core.imaging.films import read_film
     from pneumo_core.records.access import cli_actor
-    from pneumo_core.records.audit import AuditTrail
+    from pneumo_core.records.anchor import audit_trail
     from pneumo_core.records.registry import resolve
     from pneumo_core.records.verdicts import check_read, latest_diagnosis
     check_read(args.read, args.zones, args.note)   # a bad note fails before any film is scored
-    actor, trail = cli_actor(), AuditTrail(settings.audit_path)
+    actor, trail = cli_actor(), audit_trail(settings)
     active = resolve(settings.models_dir).name
     diagnoser, results, failed = None, [], False
     for path in args.films:
@@ -67,9 +67,9 @@ def cmd_review(args, settings) -> int:
         row = latest_diagnosis(trail, hashlib.sha256(data).hexdigest(), model=active)
         if row is None:   # not scored by the active model yet: score it, so the verdict judges a call
             if diagnoser is None:
-                from pneumo_core.learn.model import PneumoModel
                 from pneumo_core.serve.diagnosis import Diagnoser
-                diagnoser = Diagnoser(PneumoModel.load(resolve(settings.models_dir)))
+                from pneumo_core.serve.loading import load_version
+                diagnoser = Diagnoser(load_version(settings.models_dir, None, settings.verify_key))
             d = diagnoser.diagnose(film.gray, Path(path).name, method=None, data=data, info=film.info)
             diagnosis_id = trail.record(d, source="cli", who=actor.name)
         else:
@@ -91,7 +91,7 @@ def cmd_review(args, settings) -> int:
 def cmd_reviewed(args, settings) -> int:
     from pneumo_core.golive import reviewed
     from pneumo_core.records.access import cli_actor
-    from pneumo_core.records.audit import AuditTrail
+    from pneumo_core.records.anchor import audit_trail
     if args.reviewed_command == "list":
         films = [{"sha256": f["sha256"], "label": f["label"],
                   "kept": datetime.fromtimestamp(f["kept"], UTC).isoformat(timespec="seconds")}
@@ -104,7 +104,7 @@ def cmd_reviewed(args, settings) -> int:
             print(f"no reviewed film kept in {settings.reviewed_dir}")
         return 0
     gone = reviewed.delete(settings, older_than_days=args.older_than, sha256=args.film)
-    AuditTrail(settings.audit_path).event("reviewed_delete", cli_actor().name, source="cli", films=gone,
+    audit_trail(settings).event("reviewed_delete", cli_actor().name, source="cli", films=gone,
                                           older_than_days=args.older_than)
     print(f"deleted {len(gone)} reviewed film(s) from {settings.reviewed_dir}")
     return 0

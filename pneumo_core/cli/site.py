@@ -68,6 +68,9 @@ def cmd_site(args, settings) -> int:
     version_id = adaptation.adapt(settings, settings.reviewed_dir if args.reviewed else args.data,
                                   args.name or ("reviewed" if args.reviewed else None), args.model,
                                   alpha=args.alpha, beta=args.beta, reporter=StreamReporter())
+    if settings.signing_key is not None:
+        from pneumo_core.records.signing import sign_version
+        sign_version(settings.models_dir / version_id, settings.signing_key)
     seconds = time.perf_counter() - start
     card = json.loads((settings.models_dir / version_id / "metadata.json").read_text())
     cv = card["site"]["cross_validated"]

@@ -102,7 +102,7 @@ def cmd_train(args, settings) -> int:
     print(f"test: AUC {test['roc_auc']:.4f}, accuracy {test['accuracy']:.3f}, sensitivity "
           f"{test['sensitivity']:.3f}, specificity {test['specificity']:.3f} at threshold {result.threshold:.3f}")
     print(f"saved {result.path} in {result.seconds:.0f}s")
-    active = register(settings.models_dir, result.version_id)
+    active = register(settings.models_dir, result.version_id, settings.signing_key)
     if not active:
         print(f"candidate: not active until promoted (python -m pneumo_core promote {result.version_id})")
     if args.result_file:

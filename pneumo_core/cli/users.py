@@ -1,4 +1,4 @@
-"""`users`: the dashboard's local accounts (add, list, disable, enable, set-role)."""
+"""`users`: the dashboard's local accounts (add, list, disable, enable, set-role, unlock)."""
 from __future__ import annotations
 
 import json
@@ -6,7 +6,7 @@ import sys
 
 from pneumo_core.settings import Settings
 
-COMMANDS = {"users": "dashboard accounts: add, list, disable, set-role (stored in PNEUMO_HOME/users.sqlite)"}
+COMMANDS = {"users": "dashboard accounts: add, list, disable, set-role, unlock (stored in PNEUMO_HOME/users.sqlite)"}
 
 
 def add_commands(commands, settings: Settings) -> None:
@@ -25,6 +25,8 @@ def add_commands(commands, settings: Settings) -> None:
     set_role = user_commands.add_parser("set-role", help="give an account another role")
     set_role.add_argument("name")
     set_role.add_argument("role", choices=["clinician", "ml_lead", "auditor", "admin"])
+    user_commands.add_parser("unlock", help="end every wait of an account after failed sign-ins (from any address)"
+                             ).add_argument("name")
     first = user_commands.add_parser("first-start", help="print the dashboard's address and, while no administrator "
                                                          "exists, a fresh one-time setup code (make run does this)")
     first.add_argument("--url", default="http://localhost:8501", help="the dashboard's address to print")
@@ -50,7 +52,7 @@ def _read_new_password() -> str:
 def cmd_users(args, settings) -> int:
     """Run a `users` subcommand; each change is recorded in the audit trail. Returns the exit status."""
     from pneumo_core.records.access import cli_actor
-    from pneumo_core.records.audit import AuditTrail
+    from pneumo_core.records.anchor import audit_trail
     from pneumo_core.records.users import UserStore
     store, actor = UserStore(settings.home), cli_actor()
     if args.users_command == "first-start":
@@ -68,16 +70,19 @@ def cmd_users(args, settings) -> int:
                   f"since {row['created']}")
         return 0
     if args.users_command == "add":
-        account = store.add(args.name, args.role, _read_new_password())
+        account = store.add(args.name, args.role, _read_new_password(), by=actor)
         change = {"account": account["name"], "role": account["role"]}
     elif args.users_command == "set-role":
         before = store.get(args.name)["role"]
-        account = store.set_role(args.name, args.role)
+        account = store.set_role(args.name, args.role, by=actor)
         change = {"account": account["name"], "role": account["role"], "was": before}
+    elif args.users_command == "unlock":
+        account = store.unlock(args.name, by=actor)
+        change = {"account": account["name"], "cleared": account["cleared"]}
     else:
-        account = getattr(store, args.users_command)(args.name)
+        account = getattr(store, args.users_command)(args.name, by=actor)
         change = {"account": account["name"]}
-    AuditTrail(settings.audit_path).event("user_change", actor.name, source="cli",
+    audit_trail(settings).event("user_change", actor.name, source="cli",
                                           action=args.users_command.replace("-", "_"), **change)
     print(f"{account['name']}: {account['role']}, {'disabled' if account['disabled'] else 'enabled'} "
           f"(by {actor.name})")

@@ -286,10 +286,11 @@ def adapt(settings, data_dir, name: str | None = None, model_ref: str | None = N
     from pneumo_core.imaging.ood import OODDetector
     from pneumo_core.learn.model import PneumoModel, assemble, build_classifier, parts, scoring_model
     from pneumo_core.learn.store import new_version_id, read_json, save_version
-    from pneumo_core.records.registry import resolve
+    from pneumo_core.records.registry import check_version, resolve
     loading.update(1, "TensorFlow loaded")
     base_dir = resolve(settings.models_dir, model_ref)
-    base = PneumoModel.load(base_dir)
+    base = PneumoModel.load(base_dir, expected_sha256=check_version(base_dir, settings.models_dir,
+                                                                     settings.verify_key)["sha256"])
     meta = base.metadata
     loading.update(1, f"model {base.id} loaded")
     # The base version's own scores ("before"), and every view of the site films in one pass.

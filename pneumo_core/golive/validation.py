@@ -162,7 +162,9 @@ def validate(version_dir, data_dir, name: str | None = None, n_boot: int = 1000,
     start = time.perf_counter()
     version_dir = Path(version_dir)
     site = load_site(data_dir, name)
-    model = model or PneumoModel.load(version_dir)
+    if model is None:   # checked against the promotions record first (a swapped file is never scored)
+        from pneumo_core.records.registry import check_version
+        model = PneumoModel.load(version_dir, expected_sha256=check_version(version_dir, version_dir.parent)["sha256"])
     adapted_on = (model.metadata.get("site") or {}).get("fingerprint")
     if adapted_on == site.fingerprint:
         raise DatasetError(f"{model.id} was adapted on these very films (fingerprint {site.fingerprint}); scoring "

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import threading
 import time
@@ -19,6 +20,11 @@ import psutil
 
 from pneumo_core.learn import store
 from pneumo_core.settings import Settings
+
+
+def this_host() -> str:
+    """This machine's name, recorded with each job's runner: its pid is checked here, its heartbeat elsewhere."""
+    return socket.gethostname()
 
 
 def start_time(pid: int | None) -> float | None:

@@ -10,7 +10,11 @@ dashboard open.
 
 Processes are known by pid *and* start time (`process`): a runner that died (SIGKILL, out of
 memory, reboot) is noticed by the next read whatever happened to its pid: its job is marked failed
-with the last lines of its log. The queue protects the machine: submitting needs the "submit_job"
+with the last lines of its log. A runner on another machine (PNEUMO_JOB_RUNNERS=workers, `jobs
+runner`, the rows in a shared PostgreSQL) is known alive by its heartbeat instead: silent for
+`STALE_SECONDS`, its job is marked failed with the reason the same way.
+
+The queue protects the machine: submitting needs the "submit_job"
 permission, values within `settings.TRAIN_LIMITS`, free disk space, and at most
 PNEUMO_MAX_JOBS_PER_USER unfinished jobs per user. The model a job trains is registered as a
 *candidate*; it becomes active only when someone promotes it (see `records.registry`).
@@ -29,12 +33,34 @@ from pathlib import Path
 
 from pneumo_core.errors import JobError
 from pneumo_core.jobs.argv import SITE_ADAPT, check_params, train_argv
-from pneumo_core.jobs.process import is_ours, reap_when_done, remove_partial_output, start_time, stop_processes
+from pneumo_core.jobs.process import (
+    is_ours,
+    reap_when_done,
+    remove_partial_output,
+    start_time,
+    stop_processes,
+    this_host,
+)
 from pneumo_core.jobs.rows import FINISHED, JobStore, now
 from pneumo_core.records.access import Actor, require
 from pneumo_core.settings import REPO_ROOT, Settings, TrainConfig
 
 log = logging.getLogger(__name__)
+
+HEARTBEAT_SECONDS = 10   # how often a runner writes its heartbeat into its job's row
+STALE_SECONDS = 60       # a runner on another machine silent this long (6 beats missed) is taken for dead
+
+
+def runner_alive(row, now_s: float | None = None) -> bool:
+    """Is the runner of a running job's row alive? Here: its pid and start time; elsewhere: its heartbeat.
+
+    Args:
+        row: a job row with pid, pid_started, runner_host, heartbeat.
+        now_s: the time now (seconds since the epoch).
+    """
+    if row["runner_host"] in (None, this_host()):
+        return is_ours(row["pid"], row["pid_started"])
+    return (row["heartbeat"] or 0.0) > (time.time() if now_s is None else now_s) - STALE_SECONDS
 
 
 class JobQueue:
@@ -83,8 +109,9 @@ class JobQueue:
         """
         with self.store.transaction() as db:
             current = int(db.execute("SELECT n FROM changes").fetchone()[0])
-            running = db.execute("SELECT pid, pid_started FROM jobs WHERE state = 'running'").fetchall()
-        if any(not is_ours(r["pid"], r["pid_started"]) for r in running):
+            running = db.execute("SELECT pid, pid_started, runner_host, heartbeat FROM jobs "
+                                 "WHERE state = 'running'").fetchall()
+        if any(not runner_alive(r) for r in running):
             self._reap()
             current = self.store.changes()
         return current != token, current
@@ -101,19 +128,25 @@ class JobQueue:
         """Mark jobs whose runner died as failed (whoever holds its pid now), stop what is left of them
         (only processes that are still theirs), clean their output, and move the queue on."""
         with self.store.transaction() as db:
-            running = db.execute("SELECT id, pid, pid_started, child_pid, child_started, log_path FROM jobs "
-                                 "WHERE state = 'running'").fetchall()
+            running = db.execute("SELECT id, pid, pid_started, child_pid, child_started, log_path, runner_host, "
+                                 "heartbeat FROM jobs WHERE state = 'running'").fetchall()
             queued = db.execute("SELECT 1 FROM jobs WHERE state = 'queued' LIMIT 1").fetchone()
-        dead = [r for r in running if not is_ours(r["pid"], r["pid_started"])]
+        dead = [r for r in running if not runner_alive(r)]
         for job in dead:
+            here = job["runner_host"] in (None, this_host())
             tail = tail_lines(Path(job["log_path"]), 10) if job["log_path"] else []
             message = ("the job's process stopped without reporting (killed, out of memory or the machine "
-                       "restarted).") + ("\nLast log lines:\n" + "\n".join(tail) if tail else "")
+                       "restarted)." if here else
+                       f"the job's runner on {job['runner_host']} sent no heartbeat for {STALE_SECONDS} s (killed, "
+                       f"out of memory, the machine restarted or lost the database).")
+            message += "\nLast log lines:\n" + "\n".join(tail) if tail else ""
             if self._update(job["id"], "running", state="failed", ended=now(), error=message):
-                log.warning("job %s: runner %s is gone; marked failed", job["id"], job["pid"])
-                stop_processes(None, None, job["child_pid"], job["child_started"], grace=5)
-                if job["child_pid"]:
-                    remove_partial_output(self.settings, job["child_pid"])
+                log.warning("job %s: runner %s on %s is gone; marked failed", job["id"], job["pid"],
+                            job["runner_host"] or "this machine")
+                if here:    # its processes are on this machine: stop what is left, remove its output
+                    stop_processes(None, None, job["child_pid"], job["child_started"], grace=5)
+                    if job["child_pid"]:
+                        remove_partial_output(self.settings, job["child_pid"])
         if queued and (dead or not running):
             self.start_next()
 
@@ -182,7 +215,12 @@ class JobQueue:
         return job_id
 
     def start_next(self) -> int | None:
-        """Start the oldest queued job unless one is running; returns the started job id."""
+        """Start the oldest queued job unless one is running; returns the started job id.
+
+        With PNEUMO_JOB_RUNNERS=workers nothing is started here: `jobs runner` processes claim the jobs.
+        """
+        if self.settings.job_runners == "workers":
+            return None
         with self.store.transaction(write=True) as db:
             if db.execute("SELECT 1 FROM jobs WHERE state = 'running'").fetchone():
                 return None
@@ -196,8 +234,9 @@ class JobQueue:
             runner = subprocess.Popen([sys.executable, "-m", "pneumo_core", "jobs", "run", str(row["id"])],
                                       cwd=REPO_ROOT, env=env, start_new_session=True, stdin=subprocess.DEVNULL,
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            db.execute("UPDATE jobs SET state = 'running', started = ?, pid = ?, pid_started = ? WHERE id = ?",
-                       (now(), runner.pid, start_time(runner.pid), row["id"]))
+            db.execute("UPDATE jobs SET state = 'running', started = ?, pid = ?, pid_started = ?, runner_host = ?, "
+                       "heartbeat = ? WHERE id = ?",
+                       (now(), runner.pid, start_time(runner.pid), this_host(), time.time(), row["id"]))
         reap_when_done(runner)
         return row["id"]
 
@@ -218,7 +257,9 @@ class JobQueue:
         if self._update(job["id"], job["state"], state="cancelled", ended=now(), cancelled_by=actor.name,
                         error=f"cancelled by {actor.name}"):
             self._event("job_cancel", actor.name, job=job["id"], was=job["state"])
-            if job["state"] == "running":
+            if job["state"] == "running" and job["runner_host"] not in (None, this_host()):
+                log.info("job %s runs on %s: its runner stops it at its next heartbeat", job["id"], job["runner_host"])
+            elif job["state"] == "running":
                 stop_processes(job["pid"], job["pid_started"], job["child_pid"], job["child_started"], grace=10)
                 if job["child_pid"]:
                     remove_partial_output(self.settings, job["child_pid"])

@@ -1,9 +1,11 @@
-"""The job rows: `<home>/jobs.sqlite`, one row per job, through `records.db` (SQLite, WAL).
+"""The job rows: `<home>/jobs.sqlite`, or the shared PostgreSQL (PNEUMO_DATABASE_URL), through `records.db`.
 
 A row holds the job's state (queued, running, succeeded, failed, cancelled), who submitted and
 cancelled it, its options (`params`, JSON), the data check's findings (`checks`, JSON), its
 processes (pid and start time of the runner and of the training process), its progress (stage,
-step, percent), its log, the model version it made and its error. Every insert and update bumps a
+step, percent), its log, the model version it made and its error, and the machine of its runner
+with the runner's last heartbeat (`runner_host`, `heartbeat`: a runner on another machine is known
+alive by its heartbeat, since its pid means nothing here). Every insert and update bumps a
 counter (`changes`), so a page that polls reads one number to know whether anything changed.
 """
 from __future__ import annotations
@@ -13,7 +15,7 @@ import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 
-from pneumo_core.records import db as sqlite_db
+from pneumo_core.records.db import Database
 
 STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 FINISHED = ("succeeded", "failed", "cancelled")
@@ -44,7 +46,8 @@ CREATE TABLE IF NOT EXISTS changes (n INTEGER NOT NULL);
 CREATE TRIGGER IF NOT EXISTS jobs_inserted AFTER INSERT ON jobs BEGIN UPDATE changes SET n = n + 1; END;
 CREATE TRIGGER IF NOT EXISTS jobs_updated AFTER UPDATE ON jobs BEGIN UPDATE changes SET n = n + 1; END;
 """
-_ADDED_COLUMNS = {"pid_started": "REAL", "child_started": "REAL", "cancelled_by": "TEXT"}
+_ADDED_COLUMNS = {"pid_started": "REAL", "child_started": "REAL", "cancelled_by": "TEXT", "runner_host": "TEXT",
+                  "heartbeat": "REAL"}
 
 
 def now() -> str:
@@ -69,14 +72,20 @@ def _setup(db: sqlite3.Connection) -> None:
 
 
 class JobStore:
-    """The job rows of one home dir (`jobs.sqlite`); every call uses its own short connection."""
+    """The job rows of one home dir (`jobs.sqlite`, or the shared database); each call has its own short connection."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
+        self.database = Database("jobs", self.path, _setup)
+
+    @property
+    def dialect(self) -> str:
+        """"sqlite" or "postgresql"."""
+        return self.database.dialect
 
     def transaction(self, write: bool = False):
-        """A connection (see `db.transaction`); `write=True` holds the write lock throughout."""
-        return sqlite_db.transaction(self.path, _setup, write)
+        """A connection (see `Database.transaction`); `write=True` holds the store's write lock throughout."""
+        return self.database.transaction(write)
 
     def update(self, job_id: int, only_if_state: str | None = None, **values) -> bool:
         """Set columns of one job (only if it is in `only_if_state`, when given); True if it changed."""
@@ -102,6 +111,23 @@ class JobStore:
         sql += f" LIMIT {int(limit)}" if limit else ""
         with self.transaction() as db:
             return [self.as_dict(r) for r in db.execute(sql, args)]
+
+    def claim_next(self, host: str, pid: int, pid_started: float | None, heartbeat: float) -> int | None:
+        """Take the oldest queued job for the runner (host, pid): it becomes running and its runner's.
+
+        On PostgreSQL, `FOR UPDATE SKIP LOCKED`: runners on several machines claim at once and never
+        the same job; on SQLite the file's write lock makes the claims one at a time.
+        Returns:
+            The claimed job's id, or None when nothing is queued.
+        """
+        with self.database.claiming() as db:
+            row = db.execute("SELECT id FROM jobs WHERE state = 'queued' ORDER BY id LIMIT 1"
+                             + self.database.skip_locked).fetchone()
+            if row is None:
+                return None
+            db.execute("UPDATE jobs SET state = 'running', started = ?, pid = ?, pid_started = ?, runner_host = ?, "
+                       "heartbeat = ? WHERE id = ?", (now(), pid, pid_started, host, heartbeat, row["id"]))
+        return int(row["id"])
 
     def changes(self) -> int:
         """A number that grows with every insert or update of a job row (one tiny read)."""

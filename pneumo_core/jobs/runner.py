@@ -5,7 +5,14 @@
 job's command with `--result-file`, copies the command's output to the job's log (rotated at
 PNEUMO_JOB_LOG_MB), turns its `progress:` lines into the row's stage, step and percent, and records
 the outcome: the new version's id comes from the result file (`jobs.results`). Then it starts the
-next queued job.
+next queued job. While the job runs, a heartbeat thread writes the time into the row every
+`HEARTBEAT_SECONDS` (so other machines know the runner lives) and stops the job's command when
+the row says it was cancelled (from a dashboard on another machine).
+
+`serve` is `python -m pneumo_core jobs runner`: a long-lived worker for PNEUMO_JOB_RUNNERS=workers
+on any machine that sees the database and the model store (PNEUMO_HOME/models). It claims the oldest queued job
+(`JobStore.claim_next`: FOR UPDATE SKIP LOCKED on PostgreSQL, so two workers never take the same
+job), runs it as above, and claims the next; with nothing queued it waits and looks again.
 """
 from __future__ import annotations
 
@@ -14,15 +21,16 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 from pneumo_core.errors import JobError
 from pneumo_core.files import keep_private
 from pneumo_core.jobs.argv import is_site_adapt, job_argv
-from pneumo_core.jobs.process import is_ours, remove_partial_output, start_time
+from pneumo_core.jobs.process import is_ours, remove_partial_output, start_time, stop_processes, this_host
 from pneumo_core.jobs.progress_lines import SITE_ADAPT_BANDS, ProgressTracker
-from pneumo_core.jobs.queue import JobQueue
+from pneumo_core.jobs.queue import HEARTBEAT_SECONDS, JobQueue
 from pneumo_core.jobs.results import read_result
 from pneumo_core.jobs.rows import now
 from pneumo_core.learn.data import check_dataset
@@ -63,9 +71,13 @@ def claim(queue: JobQueue, job_id: int) -> dict:
     """
     me = (os.getpid(), start_time(os.getpid()))
     with queue.store.transaction(write=True) as db:
-        row = db.execute("SELECT state, pid, pid_started FROM jobs WHERE id = ?", (int(job_id),)).fetchone()
+        row = db.execute("SELECT state, pid, pid_started, runner_host FROM jobs WHERE id = ?",
+                         (int(job_id),)).fetchone()
         if row is None:
             raise JobError(f"no job {job_id}")
+        if row["state"] == "running" and (row["pid"], row["runner_host"]) == (me[0], this_host()) \
+                and queue.settings.job_runners == "workers":
+            return queue.get(job_id)       # claimed by this worker (`serve`): other jobs may run beside it
         others = [r["id"] for r in db.execute("SELECT id, pid, pid_started FROM jobs WHERE state = 'running' "
                                               "AND id != ?", (int(job_id),)) if is_ours(r["pid"], r["pid_started"])]
         if others:
@@ -75,8 +87,8 @@ def claim(queue: JobQueue, job_id: int) -> dict:
         if not mine:
             raise JobError(f"job {job_id} is {row['state']}" + (f" (process {row['pid']})"
                                                                  if row["state"] == "running" else ""))
-        db.execute("UPDATE jobs SET state = 'running', pid = ?, pid_started = ?, started = COALESCE(started, ?) "
-                   "WHERE id = ?", (*me, now(), int(job_id)))
+        db.execute("UPDATE jobs SET state = 'running', pid = ?, pid_started = ?, started = COALESCE(started, ?), "
+                   "runner_host = ?, heartbeat = ? WHERE id = ?", (*me, now(), this_host(), time.time(), int(job_id)))
     return queue.get(job_id)
 
 
@@ -90,6 +102,33 @@ def check_data(queue: JobQueue, job: dict, log_file: BoundedLog) -> bool:
         queue.store.update(job["id"], "running", state="failed", ended=now(),
                            error="the data check failed: " + "; ".join(check.problems))
     return check.ok
+
+
+class Heartbeat:
+    """Writes the runner's heartbeat into its job's row every `interval` seconds until stopped, and stops
+    the job's command (once started) when the row is no longer running (cancelled elsewhere)."""
+
+    def __init__(self, queue: JobQueue, job_id: int, interval: float = HEARTBEAT_SECONDS):
+        self.queue, self.job_id, self.interval = queue, int(job_id), interval
+        self.child: subprocess.Popen | None = None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name=f"job-{job_id}-heartbeat", daemon=True)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.interval):
+            try:
+                if not self.queue.store.update(self.job_id, "running", heartbeat=time.time()) and self.child:
+                    stop_processes(None, None, self.child.pid, start_time(self.child.pid), grace=10)
+            except Exception:   # noqa: BLE001 - a database hiccup must not kill the job; the next beat tries again
+                continue
 
 
 def run(queue: JobQueue, job_id: int) -> int:
@@ -116,7 +155,18 @@ def run(queue: JobQueue, job_id: int) -> int:
     result_path = queue.result_path(job_id)
     result_path.unlink(missing_ok=True)      # a result left by an earlier try of this job is not this one's
     argv = job_argv(job["params"], result_file=str(result_path))
-    log_file = BoundedLog(Path(job["log_path"]), queue.settings.job_log_mb * 2**20)
+    log_path = Path(job["log_path"])
+    if not log_path.parent.is_dir():    # queued on another machine: the log is kept here, and the row says where
+        queue.log_dir.mkdir(parents=True, exist_ok=True)
+        log_path = queue.log_dir / f"{int(job_id)}.log"
+        queue.store.update(job_id, "running", log_path=str(log_path))
+    log_file = BoundedLog(log_path, queue.settings.job_log_mb * 2**20)
+    with Heartbeat(queue, job_id) as heartbeat:
+        return _follow(queue, job_id, job, site_job, tracker, env, result_path, argv, log_file, heartbeat)
+
+
+def _follow(queue, job_id, job, site_job, tracker, env, result_path, argv, log_file, heartbeat) -> int:
+    """The body of `run` once the job is claimed: data check, the command, its progress, the outcome."""
     try:
         if not site_job and not check_data(queue, job, log_file):   # `site adapt` checks its own films
             queue.start_next()
@@ -125,6 +175,7 @@ def run(queue: JobQueue, job_id: int) -> int:
         child = subprocess.Popen([*COMMAND, *argv],
                                  cwd=REPO_ROOT, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                  stderr=subprocess.STDOUT, text=True, bufsize=1)
+        heartbeat.child = child
         queue.store.update(job_id, "running", child_pid=child.pid, child_started=start_time(child.pid),
                            stage="starting")
         for line in child.stdout:
@@ -151,3 +202,35 @@ def run(queue: JobQueue, job_id: int) -> int:
             remove_partial_output(queue.settings, child.pid)
     queue.start_next()
     return code
+
+
+def serve(queue: JobQueue, *, stop: threading.Event | None = None, idle_seconds: float = 2.0,
+          once: bool = False, run_job=run) -> int:
+    """A long-lived runner (`python -m pneumo_core jobs runner`): claim the oldest queued job, run it, repeat.
+
+    Args:
+        queue: the jobs (the shared database when PNEUMO_DATABASE_URL is set).
+        stop: set it to end the loop after the current job.
+        idle_seconds: how long to wait before looking again when nothing is queued.
+        once: return when nothing is queued instead of waiting.
+        run_job: runs one claimed job (`run`; tests pass a fake).
+    Returns:
+        How many jobs this runner ran.
+    """
+    stop = stop or threading.Event()
+    me = os.getpid()
+    ran = 0
+    while not stop.is_set():
+        job_id = queue.store.claim_next(this_host(), me, start_time(me), time.time())
+        if job_id is None:
+            if once:
+                break
+            queue.list()    # the reaper: a dead runner's job is failed with the reason
+            stop.wait(idle_seconds)
+            continue
+        try:
+            run_job(queue, job_id)
+        except JobError as error:    # cancelled between the claim and the start: the next one
+            print(f"job {job_id}: {error}", file=sys.stderr)
+        ran += 1
+    return ran

@@ -133,12 +133,18 @@ class PneumoModel:
         self.tta_views, self.tta_seed = int(tta.get("views", 0)), int(tta.get("seed", 0))
 
     @classmethod
-    def load(cls, version_dir) -> PneumoModel:
-        """The version in `version_dir`, after checking `model.keras` against the SHA-256 stored at
-        registration (RegistryError if it changed: a changed model is never served)."""
+    def load(cls, version_dir, expected_sha256: str | None = None) -> PneumoModel:
+        """The version in `version_dir`, after checking `model.keras` against the SHA-256 in its card and
+        `expected_sha256` (IntegrityError if it changed: a changed model is never served).
+
+        Args:
+            version_dir: the version folder.
+            expected_sha256: the hash recorded outside the folder (`records.registry.check_version`);
+                `serve.loading.load_version` passes it, and every server-side load goes through there.
+        """
         from pneumo_core.learn.store import verify_model_file
         version_dir = Path(version_dir)
-        metadata = verify_model_file(version_dir)
+        metadata = verify_model_file(version_dir, expected_sha256)
         return cls(keras.saving.load_model(version_dir / "model.keras", compile=False), metadata, version_dir)
 
     def inputs(self, grays) -> np.ndarray:

@@ -6,7 +6,9 @@ comes from that folder, so it can be copied to another machine (or sit on shared
 version is written in a hidden temporary folder, every file flushed to disk (fsync), then renamed
 into place, so a crash or a full disk never leaves a half version visible. `metadata.json` holds
 the SHA-256 of `model.keras`; a model whose file changed since is refused at load
-(`verify_model_file`), never served.
+(`verify_model_file`), never served. That hash sits beside the file it protects, so the load also
+checks the hash recorded in the promotions chain and, where the server has a public key, the
+version's signature (`records.registry.check_version`, `serve.loading.load_version`).
 
 Which version is active, and who changed it, is a record: `pneumo_core.records.registry`.
 """
@@ -26,7 +28,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from pneumo_core.errors import RegistryError
+from pneumo_core.errors import IntegrityError, RegistryError
 from pneumo_core.files import new_file_mode
 
 log = logging.getLogger(__name__)
@@ -86,24 +88,28 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def verify_model_file(version_dir: Path) -> dict:
-    """The version's metadata, after checking `model.keras` against the SHA-256 stored at registration.
+def verify_model_file(version_dir: Path, expected_sha256: str | None = None) -> dict:
+    """The version's metadata, after checking `model.keras` against the SHA-256 in its card and, when
+    given, against `expected_sha256` (the hash recorded where the folder's writer cannot change it:
+    the promotions chain, or a signature).
 
-    Raises RegistryError when the file changed (never serve it). A version saved before hashes were
-    stored has none to check: it loads, with a warning in the log.
+    Raises IntegrityError when the file changed (never serve it). A version saved before hashes were
+    stored has none in its card: it loads, with a warning in the log, unless `expected_sha256` is given.
     """
     version_dir = Path(version_dir)
     metadata = json.loads((version_dir / "metadata.json").read_text())
-    expected = metadata.get("model_sha256")
-    if expected is None:
+    stored = metadata.get("model_sha256")
+    if stored is None and expected_sha256 is None:
         log.warning("model version %s has no stored SHA-256 (saved before integrity checks); loaded unchecked",
                     version_dir.name)
         return metadata
     actual = file_sha256(version_dir / "model.keras")
-    if actual != expected:
-        raise RegistryError(f"model version {version_dir.name} refused: its model.keras has changed since it was "
-                            f"registered (SHA-256 {actual[:12]}…, registered {expected[:12]}…). Restore the "
-                            f"folder from a backup or activate another version")
+    for expected, where in ((stored, "its model card"), (expected_sha256, "the record of its promotion")):
+        if expected is not None and actual != expected:
+            raise IntegrityError(f"model version {version_dir.name} refused (integrity check failed): its "
+                                 f"model.keras does not match the SHA-256 in {where} (file {actual[:12]}…, "
+                                 f"recorded {expected[:12]}…). Restore the folder from a backup or activate "
+                                 f"another version")
     return metadata
 
 

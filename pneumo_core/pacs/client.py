@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, timedelta
 from urllib.parse import urlsplit
 
 import requests
@@ -146,6 +146,29 @@ class PacsClient:
         found = self._call("a search (QIDO-RS)", self._client.search_for_instances, search_filters=filters,
                            fields=FIELDS, get_remaining=True)
         return [_film_ref(item) for item in found]
+
+    def prior_studies(self, patient_id: str, before: date, modalities: tuple[str, ...] = MODALITIES) -> list[FilmRef]:
+        """The patient's radiographs of studies dated before `before`, newest first (QIDO-RS on PatientID).
+
+        Args:
+            patient_id: the DICOM PatientID (sent to the archive only, never logged or stored in clear).
+            before: the current study's date; only earlier studies are returned.
+            modalities: default CR, DX, DR.
+        Returns:
+            One FilmRef per instance, latest study date first.
+        """
+        filters = {"PatientID": patient_id, "Modality": ",".join(modalities),
+                   "StudyDate": f"-{before - timedelta(days=1):%Y%m%d}"}
+        found = self._call("a search for prior studies (QIDO-RS)", self._client.search_for_instances,
+                           search_filters=filters, fields=FIELDS, get_remaining=True)
+        return sorted((_film_ref(item) for item in found), key=lambda f: f.study_date, reverse=True)
+
+    def patient_of(self, study_uid: str) -> str | None:
+        """The PatientID of a study (QIDO-RS), or None when the archive does not give one."""
+        found = self._call("a search for the study's patient (QIDO-RS)", self._client.search_for_studies,
+                           search_filters={"StudyInstanceUID": study_uid}, fields=["PatientID"])
+        values = (found[0].get("00100020", {}).get("Value") or [""]) if found else [""]
+        return str(values[0]).strip() or None
 
     def retrieve(self, film: FilmRef):
         """The film's pydicom Dataset (WADO-RS). Raises PacsError when a UID is not a DICOM UID."""

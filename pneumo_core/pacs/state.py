@@ -1,22 +1,30 @@
-"""What the PACS watcher knows, in SQLite (`PNEUMO_HOME/pacs.sqlite`), and the worklist read from it.
+"""What the PACS watcher knows, in SQLite (`PNEUMO_HOME/pacs.sqlite`) or the shared PostgreSQL
+(PNEUMO_DATABASE_URL, through `records.db`), and the worklist read from it.
 
 One row per (film SOP Instance UID, model version) with its status (new, scored, stored, skipped,
 failed), the call and where the results went; plus the last poll and the last error. No patient
 name is kept: films are named by their UIDs. `worklist` orders the films most urgent first, in the
 one order every list of calls uses (`serve.diagnosis.order_key`, site tiers included).
+
+Watchers on several machines share the rows: a watcher works on a film only after `claim` marked
+the row its own for `CLAIM_SECONDS` (one conditional UPDATE, atomic on both engines), so each film
+is scored once however many watchers poll; a claim left by a watcher that died lapses.
 """
 from __future__ import annotations
 
 import sqlite3
+import time
 from contextlib import closing
 from datetime import UTC, datetime
 from pathlib import Path
 
 from pneumo_core.evaluate.triage import tiers_for
 from pneumo_core.pacs.client import FilmRef
+from pneumo_core.records.db import SQLITE, Database
 from pneumo_core.serve.diagnosis import call_priority, order_key, tier_of
 
 BUSY_MS = 30_000
+CLAIM_SECONDS = 600   # a film's scoring and storing take seconds; a claim this old is a dead watcher's
 
 
 _SCHEMA = """
@@ -28,6 +36,15 @@ CREATE TABLE IF NOT EXISTS films (
     discovered TEXT, scored TEXT, stored TEXT, PRIMARY KEY (sop_uid, model));
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT);
 """
+_ADDED_COLUMNS = {"claimed_by": "TEXT", "claimed_until": "REAL"}
+
+
+def _setup(db: sqlite3.Connection) -> None:
+    db.executescript(_SCHEMA)
+    have = {r[1] for r in db.execute("PRAGMA table_info(films)")}
+    for column, kind in _ADDED_COLUMNS.items():
+        if column not in have:    # a pacs.sqlite from before watchers claimed films
+            db.execute(f"ALTER TABLE films ADD COLUMN {column} {kind}")
 
 
 def timestamp() -> str:
@@ -36,19 +53,18 @@ def timestamp() -> str:
 
 
 class PacsState:
-    """The watcher's SQLite state at `path` (WAL; one short connection per call, safe across processes)."""
+    """The watcher's state at `path` (SQLite, WAL), or in the shared database; one short connection per
+    call, safe across processes and machines."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with closing(self._connect()) as db:
-            db.execute("PRAGMA journal_mode=WAL")
-            db.executescript(_SCHEMA)
+        self.database = Database("pacs", self.path, _setup)
+        if self.database.dialect == SQLITE:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._connect().close()
 
     def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, timeout=BUSY_MS / 1000, isolation_level=None)
-        db.row_factory = sqlite3.Row
-        return db
+        return self.database.connect()
 
     def _execute(self, sql: str, args=()) -> list[dict]:
         with closing(self._connect()) as db:
@@ -57,16 +73,41 @@ class PacsState:
     def add(self, films: list[FilmRef], model: str) -> int:
         """Record films not yet known for `model`; returns how many were new."""
         with closing(self._connect()) as db:
-            before = db.total_changes
-            db.executemany("INSERT OR IGNORE INTO films (sop_uid, model, study_uid, series_uid, modality, view, "
-                           "study_date, accession, status, discovered) VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'new', ?)",
-                           [(f.sop_uid, model, f.study_uid, f.series_uid, f.modality, f.view, f.study_date,
-                             f.accession, timestamp()) for f in films])
-            return db.total_changes - before
+            return sum(db.execute("INSERT OR IGNORE INTO films (sop_uid, model, study_uid, series_uid, modality, "
+                                  "view, study_date, accession, status, discovered) "
+                                  "VALUES (?, ?, ?, ?, ?, ?, ?, ?, 'new', ?)",
+                                  (f.sop_uid, model, f.study_uid, f.series_uid, f.modality, f.view, f.study_date,
+                                   f.accession, timestamp())).rowcount for f in films)
 
     def update(self, sop_uid: str, model: str, **values) -> None:
         names = ", ".join(f"{k} = ?" for k in values)
         self._execute(f"UPDATE films SET {names} WHERE sop_uid = ? AND model = ?", [*values.values(), sop_uid, model])
+
+    def claim(self, sop_uid: str, model: str, owner: str, statuses: tuple[str, ...],
+              seconds: float = CLAIM_SECONDS) -> dict | None:
+        """Make a film's row `owner`'s for `seconds`, if it is still in one of `statuses` and nobody else holds it.
+
+        Args:
+            sop_uid, model: the row.
+            owner: the watcher (unique per process).
+            statuses: what the row must still be (another watcher may have finished it meanwhile).
+            seconds: how long the claim holds unless released.
+        Returns:
+            The row as it is now, or None when another watcher has it or it moved on.
+        """
+        now = time.time()
+        with closing(self._connect()) as db:
+            taken = db.execute(f"UPDATE films SET claimed_by = ?, claimed_until = ? WHERE sop_uid = ? AND model = ? "
+                               f"AND status IN ({', '.join('?' * len(statuses))}) AND (claimed_until IS NULL "
+                               f"OR claimed_until < ? OR claimed_by = ?)",
+                               (owner, now + seconds, sop_uid, model, *statuses, now, owner)).rowcount
+            row = db.execute("SELECT * FROM films WHERE sop_uid = ? AND model = ?", (sop_uid, model)).fetchone()
+        return dict(row) if taken == 1 and row is not None else None
+
+    def release(self, sop_uid: str, model: str, owner: str) -> None:
+        """End `owner`'s claim on a film's row (other watchers may take it, e.g. to retry)."""
+        self._execute("UPDATE films SET claimed_by = NULL, claimed_until = NULL WHERE sop_uid = ? AND model = ? "
+                      "AND claimed_by = ?", (sop_uid, model, owner))
 
     def films(self, model: str | None = None, statuses: tuple[str, ...] | None = None,
               study_uid: str | None = None) -> list[dict]:

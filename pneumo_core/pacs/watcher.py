@@ -8,6 +8,10 @@
   heatmap Secondary Capture (`dicom_out`) to an outbox in PNEUMO_HOME, record the call in the
   audit trail, then STOW-RS both to the film's study and empty the outbox.
 
+Several watchers (processes, machines) may poll the same archive into one shared state: each
+film is worked on only by the watcher that claimed its row (`PacsState.claim`), so it is scored
+and stored once.
+
 Why it is idempotent and loses nothing: a film is scored only if no row for (film, model) says
 it was; a scored film's results wait in the outbox until the archive has accepted them, and their
 UIDs are derived from (film, model), so storing them again after a failure replaces the same
@@ -17,8 +21,11 @@ is and the watcher retries with exponential back-off; the next poll starts with 
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
@@ -53,6 +60,7 @@ class Watcher:
         self.outbox, self.who, self.method, self.lookback_days = Path(outbox), who, method, lookback_days
         private_folder(self.outbox)   # results carry the patient's name and MRN in their headers
         self.model = diagnoser.model.id
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"   # this watcher's claims
         self.timings: dict[str, float] = {}   # seconds per step, summed (bench/pacs.py reads them)
 
     def _timed(self, step: str, function, *args):
@@ -82,13 +90,25 @@ class Watcher:
                    "scored": 0, "stored": 0, "skipped": 0, "failed": 0}
         todo = [r for r in self.state.films(self.model, ("new", "failed"), study_uid)
                 if r["status"] == "new" or r["attempts"] < MAX_ATTEMPTS]
-        for row in todo:
-            outcome = self._refusal_is_a_failure(row, self._score, "failed")
-            summary[outcome] += 1
-            if outcome == "scored" and self._refusal_is_a_failure(row, self._store, False):
-                summary["stored"] += 1
-        for row in self.state.films(self.model, ("scored",), study_uid):   # left from an earlier failure
-            summary["stored"] += self._refusal_is_a_failure(row, self._store, False)
+        for listed in todo:
+            row = self.state.claim(listed["sop_uid"], self.model, self.owner, ("new", "failed"))
+            if row is None or (row["status"] == "failed" and row["attempts"] >= MAX_ATTEMPTS):
+                continue    # another watcher has it, or finished it meanwhile
+            try:
+                outcome = self._refusal_is_a_failure(row, self._score, "failed")
+                summary[outcome] += 1
+                if outcome == "scored" and self._refusal_is_a_failure(row, self._store, False):
+                    summary["stored"] += 1
+            finally:
+                self.state.release(row["sop_uid"], self.model, self.owner)
+        for listed in self.state.films(self.model, ("scored",), study_uid):   # left from an earlier failure
+            row = self.state.claim(listed["sop_uid"], self.model, self.owner, ("scored",))
+            if row is None:
+                continue
+            try:
+                summary["stored"] += self._refusal_is_a_failure(row, self._store, False)
+            finally:
+                self.state.release(row["sop_uid"], self.model, self.owner)
         if not study_uid:
             self.state.set_meta(last_poll=started)
         return summary

@@ -17,9 +17,10 @@ library's own connection is not allowed to change or drop rows, tables or trigge
 authorizer), and each row holds `hash` = SHA-256 of the previous row's hash and its own content
 (`chain_hash`). Someone who drops the triggers with the `sqlite3` shell and edits or deletes a row
 breaks the chain at that row, which `verify` (and `python -m pneumo_core audit verify`) names.
-Deleting the newest rows is caught through SQLite's AUTOINCREMENT counter; an attacker who also
-rewrites that counter and every later hash is caught only by comparing with a copy kept elsewhere
-(back up `PNEUMO_HOME`, or write down the last hash that `audit verify` prints).
+Deleting the newest rows is caught through SQLite's AUTOINCREMENT counter. An attacker who also
+rewrites that counter and every later hash, or who puts back an older copy of the whole file, is
+caught only by comparing with heads kept elsewhere: `records.anchor` sends them to an append-only
+file and/or a syslog server, and `audit verify` checks the chains against them.
 
 WAL mode lets readers browse while sessions write; each append takes the write lock (BEGIN
 IMMEDIATE) to read the last hash and insert, so concurrent sessions and processes never fork the chain.
@@ -35,7 +36,7 @@ from contextlib import closing
 from datetime import UTC, datetime
 from pathlib import Path
 
-from pneumo_core.records import db as sqlite_db
+from pneumo_core.records import db as records_db
 from pneumo_core.records.access import Actor, require
 
 COLUMNS = ("id", "time", "shown", "sha256", "model", "probability", "threshold", "call", "ood_score", "ood_flag",
@@ -45,7 +46,7 @@ VIEW_COLUMNS = ("who", "call", "time", "sha256", "model", "probability", "thresh
                 "ood_flag", "cam_method", "source", "shown", "id")
 EVENT_COLUMNS = ("id", "time", "kind", "who", "details")
 GENESIS = "0" * 64     # the "previous hash" of a chain's first row
-BUSY_MS = sqlite_db.BUSY_MS
+BUSY_MS = records_db.BUSY_MS
 TABLES = ("diagnoses", "events")
 
 _SCHEMA = """
@@ -131,20 +132,34 @@ def _authorize(action, arg1, arg2, dbname, source):
 
 
 class AuditTrail:
-    """The audit database at `path`, created (WAL, tables, triggers) on first use."""
+    """The audit database at `path`, created (WAL, tables, triggers) on first use; or the shared
+    PostgreSQL database when PNEUMO_DATABASE_URL is set (`records.db`; its triggers come from the migrations).
 
-    def __init__(self, path: Path):
+    Args:
+        path: the database file.
+        anchors: a `records.anchor.Anchors` told of every appended row (it anchors the chains' heads
+            outside the database on promotions and at intervals); None: not anchored.
+    """
+
+    def __init__(self, path: Path, anchors=None):
         self.path = Path(path)
+        self.database = records_db.Database("audit", self.path, _setup)
+        self.anchors = anchors
         self.connection().close()
 
     def connection(self) -> sqlite3.Connection:
         """A new connection as the library uses it: it can read and append rows, and is refused any
-        UPDATE, DELETE, DROP or ALTER on the audit tables (close it when done)."""
-        db = sqlite_db.connect(self.path, _setup)
-        db.set_authorizer(_authorize)
+        UPDATE, DELETE, DROP or ALTER on the audit tables (close it when done). On PostgreSQL the
+        server's triggers refuse them (and, deployed as docs/scaling.md says, the role's privileges)."""
+        db = self.database.connect()
+        if self.database.dialect == records_db.SQLITE:
+            db.set_authorizer(_authorize)
         return db
 
     def journal_mode(self) -> str:
+        """SQLite's journal mode ("wal"), or "postgresql" for the shared server."""
+        if self.database.dialect != records_db.SQLITE:
+            return self.database.dialect
         with closing(self.connection()) as db:
             return db.execute("PRAGMA journal_mode").fetchone()[0]
 
@@ -164,6 +179,8 @@ class AuditTrail:
                 if db.in_transaction:
                     db.execute("ROLLBACK")
                 raise
+        if self.anchors is not None:
+            self.anchors.after_append(row.get("kind"))
         return row["id"]
 
     def record(self, diagnosis, source: str = "", who: str | None = None, shown: str | None = None) -> int:
@@ -247,8 +264,7 @@ class AuditTrail:
              "last": {table: last hash}}.
         """
         counts, last = {}, {}
-        with closing(sqlite3.connect(f"file:{self.path}?mode=ro", uri=True, timeout=BUSY_MS / 1000)) as db:
-            db.row_factory = sqlite3.Row
+        with self.database.snapshot() as db:
             for table in TABLES:
                 problem, previous, expected_id = None, GENESIS, None
                 rows = db.execute(f"SELECT * FROM {table} ORDER BY id").fetchall()

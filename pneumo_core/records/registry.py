@@ -8,7 +8,10 @@ with a message (`resolve`); nothing is activated silently. Every change of the a
 (first model, promotion, rollback) is appended to `promotions.jsonl` — when, who, from, to — as a
 hash chain (each entry's `hash` covers the previous entry's hash and its own content, see
 `audit.chain_hash`), under a file lock, and refused when the active version is not the one the
-caller saw.
+caller saw. Each entry records the SHA-256 of the `model.keras` it made active: `check_version`
+refuses to load a version whose file is not the one recorded (the hash in `metadata.json` sits
+beside the file it protects; the chain is anchored outside the folder, see `records.anchor`), and,
+where the server has a public key, one whose signature does not hold (`records.signing`).
 """
 from __future__ import annotations
 
@@ -20,15 +23,18 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 
-from pneumo_core.errors import RegistryError
+from pneumo_core.errors import IntegrityError, RegistryError
 from pneumo_core.learn import store
 from pneumo_core.learn.store import (
     VERSION_ID,
     check_version_id,
+    file_sha256,
     read_json,
+    verify_model_file,
     versions,
     write_text_atomic,
 )
+from pneumo_core.records import signing
 from pneumo_core.records.access import Actor, require
 from pneumo_core.records.audit import GENESIS, chain_hash
 
@@ -96,6 +102,16 @@ def replaced(models_dir: Path, version_id: str) -> str | None:
     return entry.get("from") if entry else None
 
 
+def chain_heads(models_dir: Path) -> list[str]:
+    """The chain's hash after each entry, oldest first (entries from before the chain folded in): what
+    `records.anchor` compares with the heads it anchored."""
+    previous, heads = GENESIS, []
+    for entry in promotions(models_dir):
+        previous = entry["hash"] if "hash" in entry else chain_hash(previous, entry)
+        heads.append(previous)
+    return heads
+
+
 def verify_promotions(models_dir: Path) -> dict:
     """Check the promotions chain and that `ACTIVE` names the chain's last `to`.
 
@@ -146,13 +162,19 @@ def active_version(models_dir: Path) -> str | None:
     return _pointer(models_dir)
 
 
-def register(models_dir: Path, version_id: str) -> bool:
+def register(models_dir: Path, version_id: str, signing_key: Path | None = None) -> bool:
     """Record a newly saved version: the first version of an empty registry becomes active by itself
     (recorded as "first model", by the rule, not a person); every later one stays a candidate.
 
+    Args:
+        models_dir: the registry folder.
+        version_id: the version `store.save_version` just wrote.
+        signing_key: an Ed25519 private key (`PNEUMO_SIGNING_KEY`): the version is signed with it first.
     Returns:
         True when `version_id` became the active version.
     """
+    if signing_key is not None:
+        signing.sign_version(Path(models_dir) / check_version_id(version_id), signing_key)
     with _locked(models_dir):
         if not (Path(models_dir) / ACTIVE_FILE).exists() and \
                 not [v for v in versions(models_dir) if v["id"] != version_id]:
@@ -191,6 +213,7 @@ def promote(models_dir: Path, version_id: str, *, actor: Actor, expected_active=
     if not (Path(models_dir) / version_id / "metadata.json").is_file():
         raise RegistryError(f"no model version {version_id} in {models_dir}. "
                             f"List them with: python -m pneumo_core models")
+    verify_model_file(Path(models_dir) / version_id)   # a changed file is never promoted
     with _locked(models_dir):
         current = _pointer_text(models_dir)
         if expected_active is not UNCHECKED and current != expected_active:
@@ -205,12 +228,11 @@ def promote(models_dir: Path, version_id: str, *, actor: Actor, expected_active=
 
 def _set_active(models_dir: Path, version_id: str, current: str | None, action: str, who: str) -> dict:
     """Append the chained log entry, then move the pointer; the caller holds the lock."""
-    entries = promotions(models_dir)
-    previous = GENESIS
-    for entry in entries:
-        previous = entry["hash"] if "hash" in entry else chain_hash(previous, entry)
+    heads = chain_heads(models_dir)
+    previous = heads[-1] if heads else GENESIS
     entry = {"when": datetime.now(UTC).isoformat(timespec="milliseconds"), "who": who,
-             "action": action, "from": current, "to": version_id, "prev": previous}
+             "action": action, "from": current, "to": version_id,
+             "model_sha256": file_sha256(Path(models_dir) / version_id / "model.keras"), "prev": previous}
     entry["hash"] = chain_hash(previous, entry)
     # The log line goes first: an active model nobody can account for is worse than a logged no-op.
     with open(Path(models_dir) / LOG_FILE, "a") as log_file:
@@ -219,6 +241,45 @@ def _set_active(models_dir: Path, version_id: str, current: str | None, action: 
         os.fsync(log_file.fileno())
     write_text_atomic(Path(models_dir) / ACTIVE_FILE, version_id + "\n")
     return entry
+
+
+def recorded_sha256(models_dir: Path, version_id: str) -> str | None:
+    """The SHA-256 of `model.keras` recorded when `version_id` was last made active, or None (never
+    active, or made active before hashes were recorded)."""
+    for entry in reversed(promotions(models_dir)):
+        if entry.get("to") == version_id and entry.get("model_sha256"):
+            return entry["model_sha256"]
+    return None
+
+
+def check_version(version_dir: Path, models_dir: Path | None = None, verify_key: Path | None = None) -> dict:
+    """Whether a version may be loaded: its files are the ones recorded and, with a key, signed.
+
+    Checks `model.keras` against its card; for a version of the registry (`version_dir` in
+    `models_dir`), that the promotions chain is intact and the file is the one its last promotion
+    recorded; with `verify_key`, the version's Ed25519 signature (`signing.verify_version`).
+
+    Args:
+        version_dir: the version folder.
+        models_dir: the registry it belongs to (None: a folder given by path, no chain to check).
+        verify_key: the public key of whoever signs models (`PNEUMO_VERIFY_KEY`), or None.
+    Returns:
+        {"metadata": the card, "sha256": the checked hash of model.keras}.
+    Raises:
+        IntegrityError naming what does not match.
+    """
+    version_dir = Path(version_dir)
+    expected = None
+    if models_dir is not None and version_dir.parent.resolve() == Path(models_dir).resolve():
+        chain = verify_promotions(models_dir)
+        if not chain["ok"]:
+            raise IntegrityError(f"model version {version_dir.name} refused (integrity check failed): the record of "
+                                 f"promotions is broken: {chain['problem']}. Run: python -m pneumo_core audit verify")
+        expected = recorded_sha256(models_dir, version_dir.name)
+    metadata = verify_model_file(version_dir, expected)
+    if verify_key is not None:
+        signing.verify_version(version_dir, verify_key)
+    return {"metadata": metadata, "sha256": expected or metadata.get("model_sha256")}
 
 
 def resolve(models_dir: Path, ref: str | None = None) -> Path:

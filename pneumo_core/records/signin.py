@@ -10,6 +10,7 @@ Sign-in and sign-out are recorded in the audit trail's events. Nothing here impo
 """
 from __future__ import annotations
 
+import ipaddress
 import threading
 from collections.abc import MutableMapping
 from dataclasses import dataclass
@@ -173,30 +174,78 @@ def oidc_actor(claims: dict, home: Path) -> Actor:
 
 # Refused sign-ins -------------------------------------------------------------------------------
 
-def typed_name(name: str) -> str:
-    """The account name as typed, for the audit of a refusal (bounded: anyone can type anything)."""
-    return (name or "").strip().lower()[:64] or "unknown"
+UNKNOWN_ACCOUNT = "unknown account"   # who a refusal names when the name typed is no account
 
 
-def record_refusal(trail, name: str, error: PneumoError, method: str | None = None) -> None:
-    """Record a refused sign-in (or setup-code use) under the name that was typed.
+def record_refusal(trail, name: str, error: PneumoError, method: str | None = None, client: str | None = None) -> None:
+    """Record a refused sign-in (or setup-code use), and the wait it started for this account and client.
+
+    The record names the account only when the name typed is one (`error.account`, set by
+    `UserStore.verify`); otherwise "unknown account": what was typed is never kept, since it may be a
+    password typed into the name field.
 
     Args:
         trail: the `AuditTrail`.
-        name: the account name as typed.
-        error: the refusal: its message, "locked" for a lockout, or its kind for a setup-code refusal.
+        name: the account name as typed (not recorded; kept for callers' symmetry).
+        error: the refusal: its message, "locked" for a wait, or its kind for a setup-code refusal.
         method: "setup code" for the first-administrator form, else None (a password).
+        client: the client's key (`client_key`), recorded with a wait that starts.
     """
+    who = getattr(error, "account", None) or UNKNOWN_ACCOUNT
     if method is not None:
         details = {"method": method, "reason": type(error).__name__}
     else:
         details = {"reason": "locked" if isinstance(error, LockedOut) else str(error)}
-    trail.event("sign_in_failed", typed_name(name), source=SOURCE, **details)
+    trail.event("sign_in_failed", who, source=SOURCE, **details)
+    seconds = getattr(error, "locked_seconds", 0.0)
+    if seconds:
+        trail.event("sign_in_locked", who, source=SOURCE, client=client or "local", seconds=round(seconds))
 
 
-def client_key(address: str | None) -> str:
-    """The client's key for sign-in rate limiting: its address, or 'local' when there is none."""
-    return address or "local"
+def client_key(address: str | None, forwarded_for: str | None = None, trusted_proxies=()) -> str:
+    """The client's key for sign-in rate limiting: its address, or 'local' for this machine.
+
+    Streamlit's server (uvicorn) takes the address from `X-Forwarded-For` when the connection comes from
+    this machine, whoever sent the header; so the header's word is taken only through the proxies the
+    hospital named (`PNEUMO_TRUSTED_PROXIES`): a connection from this machine with no trusted proxy
+    here is this machine, whatever its header says.
+
+    Args:
+        address: the address Streamlit reports (None for this machine).
+        forwarded_for: the request's X-Forwarded-For header, if any.
+        trusted_proxies: addresses or networks ("10.0.0.0/8") of the hospital's reverse proxies.
+    Returns:
+        The client's address, or "local".
+    """
+    hops = [hop.strip() for hop in (forwarded_for or "").split(",") if hop.strip()]
+    # Streamlit's address came from the header when it is one of its hops: the real peer was this machine.
+    peer = "127.0.0.1" if hops and (address is None or address in hops) else (address or "127.0.0.1")
+    chain = hops + [peer]
+    while len(chain) > 1 and _trusted(chain[-1], trusted_proxies):
+        chain.pop()   # a trusted proxy's word names the hop before it
+    client = chain[-1]
+    return "local" if _is_loopback(client) else client
+
+
+def _is_loopback(address: str) -> bool:
+    try:
+        return ipaddress.ip_address(address).is_loopback
+    except ValueError:
+        return False
+
+
+def _trusted(address: str, trusted_proxies) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    for proxy in trusted_proxies:
+        try:
+            if ip in ipaddress.ip_network(proxy, strict=False):
+                return True
+        except ValueError:
+            continue
+    return False
 
 
 # Accounts made on the dashboard -----------------------------------------------------------------

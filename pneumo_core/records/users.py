@@ -5,11 +5,19 @@ unique name, one role of `access.ROLES`, an Argon2id hash (argon2-cffi's default
 low-memory profile; never home-made crypto) and a disabled flag. Nothing is ever deleted: a
 disabled account keeps its name, so the audit trail's "who" stays unique.
 
-Failed sign-ins are counted per account name and per client address, in the same file (a restart
-does not reset them): from `MAX_FAILURES` failures of one name (`MAX_CLIENT_FAILURES` of one
-client) on, each further failure locks for `LOCK_SECONDS` x 2^k (capped at `MAX_LOCK_SECONDS`).
-A client's count is forgotten `FORGET_SECONDS` after its last failure; an account's count is
-cleared by a correct password.
+Failed sign-ins are counted per (account name, client address) and per client address, in the
+same file (a restart does not reset them): from `MAX_FAILURES` failures of one name from one client
+(`MAX_CLIENT_FAILURES` of one client, whatever the names) on, each further failure makes that pair
+(that client) wait `LOCK_SECONDS` x 2^k (capped at `MAX_LOCK_SECONDS`). The account itself is never
+locked: a stranger's failures never keep its owner out from another address. Guessing from many
+addresses is slowed by Argon2 (one sign-in verified at a time, ~0.3 s each). A count is forgotten
+`FORGET_SECONDS` after its last failure, and a pair's by a correct password; an administrator can
+clear an account's waits (`unlock`, `python -m pneumo_core users unlock NAME`). The failures of an
+account are counted too (`failures("user:NAME")`), for the record only. A name typed that is no
+account is never logged (it may be a password typed in the wrong field).
+
+Adding accounts, changing roles, disabling, enabling, resetting passwords and unlocking take the
+acting `Actor` and need the "manage_users" permission (admins): checked here, not only on the page.
 
 A fresh server has no administrator: `issue_setup_code()` makes a single-use code (stored as an
 Argon2 hash, valid `SETUP_TTL_SECONDS`) that the dashboard prints in its terminal and asks for, to
@@ -18,6 +26,7 @@ email to a role with a claim or `PNEUMO_HOME/oidc_roles.toml` (`oidc_role`).
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import re
@@ -33,7 +42,8 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
 from pneumo_core.errors import AccountError, LockedOut, SetupError, SignInError
-from pneumo_core.records.access import ROLES, Actor
+from pneumo_core.records.access import ROLES, Actor, require
+from pneumo_core.records.db import SQLITE, Database, integrity_errors
 
 __all__ = ["AccountError", "LockedOut", "SetupError", "SignInError", "UserStore", "oidc_role", "oidc_roles"]
 log = logging.getLogger(__name__)
@@ -41,7 +51,7 @@ log = logging.getLogger(__name__)
 MIN_PASSWORD = 10
 MAX_PASSWORD = 1024  # Argon2 hashes any length; a cap keeps a megabyte "password" from costing a request
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")  # no '@': OIDC users are their email, never a local name
-MAX_FAILURES = 5          # per account name
+MAX_FAILURES = 5          # per account name and client
 MAX_CLIENT_FAILURES = 20  # per client address: higher, since a hospital proxy can put many users behind one
 LOCK_SECONDS = 30
 MAX_LOCK_SECONDS = 3600
@@ -62,6 +72,10 @@ CREATE TABLE IF NOT EXISTS failures (key TEXT PRIMARY KEY, count INTEGER NOT NUL
 CREATE TABLE IF NOT EXISTS setup_code (id INTEGER PRIMARY KEY CHECK (id = 1), hash TEXT NOT NULL,
     expires REAL NOT NULL, used INTEGER NOT NULL DEFAULT 0);
 """
+
+
+# failure key kind -> failures before waits start (0: counted, never waits)
+_LIMITS = {"pair": MAX_FAILURES, "client": MAX_CLIENT_FAILURES, "user": 0, "setup": MAX_FAILURES}
 
 
 def _now_iso() -> str:
@@ -102,6 +116,9 @@ class UserStore:
     def __init__(self, home: Path, clock=time.time):
         self.path = Path(home) / "users.sqlite"
         self.clock = clock
+        self.database = Database("users", self.path, lambda db: db.executescript(_SCHEMA))
+        if self.database.dialect != SQLITE:   # the shared server: tables from its migrations
+            return
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # Created 0600 before SQLite opens it, so the hashes are never readable by others, even briefly.
         os.close(os.open(self.path, os.O_CREAT | os.O_RDWR, 0o600))
@@ -115,29 +132,31 @@ class UserStore:
                 os.chmod(side, 0o600)
 
     def _connect(self) -> sqlite3.Connection:
-        db = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-        db.execute("PRAGMA busy_timeout=30000")
-        return db
+        return self.database.connect()
 
     # Accounts -----------------------------------------------------------------------------------
 
-    def add(self, name: str, role: str, password: str) -> dict:
+    def add(self, name: str, role: str, password: str, *, by: Actor) -> dict:
         """Create an account.
 
         Args:
             name: unique account name (see `check_name`).
             role: one of `access.ROLES`.
             password: at least MIN_PASSWORD characters.
+            by: who adds it (needs "manage_users").
         Returns:
             The account as `get` returns it.
+        Raises:
+            PermissionDenied for a role other than admin; AccountError for a bad or taken name.
         """
+        require(by, "manage_users")
         name, role, password = check_name(name), check_role(role), check_password(password)
         now = _now_iso()
         try:
             with closing(self._connect()) as db:
                 db.execute("INSERT INTO users (name, role, hash, created, changed) VALUES (?, ?, ?, ?, ?)",
                            (name, role, _HASHER.hash(password), now, now))
-        except sqlite3.IntegrityError:
+        except integrity_errors():
             raise AccountError(f"an account named {name!r} already exists (disabled accounts keep their name); "
                                f"choose another name or change its role with `users set-role`") from None
         log.info("account %s added with role %s", name, role)
@@ -164,8 +183,13 @@ class UserStore:
             db.execute(f"UPDATE users SET {sql}, changed = ? WHERE name = ?", (*args, _now_iso(), account["name"]))
         return self.get(account["name"])
 
-    def set_role(self, name: str, role: str) -> dict:
-        """Give an account another role; refused if it would leave no enabled administrator."""
+    def set_role(self, name: str, role: str, *, by: Actor) -> dict:
+        """Give an account another role; refused if it would leave no enabled administrator.
+
+        Args:
+            name: the account; role: its new role; by: who changes it (needs "manage_users").
+        """
+        require(by, "manage_users")
         role = check_role(role)
         account = self.get(name)
         if account["role"] == "admin" and role != "admin" and not account["disabled"]:
@@ -173,21 +197,47 @@ class UserStore:
         log.info("account %s: role %s -> %s", account["name"], account["role"], role)
         return self._change(name, "role = ?", role)
 
-    def disable(self, name: str) -> dict:
-        """Disable an account (it can no longer sign in; its name stays taken)."""
+    def disable(self, name: str, *, by: Actor) -> dict:
+        """Disable an account (it can no longer sign in; its name stays taken).
+
+        Args:
+            name: the account; by: who disables it (needs "manage_users"; never themselves).
+        """
+        require(by, "manage_users")
         account = self.get(name)
+        if account["name"] == by.name:
+            raise AccountError("you cannot disable yourself; another administrator can")
         if account["role"] == "admin" and not account["disabled"]:
             self._keep_an_admin(account["name"])
         log.info("account %s disabled", account["name"])
         return self._change(name, "disabled = 1")
 
-    def enable(self, name: str) -> dict:
-        """Enable a disabled account again."""
+    def enable(self, name: str, *, by: Actor) -> dict:
+        """Enable a disabled account again (`by` needs "manage_users")."""
+        require(by, "manage_users")
         return self._change(name, "disabled = 0")
 
-    def set_password(self, name: str, password: str) -> dict:
-        """Replace an account's password."""
+    def set_password(self, name: str, password: str, *, by: Actor) -> dict:
+        """Replace an account's password (`by` needs "manage_users")."""
+        require(by, "manage_users")
         return self._change(name, "hash = ?", _HASHER.hash(check_password(password)))
+
+    def unlock(self, name: str, *, by: Actor) -> dict:
+        """Clear every wait and failure count of an account (from any client).
+
+        Args:
+            name: the account; by: who unlocks it (needs "manage_users").
+        Returns:
+            The account, with `cleared`: how many (account, client) waits were removed.
+        """
+        require(by, "manage_users")
+        account = self.get(name)
+        with closing(self._connect()) as db:
+            prefix = f"pair:{account['name']}|"
+            cleared = db.execute("DELETE FROM failures WHERE substr(key, 1, ?) = ? OR key = ?",
+                                 (len(prefix), prefix, f"user:{account['name']}")).rowcount
+        log.info("account %s unlocked by %s (%d wait(s) cleared)", account["name"], by.name, cleared)
+        return {**account, "cleared": cleared}
 
     def _keep_an_admin(self, leaving: str) -> None:
         others = [a for a in self.list() if a["role"] == "admin" and not a["disabled"] and a["name"] != leaving]
@@ -206,15 +256,18 @@ class UserStore:
                           keys).fetchall()
         return max([r[0] - now for r in rows] + [0.0])
 
-    def _fail(self, db, keys: list[str]) -> None:
-        now = self.clock()
+    def _fail(self, db, keys: list[str]) -> float:
+        """Count one failure under each key; returns the longest wait it started (0: none)."""
+        now, started = self.clock(), 0.0
         for key in keys:
             row = db.execute("SELECT count, last FROM failures WHERE key = ?", (key,)).fetchone()
-            count = 1 if row is None or (key.startswith("client:") and now - row[1] > FORGET_SECONDS) else row[0] + 1
-            limit = MAX_CLIENT_FAILURES if key.startswith("client:") else MAX_FAILURES
-            locked = now + min(MAX_LOCK_SECONDS, LOCK_SECONDS * 2 ** (count - limit)) if count >= limit else 0.0
+            count = 1 if row is None or now - row[1] > FORGET_SECONDS else row[0] + 1
+            limit = _LIMITS.get(key.split(":", 1)[0], MAX_FAILURES)
+            wait = min(MAX_LOCK_SECONDS, LOCK_SECONDS * 2 ** (count - limit)) if limit and count >= limit else 0.0
+            started = max(started, wait)
             db.execute("INSERT OR REPLACE INTO failures (key, count, last, locked_until) VALUES (?, ?, ?, ?)",
-                       (key, count, now, locked))
+                       (key, count, now, now + wait if wait else 0.0))
+        return started
 
     def verify(self, name: str, password: str, client: str = "local") -> Actor:
         """Check a name and password; the signed-in `Actor` or SignInError/LockedOut.
@@ -222,33 +275,48 @@ class UserStore:
         Args:
             name: account name as typed.
             password: as typed.
-            client: the client's address (rate limited on its own, so one address cannot try many names).
+            client: the client's address: failures wait per (name, client) and per client, so a stranger
+                elsewhere never keeps an account's owner out.
         Returns:
             Actor(name, role) of the enabled account.
+        Raises:
+            LockedOut while this (name, client) or this client must wait; SignInError otherwise, with
+            `account` (the account's name, None for a name that is no account) and `locked_seconds`
+            (the wait this failure started, 0 if none).
         """
         key_name = (name or "").strip().lower()[:128]
-        keys = [f"user:{key_name}", f"client:{client or 'local'}"]
+        client = client or "local"
         with closing(self._connect()) as db:
             db.execute("BEGIN IMMEDIATE")  # one sign-in at a time: parallel guesses cannot outrun the counter
             try:
-                remaining = self._lock_remaining(db, keys)
+                row = db.execute("SELECT name, role, hash, disabled FROM users WHERE name = ?", (key_name,)).fetchone()
+                account = row[0] if row else None
+                who = account or "an unknown account name"   # a typed non-name is never written anywhere
+                # ... not even in the counters: a name that is no account is counted under its hash
+                pair = account or "#" + hashlib.sha256(key_name.encode()).hexdigest()[:16]
+                keys = [f"pair:{pair}|{client}", f"client:{client}", f"user:{key_name}"]
+                remaining = self._lock_remaining(db, keys[:2])
                 if remaining > 0:
                     db.execute("COMMIT")
-                    log.warning("sign-in refused for %r from %s: locked for %.0f s", key_name, client, remaining)
-                    raise LockedOut(remaining)
-                row = db.execute("SELECT name, role, hash, disabled FROM users WHERE name = ?", (key_name,)).fetchone()
+                    log.warning("sign-in refused for %s from %s: must wait %.0f s", who, client, remaining)
+                    error = LockedOut(remaining)
+                    error.account = account
+                    raise error
                 try:
                     _HASHER.verify(row[2] if row else _DUMMY_HASH, (password or "")[:MAX_PASSWORD])
                     ok = row is not None
                 except (VerifyMismatchError, VerificationError, InvalidHashError):
                     ok = False
                 if not ok or row[3]:
-                    self._fail(db, keys)
+                    waits = self._fail(db, keys if account else keys[:2])
                     db.execute("COMMIT")
-                    log.warning("failed sign-in for %r from %s", key_name, client)
-                    raise SignInError("this account is disabled; ask an administrator" if ok
-                                      else "wrong account name or password")
-                db.execute("DELETE FROM failures WHERE key = ?", (keys[0],))
+                    log.warning("failed sign-in for %s from %s%s", who, client,
+                                f"; this account and client now wait {waits:.0f} s" if waits else "")
+                    error = SignInError("this account is disabled; ask an administrator" if ok
+                                        else "wrong account name or password")
+                    error.account, error.locked_seconds = account, waits
+                    raise error
+                db.execute("DELETE FROM failures WHERE key IN (?, ?)", (keys[0], keys[2]))
                 if _HASHER.check_needs_rehash(row[2]):
                     db.execute("UPDATE users SET hash = ? WHERE name = ?", (_HASHER.hash(password), row[0]))
                 db.execute("COMMIT")
@@ -260,7 +328,7 @@ class UserStore:
         return Actor(row[0], row[1])
 
     def failures(self, key: str) -> int:
-        """Failed sign-ins counted for 'user:NAME' or 'client:ADDRESS'."""
+        """Failed sign-ins counted for 'user:NAME', 'pair:NAME|CLIENT' or 'client:ADDRESS'."""
         with closing(self._connect()) as db:
             row = db.execute("SELECT count FROM failures WHERE key = ?", (key,)).fetchone()
         return row[0] if row else 0

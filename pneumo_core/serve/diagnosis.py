@@ -19,7 +19,8 @@ The words and numbers a clinician reads are decided here, once, for the screen a
 - `shows_heatmap`: heatmaps are drawn for PNEUMONIA and borderline calls (on request for NORMAL).
 
 Heatmaps always explain the PNEUMONIA logit (evidence *for pneumonia*, whatever the call), are
-restricted to the chest (`heatmap.chest_mask`) and are stored at model resolution as uint8.
+restricted to the chest (`heatmap.chest_mask`), scaled by the film's evidence (`heatmap.by_evidence`:
+one scale for every film of a model) and are stored at model resolution as uint8.
 """
 from __future__ import annotations
 
@@ -32,7 +33,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pneumo_core.evaluate.triage import NOT_VALIDATED, TIERS, TriageTiers, tiers_for
-from pneumo_core.explain.heatmap import chest_mask, restrict, to_uint8
+from pneumo_core.explain.heatmap import by_evidence, chest_mask, restrict, to_uint8
 from pneumo_core.imaging.films import FilmInfo
 from pneumo_core.imaging.ood import WARNING as OOD_WARNING
 from pneumo_core.imaging.ood import OODDetector, assess
@@ -330,8 +331,10 @@ class Diagnoser:
             heatmap = None
         else:
             maps, probability, embeddings = self.cam(method).explain_and_embed(self.model.inputs([gray]), target=1)
-            heatmap = to_uint8(restrict(maps[0], chest_mask(gray, maps.shape[1])))
             probability = self.model.tta_adjust([gray], probability)   # versions scored over augmented views
+            # Where (restricted to the chest, peak 1) times how much (the call's distance from the threshold).
+            heatmap = to_uint8(by_evidence(restrict(maps[0], chest_mask(gray, maps.shape[1])),
+                                           float(probability[0]), self.model.threshold))
         p = float(probability[0])
         ((ood_score, ood_flag),) = assess(self.ood, embeddings)
         tier, guarantee = tier_of(self.tiers, p, ood_flag)

@@ -18,7 +18,7 @@ import numpy as np
 import pydicom
 import pytest
 from conftest import REPO, synthetic_film
-from helpers import widget
+from helpers import shown, widget
 from PIL import Image
 from pydicom.encaps import encapsulate
 from pydicom.uid import JPEG2000Lossless
@@ -200,7 +200,7 @@ def test_a_request_over_its_pixel_budget_gets_a_message_for_the_film_that_crosse
     uploader(at).set_value([(f"budget{i}.png", _png(100 + i), "image/png") for i in range(3)])
     at.run()
     assert not at.exception
-    errors = [e.value for e in at.error]
+    errors = [shown(e.value) for e in at.error]
     assert len(errors) == 1 and errors[0].startswith("budget2.png: not read") and "0.025 megapixels" in errors[0]
 
 

@@ -66,7 +66,8 @@ def test_the_worklist_offers_re_scoring_and_records_a_verdict_on_the_archive_fil
     state.add([pacs.FilmRef("1.2.3", "1.2.3.4", "1.2.3.4.5", "DX", "PA", "20260301", "ACC-1")], MODEL)
     state.update("1.2.3.4.5", MODEL, status="scored", label="PNEUMONIA", probability=0.8, threshold=0.5,
                  certainty="probable", audit_id=row, scored="2026-03-01T10:00:00+00:00")
-    monkeypatch.setattr(pacs.PacsClient, "from_settings", classmethod(lambda cls, *args: None))
+    archive = SimpleNamespace(patient_of=lambda study_uid: None)   # an archive that knows no earlier study
+    monkeypatch.setattr(pacs.PacsClient, "from_settings", classmethod(lambda cls, *args: archive))
     monkeypatch.setattr(pacs, "film_and_heatmap", lambda client, film_row, outbox: (gray, None))
     at = AppTest.from_file(str(REPO / "views" / "worklist.py"), default_timeout=120)
     at.session_state["actor"] = READER

@@ -10,6 +10,8 @@ from streamlit.testing.v1 import AppTest
 from pneumo_core.records.access import Actor
 from pneumo_core.records.users import MAX_FAILURES, UserStore
 
+BY = Actor("it-admin", "admin")   # the administrator who manages the accounts of these tests
+
 ALL_PAGES = ["diagnose", "heatmaps", "metrics", "models", "retrain", "monitor", "audit", "users"]
 ROLE_PAGES = {"clinician": {"diagnose", "heatmaps", "metrics", "models"},
               "ml_lead": {"diagnose", "heatmaps", "metrics", "models", "retrain", "monitor"},
@@ -43,7 +45,7 @@ def home(tmp_path, monkeypatch):
 def accounts(home):
     store = UserStore(home)
     for name, role in (("root", "admin"), ("ana", "clinician"), ("sam", "ml_lead"), ("ida", "auditor")):
-        store.add(name, role, PASSWORD)
+        store.add(name, role, PASSWORD, by=BY)
     return store
 
 
@@ -78,7 +80,9 @@ def test_a_local_account_signs_in_and_out(accounts):
     assert "actor" not in at.session_state and reachable(at) == set()
 
 
-def test_failed_sign_ins_lock_the_account(accounts):
+def test_failed_sign_ins_make_this_account_and_client_wait_and_the_wait_is_recorded(accounts):
+    from pneumo_core.records.audit import AuditTrail
+    from pneumo_core.settings import load_settings
     at = app().run()
     for _ in range(MAX_FAILURES):
         at = sign_in_form(at, "ana", "not the password")
@@ -86,7 +90,9 @@ def test_failed_sign_ins_lock_the_account(accounts):
     at = sign_in_form(at, "ana", PASSWORD)
     assert at.error and at.error[0].value.startswith("Too many failed sign-ins: try again in")
     assert "actor" not in at.session_state
-    assert accounts.failures("user:ana") == MAX_FAILURES
+    assert accounts.failures("pair:ana|local") == MAX_FAILURES
+    locks = AuditTrail(load_settings().audit_path).events(kind="sign_in_locked")
+    assert [(e["who"], e["details"]["client"]) for e in locks] == [("ana", "local")]
 
 
 def test_sign_in_sign_out_and_a_failed_sign_in_are_recorded_with_the_name(accounts):
@@ -151,10 +157,10 @@ def test_a_page_refuses_a_role_it_is_not_for(home, name, role):
 def test_a_disabled_account_is_signed_out_on_its_next_click(accounts):
     at = sign_in_form(app().run(), "sam", PASSWORD)
     assert at.session_state["actor"] == Actor("sam", "ml_lead")
-    accounts.set_role("sam", "clinician")
+    accounts.set_role("sam", "clinician", by=BY)
     at.run()
     assert at.session_state["actor"] == Actor("sam", "clinician") and "retrain" not in reachable(at)
-    accounts.disable("sam")
+    accounts.disable("sam", by=BY)
     at.run()
     assert "actor" not in at.session_state and reachable(at) == set()
 

@@ -1,12 +1,23 @@
+import cv2
 import keras
 import numpy as np
 import pytest
 from helpers import SPOT_SIZE as SIZE
-from helpers import bright_spot_model, chest_film
+from helpers import adult_chest_film, bright_spot_model, chest_film
 
 from pneumo_core.errors import ConfigError
 from pneumo_core.explain.cam import METHODS, make_cam, overlay, to_original_size
-from pneumo_core.explain.heatmap import as_float, chest_mask, colour_bar, display_name, restrict, to_uint8, top_region
+from pneumo_core.explain.heatmap import (
+    as_float,
+    by_evidence,
+    chest_mask,
+    colour_bar,
+    display_name,
+    evidence_weight,
+    restrict,
+    to_uint8,
+    top_region,
+)
 from pneumo_core.imaging.preprocessing import prepare
 from pneumo_core.learn.model import assemble, build_classifier, build_embedder, build_head
 
@@ -54,10 +65,12 @@ def test_overlay_blends_a_colour_map_over_the_film():
     gray = np.full((40, 70), 100, np.uint8)
     heat = np.zeros((40, 70), np.float32)
     heat[:, 35:] = 1.0
+    heat[:, 5:15] = 0.1
     out = overlay(gray, heat, alpha=0.5)
     assert out.shape == (40, 70, 3) and out.dtype == np.uint8
     assert out[0, 60, 0] > out[0, 60, 2]  # hot half is red in JET
-    assert out[0, 10, 2] > out[0, 10, 0]  # cold half is blue
+    assert out[0, 10, 2] > out[0, 10, 0]  # weak evidence is blue
+    assert np.array_equal(out[0, 25], [100, 100, 100])   # none (or outside the chest): the film as it is
     assert np.array_equal(overlay(gray, heat, alpha=0.0)[..., 0], gray)
 
 
@@ -151,3 +164,36 @@ def test_deletion_curve_falls_faster_along_a_faithful_heatmap_than_at_random(spo
     assert curve.area < curve.random_area
     flat = cam.deletion_curve(x[0], np.zeros((SIZE, SIZE), np.float32), steps=8)  # no information: random order
     assert flat.area == pytest.approx(flat.random_area, abs=0.15)
+
+
+def test_maps_are_scaled_by_the_films_evidence_so_a_clear_normal_film_draws_no_outline():
+    """Issue 24, item 9: the outline was scaled to each film's own peak, so a NORMAL film at p < 0.01 drew a region."""
+    gray = np.full((120, 90), 100, np.uint8)
+    where = np.zeros((32, 32), np.float32)
+    where[8:16, 8:16] = 1.0                            # restricted map: peak 1 inside the chest
+    assert evidence_weight(0.5, 0.5) == pytest.approx(0.5)
+    assert evidence_weight(0.005, 0.5) == 0.0 and evidence_weight(0.999, 0.5) == 1.0
+    assert evidence_weight(0.3, 0.2) > evidence_weight(0.3, 0.5)   # the same p is more evidence under a lower threshold
+    normal = to_uint8(by_evidence(where, 0.008, 0.5))  # p < 0.01
+    assert not top_region(normal).any()
+    assert np.array_equal(overlay(gray, normal, outline_only=True), np.repeat(gray[:, :, None], 3, axis=2))
+    strong = to_uint8(by_evidence(where, 0.97, 0.5))
+    assert top_region(strong)[10, 10] and np.any(overlay(gray, strong, outline_only=True) != 100)
+    # One scale: the stronger call is drawn hotter at the same place.
+    assert strong.max() > to_uint8(by_evidence(where, 0.7, 0.5)).max() > normal.max()
+
+
+def _lungs_kept(gray: np.ndarray, lungs: np.ndarray, size: int = 224) -> float:
+    mask = chest_mask(gray, size) > 0
+    small = cv2.resize(lungs.astype(np.uint8), (size, size), interpolation=cv2.INTER_NEAREST).astype(bool)
+    return float((mask & small).sum() / small.sum())
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_the_chest_mask_keeps_the_lung_bases_of_adult_like_films(seed):
+    """Issue 24, item 11: the lower cut removed the bases of an adult film (faint, low on the flanks)."""
+    film, lungs = adult_chest_film(seed)
+    assert _lungs_kept(film, lungs) >= 0.95
+    rows = np.flatnonzero(chest_mask(film, 224).any(axis=1))
+    assert rows[-1] < 0.95 * 224                       # the abdomen's lowest rows are still cut
+

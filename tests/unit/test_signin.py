@@ -7,13 +7,15 @@ import pytest
 from conftest import REPO
 from helpers import PASSWORD
 
-from pneumo_core.errors import AccountError, LockedOut, SetupError, SignInError
+from pneumo_core.errors import AccountError, SetupError, SignInError
 from pneumo_core.records import signin
 from pneumo_core.records.access import PERMISSIONS, ROLES, Actor
 from pneumo_core.records.audit import AuditTrail
-from pneumo_core.records.users import UserStore
+from pneumo_core.records.users import LOCK_SECONDS, MAX_FAILURES, UserStore
 
 NOW = 1_000_000.0
+
+BY = Actor("it-admin", "admin")   # the administrator who manages the accounts of these tests
 # The pages each role opens (app.py's navigation and each page's own check read the same table).
 ROLE_PAGES = {"clinician": {"diagnose", "worklist", "heatmaps", "metrics", "models"},
               "ml_lead": {"diagnose", "worklist", "heatmaps", "metrics", "models", "retrain", "site", "monitor"},
@@ -84,7 +86,7 @@ def test_something_else_under_the_actor_key_is_nobody():
 
 
 def test_an_active_session_goes_on_and_its_idle_clock_restarts(accounts, trail):
-    accounts.add("ana", "clinician", PASSWORD)
+    accounts.add("ana", "clinician", PASSWORD, by=BY)
     session = {}
     signin.start_session(session, Actor("ana", "clinician"), signin.LOCAL, NOW, trail)
     check = signin.check_session(session, accounts, NOW + 60, provider_signed_in=False)
@@ -93,7 +95,7 @@ def test_an_active_session_goes_on_and_its_idle_clock_restarts(accounts, trail):
 
 
 def test_a_session_idle_past_the_limit_ends_with_a_notice(accounts, trail):
-    accounts.add("ana", "clinician", PASSWORD)
+    accounts.add("ana", "clinician", PASSWORD, by=BY)
     session = {}
     signin.start_session(session, Actor("ana", "clinician"), signin.LOCAL, NOW, trail)
     assert signin.check_session(session, accounts, NOW + signin.IDLE_MINUTES * 60, False).actor is not None
@@ -105,14 +107,14 @@ def test_a_session_idle_past_the_limit_ends_with_a_notice(accounts, trail):
 
 def test_a_local_account_disabled_removed_or_given_another_role_takes_effect_on_the_next_run(accounts, trail,
                                                                                            tmp_path):
-    accounts.add("root", "admin", PASSWORD)
-    accounts.add("sam", "ml_lead", PASSWORD)
+    accounts.add("root", "admin", PASSWORD, by=BY)
+    accounts.add("sam", "ml_lead", PASSWORD, by=BY)
     session = {}
     signin.start_session(session, Actor("sam", "ml_lead"), signin.LOCAL, NOW, trail)
-    accounts.set_role("sam", "clinician")
+    accounts.set_role("sam", "clinician", by=BY)
     assert signin.check_session(session, accounts, NOW + 1, False).actor == Actor("sam", "clinician")
     assert session["actor"] == Actor("sam", "clinician")
-    accounts.disable("sam")
+    accounts.disable("sam", by=BY)
     assert signin.check_session(session, accounts, NOW + 2, False) == signin.SessionCheck(None, "account disabled")
     elsewhere = UserStore(tmp_path / "restored")   # a PNEUMO_HOME restored without the account
     session = {}
@@ -147,21 +149,56 @@ def test_an_oidc_user_is_their_lower_case_email_with_the_mapped_role(tmp_path):
         signin.oidc_actor({}, home)
 
 
-def test_a_refused_sign_in_is_recorded_under_the_typed_name_with_its_reason(trail):
-    signin.record_refusal(trail, " Ana ", SignInError("wrong account name or password"))
-    signin.record_refusal(trail, "ana", LockedOut(29.5))
-    signin.record_refusal(trail, "", SetupError("the setup code is wrong"), method="setup code")
-    signin.record_refusal(trail, "x" * 500, SignInError("wrong account name or password"))
+def refusal(accounts, name, password, client="10.6.6.6"):
+    with pytest.raises(SignInError) as refused:
+        accounts.verify(name, password, client)
+    return refused.value
+
+
+def test_a_refused_sign_in_names_the_account_or_unknown_never_what_was_typed(accounts, trail):
+    accounts.add("ana", "clinician", PASSWORD, by=BY)
+    typed_secret = "Hunter2-typed-in-the-name-field"
+    signin.record_refusal(trail, " Ana ", refusal(accounts, " Ana ", "wrong-wrong-wrong"), client="10.6.6.6")
+    signin.record_refusal(trail, typed_secret, refusal(accounts, typed_secret, PASSWORD), client="10.6.6.6")
+    signin.record_refusal(trail, typed_secret, SetupError("the setup code is wrong"), method="setup code")
     assert events(trail) == [
         ("sign_in_failed", "ana", {"source": "dashboard", "reason": "wrong account name or password"}),
-        ("sign_in_failed", "ana", {"source": "dashboard", "reason": "locked"}),
-        ("sign_in_failed", "unknown", {"source": "dashboard", "method": "setup code", "reason": "SetupError"}),
-        ("sign_in_failed", "x" * 64, {"source": "dashboard", "reason": "wrong account name or password"})]
+        ("sign_in_failed", "unknown account", {"source": "dashboard", "reason": "wrong account name or password"}),
+        ("sign_in_failed", "unknown account", {"source": "dashboard", "method": "setup code",
+                                               "reason": "SetupError"})]
+    for stored in trail.path.parent.glob("audit.sqlite*"):
+        assert typed_secret.lower().encode() not in stored.read_bytes(), stored
+
+
+def test_the_wait_a_failure_starts_is_recorded_and_a_wait_refusal_says_locked(accounts, trail):
+    accounts.add("ana", "clinician", PASSWORD, by=BY)
+    for _ in range(MAX_FAILURES):
+        signin.record_refusal(trail, "ana", refusal(accounts, "ana", "wrong-wrong-wrong"), client="10.6.6.6")
+    signin.record_refusal(trail, "ana", refusal(accounts, "ana", PASSWORD), client="10.6.6.6")
+    recorded = events(trail)
+    assert recorded[-3:] == [
+        ("sign_in_failed", "ana", {"source": "dashboard", "reason": "wrong account name or password"}),
+        ("sign_in_locked", "ana", {"source": "dashboard", "client": "10.6.6.6", "seconds": LOCK_SECONDS}),
+        ("sign_in_failed", "ana", {"source": "dashboard", "reason": "locked"})]
+    assert [kind for kind, _, _ in recorded].count("sign_in_locked") == 1
 
 
 def test_the_client_key_is_the_address_or_local():
     assert signin.client_key("10.1.2.3") == "10.1.2.3"
     assert signin.client_key(None) == signin.client_key("") == "local"
+
+
+def test_x_forwarded_for_counts_only_through_a_named_proxy():
+    # Streamlit's server copies the header's last hop into the address for a connection from this machine.
+    for forged in ("198.51.100.1", "198.51.100.2", "10.0.0.1, 198.51.100.3"):
+        last = forged.split(", ")[-1]
+        assert signin.client_key(last, forged) == "local"          # no proxy named: it is this machine
+    assert signin.client_key("198.51.100.7", "198.51.100.7", ["127.0.0.1"]) == "198.51.100.7"
+    # through the named proxy, the hop it added counts, not the ones the client wrote before it
+    assert signin.client_key("198.51.100.7", "6.6.6.6, 198.51.100.7", ["127.0.0.1/32", "::1"]) == "198.51.100.7"
+    # a client reaching the dashboard directly is its own address, whatever it writes
+    assert signin.client_key("203.0.113.5", "1.2.3.4", ["127.0.0.1"]) == "203.0.113.5"
+    assert signin.client_key("10.9.0.2", "203.0.113.8, 10.9.0.1", ["10.9.0.0/16"]) == "203.0.113.8"
 
 
 def test_a_new_password_must_be_typed_the_same_twice():

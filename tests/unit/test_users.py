@@ -25,6 +25,8 @@ from pneumo_core.records.users import (
 )
 from pneumo_core.settings import TrainConfig, load_settings
 
+BY = Actor("it-admin", "admin")   # the administrator who manages the accounts of these tests
+
 
 class Clock:
     """A clock the test moves, so lockouts are checked without sleeping."""
@@ -47,17 +49,17 @@ def store(tmp_path, clock):
 
 
 def test_accounts_are_added_listed_disabled_and_given_roles(store):
-    store.add("Ana.Lopez", "clinician", PASSWORD)
-    store.add("root", "admin", PASSWORD)
+    store.add("Ana.Lopez", "clinician", PASSWORD, by=BY)
+    store.add("root", "admin", PASSWORD, by=BY)
     assert [(a["name"], a["role"], a["disabled"]) for a in store.list()] == [
         ("ana.lopez", "clinician", False), ("root", "admin", False)]
-    assert store.set_role("ana.lopez", "ml_lead")["role"] == "ml_lead"
-    assert store.disable("ana.lopez")["disabled"]
+    assert store.set_role("ana.lopez", "ml_lead", by=BY)["role"] == "ml_lead"
+    assert store.disable("ana.lopez", by=BY)["disabled"]
     assert "hash" not in store.list()[0]
 
 
 def test_the_account_file_is_readable_by_its_owner_only(store):
-    store.add("ana", "clinician", PASSWORD)
+    store.add("ana", "clinician", PASSWORD, by=BY)
     for path in store.path.parent.glob("users.sqlite*"):
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
     assert PASSWORD.encode() not in store.path.read_bytes()
@@ -72,61 +74,116 @@ def test_the_account_file_is_readable_by_its_owner_only(store):
 ])
 def test_bad_accounts_are_refused_with_what_is_accepted(store, name, role, password, message):
     with pytest.raises(AccountError, match=message) as caught:
-        store.add(name, role, password)
+        store.add(name, role, password, by=BY)
     assert isinstance(caught.value, PneumoError)
 
 
 def test_a_name_is_never_reused_and_the_last_admin_stays(store):
-    store.add("root", "admin", PASSWORD)
+    store.add("root", "admin", PASSWORD, by=BY)
     with pytest.raises(AccountError, match="already exists"):
-        store.add("ROOT", "clinician", PASSWORD)
+        store.add("ROOT", "clinician", PASSWORD, by=BY)
     with pytest.raises(AccountError, match="last enabled administrator"):
-        store.disable("root")
+        store.disable("root", by=BY)
     with pytest.raises(AccountError, match="last enabled administrator"):
-        store.set_role("root", "clinician")
+        store.set_role("root", "clinician", by=BY)
     with pytest.raises(AccountError, match="no account named"):
-        store.disable("nobody")
+        store.disable("nobody", by=BY)
 
 
 def test_sign_in_gives_the_actor_and_never_says_which_half_was_wrong(store):
-    store.add("ana", "clinician", PASSWORD)
+    store.add("ana", "clinician", PASSWORD, by=BY)
     assert store.verify("Ana", PASSWORD) == Actor("ana", "clinician")
     with pytest.raises(SignInError) as wrong_password:
         store.verify("ana", PASSWORD + "x")
     with pytest.raises(SignInError) as no_such_account:
         store.verify("bob", PASSWORD)
     assert str(wrong_password.value) == str(no_such_account.value) == "wrong account name or password"
-    store.add("root", "admin", PASSWORD)
-    store.disable("ana")
+    store.add("root", "admin", PASSWORD, by=BY)
+    store.disable("ana", by=BY)
     with pytest.raises(SignInError, match="disabled"):
         store.verify("ana", PASSWORD)
 
 
-def test_failed_sign_ins_lock_the_account_for_a_growing_time_even_after_a_restart(store, clock, tmp_path):
-    store.add("ana", "clinician", PASSWORD)
+def test_failed_sign_ins_make_that_account_and_client_wait_a_growing_time_even_after_a_restart(store, clock,
+                                                                                                 tmp_path):
+    store.add("ana", "clinician", PASSWORD, by=BY)
     for _ in range(MAX_FAILURES - 1):
-        with pytest.raises(SignInError):
-            store.verify("ana", "guess-guess-guess", client=f"10.0.0.{_}")
+        with pytest.raises(SignInError) as failed:
+            store.verify("ana", "guess-guess-guess", client="10.6.6.6")
+        assert not failed.value.locked_seconds
     with pytest.raises(SignInError) as last:
-        store.verify("ana", "guess-guess-guess")
-    assert not isinstance(last.value, LockedOut)
+        store.verify("ana", "guess-guess-guess", client="10.6.6.6")
+    assert not isinstance(last.value, LockedOut) and last.value.locked_seconds == LOCK_SECONDS
+    assert last.value.account == "ana"
     restarted = UserStore(tmp_path / "home", clock=clock)        # a new process reads the same counters
     with pytest.raises(LockedOut) as locked:
-        restarted.verify("ana", PASSWORD)                        # even the right password waits
+        restarted.verify("ana", PASSWORD, client="10.6.6.6")     # even the right password waits, from there
     assert locked.value.seconds == LOCK_SECONDS
     clock.now += LOCK_SECONDS + 1
     with pytest.raises(SignInError):
-        restarted.verify("ana", "another-guess")                 # one more failure: locked twice as long
+        restarted.verify("ana", "another-guess", client="10.6.6.6")   # one more failure: twice as long
     with pytest.raises(LockedOut) as longer:
-        restarted.verify("ana", PASSWORD)
+        restarted.verify("ana", PASSWORD, client="10.6.6.6")
     assert longer.value.seconds == 2 * LOCK_SECONDS
     clock.now += 2 * LOCK_SECONDS + 1
-    assert restarted.verify("ana", PASSWORD).name == "ana"
-    assert restarted.failures("user:ana") == 0                   # a right password clears the account's count
+    assert restarted.verify("ana", PASSWORD, client="10.6.6.6").name == "ana"
+    assert restarted.failures("pair:ana|10.6.6.6") == 0 and restarted.failures("user:ana") == 0
+
+
+def test_a_strangers_failures_never_keep_the_admin_out_from_another_address(store):
+    store.add("root", "admin", PASSWORD, by=BY)
+    for _ in range(MAX_FAILURES):   # the old rule locked the account itself from here on
+        with pytest.raises(SignInError):
+            store.verify("root", "guess-guess-guess", client="203.0.113.9")
+    with pytest.raises(LockedOut):
+        store.verify("root", PASSWORD, client="203.0.113.9")
+    assert store.verify("root", PASSWORD, client="10.1.1.1") == Actor("root", "admin")
+    assert store.failures("pair:root|203.0.113.9") == MAX_FAILURES   # the stranger still waits
+
+
+def test_an_admin_unlocks_an_account_and_only_an_admin(store):
+    store.add("ana", "clinician", PASSWORD, by=BY)
+    for _ in range(MAX_FAILURES):
+        with pytest.raises(SignInError):
+            store.verify("ana", "guess-guess-guess", client="10.6.6.6")
+    with pytest.raises(PermissionDenied):
+        store.unlock("ana", by=Actor("ana", "clinician"))
+    assert store.unlock("ana", by=BY)["cleared"] == 2     # the (account, client) wait and the account's count
+    assert store.verify("ana", PASSWORD, client="10.6.6.6").name == "ana"
+
+
+def test_a_name_that_is_no_account_is_never_stored_nor_logged(store, caplog):
+    typed = "MyPassw0rd-in-the-name-field"
+    with pytest.raises(SignInError) as refused:
+        store.verify(typed, PASSWORD, client="10.6.6.6")
+    assert refused.value.account is None
+    assert typed.lower().encode() not in store.path.read_bytes()
+    for suffix in ("-wal",):
+        side = store.path.with_name(store.path.name + suffix)
+        assert not side.exists() or typed.lower().encode() not in side.read_bytes()
+    assert typed.lower() not in caplog.text and "unknown account name" in caplog.text
+
+
+def test_account_changes_are_checked_in_the_library_not_only_on_the_page(store):
+    store.add("ana", "clinician", PASSWORD, by=BY)
+    store.add("root", "admin", PASSWORD, by=BY)
+    clinician = Actor("ana", "clinician")
+    for change in (lambda: store.add("eve", "admin", PASSWORD, by=clinician),
+                   lambda: store.set_role("ana", "admin", by=clinician),
+                   lambda: store.disable("root", by=clinician),
+                   lambda: store.enable("ana", by=clinician),
+                   lambda: store.set_password("root", PASSWORD + "x", by=clinician),
+                   lambda: store.add("eve", "admin", PASSWORD, by=None)):
+        with pytest.raises(PermissionDenied):
+            change()
+    assert [(a["name"], a["role"], a["disabled"]) for a in store.list()] == [
+        ("ana", "clinician", False), ("root", "admin", False)]
+    with pytest.raises(AccountError, match="cannot disable yourself"):
+        store.disable("root", by=Actor("root", "admin"))
 
 
 def test_one_client_trying_many_names_is_locked_out(store):
-    store.add("ana", "clinician", PASSWORD)
+    store.add("ana", "clinician", PASSWORD, by=BY)
     for i in range(MAX_CLIENT_FAILURES):
         with pytest.raises(SignInError):
             store.verify(f"user{i}", "guess-guess-guess", client="10.9.9.9")

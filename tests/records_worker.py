@@ -1,0 +1,53 @@
+"""A process of the shared-records concurrency tests (tests/integration/test_shared_records.py).
+
+    python tests/records_worker.py audit N           append N diagnosis rows and N/10 events; prints the
+                                                     times (epoch seconds) of the first and last append
+    python tests/records_worker.py jobs RUNS_FILE    a `jobs runner` (PNEUMO_JOB_RUNNERS=workers) whose
+                                                     job command is a fake: it appends "JOB PID TIME" to
+                                                     RUNS_FILE, sleeps 0.2 s and succeeds; ends when the
+                                                     queue is empty
+
+The database is the environment's (PNEUMO_DATABASE_URL, else the SQLite files of PNEUMO_HOME).
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+from pneumo_core.jobs import runner
+from pneumo_core.jobs.queue import JobQueue
+from pneumo_core.jobs.rows import now
+from pneumo_core.records.audit import AuditTrail
+from pneumo_core.serve.diagnosis import Diagnosis
+from pneumo_core.settings import load_settings
+
+
+def append_audit(count: int) -> tuple[float, float]:
+    trail = AuditTrail(load_settings().audit_path)
+    start = time.time()
+    for i in range(count):
+        trail.record(Diagnosis(name="x.png", probability=i / count, label="NORMAL", threshold=0.5, certainty="clear",
+                               heatmap=None, method="gradcam", model_id="v1", sha256=f"{os.getpid():08x}{i:056x}",
+                               ood_score=0.5, ood_flag=False), source="test", who=f"p{os.getpid()}")
+        if i % 10 == 0:
+            trail.event("test", f"p{os.getpid()}", i=i)
+    return start, time.time()
+
+
+def run_fake_jobs(runs_file: str) -> int:
+    def fake_job(queue: JobQueue, job_id: int) -> int:
+        runner.claim(queue, job_id)          # the worker's own claim is accepted as is
+        with open(runs_file, "a") as runs:
+            runs.write(f"{job_id} {os.getpid()} {time.time()}\n")
+        time.sleep(0.2)
+        queue.store.update(job_id, "running", state="succeeded", ended=now(), percent=100.0)
+        return 0
+    return runner.serve(JobQueue(load_settings()), once=True, run_job=fake_job)
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "audit":
+        print(*append_audit(int(sys.argv[2])))
+    else:
+        print(run_fake_jobs(sys.argv[2]))
