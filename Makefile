@@ -44,7 +44,10 @@ setup: $(STAMP)
 
 setup-dev: $(DEV_STAMP)
 
+# The address and, on a fresh server, the one-time setup code are printed before any browser visits.
+# Another port: STREAMLIT_SERVER_PORT=8502 make run (Streamlit reads it).
 run: $(STAMP)
+	$(PY) -m pneumo_core users first-start --url http://localhost:$${STREAMLIT_SERVER_PORT:-8501}
 	$(PY) -m streamlit run app.py
 
 # Real components the tests start themselves, from Debian's packages: Chromium for the browser

@@ -186,6 +186,11 @@ class Settings:
         return self.home / "models"
 
     @property
+    def train_command(self) -> str:
+        """The one wording of "train a model", with this server's data folder filled in (what `make train` runs)."""
+        return f"python -m pneumo_core train --data {self.data_dir}"
+
+    @property
     def cache_dir(self) -> Path:
         return self.home / "features"
 

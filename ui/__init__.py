@@ -53,7 +53,6 @@ from ui.session import (
 )
 from ui.text import literal
 from ui.widgets import (
-    TRAIN_COMMAND,
     check_upload_count,
     film_key,
     first_run,
@@ -67,7 +66,7 @@ from ui.widgets import (
 )
 
 __all__ = [
-    "BUDGET", "DISPLAY_SIDE", "TRAIN_COMMAND", "ByteLRU", "actor", "audit_event", "audit_trail", "check_upload_count",
+    "BUDGET", "DISPLAY_SIDE", "ByteLRU", "actor", "audit_event", "audit_trail", "check_upload_count",
     "client", "current_train_params", "decode_budget", "diagnose_and_record", "diagnoser", "diagnoser_for",
     "diagnosis", "diagnosis_cache", "display_film", "error_overlay", "faithfulness", "figures_that_apply",
     "film_jpeg", "film_key", "film_thumbnail", "first_run", "for_display", "job_progress", "job_queue", "jpeg",

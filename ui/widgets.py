@@ -14,14 +14,12 @@ from ui.loaders import audit_trail, settings, versions
 from ui.session import actor, may
 from ui.text import literal
 
-TRAIN_COMMAND = "python -m pneumo_core train --data DATA_DIR"
-
 
 def first_run() -> None:
     """The message of a server with no model yet: how to train the first."""
     st.info("No model has been trained yet. Start one on the **Retrain** page, or from a terminal (about five "
             "minutes on a laptop), then reload this page:")
-    st.code(TRAIN_COMMAND, language="bash")
+    st.code(settings().train_command, language="bash")
 
 
 def version_picker(label: str = "Model version", key: str | None = None, index_of_active: bool = True) -> str | None:

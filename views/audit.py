@@ -4,13 +4,13 @@ import streamlit as st
 
 import ui
 from pneumo_core.errors import PermissionDenied
-from pneumo_core.records.audit import COLUMNS
+from pneumo_core.records.audit import VIEW_COLUMNS
 
 ui.require_page("audit")
 st.title("Audit trail")
-st.caption("One row per diagnosis made on this server or its command line: time, film SHA-256, model "
-           "version, probability, threshold, call, out-of-distribution score and flag, heatmap method, "
-           "source and user. Never the image, its file name or patient details.")
+st.caption("One row per diagnosis made on this server or its command line: who, what call, when, on which "
+           "film (SHA-256) and model version; then probability, threshold, tier, out-of-distribution score and "
+           "flag, heatmap method and source. Never the image, its file name or patient details.")
 trail = ui.audit_trail()
 everything = trail.rows()
 if not everything:
@@ -30,7 +30,8 @@ except PermissionDenied as error:
     st.error(ui.literal(error))
     st.stop()
 st.markdown(f"**{len(rows)}** of {len(everything)} diagnoses")
-st.dataframe(pd.DataFrame(rows, columns=list(COLUMNS)), hide_index=True, width="stretch", column_config={
+st.dataframe(pd.DataFrame(rows, columns=list(VIEW_COLUMNS)), hide_index=True, width="stretch", column_config={
+    "sha256": st.column_config.TextColumn("film (SHA-256)"),
     "probability": st.column_config.NumberColumn(format="%.3f"),
     "ood_score": st.column_config.NumberColumn(format="%.2f")})
 if ui.may("export_audit"):   # the export is made, and recorded, only when clicked

@@ -129,7 +129,7 @@ def film_view() -> None:
     verdict.earlier_call_notice(d.sha256, d.model_id)
     verdict.verdict_form(key, gray, sha256=d.sha256, model_id=d.model_id)
     record = ui.figures_that_apply(version_path)
-    for line in [f"Model {d.model_id} · scored {dx.local_time(d.when)}"] + track_record_lines(record):
+    for line in [f"Model {d.model_id} · scored by the model {dx.local_time(d.when)}"] + track_record_lines(record):
         st.caption(line)
     prevalence, prevalence_source = monitor.clinic_prevalence(ui.settings(), version_path)
     sensitivity, specificity = record.figures.get("sensitivity"), record.figures.get("specificity")
@@ -139,36 +139,42 @@ def film_view() -> None:
     with st.container(key="diagnose-ready"):  # the browser tests wait for this: the film is fully drawn
         st.download_button(
             "Download report (PDF)", lambda: report_pdf(gray, d, record, reference, shown, alpha, outline_only,
-                                                              reader=verdict.latest(d.sha256)),
-            report_filename(d, reference), "application/pdf", icon=":material/description:",
+                                                        reader=verdict.latest(d.sha256), locale=st.context.locale),
+            report_filename(d), "application/pdf", icon=":material/description:",
             on_click=ui.audit_event, args=("report_download", ui.who()),
             kwargs={"sha256": d.sha256, "model": d.model_id, "format": "PDF"})
-    st.caption("The report carries the study's identifiers (never the file name) and a line for the reader's "
-               "name and signature.")
+    st.caption("The report names the patient and study from the DICOM (\"not given\" when absent), the reader's "
+               "findings and a line to sign; its file name carries only the study UID or the film's hash and the "
+               "date.")
 
 
 def worklist() -> None:
     """The worklist (not a fragment: a row click reruns the page, ~0.9 s; the 'Open film' box reruns the film only)."""
     st.subheader("Worklist")
     # No separate caution column: it was cut off at 1360 px; 'not assessable' says it and fits at 1024 px.
-    st.caption(("High tier, then uncertain (needs a full read), then low, by the site's triage cut-offs; "
-                if diagnoser.tiers is not None else
-                "Check first (not assessable or borderline), then urgent (PNEUMONIA), then routine (NORMAL); ")
-               + "highest probability first within each. *Not assessable*: the film is unlike the training "
-               "films (the caution is shown with the film). Click a row's box to open its film.")
+    st.caption(dx.ORDER_TEXT + " *Not assessable*: the film is unlike the training films (the caution is shown "
+               "with the film). Click a row's box to open its film.")
     st.session_state["_worklist_keys"] = order
     rows = []
     for k in order:
         gray, d, position, _ = films[k]
-        rows.append({"priority": d.tier or d.priority, "film": ui.film_thumbnail(k, gray),
+        rows.append({"priority": d.priority, "film": ui.film_thumbnail(k, gray),
                      "file": f"{position}: {d.name}", "call": d.label, "probability": d.probability_text,
                      # "not validated at this site" is said once, with the open film, not on every row
                      "certainty": "" if d.certainty_word == dx.NOT_VALIDATED else d.certainty_word})
     st.dataframe(pd.DataFrame(rows), hide_index=True, width="stretch", key="worklist",
                  on_select=ui.open_clicked_row, selection_mode="single-row", column_config={
-                     "priority": st.column_config.TextColumn("priority", help=" · ".join(
+                     # widths in px: 519 with the selection column's 33 fit the 562 px beside the sidebar at
+                     # 1024 px, each word whole ('PNEUMONIA', 'not assessable')
+                     "priority": st.column_config.TextColumn("priority", width=82, help=" · ".join(
                          f"{k}: {v}" for k, v in dx.PRIORITY_MEANING.items())),
-                     "film": st.column_config.ImageColumn("film", width="small")})
+                     "film": st.column_config.ImageColumn("film", width=50),
+                     # the file name gives way (its full name is in the 'Open film' box): the call,
+                     # probability and certainty stay in view at 1024 px
+                     "file": st.column_config.TextColumn("file", width=105),
+                     "call": st.column_config.TextColumn("call", width=90),
+                     "probability": st.column_config.TextColumn("probability", width=82),
+                     "certainty": st.column_config.TextColumn("certainty", width=110)})
 
 
 if len(order) > 1:

@@ -7,6 +7,7 @@ import streamlit as st
 import ui
 from pneumo_core.evaluate import figures
 from pneumo_core.evaluate.track_record import track_record
+from pneumo_core.golive import adaptation
 from pneumo_core.learn.store import read_json
 from pneumo_core.records.registry import change_kind, promotions, summaries
 
@@ -54,24 +55,10 @@ version = ui.version_picker(key="card_model")
 meta = read_json(ui.version_dir(version), "metadata.json")
 tuner = read_json(ui.version_dir(version), "tuner.json")
 data = meta["data"]
-st.markdown(f"""
-- **Backbone**: {meta['backbone']} ({meta['weights'] or 'random init'} weights), input {meta['image_size']} px,
-  intensity normalisation *{meta['normalisation']}*
-- **Data**: `{data['dir']}` (fingerprint `{data['fingerprint']}`); split by patient, seed {data['split_seed']}
-- **Operating threshold**: {meta['threshold']:.3f} — {meta['threshold_rule']}
-- **Calibration**: Platt scaling on validation (a = {meta['calibration']['a']:.3f}, b = {meta['calibration']['b']:.3f})
-- **Ensemble**: {len(meta['ensemble'])} heads; tuner {tuner['algorithm']}, {tuner['trials_run']} trials,
-  objective {tuner['objective']}
-- **Training time**: {meta['training']['seconds']:.0f} s
-- **Limitations**: {meta['limitations']}
-""")
+st.markdown("\n".join(f"- **{field}**: {ui.literal(text)}" for field, text in adaptation.card_lines(meta, tuner)))
 card_record = track_record(ui.version_dir(version), meta)
 st.markdown(f"**Figures that apply** ({card_record.label}): " + ", ".join(
     f"{figures.FIGURE_NAMES[m]} {card_record.text(m)}" for m in figures.FIGURE_NAMES))
-if meta.get("site"):
-    adapted = meta["site"]
-    st.markdown(f"**Adapted to site {adapted['name']}** from `{meta.get('adapted_from')}` on {adapted['n']} films "
-                f"(fingerprint `{adapted['fingerprint']}`): {adapted['method']}.")
 st.dataframe(pd.DataFrame([{"split": s, **v} for s, v in data["sizes"].items()]), hide_index=True)
 with st.expander("Ensemble hyper-parameters and tuner summary"):
     st.dataframe(pd.DataFrame(meta["ensemble"]), hide_index=True)

@@ -4,24 +4,24 @@ import streamlit as st
 
 import ui
 from pneumo_core.errors import PneumoError
-from pneumo_core.evaluate.triage import TIERS, tiers_for
 from pneumo_core.pacs.client import PacsClient
 from pneumo_core.pacs.state import PacsState, worklist
 from pneumo_core.pacs.watcher import film_and_heatmap, outbox_dir
 from pneumo_core.records.signin import may_open
-from pneumo_core.serve.diagnosis import NOTICE, tier_of
+from pneumo_core.serve import diagnosis as dx
 from ui import verdict
 
 st.title("Worklist")
 verdict.model_change_notice()
-st.caption(NOTICE + " Priority: PNEUMONIA first, then borderline calls, then NORMAL; each by probability.")
+st.caption(dx.NOTICE + " " + dx.ORDER_TEXT)
 actor = ui.actor()
 if actor is not None and not may_open(actor, "worklist"):
     st.error(f"{actor.name} ({actor.role}) may not see calls; that needs the role clinician, ml_lead or admin.")
     st.stop()
 settings = ui.settings()
 state = PacsState(settings.pacs_state_path)
-status, rows = state.status(), worklist(state)
+# The library orders the films (site tiers included), exactly as Diagnose orders its uploads.
+status, rows = state.status(), worklist(state, models_dir=settings.models_dir)
 if not rows:
     st.info("No film from the archive yet. The archive is set by PNEUMO_PACS_URL (or the secrets file); "
             "start the watcher on the server:")
@@ -31,38 +31,41 @@ st.caption(f"Archive {ui.literal(status['url'])} · last poll {ui.literal(status
            f"{status['backlog']}" + (f" · last archive error {ui.literal(status['last_error_time'])}: "
                                      f"{ui.literal(status['last_error'])}" if status["last_error"] else ""))
 
-# The site's triage tier of each scored film, from its model version's site report (None: no guarantee).
-site_tiers = {m: tiers_for(settings.models_dir / m) for m in {r["model"] for r in rows if r["model"]}}
-for r in rows:
-    r["tier"], r["tier_guarantee"] = (tier_of(site_tiers.get(r["model"]), r["probability"], r["ood_flag"])
-                                      if r["label"] is not None else (None, None))
-if any(r["tier"] for r in rows):   # high, uncertain, low; films without a tier keep their order after them
-    rows.sort(key=lambda r: TIERS.index(r["tier"]) if r["tier"] else len(TIERS))
-    st.caption("Sorted by the site's triage tiers: high, uncertain (needs a full read), low.")
+locale = st.context.locale   # the reader's browser locale: dates as the reader writes them
+# Six short columns, each word whole at 1024 px (562 px beside the sidebar, measured in the browser test);
+# the modality, view, model and whether the result is in the archive are shown with the open film.
 table = pd.DataFrame([{
-    "tier": r["tier"] or "", "priority": r["priority_name"], "accession": r["accession"], "call": r["label"] or "",
-    "probability": r["probability"], "certainty": (r["certainty"] or "").split(":")[0],
-    "caution": "unlike the training films" if r["ood_flag"] else "",
-    "result in archive": "yes" if r["in_archive"] else "no", "note": r["reason"] or "",
-    "film": f"{r['modality']} {r['view']}".strip(), "study date": r["study_date"], "model": r["model"]}
+    "priority": r["priority_name"], "call": r["label"] or "", "probability": dx.format_probability(r["probability"])
+    if r["probability"] is not None else "", "certainty": (r["certainty"] or "").split(":")[0]
+    if r["label"] else (r["reason"] or r["status"]).split(";")[0], "accession": r["accession"] or "",
+    "study date": dx.format_date(r["study_date"], locale)}
     for r in rows])
 event = st.dataframe(table, hide_index=True, width="stretch", on_select="rerun", selection_mode="single-row",
                      key="worklist_table", column_config={
-                         "probability": st.column_config.ProgressColumn("probability", min_value=0.0, max_value=1.0,
-                                                                        format="%.3f")})
+                         # widths in px: 526 with the selection column's 33 fill the 562 px
+                         "priority": st.column_config.TextColumn("priority", width=82, help=" · ".join(
+                             f"{k}: {v}" for k, v in dx.PRIORITY_MEANING.items())),
+                         "call": st.column_config.TextColumn("call", width=90),
+                         "probability": st.column_config.TextColumn("probability", width=82),
+                         "certainty": st.column_config.TextColumn("certainty", width=110,
+                                                                  help="For a film not scored: why."),
+                         "accession": st.column_config.TextColumn("accession", width=80),
+                         "study date": st.column_config.TextColumn("study date", width=82)})
 picked = event.selection.rows if event and event.selection else []
 row = rows[picked[0]] if picked else rows[0]
 # Accession and date come from the archive as they are: never read as Markdown.
 st.subheader(f"{row['priority_name']} · accession {ui.literal(row['accession'] or '-')} · "
-             f"{ui.literal(row['study_date'] or '')}")
+             f"{ui.literal(dx.format_date(row['study_date'], locale))}")
+st.caption(ui.literal(" · ".join(v for v in (row["modality"], row["view"]) if v)))
 if row["label"] is None:
     st.info(f"Not scored: {ui.literal(row['reason'] or row['status'])}.")
     st.stop()
 st.caption("Click a row to open another film.")
 call, probability, sure = st.columns(3)
 call.metric("Call", row["label"])
-probability.metric("Probability of pneumonia", f"{row['probability']:.3f}", f"threshold {row['threshold']:.3f}",
-                   delta_color="off")
+probability.metric("Probability of pneumonia", dx.format_probability(row["probability"]),
+                   f"{dx.strength_words(row['probability'], row['threshold'], row['tier'] is not None)} "
+                   f"({dx.format_probability(row['threshold'])})", delta_color="off")
 sure.metric("Certainty", row["certainty"].split(":")[0])
 if row["tier"]:
     st.markdown(f"**Tier: {row['tier']}** — {row['tier_guarantee']}")

@@ -43,6 +43,7 @@ def cmd_site(args, settings) -> int:
     """Run `site validate` or `site adapt` (the new version's id printed last). Returns the exit status."""
     from pneumo_core.golive import adaptation, validation
     from pneumo_core.jobs.results import write_result
+    from pneumo_core.progress import StreamReporter
     from pneumo_core.records.registry import active_version, resolve
     if args.site_command == "validate":
         report = validation.validate(resolve(settings.models_dir, args.model), args.data, args.name,
@@ -66,7 +67,7 @@ def cmd_site(args, settings) -> int:
         raise PneumoError("site adapt needs --data DIR (a site folder) or --reviewed (the films readers judged)")
     version_id = adaptation.adapt(settings, settings.reviewed_dir if args.reviewed else args.data,
                                   args.name or ("reviewed" if args.reviewed else None), args.model,
-                                  alpha=args.alpha, beta=args.beta)
+                                  alpha=args.alpha, beta=args.beta, reporter=StreamReporter())
     if settings.signing_key is not None:
         from pneumo_core.records.signing import sign_version
         sign_version(settings.models_dir / version_id, settings.signing_key)

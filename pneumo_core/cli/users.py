@@ -27,6 +27,9 @@ def add_commands(commands, settings: Settings) -> None:
     set_role.add_argument("role", choices=["clinician", "ml_lead", "auditor", "admin"])
     user_commands.add_parser("unlock", help="end every wait of an account after failed sign-ins (from any address)"
                              ).add_argument("name")
+    first = user_commands.add_parser("first-start", help="print the dashboard's address and, while no administrator "
+                                                         "exists, a fresh one-time setup code (make run does this)")
+    first.add_argument("--url", default="http://localhost:8501", help="the dashboard's address to print")
 
 
 def _read_new_password() -> str:
@@ -52,6 +55,10 @@ def cmd_users(args, settings) -> int:
     from pneumo_core.records.anchor import audit_trail
     from pneumo_core.records.users import UserStore
     store, actor = UserStore(settings.home), cli_actor()
+    if args.users_command == "first-start":
+        from pneumo_core.records.signin import first_start
+        print(first_start(store, args.url), flush=True)
+        return 0
     if args.users_command == "list":
         rows = store.list()
         if args.json:

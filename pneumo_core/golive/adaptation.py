@@ -32,7 +32,7 @@ from pneumo_core.evaluate.triage import DEFAULT_ALPHA, DEFAULT_BETA, SOURCES, fi
 from pneumo_core.golive.sites import FOLDS, load_site, patient_folds
 from pneumo_core.golive.validation import score_films, score_views, sigmoid, write_json_atomic
 from pneumo_core.learn.data import load_dataset
-from pneumo_core.progress import Progress
+from pneumo_core.progress import Progress, Reporter
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +84,64 @@ class LinearHead:
         return model
 
 
+def card_lines(meta: dict, tuner: dict | None = None) -> list[tuple[str, str]]:
+    """A model card in plain words, (field, text) pairs: what was trained, on what, and how it decides.
+
+    An adapted version says what adaptation did (a head weighted towards the site's films, a
+    calibration and a threshold cross-validated on them), not the base version's recipe.
+
+    Args:
+        meta: the version's metadata.json; tuner: its tuner.json (None or {}: not shown).
+    Returns:
+        Pairs such as ("Operating threshold", "0.412: the highest threshold that kept ...").
+    """
+    data, training = meta.get("data", {}), meta.get("training", {})
+    lines = [("Backbone", f"{meta['backbone']} ({meta.get('weights') or 'random init'} weights), input "
+                          f"{meta['image_size']} px, intensity normalisation {meta['normalisation']}"),
+             ("Training films", f"{data.get('dir')} (fingerprint {data.get('fingerprint')}); split by patient, "
+                                f"seed {data.get('split_seed')}")]
+    site, calibration, heads = meta.get("site"), meta.get("calibration", {}), meta.get("ensemble", [])
+    if site:
+        cv = site.get("cross_validated", {})
+        folds = cv.get("folds", FOLDS)
+        weight = (heads[0].get("site_weight") if heads else None) or SITE_WEIGHT
+        lines += [
+            ("Adapted to site", f"{site['name']}, from version {meta.get('adapted_from')}, on {site['n']} labelled "
+                                f"films of the site (fingerprint {site.get('fingerprint')})"),
+            ("What was trained", f"one new decision layer (a logistic head) on the unchanged backbone, trained on "
+                                 f"the original training films together with the site's films, each site film "
+                                 f"counting {weight:g} times as much"),
+            ("Probability scale", f"re-calibrated to the site: fitted on the site films' out-of-fold predictions "
+                                  f"({folds}-fold by patient, so no film calibrates its own score)"),
+            ("Operating threshold", f"{meta['threshold']:.3f}, set for the site: "
+                                    f"{meta.get('threshold_rule', 'cross-validated on the site films')}"),
+            ("How its figures were measured", f"patient-grouped {folds}-fold cross-validation on the site's "
+                                              f"films: each film scored by a head that never saw it")]
+    else:
+        lines += [("Operating threshold", f"{meta['threshold']:.3f}: {meta.get('threshold_rule', '')}"),
+                  ("Probability scale", "calibrated on the validation split (Platt scaling, a = "
+                                        f"{calibration.get('a', 1.0):.3f}, b = {calibration.get('b', 0.0):.3f})")]
+        if heads:
+            tuned = (f"; chosen by {tuner['algorithm']} over {tuner['trials_run']} trials ({tuner['objective']})"
+                     if tuner else "")
+            lines.append(("Decision layers", f"{'one head' if len(heads) == 1 else f'{len(heads)} heads averaged'}"
+                                             f"{tuned}"))
+    seconds = training.get("site_adapt_seconds" if site else "seconds")
+    if seconds is not None:
+        lines.append(("Time to make", f"{seconds:.0f} s on the machine that made it"))
+    if meta.get("limitations"):
+        lines.append(("Limitations", meta["limitations"]))
+    return lines
+
+
+def measured_seconds(models_dir: Path) -> float | None:
+    """The median time a site adaptation took on this server (its adapted versions' cards); None before the first."""
+    from pneumo_core.learn.store import versions
+    seconds = [m["training"]["site_adapt_seconds"] for m in versions(models_dir)
+               if m.get("site") and (m.get("training") or {}).get("site_adapt_seconds")]
+    return float(np.median(seconds)) if seconds else None
+
+
 def fit_site_head(x_train, y_train, x_site, y_site, site_weight: float = SITE_WEIGHT, c: float = HEAD_C,
                   stats=None) -> LinearHead:
     """A logistic head on training films plus site films weighted `site_weight` times each."""
@@ -126,7 +184,7 @@ def out_of_fold_logits(x_train, y_train, x_site, y_site, folds, **head_options) 
 
 
 def out_of_fold_view_logits(x_train, y_train, site_views, y_site, folds, site_weight: float = SITE_WEIGHT,
-                            c: float = HEAD_C, stats=None) -> np.ndarray:
+                            c: float = HEAD_C, stats=None, reporter: Reporter | None = None) -> np.ndarray:
     """Each site film's mean logit over its views, from a head that never saw any view of its fold.
 
     Args:
@@ -134,13 +192,14 @@ def out_of_fold_view_logits(x_train, y_train, site_views, y_site, folds, site_we
         site_views: (V, N, D) the site films' plain view then V - 1 TTA views (`score_views`).
         y_site, folds: labels and patient-grouped fold of each site film.
         site_weight: the weight of each site row (every view of a site film counts that much).
+        reporter: where the 'training site fold' stage's progress goes.
     Returns:
         (N,) out-of-fold logits: the mean over a film's V views of the fold head's logit.
     """
     site_views, y_site, folds = np.asarray(site_views), np.asarray(y_site).astype(int), np.asarray(folds)
     n_views, dim = site_views.shape[0], site_views.shape[2]
     logits = np.full(len(y_site), np.nan)
-    progress = Progress("training site fold", len(np.unique(folds)))
+    progress = Progress("training site fold", len(np.unique(folds)), reporter)
     for fold in np.unique(folds):
         held = folds == fold
         head = fit_site_head(x_train, y_train, site_views[:, ~held].reshape(-1, dim),
@@ -150,13 +209,14 @@ def out_of_fold_view_logits(x_train, y_train, site_views, y_site, folds, site_we
     return logits
 
 
-def training_features(metadata: dict, settings, embedder, views: bool = False) -> dict:
+def training_features(metadata: dict, settings, embedder, views: bool = False,
+                      reporter: Reporter | None = None) -> dict:
     """The base version's internal films as pooled features: train (plain view), val and test splits.
 
     From the feature cache when the backbone was not fine-tuned (the cached vectors are the frozen
     backbone's), else embedded again with the version's own backbone. `views` adds "train_views",
     (1 + A, n, D): the plain view and the A augmented views the version was trained on (cached; the
-    plain view alone for a fine-tuned backbone).
+    plain view alone for a fine-tuned backbone). Its 'caching' stages report to `reporter`.
     """
     from pneumo_core.learn.features import FeatureCache, embed
     data = metadata.get("data", {})
@@ -174,12 +234,13 @@ def training_features(metadata: dict, settings, embedder, views: bool = False) -
     # The cache holds the frozen backbone's vectors under its weights' name: a fine-tuned backbone, or
     # weights not found here, would store other vectors under that name, so those are embedded afresh.
     if metadata.get("training", {}).get("fine_tune_epochs", 0) > 0 or weights == "":
-        vectors = {s: embed(embedder, f.path, size, norm, progress=Progress(f"caching {s} films", len(f)))
+        vectors = {s: embed(embedder, f.path, size, norm, progress=Progress(f"caching {s} films", len(f), reporter))
                    for s, f in splits.items()}
         if views:
             log.info("fine-tuned or uncached backbone: site adaptation uses the plain view of the training films")
     else:
-        cache = FeatureCache(settings.cache_dir, metadata["backbone"], weights, size, norm, lambda: embedder)
+        cache = FeatureCache(settings.cache_dir, metadata["backbone"], weights, size, norm, lambda: embedder,
+                             reporter)
         vectors = {s: cache.get(f.path, label=f"{'train plain view' if s == 'train' else s}")
                    for s, f in splits.items()}
         if views:
@@ -196,7 +257,8 @@ def training_features(metadata: dict, settings, embedder, views: bool = False) -
 
 
 def adapt(settings, data_dir, name: str | None = None, model_ref: str | None = None, folds: int = FOLDS,
-          seed: int = 0, n_boot: int = 1000, alpha: float = DEFAULT_ALPHA, beta: float = DEFAULT_BETA) -> str:
+          seed: int = 0, n_boot: int = 1000, alpha: float = DEFAULT_ALPHA, beta: float = DEFAULT_BETA,
+          reporter: Reporter | None = None) -> str:
     """Make and register a candidate version adapted to a site's labelled films; returns its id.
 
     Args:
@@ -206,30 +268,38 @@ def adapt(settings, data_dir, name: str | None = None, model_ref: str | None = N
         folds, seed: patient-grouped cross-validation over the site films.
         n_boot: bootstrap resamples (patients) of the cross-validated figures' intervals.
         alpha, beta: the site's triage promises, set on the out-of-fold probabilities.
+        reporter: where each stage's progress goes (loading, scoring site films, caching, training site fold,
+            evaluating, scoring internal val/test films, saving: `jobs.progress_lines.SITE_ADAPT_BANDS`).
     Returns:
         The new version's id. Its card holds `site` = {name, fingerprint, n, method, cross_validated};
         its site report (`site_reports/<site>.json`) the cross-validated figures and the triage tiers.
     """
+    # The site's films are read first, before TensorFlow is imported (3 s on an idle machine, 17 s on a
+    # loaded one) and the model loaded: the job's bar moves as soon as the process runs.
+    loading = Progress("loading the site's films and the model", 3, reporter)
+    start = time.perf_counter()
+    site = load_site(data_dir, name)
+    y_site = site.y
+    loading.update(1, f"{len(y_site)} site films")
     import keras
 
     from pneumo_core.imaging.ood import OODDetector
     from pneumo_core.learn.model import PneumoModel, assemble, build_classifier, parts, scoring_model
     from pneumo_core.learn.store import new_version_id, read_json, save_version
     from pneumo_core.records.registry import check_version, resolve
-    start = time.perf_counter()
+    loading.update(1, "TensorFlow loaded")
     base_dir = resolve(settings.models_dir, model_ref)
     base = PneumoModel.load(base_dir, expected_sha256=check_version(base_dir, settings.models_dir,
                                                                      settings.verify_key)["sha256"])
     meta = base.metadata
-    site = load_site(data_dir, name)
-    y_site = site.y
+    loading.update(1, f"model {base.id} loaded")
     # The base version's own scores ("before"), and every view of the site films in one pass.
-    z_views, site_views = score_views(base, site.frame["path"], TTA_VIEWS, TTA_SEED)
+    z_views, site_views = score_views(base, site.frame["path"], TTA_VIEWS, TTA_SEED, reporter=reporter)
     p_base = sigmoid(z_views.mean(1)) if base.tta_views == TTA_VIEWS and base.tta_seed == TTA_SEED else \
         score_films(base, site.frame["path"])[0]
     scorer = scoring_model(base.keras)
     embedder = keras.Model(scorer.inputs, scorer.outputs[1])
-    internal = training_features(meta, settings, embedder, views=True)
+    internal = training_features(meta, settings, embedder, views=True, reporter=reporter)
     (x_train, train), val, test = internal["train"], internal["val"][1], internal["test"][1]
     y_train = train["label"].to_numpy().astype(int)
     stats = (x_train.mean(0), x_train.std(0))
@@ -238,9 +308,9 @@ def adapt(settings, data_dir, name: str | None = None, model_ref: str | None = N
     y_train_all = np.tile(y_train, len(train_views))
 
     fold = patient_folds(site.frame["patient"], y_site, folds, seed)
-    oof = out_of_fold_view_logits(x_train_all, y_train_all, site_views, y_site, fold, stats=stats)
+    oof = out_of_fold_view_logits(x_train_all, y_train_all, site_views, y_site, fold, stats=stats, reporter=reporter)
     p_cv, t_cv = cross_fit(oof, y_site, fold)
-    Progress("evaluating", 1).update(1)
+    Progress("evaluating the cross-validated figures", 1, reporter).update(1)
     cross_validated = {**evaluate_with_ci(y_site, p_cv, t_cv, groups=site.frame["patient"], n_boot=n_boot,
                                           seed=seed),
                        "folds": int(fold.max() + 1), "calibration_curve": calibration_curve(y_site, p_cv)}
@@ -257,8 +327,8 @@ def adapt(settings, data_dir, name: str | None = None, model_ref: str | None = N
         return sigmoid(platt[0] * np.mean([head.logit(v) for v in views], axis=0) + platt[1])
 
     # Internal val/test scored on the very views the saved model serves (its stored predictions reproduce).
-    p_val = probability(score_views(base, val["path"], TTA_VIEWS, TTA_SEED, "internal val films")[1])
-    p_test = probability(score_views(base, test["path"], TTA_VIEWS, TTA_SEED, "internal test films")[1])
+    p_val = probability(score_views(base, val["path"], TTA_VIEWS, TTA_SEED, "internal val films", reporter)[1])
+    p_test = probability(score_views(base, test["path"], TTA_VIEWS, TTA_SEED, "internal test films", reporter)[1])
     metrics = {"test": evaluate(test["label"], p_test, threshold, seed=seed),
                "val": evaluate(val["label"], p_val, threshold, seed=seed), "site_cv": cross_validated}
     predictions = pd.concat([
@@ -281,6 +351,7 @@ def adapt(settings, data_dir, name: str | None = None, model_ref: str | None = N
                             if k in ("roc_auc", "sensitivity", "specificity", "ece", "threshold")}},
         "training": {**meta.get("training", {}), "seconds": seconds, "site_adapt_seconds": seconds},
     })
+    saving = Progress("saving the adapted version", 1, reporter)
     version_id = new_version_id(f"{meta['backbone']}-{site.name}")
     history = pd.DataFrame({"epoch": [], "member": [], "loss": []})
     tuner = read_json(base_dir, "tuner.json") if (base_dir / "tuner.json").is_file() else {}
@@ -297,6 +368,7 @@ def adapt(settings, data_dir, name: str | None = None, model_ref: str | None = N
                   f"cross-validation"),
         "labels": y_site.tolist(), "probabilities": [round(float(v), 6) for v in p_oof],
         "triage": tiers.to_dict(), "triage_summary": tiers.summary()})
+    saving.update(1, version_id)
     log.info("adapted version saved in %s", path)
     return version_id
 

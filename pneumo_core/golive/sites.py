@@ -196,6 +196,39 @@ def expire_uploads(home: Path, days: float = UPLOAD_DAYS, now: float | None = No
     return old
 
 
+def zip_site_name(file_name: str, data: bytes) -> str:
+    """The site's name for an uploaded zip when the user typed none: the folder holding NORMAL/ and
+    PNEUMONIA/ inside the zip ('north/NORMAL/…' -> 'north'; a 'test' folder counts as its parent),
+    else the zip's own name ('north-films.zip' -> 'north-films').
+
+    Args:
+        file_name: the uploaded file's name; data: its bytes.
+    Returns:
+        A file-name-safe site name (`site_name`).
+    Raises:
+        DatasetError: neither gives letters or digits; the message asks for a typed name.
+    """
+    try:
+        names = zipfile.ZipFile(io.BytesIO(data)).namelist()
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, ValueError, OSError):
+        names = []
+    parents = {}
+    for member in names:
+        parts = Path(member).parts
+        for i, part in enumerate(parts[:-1]):
+            if part.lower() in ("normal", "pneumonia"):
+                parents.setdefault(parts[:i], set()).add(part.lower())
+    roots = sorted((root for root, found in parents.items() if found == {"normal", "pneumonia"}), key=len)
+    folder = [p for p in (roots[0] if roots else ()) if p.lower() != "test" and not p.startswith((".", "__"))]
+    for raw in ([folder[-1]] if folder else []) + [Path(file_name).stem]:
+        try:
+            return site_name(Path(raw), raw)
+        except DatasetError:
+            continue
+    raise DatasetError(f"no site name can be taken from {file_name!r} or its folders; type the site's name "
+                       f"(letters, digits, '-' or '_')")
+
+
 def extract_zip(data: bytes, home: Path, name: str, keep_days: float = UPLOAD_DAYS) -> Path:
     """Unpack an uploaded zip of NORMAL/ and PNEUMONIA/ films into PNEUMO_HOME/sites; returns the site folder.
 

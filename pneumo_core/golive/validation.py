@@ -25,7 +25,7 @@ from pneumo_core.evaluate.track_record import INTERNAL_LABEL, SITE_REPORTS
 from pneumo_core.evaluate.triage import DEFAULT_ALPHA, DEFAULT_BETA, SOURCES, fit_tiers
 from pneumo_core.files import new_file_mode
 from pneumo_core.golive.sites import load_site
-from pneumo_core.progress import Progress
+from pneumo_core.progress import Progress, Reporter
 
 log = logging.getLogger(__name__)
 
@@ -56,7 +56,8 @@ def score_films(model, paths, label: str = "site films") -> tuple[np.ndarray, np
     return np.concatenate(probabilities), np.concatenate(embeddings)
 
 
-def score_views(model, paths, views: int, seed: int = 0, label: str = "site films") -> tuple[np.ndarray, np.ndarray]:
+def score_views(model, paths, views: int, seed: int = 0, label: str = "site films",
+                reporter: Reporter | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Calibrated logits and pooled embeddings of each film's plain view and `views` TTA views.
 
     The views are those the model's test-time augmentation scores (`model.tta_inputs`, seeds (seed, v)).
@@ -67,7 +68,7 @@ def score_views(model, paths, views: int, seed: int = 0, label: str = "site film
     from pneumo_core.imaging.films import read_image
     from pneumo_core.learn.model import scoring_model, tta_inputs
     scorer = scoring_model(model.keras, logit=True)
-    progress = Progress(f"scoring {label} ({1 + views} views)", len(paths))
+    progress = Progress(f"scoring {label} ({1 + views} views)", len(paths), reporter)
     logits, embeddings = [], []
     for path in paths:
         z, e = scorer.predict_on_batch(tta_inputs(read_image(str(path)), model.image_size, model.normalisation,

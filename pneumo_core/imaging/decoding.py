@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import threading
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import cv2
 import numpy as np
@@ -59,17 +59,26 @@ MAX_CHROMA = 12.0
 
 @dataclass(frozen=True)
 class FilmInfo:
-    """What may be shown about a film's source: format, and for DICOM modality, view, study date and
-    the study's identifiers (accession number, Study Instance UID; no patient identifiers)."""
+    """What may be shown about a film's source: format, and for DICOM modality, view, study date, the
+    study's identifiers (accession number, Study Instance UID) and whom the film is of.
+
+    The patient's name, ID, birth date and age are for the report only (a report for the record must
+    say whom it is about): they are left out of `repr` (so out of logs and tracebacks), `summary`,
+    the audit trail and every file name.
+    """
     format: str
     modality: str | None = None
     view_position: str | None = None
     study_date: str | None = None
     accession_number: str | None = None
     study_instance_uid: str | None = None
+    patient_name: str | None = field(default=None, repr=False)
+    patient_id: str | None = field(default=None, repr=False)
+    birth_date: str | None = field(default=None, repr=False)    # 'YYYY-MM-DD'
+    patient_age: str | None = field(default=None, repr=False)   # DICOM age string, e.g. '047Y'
 
     def summary(self) -> str:
-        """One line for the screen, e.g. 'DICOM · DX · PA · 2024-03-01'."""
+        """One line for the screen, e.g. 'DICOM · DX · PA · 2024-03-01' (never a patient identifier)."""
         return " · ".join(v for v in (self.format, self.modality, self.view_position, self.study_date) if v)
 
 

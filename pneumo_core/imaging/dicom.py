@@ -7,10 +7,12 @@ header before any pixel is decoded (for compressed DICOM, the frame's own JPEG /
 2000 header, not only Rows/Columns); 16-bit pixels are reduced in their stored type and mapped to
 8 bits a megapixel at a time. A deflated DICOM is measured before pydicom inflates it.
 
-Patient privacy: of a DICOM header only modality, view position, study date and the study's
+Patient privacy: of a DICOM header only modality, view position, study date, the study's
 identifiers (accession number, Study Instance UID: what matches a report to its study in the
-PACS, never a patient's name or id) leave this module (`FilmInfo`); body part is checked here
-and dropped. pydicom is kept from logging or warning header values (`_pydicom`).
+PACS) and the patient's name, ID, birth date and age leave this module (`FilmInfo`); the patient's
+are for the report only (`FilmInfo` keeps them out of its repr and summary; the audit trail and
+file names never take them). Body part is checked here and dropped. pydicom is kept from logging
+or warning header values (`_pydicom`).
 """
 from __future__ import annotations
 
@@ -62,9 +64,21 @@ def _named(value: str) -> str:
     return value if _CODE_STRING.fullmatch(value) else "(a non-standard value)"
 
 
-def _study_date(ds) -> str | None:
-    value = str(ds.get("StudyDate", "") or "")
+def _study_date(ds, keyword: str = "StudyDate") -> str | None:
+    value = str(ds.get(keyword, "") or "")
     return f"{value[:4]}-{value[4:6]}-{value[6:8]}" if len(value) == 8 and value.isdigit() else None
+
+
+def _patient_name(ds) -> str | None:
+    """'Family, Given' from a DICOM Person Name ('DOE^JANE'); None when absent."""
+    value = str(ds.get("PatientName", "") or "").split("=")[0]   # the alphabetic group, not ideographic
+    parts = [part.strip() for part in value.split("^")]
+    family, given = (parts + ["", ""])[:2]
+    return ", ".join(v for v in (family, given) if v) or None
+
+
+def _text(ds, keyword: str) -> str | None:
+    return str(ds.get(keyword, "") or "").strip() or None
 
 
 def _check_dicom_content(ds, name: str, max_pixels: int = MAX_PIXELS) -> None:
@@ -303,8 +317,9 @@ def read_dataset(ds, name: str = "image", *, max_pixels: int = MAX_PIXELS, max_s
             if _dicom_text(ds, "PhotometricInterpretation") == "MONOCHROME1":  # low is white: invert
                 gray = 255 - gray
         info = FilmInfo("DICOM", _dicom_text(ds, "Modality") or None, _dicom_text(ds, "ViewPosition") or None,
-                        _study_date(ds), str(ds.get("AccessionNumber", "") or "").strip() or None,
-                        str(ds.get("StudyInstanceUID", "") or "").strip() or None)
+                        _study_date(ds), _text(ds, "AccessionNumber"), _text(ds, "StudyInstanceUID"),
+                        patient_name=_patient_name(ds), patient_id=_text(ds, "PatientID"),
+                        birth_date=_study_date(ds, "PatientBirthDate"), patient_age=_text(ds, "PatientAge"))
     except PneumoError:
         raise
     except Exception as error:  # a malformed header value: Python's message would quote it (a patient's name)

@@ -29,7 +29,7 @@ from pneumo_core.errors import JobError
 from pneumo_core.files import keep_private
 from pneumo_core.jobs.argv import is_site_adapt, job_argv
 from pneumo_core.jobs.process import is_ours, remove_partial_output, start_time, stop_processes, this_host
-from pneumo_core.jobs.progress_lines import ProgressTracker
+from pneumo_core.jobs.progress_lines import SITE_ADAPT_BANDS, ProgressTracker
 from pneumo_core.jobs.queue import HEARTBEAT_SECONDS, JobQueue
 from pneumo_core.jobs.results import read_result
 from pneumo_core.jobs.rows import now
@@ -146,7 +146,8 @@ def run(queue: JobQueue, job_id: int) -> int:
     keep_private(queue.settings.home)   # an entry point too (started by the dashboard, or by hand)
     job = claim(queue, job_id)
     site_job = is_site_adapt(job["params"])
-    tracker = ProgressTracker(1 if site_job else TrainConfig.from_dict(job["params"]).feature_passes)
+    tracker = (ProgressTracker(1, bands=SITE_ADAPT_BANDS) if site_job
+               else ProgressTracker(TrainConfig.from_dict(job["params"]).feature_passes))
     # TF_CPP_MIN_LOG_LEVEL 2: TensorFlow's start-up chatter (CPU features, no CUDA) stays out of the
     # log a clinician's engineer reads; its errors still show. Set it in the environment to override.
     env = {"TF_CPP_MIN_LOG_LEVEL": "2", **os.environ, "PNEUMO_HOME": str(queue.settings.home),

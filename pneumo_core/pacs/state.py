@@ -3,7 +3,8 @@
 
 One row per (film SOP Instance UID, model version) with its status (new, scored, stored, skipped,
 failed), the call and where the results went; plus the last poll and the last error. No patient
-name is kept: films are named by their UIDs. `worklist` orders the films most urgent first.
+name is kept: films are named by their UIDs. `worklist` orders the films most urgent first, in the
+one order every list of calls uses (`serve.diagnosis.order_key`, site tiers included).
 
 Watchers on several machines share the rows: a watcher works on a film only after `claim` marked
 the row its own for `CLAIM_SECONDS` (one conditional UPDATE, atomic on both engines), so each film
@@ -17,12 +18,13 @@ from contextlib import closing
 from datetime import UTC, datetime
 from pathlib import Path
 
+from pneumo_core.evaluate.triage import tiers_for
 from pneumo_core.pacs.client import FilmRef
 from pneumo_core.records.db import SQLITE, Database
+from pneumo_core.serve.diagnosis import call_priority, order_key, tier_of
 
 BUSY_MS = 30_000
 CLAIM_SECONDS = 600   # a film's scoring and storing take seconds; a claim this old is a dead watcher's
-PRIORITY = {0: "PNEUMONIA", 1: "borderline", 2: "NORMAL", 3: "not scored"}
 
 
 _SCHEMA = """
@@ -142,26 +144,26 @@ class PacsState:
                 "backlog": counts.get("new", 0) + counts.get("scored", 0), "counts": counts, "errors": errors}
 
 
-def priority(row: dict) -> int:
-    """0 PNEUMONIA, 1 borderline NORMAL, 2 NORMAL, 3 not scored (skipped, failed, waiting)."""
-    if row.get("label") is None:
-        return 3
-    if row["label"] == "PNEUMONIA":
-        return 0
-    return 1 if str(row.get("certainty") or "").startswith("borderline") else 2
+def worklist(state: PacsState, limit: int = 500, models_dir: Path | None = None) -> list[dict]:
+    """The watcher's films, most urgent first, in the order of Diagnose's worklist (`order_key`): site
+    tiers high, uncertain, low; calls without a tier check, urgent, routine (each by probability,
+    highest first); then films not scored, with the reason.
 
-
-def worklist(state: PacsState, limit: int = 500) -> list[dict]:
-    """The watcher's films, most urgent first: PNEUMONIA, then borderline, then NORMAL (each by
-    probability, highest first), then films not scored with the reason.
-
+    Args:
+        state: the watcher's state; limit: how many recent films.
+        models_dir: where the model versions are; with it, each call gets its version's site tier.
     Returns:
-        Rows of the state plus `priority` (0..3), `priority_name` and `in_archive` (the SR was stored).
+        Rows of the state plus `tier` and `tier_guarantee` (None without a site guarantee), `priority`
+        (the sort group, 0 first), `priority_name` (`call_priority`'s word) and `in_archive` (the SR was stored).
     """
     rows = state._execute("SELECT * FROM films ORDER BY discovered DESC, rowid DESC LIMIT ?", (int(limit),))
+    tiers = {m: tiers_for(Path(models_dir) / m) for m in {r["model"] for r in rows if r["label"]}} if models_dir else {}
     for row in rows:
-        row["priority"] = priority(row)
-        row["priority_name"] = PRIORITY[row["priority"]]
-        row["in_archive"] = row["status"] == "stored"
         row["ood_flag"] = None if row["ood_flag"] is None else bool(row["ood_flag"])
-    return sorted(rows, key=lambda r: (r["priority"], -(r["probability"] or 0.0)))
+        row["tier"], row["tier_guarantee"] = (tier_of(tiers.get(row["model"]), row["probability"], row["ood_flag"])
+                                              if row["label"] is not None else (None, None))
+        facts = (row["label"], row["probability"], row["threshold"], row["ood_flag"], row["tier"])
+        row["priority"], row["priority_name"] = order_key(*facts)[0], call_priority(*facts)
+        row["in_archive"] = row["status"] == "stored"
+    return sorted(rows, key=lambda r: order_key(r["label"], r["probability"], r["threshold"], r["ood_flag"], r["tier"],
+                                                r["study_uid"]))

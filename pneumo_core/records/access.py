@@ -23,7 +23,8 @@ PERMISSIONS: dict[str, frozenset[str]] = {
     "promote": frozenset({"ml_lead", "admin"}),
     "site_adapt": frozenset({"ml_lead", "admin"}),
     "site_validate": frozenset({"ml_lead", "admin"}),
-    "view_monitor": frozenset({"ml_lead", "auditor", "admin"}),
+    # clinical operations (drift of the calls), not audit: an auditor reads the trail, not the model's health
+    "view_monitor": frozenset({"ml_lead", "admin"}),
     "view_audit": frozenset({"auditor", "admin"}),
     "export_audit": frozenset({"auditor", "admin"}),
     "manage_users": frozenset({"admin"}),

@@ -41,6 +41,9 @@ from pneumo_core.records.access import Actor, require
 
 COLUMNS = ("id", "time", "shown", "sha256", "model", "probability", "threshold", "call", "ood_score", "ood_flag",
            "cam_method", "source", "who", "tier")
+# The audit page's order: who, what, when, on which film and model first; the measurements after.
+VIEW_COLUMNS = ("who", "call", "time", "sha256", "model", "probability", "threshold", "tier", "ood_score",
+                "ood_flag", "cam_method", "source", "shown", "id")
 EVENT_COLUMNS = ("id", "time", "kind", "who", "details")
 GENESIS = "0" * 64     # the "previous hash" of a chain's first row
 BUSY_MS = records_db.BUSY_MS

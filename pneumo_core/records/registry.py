@@ -96,6 +96,12 @@ def promotions(models_dir: Path) -> list[dict]:
     return [json.loads(line) for line in log_file.read_text().splitlines() if line.strip()]
 
 
+def replaced(models_dir: Path, version_id: str) -> str | None:
+    """The version `version_id` replaced when it last became active (None: it was the first, or never active)."""
+    entry = next((e for e in reversed(promotions(models_dir)) if e.get("to") == version_id), None)
+    return entry.get("from") if entry else None
+
+
 def chain_heads(models_dir: Path) -> list[str]:
     """The chain's hash after each entry, oldest first (entries from before the chain folded in): what
     `records.anchor` compares with the heads it anchored."""
@@ -285,7 +291,8 @@ def resolve(models_dir: Path, ref: str | None = None) -> Path:
             pointer = _pointer_text(models_dir)
             if not versions:
                 raise RegistryError(f"no trained model yet in {models_dir}. Train one with: "
-                                    f"python -m pneumo_core train --data DIR")
+                                    f"python -m pneumo_core train --data DATA_FOLDER (make train: the default "
+                                    f"folder)")
             if pointer:
                 raise RegistryError(f"no active model: {ACTIVE_FILE} names {pointer!r}, which is not a model version "
                                     f"in {models_dir}. Choose one with: python -m pneumo_core promote VERSION")

@@ -297,6 +297,27 @@ def first_admin_setup(accounts: UserStore) -> FirstAdmin:
             return FirstAdmin(False)
 
 
+def first_start(accounts: UserStore, url: str) -> str:
+    """What the server's terminal shows when the dashboard starts (`make run`), before any browser visit.
+
+    Without an administrator a fresh setup code is issued (it replaces one left pending by an earlier
+    start, whose code nobody can read back: only its hash is stored).
+
+    Args:
+        accounts: the local accounts; url: the dashboard's address.
+    Returns:
+        The lines to print: the address, and the setup code while no administrator exists.
+    """
+    lines = f"Pneumo: the dashboard is at {url} (another port: STREAMLIT_SERVER_PORT=8502 make run)\n"
+    if accounts.has_admin():
+        return lines
+    with _setup_lock:
+        try:
+            return lines + setup_code_notice(accounts.issue_setup_code())
+        except SetupError:  # an administrator was created meanwhile
+            return lines
+
+
 def setup_code_notice(code: str) -> str:
     """The lines the server's terminal shows with a new setup code."""
     return (f"\nPneumo: no administrator yet. One-time setup code: {code}\n"

@@ -11,8 +11,11 @@ The words and numbers a clinician reads are decided here, once, for the screen a
   never says "clear" or "well above": its certainty is "not validated at this site";
 - `tier` / `tier_guarantee`: the site's triage tier (low / uncertain / high, `evaluate.triage`) and
   the sentence naming the site films it rests on; None when the version has no site guarantee;
-- `priority` / `worklist_order`: with tiers, high, uncertain, low; without, check (not assessable
-  or borderline) pinned to the top, then urgent (PNEUMONIA), then routine (NORMAL);
+- `priority` / `order_key` / `worklist_order`: the one order of every list of calls (Diagnose's
+  worklist and the PACS Worklist): with tiers, high, uncertain, low; without, check (not assessable
+  or borderline) pinned to the top, then urgent (PNEUMONIA), then routine (NORMAL); highest
+  probability first within each; films not scored last;
+- `format_date` / `local_time`: dates in the reader's locale style, times with their zone;
 - `shows_heatmap`: heatmaps are drawn for PNEUMONIA and borderline calls (on request for NORMAL).
 
 Heatmaps always explain the PNEUMONIA logit (evidence *for pneumonia*, whatever the call), are
@@ -53,8 +56,21 @@ NOT_VALIDATED_TEXT = (f"{NOT_VALIDATED}: how far a call can be trusted was measu
 OOD_TIER_TEXT = ("Uncertain: the film is unlike the training films, so the site's guarantee does not cover it; "
                  "it needs a full read.")
 PRIORITIES = ("check", "urgent", "routine")   # worklist order, top first
+NOT_SCORED = "not scored"   # a film listed without a call (skipped, failed, waiting): after every call
 PRIORITY_MEANING = {"check": "not assessable or borderline: read first, the model cannot vouch for it",
-                    "urgent": "called PNEUMONIA", "routine": "called NORMAL"}
+                    "urgent": "called PNEUMONIA", "routine": "called NORMAL",
+                    "high": "site tier high: read first", "uncertain": "site tier uncertain: needs a full read",
+                    "low": "site tier low", NOT_SCORED: "no call (skipped, failed or waiting)"}
+ORDER_TEXT = ("Order: the site's triage tiers first (high, then uncertain: needs a full read, then low); without "
+              "them, check (not assessable or borderline), then urgent (PNEUMONIA), then routine (NORMAL); "
+              "highest probability first within each; films not scored last.")
+# Date patterns by locale (language, or language-REGION): the order and separators a reader expects.
+# Without a locale, ISO 8601 (unambiguous). Babel is not a runtime dependency; these cover the sites' locales.
+DATE_PATTERNS = {"en-us": "%m/%d/%Y", "en": "%d/%m/%Y", "en-ca": "%Y-%m-%d", "de": "%d.%m.%Y", "fr": "%d/%m/%Y",
+                 "es": "%d/%m/%Y", "it": "%d/%m/%Y", "pt": "%d/%m/%Y", "nl": "%d-%m-%Y", "da": "%d.%m.%Y",
+                 "nb": "%d.%m.%Y", "no": "%d.%m.%Y", "fi": "%d.%m.%Y", "pl": "%d.%m.%Y", "cs": "%d.%m.%Y",
+                 "ru": "%d.%m.%Y", "tr": "%d.%m.%Y", "sv": "%Y-%m-%d", "lt": "%Y-%m-%d", "ja": "%Y/%m/%d",
+                 "zh": "%Y/%m/%d", "ko": "%Y. %m. %d."}
 
 
 def _logit(q: float) -> float:
@@ -75,6 +91,12 @@ def format_probability(probability: float) -> str:
     if p > 0.99:
         return "> 0.99"
     return f"{p:.2f}"
+
+
+def probability_phrase(probability: float) -> str:
+    """'= 0.42', '> 0.99', '< 0.01': what follows 'p' on every surface (page, PDF, SR, secondary capture)."""
+    text = format_probability(probability)
+    return text if text[0] in "<>" else f"= {text}"
 
 
 def strength_words(probability: float, threshold: float, validated: bool = True) -> str:
@@ -123,6 +145,27 @@ def certainty(probability: float, threshold: float, ood_flag: bool | None = None
     if size < CLEAR:
         return "probable"
     return "clear"
+
+
+def format_date(value: str | None, locale: str | None = None) -> str:
+    """A study date in the reader's locale style: '12/06/2026' (en-US), '06.12.2026' (de), ISO without a locale.
+
+    Args:
+        value: 'YYYYMMDD' (DICOM) or 'YYYY-MM-DD'; anything else is returned as it is, None as ''.
+        locale: the reader's locale, e.g. the browser's 'en-US' or 'de-DE' (None: ISO 8601).
+    Returns:
+        The date as the reader writes it.
+    """
+    if not value:
+        return ""
+    digits = value.replace("-", "")
+    try:
+        day = datetime.strptime(digits, "%Y%m%d")
+    except ValueError:
+        return value
+    tag = (locale or "").strip().lower().replace("_", "-")
+    pattern = DATE_PATTERNS.get(tag) or DATE_PATTERNS.get(tag.split("-")[0]) if tag else None
+    return day.strftime(pattern or "%Y-%m-%d")
 
 
 def local_time(when_iso: str) -> str:
@@ -186,28 +229,53 @@ def is_borderline(d: Diagnosis) -> bool:
     return abs(margin(d.probability, d.threshold)) < BORDERLINE
 
 
-def priority(d: Diagnosis) -> str:
-    """'check' (not assessable or borderline), 'urgent' (PNEUMONIA) or 'routine' (NORMAL).
+def call_priority(label: str | None, probability: float | None, threshold: float | None,
+                  ood_flag: bool | None, tier: str | None = None) -> str:
+    """The priority word of one call, as every list shows it: its site tier, else check / urgent / routine.
 
-    'check' comes first: the model cannot vouch for these films, so their place in a list sorted by
-    probability would be a guess; a clinician reads them before relying on the rest of the order.
+    'check' (not assessable or borderline) comes first among calls without a tier: the model cannot
+    vouch for these films, so their place in a list sorted by probability would be a guess.
+
+    Args:
+        label: the call (None: not scored); probability, threshold: the call's numbers.
+        ood_flag: the out-of-distribution flag; tier: the site's triage tier (None: no site guarantee).
+    Returns:
+        'high', 'uncertain', 'low', 'check', 'urgent', 'routine' or 'not scored'.
     """
-    if d.ood_flag or is_borderline(d):
+    if label is None or probability is None:
+        return NOT_SCORED
+    if tier in TIERS:
+        return tier
+    if ood_flag or abs(margin(probability, threshold)) < BORDERLINE:
         return "check"
-    return "urgent" if d.label == "PNEUMONIA" else "routine"
+    return "urgent" if label == "PNEUMONIA" else "routine"
+
+
+def order_key(label: str | None, probability: float | None, threshold: float | None, ood_flag: bool | None,
+              tier: str | None = None, study: str = "") -> tuple[int, float, str]:
+    """The sort key of one call in every list of calls (Diagnose's worklist, the PACS Worklist).
+
+    Tiers first (high, uncertain, low: the site's guarantee orders them), then calls without a tier by
+    priority (check, urgent, routine), then films not scored; highest probability first within each;
+    equal probabilities by `study` (the Study Instance UID where there is one), so that two pages
+    listing the same films in different arrival orders still agree.
+    """
+    word = call_priority(label, probability, threshold, ood_flag, tier)
+    groups = (*TIERS, *PRIORITIES, NOT_SCORED)
+    return groups.index(word), -(probability or 0.0), study or ""
+
+
+def priority(d: Diagnosis) -> str:
+    """The call's priority word (`call_priority`): its tier, else 'check', 'urgent' or 'routine'."""
+    return call_priority(d.label, d.probability, d.threshold, d.ood_flag, d.tier)
 
 
 def worklist_order(diagnoses: list[Diagnosis]) -> list[int]:
-    """Indices of `diagnoses` in worklist order, highest probability first within each group.
-
-    Calls with a site tier: high, uncertain, low (the site's guarantee orders them); then calls
-    without one, by priority (PRIORITIES).
-    """
-    def key(i):
-        d = diagnoses[i]
-        group = TIERS.index(d.tier) if d.tier in TIERS else len(TIERS) + PRIORITIES.index(priority(d))
-        return group, -d.probability
-    return sorted(range(len(diagnoses)), key=key)
+    """Indices of `diagnoses` in worklist order (`order_key`; ties by Study Instance UID, else the film's hash)."""
+    def key(d: Diagnosis):
+        study = (d.info.study_instance_uid if d.info is not None else None) or d.sha256
+        return order_key(d.label, d.probability, d.threshold, d.ood_flag, d.tier, study)
+    return sorted(range(len(diagnoses)), key=lambda i: key(diagnoses[i]))
 
 
 def tier_of(tiers: TriageTiers | None, probability: float, ood_flag: bool | None) -> tuple[str | None, str | None]:
@@ -285,5 +353,4 @@ def truth_and_call(truth: int | None, probability: float, threshold: float) -> s
     """'truth: NORMAL, call: PNEUMONIA, p = 0.93' for a labelled film (truth None: 'call: …' only)."""
     call = "PNEUMONIA" if probability >= threshold else "NORMAL"
     known = "" if truth is None else f"truth: {'PNEUMONIA' if truth else 'NORMAL'}, "
-    p = format_probability(probability)
-    return f"{known}call: {call}, p {p if p[0] in '<>' else '= ' + p}"
+    return f"{known}call: {call}, p {probability_phrase(probability)}"

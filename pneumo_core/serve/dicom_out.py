@@ -32,7 +32,7 @@ from pydicom.sr.coding import Code
 from pydicom.uid import ComputedRadiographyImageStorage, ExplicitVRLittleEndian, generate_uid
 
 from pneumo_core.explain.cam import overlay
-from pneumo_core.serve.diagnosis import NOTICE, Diagnosis
+from pneumo_core.serve.diagnosis import NOTICE, Diagnosis, format_probability, probability_phrase
 
 MANUFACTURER = "Pneumo"
 ALGORITHM = "Pneumo pneumonia classifier (chest X-ray)"
@@ -141,7 +141,7 @@ def overlay_with_label(gray: np.ndarray, diagnosis: Diagnosis, alpha: float = 0.
     """RGB uint8 heatmap overlay with the decision-support label, the call and the model burned in."""
     d = diagnosis
     return _burn_in(overlay(gray, d.heatmap, alpha), [
-        LABEL, f"AI: {d.label} p={d.probability:.3f} (threshold {d.threshold:.3f})",
+        LABEL, f"AI: {d.label} p {probability_phrase(d.probability)} (threshold {format_probability(d.threshold)})",
         f"Pneumo {d.model_id} - {d.method}"])
 
 

@@ -2,17 +2,22 @@
 
 Text, not a picture: it can be searched, copied and ingested. Fonts are embedded (DejaVu Sans from
 Debian's fonts-dejavu-core where installed, else the Bitstream Vera that ships inside ReportLab;
-`missing_glyphs` checks a text against the font). It carries the study's identifiers (DICOM
-accession number and Study Instance UID, or the reference the user typed), never the file name;
-the local time with its zone; the call, its probability against the threshold in words, the
+`missing_glyphs` checks a text against the font). It carries whom it is about (the DICOM's patient
+name, ID, birth date or age and study date; "not given" when absent), the study's identifiers
+(DICOM accession number and Study Instance UID, or the reference the user typed), never the file
+name; when the call was scored and when the report was made, each named, in local time with its
+zone; the call, its probability against the threshold in words, the
 certainty, the site's triage tier with its guarantee (or "not validated at this site") and any caution;
 the figures that apply to the model, named by the data they were
-measured on (`track_record`); the film and, where drawn, its heatmap with a colour bar; and a
-"read by / signed" line.
+measured on (`track_record`); the film and, where drawn, its heatmap with a colour bar; the
+reader's findings and agreement with the call (from the reader's verdict, blank lines otherwise);
+and a "read by / signed" line. Its file name (`report_filename`) holds no identifier of the
+patient or of what the user typed: the study UID or the film's hash, and the date.
 """
 from __future__ import annotations
 
 import io
+from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
 from xml.sax.saxutils import escape
@@ -23,7 +28,9 @@ import numpy as np
 from pneumo_core.evaluate.track_record import TrackRecord
 from pneumo_core.explain.heatmap import colour_bar, display_name, for_display, overlay
 from pneumo_core.records.verdicts import Verdict
-from pneumo_core.serve.diagnosis import NOTICE, Diagnosis, format_probability, local_time
+from pneumo_core.serve.diagnosis import NOTICE, Diagnosis, format_date, format_probability, local_time
+
+NOT_GIVEN = "not given"
 
 FONT_DIRS = [Path("/usr/share/fonts/truetype/dejavu")]
 FONT, BOLD = "PneumoSans", "PneumoSans-Bold"
@@ -70,6 +77,44 @@ def study_reference(d: Diagnosis, reference: str | None = None) -> list[tuple[st
     return fields
 
 
+def patient_lines(d: Diagnosis, locale: str | None = None) -> list[tuple[str, str]]:
+    """(field, value) pairs naming whom the report is about, from the DICOM ("not given" when absent).
+
+    Args:
+        d: the diagnosis (its `info` carries the DICOM's patient fields; PNG/JPEG have none).
+        locale: the reader's locale for the dates (`format_date`; None: ISO 8601).
+    Returns:
+        Patient name, patient ID, birth date (or age, when the DICOM gives only that) and study date.
+    """
+    info = d.info
+    name, ident, birth, age, study = ((getattr(info, k, None) if info is not None else None) for k in
+                                      ("patient_name", "patient_id", "birth_date", "patient_age", "study_date"))
+    lines = [("Patient name", name or NOT_GIVEN), ("Patient ID", ident or NOT_GIVEN)]
+    if birth or not age:
+        lines.append(("Birth date", format_date(birth, locale) or NOT_GIVEN))
+    if age:
+        lines.append(("Age", _age_words(age)))
+    return lines + [("Study date", format_date(study, locale) or NOT_GIVEN)]
+
+
+def _age_words(age: str) -> str:
+    """A DICOM age string ('047Y', '006M', '003W', '010D') in words; anything else as it is."""
+    units = {"Y": "years", "M": "months", "W": "weeks", "D": "days"}
+    if len(age) == 4 and age[:3].isdigit() and age[3] in units:
+        return f"{int(age[:3])} {units[age[3]]}"
+    return age
+
+
+def findings_lines(reader: Verdict | None) -> list[tuple[str, str]]:
+    """(field, value) pairs of the reader's findings and agreement; blank (to fill in by hand) without a verdict."""
+    if reader is None:
+        return [("Reader's findings", ""), ("Agrees with the call", "yes / no / not assessable (circle one)")]
+    agree = {True: "yes", False: "no", None: "not assessable"}[reader.agree]
+    lines = [("Reader's findings", reader.summary()), ("Agrees with the call", agree),
+             ("Recorded", f"{reader.who or 'unknown'}, {local_time(reader.time)} (model {reader.model})")]
+    return lines + ([("Reader's note", reader.note)] if reader.note else [])
+
+
 def result_lines(d: Diagnosis) -> list[tuple[str, str]]:
     """(field, value) pairs of the call, shared by the screen and the report."""
     lines = [("Call", d.label),
@@ -99,18 +144,20 @@ def track_record_lines(record: TrackRecord) -> list[str]:
     return lines
 
 
-def reader_lines(verdict: Verdict) -> list[tuple[str, str]]:
-    """(field, value) pairs of the reader's recorded read for the report."""
-    lines = [("Reader's read", verdict.summary()),
-             ("Recorded", f"{verdict.who or 'unknown'}, {local_time(verdict.time)} (model {verdict.model})")]
-    return lines + ([("Reader's note", verdict.note)] if verdict.note else [])
+def report_filename(d: Diagnosis, when: datetime | None = None) -> str:
+    """The report's file name: the Study Instance UID (else the film's hash) and the date, nothing else.
 
+    Never the patient's name or ID, the accession number or a typed reference (which may be a name):
+    a downloaded file's name is seen in folders, mail and logs.
 
-def report_filename(d: Diagnosis, reference: str | None = None) -> str:
-    """A file name from the study's identifiers or the film's hash, never from the uploaded file's name."""
-    ident = (d.info.accession_number if d.info and d.info.accession_number else None) or (reference or "").strip()
-    safe = "".join(c if c.isalnum() or c in "-_." else "-" for c in ident)[:40].strip("-.")
-    return f"pneumo-report-{safe or d.sha256[:12]}.pdf"
+    Args:
+        d: the diagnosis; when: the report's time (default: now).
+    Returns:
+        'pneumo-report-<study UID or first 16 hex digits of SHA-256>-<YYYYMMDD>.pdf'.
+    """
+    uid = d.info.study_instance_uid if d.info is not None and d.info.study_instance_uid else None
+    ident = "".join(c for c in uid if c.isdigit() or c == ".")[:64] if uid else d.sha256[:16]
+    return f"pneumo-report-{ident or d.sha256[:16]}-{(when or datetime.now(UTC)).astimezone():%Y%m%d}.pdf"
 
 
 def _png(rgb: np.ndarray) -> io.BytesIO:
@@ -119,7 +166,7 @@ def _png(rgb: np.ndarray) -> io.BytesIO:
 
 def report_pdf(gray: np.ndarray, d: Diagnosis, record: TrackRecord | None, reference: str | None = None,
                heatmap: bool | None = None, alpha: float = 0.4, outline_only: bool = False,
-               reader: Verdict | None = None) -> bytes:
+               reader: Verdict | None = None, locale: str | None = None, made: str | None = None) -> bytes:
     """The report as PDF bytes (A4, text layer, fonts embedded).
 
     Args:
@@ -127,7 +174,9 @@ def report_pdf(gray: np.ndarray, d: Diagnosis, record: TrackRecord | None, refer
         reference: what the user typed to identify the study (PNG/JPEG have no identifiers).
         heatmap: draw the heatmap (default: where the page draws it, `Diagnosis.shows_heatmap`).
         alpha, outline_only: as on screen.
-        reader: the reader's verdict on this film that counts (the latest), printed under "Reading".
+        reader: the reader's verdict on this film that counts (the latest): its findings and agreement
+            fill "Findings" (blank lines to fill in by hand without one).
+        locale: the reader's locale for dates (`format_date`); made: the report's time (UTC ISO; default now).
     Returns:
         The PDF file's bytes.
     """
@@ -158,10 +207,14 @@ def report_pdf(gray: np.ndarray, d: Diagnosis, record: TrackRecord | None, refer
     notice = Table([[p(NOTICE, ParagraphStyle("notice", parent=body, textColor=red))]], colWidths=[170 * mm])
     notice.setStyle(TableStyle([("BOX", (0, 0), (-1, -1), 1, red)]))
     source = [("Source", d.info.summary())] if d.info is not None else []
+    made = made or datetime.now(UTC).isoformat(timespec="seconds")
     story = [p("Pneumo – chest X-ray report", title), notice, Spacer(1, 4 * mm),
+             p("Patient", heading), fields(patient_lines(d, locale)),
              p("Study", heading), fields(study_reference(d, reference) + source + [("Film SHA-256", d.sha256)]),
              p("Result", heading), p(f"Call: {d.label}", call),
-             fields(result_lines(d)[1:] + [("Model version", d.model_id), ("Scored at", local_time(d.when))])]
+             fields(result_lines(d)[1:] + [("Model version", d.model_id),
+                                           ("Scored by the model", local_time(d.when)),
+                                           ("Report made", local_time(made))])]
     story += [p("Caution: " + caution, ParagraphStyle("caution", parent=body, textColor=red)) for caution in d.warnings]
     if record is not None:
         story.append(p("What this model's figures are based on", heading))
@@ -169,7 +222,7 @@ def report_pdf(gray: np.ndarray, d: Diagnosis, record: TrackRecord | None, refer
 
     draw_heatmap = d.shows_heatmap if heatmap is None else heatmap and d.heatmap is not None
     film = for_display(gray, 768)
-    side = 80 * mm
+    side = 62 * mm   # two panels and the patient, findings and signature blocks fit one A4 page
     scale = side / max(film.shape)
     size = (film.shape[1] * scale, film.shape[0] * scale)
     panels = [[Image(_png(overlay(film, None)), *size)], [p("Film", small)]]
@@ -188,15 +241,16 @@ def report_pdf(gray: np.ndarray, d: Diagnosis, record: TrackRecord | None, refer
                   Table([[p("no evidence", small), p("strongest evidence for pneumonia", small)]],
                         colWidths=[40 * mm, 40 * mm], hAlign="RIGHT")]
     signature = Table([[p("Read by:", small), "", p("Signature:", small), "", p("Date and time:", small), ""]],
-                      colWidths=[17 * mm, 48 * mm, 20 * mm, 38 * mm, 25 * mm, 22 * mm], rowHeights=[11 * mm])
+                      colWidths=[17 * mm, 48 * mm, 20 * mm, 38 * mm, 25 * mm, 22 * mm], rowHeights=[9 * mm])
     signature.setStyle(TableStyle([("LINEBELOW", (1, 0), (1, 0), 0.6, colors.black),
                                    ("LINEBELOW", (3, 0), (3, 0), 0.6, colors.black),
                                    ("LINEBELOW", (5, 0), (5, 0), 0.6, colors.black),
                                    ("VALIGN", (0, 0), (-1, -1), "BOTTOM")]))
-    story += [Spacer(1, 5 * mm), p("Reading", heading)]
-    if reader is not None:
-        story.append(fields(reader_lines(reader)))
-    story.append(signature)
+    findings = fields(findings_lines(reader))
+    if reader is None:   # blank lines to write on
+        findings.setStyle(TableStyle([("LINEBELOW", (1, 0), (1, 0), 0.6, colors.black),
+                                      ("BOTTOMPADDING", (0, 0), (-1, -1), 10)]))
+    story += [p("Findings", heading), findings, signature]
 
     buffer = io.BytesIO()
     document = SimpleDocTemplate(buffer, pagesize=A4, leftMargin=20 * mm, rightMargin=20 * mm, topMargin=15 * mm,

@@ -13,7 +13,7 @@ from pneumo_core.pacs.state import PacsState, worklist
 
 require_chromium()
 VIEWPORT = (1500, 1500)
-PRIORITIES = ["PNEUMONIA", "borderline", "NORMAL", "not scored"]
+PRIORITIES = ["high", "uncertain", "low", "check", "urgent", "routine", "not scored"]
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +44,7 @@ def test_worklist_shows_the_scored_studies_in_priority_order(scored, server_url,
     expected = worklist(PacsState(home / "pacs.sqlite"))
     page = browser_page
     sign_in(page, f"{server_url}/worklist", "tester")
-    page.get_by_text("Priority: PNEUMONIA first").wait_for(timeout=120_000)
+    page.get_by_text("Order: the site's triage tiers first").wait_for(timeout=120_000)
     # Glide's data grid draws on a canvas and keeps an accessible copy of the cells in a <table>.
     page.wait_for_function("() => document.querySelectorAll('[data-testid=stDataFrame] table tbody tr').length >= 5",
                            timeout=60_000)
@@ -52,13 +52,13 @@ def test_worklist_shows_the_scored_studies_in_priority_order(scored, server_url,
         .map(r => Array.from(r.querySelectorAll('td')).map(c => c.innerText.trim()))""")
     header = page.evaluate("""() => Array.from(document.querySelectorAll('[data-testid=stDataFrame] table thead th'))
         .map(c => c.innerText.trim())""")
-    assert {"priority", "accession", "result in archive", "note"} <= set(header), header
+    assert {"priority", "accession", "certainty", "study date"} <= set(header), header
     accession = [row[header.index("accession")] for row in rows]
     priority = [row[header.index("priority")] for row in rows]
     assert accession == [r["accession"] for r in expected] and len(rows) == 5
     assert [PRIORITIES.index(p) for p in priority] == sorted(PRIORITIES.index(p) for p in priority)
-    assert priority[-1] == "not scored" and "lateral view" in rows[-1][header.index("note")]
-    assert sum(row[header.index("result in archive")] == "yes" for row in rows) == 4
+    assert priority[-1] == "not scored" and "lateral view" in rows[-1][header.index("certainty")]
+    assert sum(r["in_archive"] for r in expected) == 4
     # The most urgent film opens with its heatmap, fetched from the archive.
     page.locator("[data-testid=stImage] img").nth(1).wait_for(timeout=60_000)
     assert page.get_by_text("Heatmap as stored in the archive").is_visible()

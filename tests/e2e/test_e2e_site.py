@@ -2,7 +2,9 @@
 
 Set PNEUMO_SCREENSHOT_DIR to keep the screenshots (docs/screenshots/site.png, monitor.png).
 """
+import io
 import shutil
+import zipfile
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
@@ -45,6 +47,28 @@ def test_validating_a_site_shows_its_report(site_server, browser_page, shots):
     idle(page)
     page.screenshot(path=str(shots / "site.png"), full_page=True)
     assert list((home / "models").glob("*/site_reports/clinic.json"))
+
+
+def test_a_zip_uploaded_without_a_typed_name_takes_its_folders_name_and_proceeds(site_server, browser_page,
+                                                                                tmp_path):
+    url, _ = site_server
+    films = make_dataset(tmp_path / "films", {"north": (20, 20)}, seed=12)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for film in sorted((films / "north").rglob("*.jpeg")):
+            archive.write(film, film.relative_to(films).as_posix())
+    page = browser_page
+    sign_in(page, f"{url}/site", "tester")
+    page.get_by_text("Upload a zip").click()
+    page.locator("input[type=file]").set_input_files({"name": "upload-2026.zip", "mimeType": "application/zip",
+                                                      "buffer": buffer.getvalue()})
+    button = page.get_by_role("button", name="Validate at this site")
+    button.wait_for(timeout=120_000)                                    # the page went on: no silent stop
+    idle(page)
+    names = page.get_by_label("Site name")
+    assert names.count() == 1 and names.input_value() == "north"       # one box, the zip's folder name
+    assert not page.locator("[data-testid=stException]").count()
+    assert page.get_by_text("has not been validated at site north").is_visible()
 
 
 def test_monitor_page_counts_the_diagnoses_of_its_window(site_server, browser_page, shots):

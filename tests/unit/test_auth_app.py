@@ -12,9 +12,9 @@ from pneumo_core.records.users import MAX_FAILURES, UserStore
 
 BY = Actor("it-admin", "admin")   # the administrator who manages the accounts of these tests
 
-ALL_PAGES = ["diagnose", "heatmaps", "metrics", "models", "retrain", "audit", "users"]
+ALL_PAGES = ["diagnose", "heatmaps", "metrics", "models", "retrain", "monitor", "audit", "users"]
 ROLE_PAGES = {"clinician": {"diagnose", "heatmaps", "metrics", "models"},
-              "ml_lead": {"diagnose", "heatmaps", "metrics", "models", "retrain"},
+              "ml_lead": {"diagnose", "heatmaps", "metrics", "models", "retrain", "monitor"},
               "auditor": {"audit"},
               "admin": set(ALL_PAGES)}
 
@@ -145,7 +145,7 @@ def test_each_role_gets_its_pages_only(home, role):
 
 
 @pytest.mark.parametrize("name, role", [("retrain", "clinician"), ("audit", "clinician"), ("users", "ml_lead"),
-                                        ("diagnose", "auditor"), ("models", "auditor")])
+                                        ("diagnose", "auditor"), ("models", "auditor"), ("monitor", "auditor")])
 def test_a_page_refuses_a_role_it_is_not_for(home, name, role):
     at = AppTest.from_file(str(REPO / "views" / f"{name}.py"), default_timeout=120)
     at.session_state["actor"] = Actor("x", role)

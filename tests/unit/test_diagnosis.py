@@ -8,9 +8,11 @@ from pneumo_core.serve.diagnosis import (
     NOT_ASSESSABLE_TEXT,
     Diagnosis,
     certainty,
+    format_date,
     format_probability,
     local_time,
     priority,
+    probability_phrase,
     scale_position,
     shows_heatmap,
     strength_words,
@@ -100,3 +102,17 @@ def test_local_time_names_its_zone(monkeypatch):
         time.tzset()
 
 
+
+
+@pytest.mark.parametrize("locale, shown", [("en-US", "12/06/2026"), ("en-GB", "06/12/2026"), ("de-DE", "06.12.2026"),
+                                           ("sv-SE", "2026-12-06"), ("ja", "2026/12/06"), (None, "2026-12-06"),
+                                           ("xx-YY", "2026-12-06")])
+def test_study_dates_are_shown_in_the_readers_locale_style(locale, shown):
+    assert format_date("20261206", locale) == shown            # DICOM's form, never shown raw
+    assert format_date("2026-12-06", locale) == shown
+    assert format_date(None, locale) == "" and format_date("2026", locale) == "2026"
+
+
+@pytest.mark.parametrize("p, shown", [(0.99999, "> 0.99"), (0.0001, "< 0.01"), (0.4242, "= 0.42")])
+def test_one_probability_rule_for_every_surface(p, shown):
+    assert probability_phrase(p) == shown and format_probability(p) == shown.lstrip("= ")

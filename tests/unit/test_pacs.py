@@ -2,6 +2,7 @@
 result UIDs, worklist order, settings and authentication (the archive itself: integration/test_pacs_archive.py)."""
 import io
 import json
+from contextlib import closing
 
 import numpy as np
 import pydicom
@@ -11,9 +12,9 @@ from conftest import REPO, chest_studies, synthetic_film
 from pneumo_core.errors import ConfigError, PacsUnavailable
 from pneumo_core.imaging.dicom import read_dataset
 from pneumo_core.pacs.client import PacsClient
-from pneumo_core.pacs.state import priority
+from pneumo_core.pacs.state import PacsState, worklist
 from pneumo_core.serve import dicom_out
-from pneumo_core.serve.diagnosis import Diagnosis, certainty
+from pneumo_core.serve.diagnosis import Diagnosis, certainty, worklist_order
 from pneumo_core.settings import load_settings
 
 FRONTAL = [(1, "PA", "CHEST", "CR"), (0, "AP", "CHEST", "DX"), (1, "PA", "CHEST", "CR")]
@@ -88,10 +89,23 @@ def test_result_uids_are_stable_per_film_and_model_and_differ_otherwise():
     assert len(set(a.values())) == 4
 
 
-def test_worklist_priority_puts_pneumonia_then_borderline_first():
-    rows = [{"label": "NORMAL", "certainty": "clear"}, {"label": None}, {"label": "PNEUMONIA", "certainty": "clear"},
-            {"label": "NORMAL", "certainty": "borderline: close to the threshold"}]
-    assert [priority(r) for r in rows] == [2, 3, 0, 1]
+def test_the_pacs_worklist_is_in_the_same_order_as_diagnoses_worklist(tmp_path):
+    """One order for every list of calls (issue 24): the PACS Worklist sorts with serve.diagnosis.order_key."""
+    state = PacsState(tmp_path / "pacs.sqlite")
+    calls = [("NORMAL", 0.02, None), (None, None, None), ("PNEUMONIA", 0.999, None), ("NORMAL", 0.85, None),
+             ("PNEUMONIA", 0.97, 1), ("PNEUMONIA", 0.97, None)]
+    with closing(state._connect()) as db:
+        db.executemany("INSERT INTO films (sop_uid, model, study_uid, series_uid, status, label, probability, "
+                       "threshold, ood_flag, discovered) VALUES (?, 'v1', 's', 'se', ?, ?, ?, 0.874, ?, '2026')",
+                       [(f"1.{i}", "stored" if label else "skipped", label, p, flag)
+                        for i, (label, p, flag) in enumerate(calls)])
+    rows = worklist(state)
+    films = [Diagnosis("f", p, label, 0.874, certainty(p, 0.874, flag), None, None, "v1", "0" * 64,
+                       ood_flag=None if flag is None else bool(flag)) for label, p, flag in calls if label]
+    expected = [f"1.{[i for i, c in enumerate(calls) if c[0]][j]}" for j in worklist_order(films)] + ["1.1"]
+    assert [r["sop_uid"] for r in rows] == expected
+    assert [r["priority_name"] for r in rows] == ["check", "check", "urgent", "urgent", "routine", "not scored"]
+    assert [r["priority_name"] for r in rows[:-1]] == [films[j].priority for j in worklist_order(films)]
 
 
 def test_pacs_settings_come_from_the_environment_or_a_secrets_file(tmp_path):

@@ -68,3 +68,19 @@ def test_progress_lines_are_parsed(line, stage, step):
 @pytest.mark.parametrize("line", ["Epoch 1/2", "note: skipped 1 unreadable file(s)", "20260101-mobilenet_v2", ""])
 def test_other_lines_are_not_progress(line):
     assert parse_line(line) is None
+
+
+def test_a_site_adaptations_bar_follows_its_stages_in_order_and_never_goes_back():
+    from pneumo_core.jobs.progress_lines import SITE_ADAPT_BANDS, ProgressTracker
+    tracker = ProgressTracker(1, every=0.0, bands=SITE_ADAPT_BANDS)
+    loading = "progress: loading the site's films and the model"
+    lines = [f"{loading} 0/3 0s", f"{loading} 1/3 3s", "progress: scoring site films (6 views) 20/40 (50%) 9s",
+             "progress: caching train plain view 10/10 (100%) 1s",
+             "progress: caching val 0/5 (0%) 0s", "progress: training site fold 5/5 (100%) 4s",
+             "progress: evaluating the cross-validated figures 1/1 (100%) 0s",
+             "progress: scoring internal val films (6 views) 5/5 (100%) 2s",
+             "progress: scoring internal test films (6 views) 5/5 (100%) 2s",
+             "progress: saving the adapted version 1/1 (100%) 9s"]
+    percents = [tracker.feed(line, now=i)["percent"] for i, line in enumerate(lines)]
+    assert percents[0] == 0 and 0 < percents[1] < percents[2] < 48     # moves while the model loads
+    assert percents == sorted(percents) and percents[-1] == 100         # the second caching stage never pulls back

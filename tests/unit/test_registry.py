@@ -252,3 +252,11 @@ def test_going_back_to_an_older_version_is_a_rollback(tmp_path):
     assert registry.promote(tmp_path, "20260101-000000-a", actor=LEAD)["action"] == "rollback"
     history = store.read_history(tmp_path / "20260101-000000-a")
     assert list(history.columns) == ["epoch", "loss"] and history["loss"].tolist() == [0.5]
+
+
+def test_a_promoted_version_is_compared_with_the_one_it_replaced(tmp_path):
+    _save(tmp_path, "20260101-000000-a", FileModel())
+    _save(tmp_path, "20260102-000000-b", FileModel())
+    assert registry.replaced(tmp_path, "20260102-000000-b") is None          # never active yet
+    registry.promote(tmp_path, "20260102-000000-b", actor=LEAD)
+    assert registry.replaced(tmp_path, "20260102-000000-b") == "20260101-000000-a"

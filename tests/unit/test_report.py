@@ -1,6 +1,7 @@
 """The PDF report: text on A4, fonts embedded, study identifiers (never the file name), the figures that apply."""
 import io
 import json
+from datetime import UTC, datetime
 
 import numpy as np
 import pypdf
@@ -9,7 +10,8 @@ from helpers import PATIENT, chest_film, dicom_film
 
 from pneumo_core.evaluate.track_record import INTERNAL_LABEL, track_record
 from pneumo_core.imaging.films import FilmInfo, read_film
-from pneumo_core.serve.diagnosis import Diagnosis, certainty
+from pneumo_core.records.verdicts import Verdict
+from pneumo_core.serve.diagnosis import Diagnosis, certainty, local_time
 from pneumo_core.serve.report import (
     missing_glyphs,
     report_filename,
@@ -59,7 +61,8 @@ def test_the_report_is_searchable_text_on_one_a4_page_with_its_fonts_embedded(in
     assert len(pages) == 1
     assert (float(pages[0].mediabox.width), float(pages[0].mediabox.height)) == pytest.approx(A4, abs=0.5)
     for words in ("Pneumo – chest X-ray report", "Call: PNEUMONIA", "0.93, just above the threshold (0.87)",
-                  "Reference", "REQ-77", "Read by", "Signature", "Scored at", "Decision support, not a diagnosis"):
+                  "Reference", "REQ-77", "Read by", "Signature", "Scored by the model", "Report made",
+                  "Reader's findings", "Decision support, not a diagnosis"):
         assert words in text, words
     assert "1.000" not in text and "image.jpeg" not in text        # no false certainty, no file name
     assert not missing_glyphs(text)                                 # every character has a glyph: no boxes
@@ -83,22 +86,53 @@ def test_site_figures_come_with_intervals_and_predictive_values_at_the_sites_pre
                for line in lines)
 
 
-def test_dicom_identifiers_are_on_the_report_and_in_its_file_name_and_the_patient_is_not():
+def test_the_report_names_the_dicoms_patient_and_study_and_its_file_name_names_neither():
     film = read_film(dicom_film(chest_film()), "1.dcm")
     assert (film.info.accession_number, film.info.study_instance_uid) == ("ACC-2024-0042",
                                                                            "1.2.826.0.1.3680043.2.1125.1")
     d = diagnosis(info=film.info, name="1.dcm")
-    text, _ = text_of(report_pdf(film.gray, d, None))
+    text, _ = text_of(report_pdf(film.gray, d, None, locale="de-DE"))
     assert "ACC-2024-0042" in text and "1.2.826.0.1.3680043.2.1125.1" in text and "DICOM · DX · AP" in text
-    assert "1.dcm" not in text and "Doe" not in text and "SECRET" not in text and PATIENT not in text
-    assert report_filename(d) == "pneumo-report-ACC-2024-0042.pdf"
+    # Whom the report is about, from the DICOM; dates in the reader's locale style (de: day.month.year).
+    for words in ("Patient name", "Doe, Jane", "Patient ID", "SECRET-123", "Birth date", "01.01.2019",
+                  "Study date", "01.03.2024"):
+        assert words in text, words
+    assert "1.dcm" not in text and PATIENT not in text             # the file name never; the name in words
+    when = datetime(2026, 12, 6, 12, tzinfo=UTC)
+    name = report_filename(d, when)
+    assert name == "pneumo-report-1.2.826.0.1.3680043.2.1125.1-20261206.pdf"
+    assert "Doe" not in name and "SECRET" not in name and "ACC" not in name
 
 
-def test_file_names_never_reach_the_report_file_name():
+def test_without_dicom_patient_fields_the_report_says_not_given_and_the_name_is_the_films_hash():
     d = diagnosis(name="Jane_Doe_chest.jpeg", info=FilmInfo("JPEG"))
-    assert report_filename(d) == f"pneumo-report-{d.sha256[:12]}.pdf"
-    assert report_filename(d, "REQ 77/b") == "pneumo-report-REQ-77-b.pdf"
+    text, _ = text_of(report_pdf(chest_film(), d, None, reference="Jane Doe REQ 77/b"))
+    assert text.count("not given") == 4                             # name, ID, birth date, study date
+    name = report_filename(d, datetime(2026, 12, 6, 12, tzinfo=UTC))
+    assert name == f"pneumo-report-{d.sha256[:16]}-20261206.pdf"   # never the typed reference, never the file
+    assert "Jane" not in name and "77" not in name
     assert study_reference(d)[0][1].startswith("none given")
+
+
+def test_the_scoring_time_and_the_report_time_are_both_named(internal):
+    d = diagnosis()
+    d.when = "2026-12-01T08:00:00+00:00"
+    text, _ = text_of(report_pdf(chest_film(), d, internal, made="2026-12-06T15:30:00+00:00"))
+    scored = text[text.index("Scored by the model"):text.index("Report made")]
+    made = text[text.index("Report made"):]
+    assert local_time(d.when)[:16] in scored and local_time("2026-12-06T15:30:00+00:00")[:16] in made
+
+
+def test_the_readers_verdict_fills_the_findings_and_agreement():
+    d = diagnosis()
+    verdict = Verdict(1, "2026-12-06T10:00:00+00:00", "a.lopez", d.sha256, 1, d.model_id, "PNEUMONIA", 0.93, None,
+                      "NORMAL", (), "old scar, no consolidation")
+    text, _ = text_of(report_pdf(chest_film(), d, None, reader=verdict))
+    assert "NORMAL (disagrees with the call PNEUMONIA)" in text
+    assert "Agrees with the call\nno\n" in text
+    assert "old scar, no consolidation" in text and "circle one" not in text
+    blank, _ = text_of(report_pdf(chest_film(), d, None))
+    assert "circle one" in blank
 
 
 def test_a_flagged_film_reads_not_assessable_with_its_caution(internal):

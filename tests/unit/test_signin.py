@@ -19,7 +19,7 @@ BY = Actor("it-admin", "admin")   # the administrator who manages the accounts o
 # The pages each role opens (app.py's navigation and each page's own check read the same table).
 ROLE_PAGES = {"clinician": {"diagnose", "worklist", "heatmaps", "metrics", "models"},
               "ml_lead": {"diagnose", "worklist", "heatmaps", "metrics", "models", "retrain", "site", "monitor"},
-              "auditor": {"monitor", "audit"},
+              "auditor": {"audit"},   # not Monitor: clinical operations, not audit (issue 24)
               "admin": set(signin.PAGE_ACTIONS)}
 
 
@@ -42,6 +42,18 @@ def test_each_role_opens_its_pages_only(role):
     who = Actor("someone", role)
     assert {page for page in signin.PAGE_ACTIONS if signin.may_open(who, page)} == ROLE_PAGES[role]
     assert all(signin.page_refusal(who, page) is None for page in ROLE_PAGES[role])
+
+
+def test_the_documented_roles_table_is_the_one_the_dashboard_enforces():
+    table = (REPO / "docs" / "deploying.md").read_text().split("## Roles", 1)[1]
+    documented = {}
+    for line in table.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if line.startswith("|") and cells[0] in ROLES:
+            documented[cells[0]] = {page.strip().lower() for page in cells[1].split(",")}
+    enforced = {role: {page for page in signin.PAGE_ACTIONS if signin.may_open(Actor("x", role), page)}
+                for role in ROLES}
+    assert documented == enforced == ROLE_PAGES
 
 
 def test_a_refused_page_says_sign_in_first_or_names_the_user_and_role():
@@ -209,6 +221,19 @@ def test_a_fresh_server_issues_one_setup_code_until_an_administrator_exists(acco
     assert first.new_code in notice and "valid 60 minutes" in notice
     assert accounts.create_first_admin(first.new_code, "root", PASSWORD) == Actor("root", "admin")
     assert signin.first_admin_setup(accounts) == signin.FirstAdmin(False)
+
+
+def test_make_run_prints_the_address_and_a_working_setup_code_before_any_visit(accounts, tmp_path):
+    signin.first_admin_setup(accounts)          # a code left pending by an earlier start: unreadable now
+    result = subprocess.run([sys.executable, "-m", "pneumo_core", "users", "first-start", "--url",
+                             "http://localhost:8502"], cwd=REPO, capture_output=True, text=True,
+                            env={"PATH": "/usr/bin:/bin", "PNEUMO_HOME": str(accounts.path.parent)})
+    assert result.returncode == 0, result.stderr
+    assert "http://localhost:8502" in result.stdout and "STREAMLIT_SERVER_PORT" in result.stdout
+    code = result.stdout.split("One-time setup code: ")[1].split()[0]
+    assert accounts.create_first_admin(code, "root", PASSWORD) == Actor("root", "admin")   # the printed code works
+    again = signin.first_start(accounts, "http://localhost:8501")
+    assert "http://localhost:8501" in again and "setup code" not in again    # an administrator exists: no code
 
 
 def test_the_library_policy_never_imports_streamlit():

@@ -199,3 +199,43 @@ def test_a_site_folder_with_too_few_films_is_refused_with_what_is_needed(tmp_pat
 
 # -- pages (AppTest) ----------------------------------------------------------------------------------
 
+
+
+def _named_zip(members: list[str]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for member in members:
+            archive.writestr(member, b"x")
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("members, file_name, name", [
+    (["north/NORMAL/a.png", "north/PNEUMONIA/b.png"], "upload.zip", "north"),
+    (["st marys/test/NORMAL/a.png", "st marys/test/PNEUMONIA/b.png"], "x.zip", "st-marys"),
+    (["NORMAL/a.png", "PNEUMONIA/b.png"], "clinic films.zip", "clinic-films")])
+def test_a_zip_without_a_typed_name_is_named_from_its_folder_or_its_file(members, file_name, name):
+    assert site.zip_site_name(file_name, _named_zip(members)) == name
+
+
+def test_a_zip_with_no_usable_name_asks_for_one():
+    with pytest.raises(DatasetError, match="type the site's name"):
+        site.zip_site_name("!!!.zip", _named_zip(["NORMAL/a.png", "PNEUMONIA/b.png"]))
+
+
+def test_an_adapted_card_says_what_adaptation_did_in_plain_words():
+    card = {"backbone": "mobilenet_v2", "weights": "imagenet", "image_size": 224, "normalisation": "imagenet",
+            "data": {"dir": "/data", "fingerprint": "f", "split_seed": 42}, "threshold": 0.412,
+            "threshold_rule": "highest threshold keeping out-of-fold site sensitivity >= 0.96",
+            "calibration": {"method": "platt", "a": 1.1, "b": 0.2, "fitted_on": "site north out-of-fold"},
+            "ensemble": [{"head": "logistic", "C": 0.005, "site_weight": 10.0}], "adapted_from": "base-1",
+            "site": {"name": "north", "n": 198, "fingerprint": "g", "cross_validated": {"folds": 5}},
+            "training": {"site_adapt_seconds": 61.0}}
+    text = " ".join(f"{k}: {v}" for k, v in adaptation.card_lines(card))
+    assert "Platt scaling on validation" not in text and "1 heads" not in text
+    for words in ("counting 10 times as much", "re-calibrated to the site", "5-fold by patient",
+                  "0.412, set for the site", "from version base-1", "61 s"):
+        assert words in text, words
+    base = {k: v for k, v in card.items() if k not in ("site", "adapted_from")}
+    base_text = " ".join(v for _, v in adaptation.card_lines(base, {"algorithm": "hyperband", "trials_run": 20,
+                                                                    "objective": "val_auc"}))
+    assert "validation split" in base_text and "one head" in base_text and "20 trials" in base_text
