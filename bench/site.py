@@ -25,7 +25,7 @@ from sklearn.metrics import roc_auc_score
 from pneumo_core.golive import adaptation, validation
 from pneumo_core.golive import sites as site
 from pneumo_core.settings import Augmentation
-from pneumo_core.evaluate.metrics import expected_calibration_error, metrics_at
+from pneumo_core.evaluation.metrics import expected_calibration_error, metrics_at
 from pneumo_core.learn.features import embed
 from pneumo_core.learn.model import PneumoModel, scoring_model
 from pneumo_core.records.registry import resolve

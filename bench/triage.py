@@ -27,11 +27,11 @@ from pathlib import Path
 
 import numpy as np
 
-from pneumo_core.evaluate.metrics import fit_platt
+from pneumo_core.evaluation.metrics import fit_platt
 from pneumo_core.golive import monitor
 from pneumo_core.golive import adaptation, validation
 from pneumo_core.golive.sites import load_site, patient_folds
-from pneumo_core.evaluate.triage import fit_tiers
+from pneumo_core.evaluation.triage import fit_tiers
 from pneumo_core.records.registry import resolve
 from pneumo_core.settings import load_settings
 

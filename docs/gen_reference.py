@@ -39,7 +39,7 @@ PACKAGE = ROOT / "pneumo_core"
 LAYERS = [
     ("base", "errors, settings, choices, progress, files: no model, no screen, no network"),
     ("imaging", "reading films, preprocessing, augmentation, out-of-distribution detector"),
-    ("evaluate", "metrics, figures, track record"),
+    ("evaluation", "metrics, figures, track record, triage tiers"),
     ("learn", "data, backbones, feature cache, model, training, tuning, distribution, the version-folder store"),
     ("explain", "Grad-CAM family, chest mask, faithfulness"),
     ("records", "registry, audit chain, users, access and sign-in policy, the database layer"),

@@ -22,8 +22,8 @@ _API = {
     # training and evaluation
     "train": "learn.training", "tune": "learn.training", "TrainResult": "learn.training", "TrainConfig": "settings",
     "Settings": "settings", "load_settings": "settings", "load_dataset": "learn.data", "check_dataset": "learn.data",
-    "FeatureCache": "learn.features", "embed": "learn.features", "evaluate": "evaluate.metrics",
-    "classification_report": "evaluate.metrics", "choose_threshold": "evaluate.metrics",
+    "FeatureCache": "learn.features", "embed": "learn.features", "evaluate": "evaluation.metrics",
+    "classification_report": "evaluation.metrics", "choose_threshold": "evaluation.metrics",
     # registry, vocabulary, progress, errors
     "list_versions": "records.registry", "promote": "records.registry", "resolve": "records.registry",
     "CLASSES": "choices", "label_name": "choices",

@@ -37,7 +37,7 @@ Every knob a deployment may need to change lives here, so the rest of the librar
 | PNEUMO_SITE_DATA      | a folder holding sites' labelled films (NORMAL/ and        |
 |                       | PNEUMONIA/, itself or one or two levels down), offered on  |
 |                       | the Site page; unset = only folders beside PNEUMO_DATA     |
-| PNEUMO_TRIAGE_ALPHA,  | triage tiers' promises (`evaluate.triage`): share of       |
+| PNEUMO_TRIAGE_ALPHA,  | triage tiers' promises (`evaluation.triage`): share of       |
 | PNEUMO_TRIAGE_BETA    | pneumonias in low (0.05), of normals in high (0.10); the   |
 |                       | default of `site validate/adapt --alpha/--beta`            |
 | PNEUMO_CLINIC_PREVALENCE | the clinic's share of pneumonia for PPV/NPV (0..1);     |

@@ -65,7 +65,7 @@ def current_train_params():
 
 def figures_that_apply(version_path: str):
     """The TrackRecord of a version (site figures where measured, else internal, labelled)."""
-    from pneumo_core.evaluate.track_record import track_record
+    from pneumo_core.evaluation.track_record import track_record
     return track_record(version_path)
 
 

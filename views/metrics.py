@@ -6,14 +6,14 @@ import streamlit as st
 
 import ui
 from pneumo_core.choices import label_name
-from pneumo_core.evaluate import figures
-from pneumo_core.evaluate.metrics import (
+from pneumo_core.evaluation import figures
+from pneumo_core.evaluation.metrics import (
     calibration_curve,
     classification_report,
     expected_calibration_error,
     metrics_at,
 )
-from pneumo_core.evaluate.track_record import FIGURES, track_record
+from pneumo_core.evaluation.track_record import FIGURES, track_record
 from pneumo_core.learn.store import read_history, read_json
 
 ui.require_page("metrics")

@@ -5,8 +5,8 @@ import pandas as pd
 import streamlit as st
 
 import ui
-from pneumo_core.evaluate import figures
-from pneumo_core.evaluate.track_record import track_record
+from pneumo_core.evaluation import figures
+from pneumo_core.evaluation.track_record import track_record
 from pneumo_core.golive import adaptation
 from pneumo_core.learn.store import read_json
 from pneumo_core.records.registry import change_kind, promotions, summaries

@@ -2,7 +2,7 @@
 import streamlit as st
 
 import ui
-from pneumo_core.evaluate import figures
+from pneumo_core.evaluation import figures
 from pneumo_core.golive.monitor import monitor
 
 ui.require_page("monitor")

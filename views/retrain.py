@@ -5,7 +5,7 @@ import streamlit as st
 import ui
 from pneumo_core.choices import TRAIN_CHOICES, label_name
 from pneumo_core.errors import PneumoError
-from pneumo_core.evaluate import figures
+from pneumo_core.evaluation import figures
 from pneumo_core.golive.comparison import compare
 from pneumo_core.imaging.films import ImageError, read_image
 from pneumo_core.jobs.argv import clamp_params

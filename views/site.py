@@ -5,8 +5,8 @@ import streamlit as st
 
 import ui
 from pneumo_core.errors import PneumoError
-from pneumo_core.evaluate import figures
-from pneumo_core.evaluate.track_record import FIGURES, site_reports, track_record
+from pneumo_core.evaluation import figures
+from pneumo_core.evaluation.track_record import FIGURES, site_reports, track_record
 from pneumo_core.golive import adaptation, monitor, validation
 from pneumo_core.golive import sites as site
 from pneumo_core.learn.store import read_json

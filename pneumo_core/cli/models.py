@@ -69,7 +69,7 @@ def load_model(settings: Settings, ref: str | None):
 def cmd_evaluate(args, settings) -> int:
     """Run `evaluate`: a model's figures on one split of a dataset. Returns the exit status."""
     from pneumo_core.errors import DatasetError
-    from pneumo_core.evaluate.metrics import evaluate
+    from pneumo_core.evaluation.metrics import evaluate
     from pneumo_core.learn.data import load_dataset
     model = load_model(settings, args.model)
     split = model.metadata.get("data", {})

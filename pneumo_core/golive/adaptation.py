@@ -26,9 +26,9 @@ import numpy as np
 import pandas as pd
 
 from pneumo_core.errors import DatasetError
-from pneumo_core.evaluate.metrics import calibration_curve, choose_threshold, evaluate, evaluate_with_ci, fit_platt
-from pneumo_core.evaluate.track_record import SITE_REPORTS
-from pneumo_core.evaluate.triage import DEFAULT_ALPHA, DEFAULT_BETA, SOURCES, fit_tiers
+from pneumo_core.evaluation.metrics import calibration_curve, choose_threshold, evaluate, evaluate_with_ci, fit_platt
+from pneumo_core.evaluation.track_record import SITE_REPORTS
+from pneumo_core.evaluation.triage import DEFAULT_ALPHA, DEFAULT_BETA, SOURCES, fit_tiers
 from pneumo_core.golive.sites import FOLDS, load_site, patient_folds
 from pneumo_core.golive.validation import score_films, score_views, sigmoid, write_json_atomic
 from pneumo_core.learn.data import load_dataset

@@ -13,7 +13,7 @@ import pandas as pd
 from sklearn.metrics import roc_auc_score
 
 from pneumo_core.choices import label_name
-from pneumo_core.evaluate.metrics import metrics_at
+from pneumo_core.evaluation.metrics import metrics_at
 from pneumo_core.learn.store import read_json, test_predictions
 
 

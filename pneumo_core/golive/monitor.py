@@ -45,7 +45,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pneumo_core.evaluate.track_record import site_reports
+from pneumo_core.evaluation.track_record import site_reports
 
 PSI_WARNING = 0.25
 KS_P_WARNING = 0.001
@@ -353,7 +353,7 @@ def _proportion(successes: int, n: int) -> dict:
 def tier_guarantees(version_dir: Path) -> dict[str, float]:
     """The guaranteed rates of a version's triage tiers at its site: {"low": alpha, "high": beta}, or {}."""
     try:
-        from pneumo_core.evaluate.triage import tiers_for
+        from pneumo_core.evaluation.triage import tiers_for
     except ImportError:    # a version of the library without triage tiers
         return {}
     tiers = tiers_for(version_dir)

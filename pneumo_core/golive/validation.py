@@ -20,9 +20,9 @@ from pathlib import Path
 import numpy as np
 
 from pneumo_core.errors import DatasetError
-from pneumo_core.evaluate.metrics import calibration_curve, evaluate_with_ci
-from pneumo_core.evaluate.track_record import INTERNAL_LABEL, SITE_REPORTS
-from pneumo_core.evaluate.triage import DEFAULT_ALPHA, DEFAULT_BETA, SOURCES, fit_tiers
+from pneumo_core.evaluation.metrics import calibration_curve, evaluate_with_ci
+from pneumo_core.evaluation.track_record import INTERNAL_LABEL, SITE_REPORTS
+from pneumo_core.evaluation.triage import DEFAULT_ALPHA, DEFAULT_BETA, SOURCES, fit_tiers
 from pneumo_core.files import new_file_mode
 from pneumo_core.golive.sites import load_site
 from pneumo_core.progress import Progress, Reporter

@@ -21,7 +21,7 @@ import pandas as pd
 import tensorflow as tf
 
 from pneumo_core import __version__
-from pneumo_core.evaluate.metrics import THRESHOLD_CONFIDENCE, THRESHOLD_RULE, choose_threshold, evaluate, fit_platt
+from pneumo_core.evaluation.metrics import THRESHOLD_CONFIDENCE, THRESHOLD_RULE, choose_threshold, evaluate, fit_platt
 from pneumo_core.imaging.films import read_image
 from pneumo_core.imaging.ood import OODDetector
 from pneumo_core.learn.backbones import resolve_weights

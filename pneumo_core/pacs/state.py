@@ -18,7 +18,7 @@ from contextlib import closing
 from datetime import UTC, datetime
 from pathlib import Path
 
-from pneumo_core.evaluate.triage import tiers_for
+from pneumo_core.evaluation.triage import tiers_for
 from pneumo_core.pacs.client import FilmRef
 from pneumo_core.records.db import SQLITE, Database
 from pneumo_core.serve.diagnosis import call_priority, order_key, tier_of

@@ -9,7 +9,7 @@ The words and numbers a clinician reads are decided here, once, for the screen a
 - `certainty`: clear / probable / borderline, and "not assessable" when the film is unlike the
   training films (the call is still shown, never relied on); a version with no site guarantee
   never says "clear" or "well above": its certainty is "not validated at this site";
-- `tier` / `tier_guarantee`: the site's triage tier (low / uncertain / high, `evaluate.triage`) and
+- `tier` / `tier_guarantee`: the site's triage tier (low / uncertain / high, `evaluation.triage`) and
   the sentence naming the site films it rests on; None when the version has no site guarantee;
 - `priority` / `order_key` / `worklist_order`: the one order of every list of calls (Diagnose's
   worklist and the PACS Worklist): with tiers, high, uncertain, low; without, check (not assessable
@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pneumo_core.evaluate.triage import NOT_VALIDATED, TIERS, TriageTiers, tiers_for
+from pneumo_core.evaluation.triage import NOT_VALIDATED, TIERS, TriageTiers, tiers_for
 from pneumo_core.explain.heatmap import by_evidence, chest_mask, restrict, to_uint8
 from pneumo_core.imaging.films import FilmInfo
 from pneumo_core.imaging.ood import WARNING as OOD_WARNING

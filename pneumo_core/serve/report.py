@@ -25,7 +25,7 @@ from xml.sax.saxutils import escape
 import cv2
 import numpy as np
 
-from pneumo_core.evaluate.track_record import TrackRecord
+from pneumo_core.evaluation.track_record import TrackRecord
 from pneumo_core.explain.heatmap import colour_bar, display_name, for_display, overlay
 from pneumo_core.records.verdicts import Verdict
 from pneumo_core.serve.diagnosis import NOTICE, Diagnosis, format_date, format_probability, local_time

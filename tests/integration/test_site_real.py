@@ -9,8 +9,8 @@ import pytest
 from conftest import REPO, SHARED, SHARED_DATA, make_dataset, run_cli
 from helpers import widget
 
-from pneumo_core.evaluate.track_record import INTERNAL_LABEL, track_record
-from pneumo_core.evaluate.triage import tiers_for
+from pneumo_core.evaluation.track_record import INTERNAL_LABEL, track_record
+from pneumo_core.evaluation.triage import tiers_for
 from pneumo_core.golive import adaptation, validation
 from pneumo_core.golive import sites as site
 from pneumo_core.progress import parse_line

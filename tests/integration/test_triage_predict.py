@@ -3,7 +3,7 @@ import json
 
 import numpy as np
 
-from pneumo_core.evaluate.triage import fit_tiers
+from pneumo_core.evaluation.triage import fit_tiers
 from pneumo_core.records.audit import AuditTrail
 from pneumo_core.serve import diagnosis as dx
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as sk
 
-from pneumo_core.evaluate.metrics import (
+from pneumo_core.evaluation.metrics import (
     bootstrap_ci,
     calibration_curve,
     choose_threshold,

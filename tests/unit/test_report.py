@@ -8,7 +8,7 @@ import pypdf
 import pytest
 from helpers import PATIENT, chest_film, dicom_film
 
-from pneumo_core.evaluate.track_record import INTERNAL_LABEL, track_record
+from pneumo_core.evaluation.track_record import INTERNAL_LABEL, track_record
 from pneumo_core.imaging.films import FilmInfo, read_film
 from pneumo_core.records.verdicts import Verdict
 from pneumo_core.serve.diagnosis import Diagnosis, certainty, local_time

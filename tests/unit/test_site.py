@@ -8,7 +8,7 @@ import pytest
 from conftest import make_dataset
 
 from pneumo_core.errors import DatasetError
-from pneumo_core.evaluate.metrics import bootstrap_figures_ci, evaluate_with_ci
+from pneumo_core.evaluation.metrics import bootstrap_figures_ci, evaluate_with_ci
 from pneumo_core.golive import adaptation
 from pneumo_core.golive import sites as site
 from pneumo_core.settings import load_settings

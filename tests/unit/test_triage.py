@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from scipy.stats import beta as beta_distribution
 
-from pneumo_core.evaluate import triage
-from pneumo_core.evaluate.triage import TriageTiers, fit_tiers, tiers_for
+from pneumo_core.evaluation import triage
+from pneumo_core.evaluation.triage import TriageTiers, fit_tiers, tiers_for
 from pneumo_core.records.audit import AuditTrail
 from pneumo_core.serve import diagnosis as dx
 from pneumo_core.serve.diagnosis import Diagnosis
@@ -197,7 +197,7 @@ def test_the_pdf_carries_the_tier_and_its_guarantee_or_says_not_validated(tmp_pa
 
     import pypdf
 
-    from pneumo_core.evaluate.track_record import track_record
+    from pneumo_core.evaluation.track_record import track_record
     from pneumo_core.serve.report import report_pdf
     (tmp_path / "metadata.json").write_text(json.dumps({"id": "v1"}))
     record = track_record(tmp_path)

@@ -6,7 +6,7 @@ import pandas as pd
 import plotly.graph_objects as go
 
 from pneumo_core.choices import CLASSES
-from pneumo_core.evaluate.metrics import curves, metrics_at
+from pneumo_core.evaluation.metrics import curves, metrics_at
 
 CALM = {"template": "plotly_white", "margin": dict(l=40, r=20, t=40, b=40), "height": 400,
         "legend": dict(orientation="h", yanchor="top", y=-0.2, x=0)}
