@@ -60,4 +60,4 @@ def test_a_verdict_recorded_on_diagnose_reaches_monitor_and_the_report(server, h
     path = tmp_path / "report.pdf"
     download.value.save_as(path)
     text = pypdf.PdfReader(path).pages[0].extract_text()
-    assert "Reader's read" in text and "consolidation" in text and "tester" in text
+    assert "Reader's findings" in text and "consolidation" in text and "tester" in text

@@ -54,5 +54,6 @@ def test_worklist_heading_and_reason_from_the_archive_are_not_markdown(tmp_path,
     at.session_state["actor"] = Actor("test", "clinician")
     at.run()
     assert not at.exception
-    assert at.subheader[0].value == f"not scored · accession {literal('**ACC** ' + IMAGE)} · 20240301"
+    # The study date in the reader's locale style (AppTest gives none: ISO 8601), escaped like every archive value.
+    assert at.subheader[0].value == f"not scored · accession {literal('**ACC** ' + IMAGE)} · {literal('2024-03-01')}"
     assert at.info[0].value == f"Not scored: {literal('body part **' + IMAGE + '**')}."

@@ -154,7 +154,7 @@ def test_pacs_state_claims_a_film_for_one_watcher(engine_url, tmp_path):
     mine = state.claim("1.2.3.4.0", "v1", "watcher-a", ("new",))
     assert mine["claimed_by"] == "watcher-a"
     assert state.claim("1.2.3.4.0", "v1", "watcher-b", ("new",)) is None      # held by a
-    state.update("1.2.3.4.0", "v1", status="scored", label="PNEUMONIA", probability=0.9)
+    state.update("1.2.3.4.0", "v1", status="scored", label="PNEUMONIA", probability=0.9, threshold=0.5)
     state.release("1.2.3.4.0", "v1", "watcher-a")
     assert state.claim("1.2.3.4.0", "v1", "watcher-b", ("new",)) is None      # moved on meanwhile
     assert state.claim("1.2.3.4.1", "v1", "watcher-b", ("new",), seconds=-1) is not None
