@@ -13,8 +13,8 @@ def test_search_finds_a_separating_head_and_reports_it(tmp_path, algorithm):
     y = (rng.random(400) < 0.5).astype(np.float32)
     x = (rng.normal(0, 1, (400, 16)) + 2.0 * y[:, None] * (np.arange(16) < 4)).astype(np.float32)
     # Hyperband runs brackets of max_epochs (factor 3): 12 epochs made ~30 trials (57 s of a 2-minute unit tier
-    # on 2 busy cores), 6 make two brackets.
-    epochs = 6 if algorithm == "hyperband" else 12
+    # on 2 busy cores), 6 two brackets (15 s on an idle machine), 3 one bracket of a few short trials.
+    epochs = 3 if algorithm == "hyperband" else 12
     tuner = tune_head(x[:300], y[:300], x[300:], y[300:], {0: 1.0, 1: 1.0}, tmp_path, trials=2, epochs=epochs,
                       algorithm=algorithm, reporter=CallbackReporter(updates.append))
     summary = tuner_summary(tuner)
