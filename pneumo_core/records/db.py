@@ -95,17 +95,19 @@ def transaction(path: Path, setup: Callable[[sqlite3.Connection], None] | None =
         setup: as for `connect`.
         write: take the write lock for the whole block and commit at its end (rolled back on error).
     """
-    with _unit_of_work(connect(path, setup), write) as db:
+    with _unit_of_work(connect(path, setup), "BEGIN IMMEDIATE" if write else None) as db:
         yield db
 
 
 @contextmanager
-def _unit_of_work(db, write: bool):
+def _unit_of_work(db, begin: str | None):
+    """`db` for one block, closed after it; with `begin`, inside that transaction (committed at the end,
+    rolled back on an error)."""
     try:
-        if write:
-            db.execute("BEGIN IMMEDIATE")
+        if begin:
+            db.execute(begin)
         yield db
-        if write:
+        if begin:
             db.execute("COMMIT")
     except BaseException:
         if db.in_transaction:
@@ -325,7 +327,7 @@ class Database:
     def transaction(self, write: bool = False):
         """A connection for one unit of work, as `transaction` (the module function); on PostgreSQL
         `write=True` serialises the block with every other writer of this store."""
-        with _unit_of_work(self.connect(), write) as db:
+        with _unit_of_work(self.connect(), "BEGIN IMMEDIATE" if write else None) as db:
             yield db
 
     @property
@@ -338,17 +340,8 @@ class Database:
     def claiming(self):
         """A transaction for claiming rows (the next job): on PostgreSQL a plain BEGIN, the rows locked
         by the SELECT ... `skip_locked` the caller runs; on SQLite the file's write lock (BEGIN IMMEDIATE)."""
-        db = self.connect()
-        try:
-            db.execute("BEGIN" if self.url else "BEGIN IMMEDIATE")
+        with _unit_of_work(self.connect(), "BEGIN" if self.url else "BEGIN IMMEDIATE") as db:
             yield db
-            db.execute("COMMIT")
-        except BaseException:
-            if db.in_transaction:
-                db.execute("ROLLBACK")
-            raise
-        finally:
-            db.close()
 
     @contextmanager
     def snapshot(self):
