@@ -60,6 +60,29 @@ def shown(markdown: str) -> str:
     return re.sub(r"\\(.)", r"\1", markdown)
 
 
+def validation_probabilities(n=600, seed=0) -> np.ndarray:
+    """A bimodal distribution like a calibrated model's on a mixed validation split."""
+    rng = np.random.default_rng(seed)
+    return np.clip(np.concatenate([rng.beta(1.5, 12, n // 3), rng.beta(12, 1.5, n - n // 3)]), 0, 1)
+
+
+def monitored_home(home: Path, version: str) -> Path:
+    """A registry under `home` with one active version: its card and validation predictions only
+    (monitoring needs no model weights). Returns `home`."""
+    import json
+
+    import pandas as pd
+    folder = home / "models" / version
+    folder.mkdir(parents=True)
+    (folder / "metadata.json").write_text(json.dumps({"id": version, "created": "2026-01-01T00:00:00+00:00",
+                                                      "threshold": 0.5, "backbone": "mobilenet_v2"}))
+    val = validation_probabilities()
+    pd.DataFrame({"path": [f"v{i}.jpeg" for i in range(len(val))], "label": (val > 0.5).astype(int),
+                  "probability": val, "split": "val"}).to_csv(folder / "predictions.csv", index=False)
+    (folder.parent / "ACTIVE").write_text(version + "\n")   # the registry's pointer: this version is active
+    return home
+
+
 def encode(array, fmt="PNG", mode=None, **kwargs) -> bytes:
     buffer = io.BytesIO()
     image = Image.fromarray(array) if mode is None else Image.fromarray(array).convert(mode)

@@ -1,37 +1,21 @@
 """The monitoring page over an audit trail whose recent calls have drifted from the reference."""
-import json
 from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
 import numpy as np
-import pandas as pd
 import pytest
 from conftest import REPO
+from helpers import monitored_home
 
 from pneumo_core.records.audit import AuditTrail
 
 VERSION = "20260101-000000-mobilenet_v2"
 
 
-def _validation_probabilities(n=600, seed=0):
-    """A bimodal distribution like a calibrated model's on a mixed validation split."""
-    rng = np.random.default_rng(seed)
-    return np.clip(np.concatenate([rng.beta(1.5, 12, n // 3), rng.beta(12, 1.5, n - n // 3)]), 0, 1)
-
-
 @pytest.fixture
 def home(tmp_path, monkeypatch):
-    """A registry with one version (card and predictions only: monitoring needs no model weights)."""
-    folder = tmp_path / "home" / "models" / VERSION
-    folder.mkdir(parents=True)
-    (folder / "metadata.json").write_text(json.dumps({"id": VERSION, "created": "2026-01-01T00:00:00+00:00",
-                                                      "threshold": 0.5, "backbone": "mobilenet_v2"}))
-    val = _validation_probabilities()
-    pd.DataFrame({"path": [f"v{i}.jpeg" for i in range(len(val))], "label": (val > 0.5).astype(int),
-                  "probability": val, "split": "val"}).to_csv(folder / "predictions.csv", index=False)
-    (folder.parent / "ACTIVE").write_text(VERSION + "\n")   # the registry's pointer: this version is active
     monkeypatch.setenv("PNEUMO_HOME", str(tmp_path / "home"))
-    return tmp_path / "home"
+    return monitored_home(tmp_path / "home", VERSION)
 
 
 def test_monitor_page_shows_the_warning(home):

@@ -4,8 +4,8 @@ from datetime import UTC, datetime, timedelta
 from types import SimpleNamespace
 
 import numpy as np
-import pandas as pd
 import pytest
+from helpers import monitored_home, validation_probabilities
 
 from pneumo_core.golive import monitor
 from pneumo_core.records.audit import AuditTrail
@@ -15,25 +15,10 @@ VERSION = "20260101-000000-mobilenet_v2"
 NOW = datetime(2026, 3, 1, 12, tzinfo=UTC)
 
 
-def _validation_probabilities(n=600, seed=0):
-    """A bimodal distribution like a calibrated model's on a mixed validation split."""
-    rng = np.random.default_rng(seed)
-    return np.clip(np.concatenate([rng.beta(1.5, 12, n // 3), rng.beta(12, 1.5, n - n // 3)]), 0, 1)
-
-
 @pytest.fixture
 def home(tmp_path, monkeypatch):
-    """A registry with one version (card and predictions only: monitoring needs no model weights)."""
-    folder = tmp_path / "home" / "models" / VERSION
-    folder.mkdir(parents=True)
-    (folder / "metadata.json").write_text(json.dumps({"id": VERSION, "created": "2026-01-01T00:00:00+00:00",
-                                                      "threshold": 0.5, "backbone": "mobilenet_v2"}))
-    val = _validation_probabilities()
-    pd.DataFrame({"path": [f"v{i}.jpeg" for i in range(len(val))], "label": (val > 0.5).astype(int),
-                  "probability": val, "split": "val"}).to_csv(folder / "predictions.csv", index=False)
-    (folder.parent / "ACTIVE").write_text(VERSION + "\n")   # the registry's pointer: this version is active
     monkeypatch.setenv("PNEUMO_HOME", str(tmp_path / "home"))
-    return tmp_path / "home"
+    return monitored_home(tmp_path / "home", VERSION)
 
 
 def _record(trail, probabilities, days_ago=0.0, ood=None):
@@ -47,7 +32,7 @@ def _record(trail, probabilities, days_ago=0.0, ood=None):
 
 
 def test_psi_and_ks_separate_a_shift_from_a_sample_of_the_same_films():
-    reference = _validation_probabilities()
+    reference = validation_probabilities()
     same = np.random.default_rng(7).choice(reference, 200, replace=False)
     shifted = np.clip(reference[:200] * 0.4 + 0.5, 0, 1)
     assert monitor.psi(reference, same) < 0.1
@@ -58,7 +43,7 @@ def test_psi_and_ks_separate_a_shift_from_a_sample_of_the_same_films():
 
 def test_a_sample_of_the_validation_films_raises_no_warning(home):
     trail = AuditTrail(home / "audit.sqlite")
-    sample = np.random.default_rng(3).choice(_validation_probabilities(), 150, replace=False)
+    sample = np.random.default_rng(3).choice(validation_probabilities(), 150, replace=False)
     _record(trail, sample, days_ago=1)
     report = monitor.monitor(load_settings(), days=7, now=NOW, trail=trail)
     assert report["n"] == 150 and not report["drift"] and report["warnings"] == []
@@ -70,7 +55,7 @@ def test_an_injected_shift_is_flagged_with_a_warning(home):
     trail = AuditTrail(home / "audit.sqlite")
     shifted = np.random.default_rng(4).uniform(0.35, 0.65, 120)      # a site where everything looks borderline
     _record(trail, shifted, days_ago=2)
-    _record(trail, _validation_probabilities(80, 9), days_ago=40)     # older than the window: ignored
+    _record(trail, validation_probabilities(80, 9), days_ago=40)     # older than the window: ignored
     report = monitor.monitor(load_settings(), days=7, now=NOW, trail=trail)
     assert report["n"] == 120 and report["drift"]
     assert report["psi"] >= monitor.PSI_WARNING and "shifted" in report["warnings"][0]
@@ -78,12 +63,12 @@ def test_an_injected_shift_is_flagged_with_a_warning(home):
 
 def test_a_high_ood_rate_is_flagged_and_few_diagnoses_are_not_judged(home):
     trail = AuditTrail(home / "audit.sqlite")
-    sample = np.random.default_rng(5).choice(_validation_probabilities(), 60, replace=False)
+    sample = np.random.default_rng(5).choice(validation_probabilities(), 60, replace=False)
     _record(trail, sample, days_ago=1, ood=lambda i: i % 3 == 0)
     report = monitor.monitor(load_settings(), days=7, now=NOW, trail=trail)
     assert report["ood_rate"] == pytest.approx(1 / 3) and report["drift"]
     assert any("unlike the training films" in w for w in report["warnings"])
-    few = monitor.compare(_validation_probabilities(), [0.5] * 5)
+    few = monitor.compare(validation_probabilities(), [0.5] * 5)
     assert not few["drift"] and "only 5 diagnoses" in few["warnings"][0]
 
 
