@@ -9,7 +9,7 @@ st.title("Pneumo")
 st.caption("Pneumonia detection on paediatric chest X-rays.")
 for key in ("signed_out_because", "oidc_refused"):
     if key in st.session_state:
-        st.warning(st.session_state.pop(key))
+        st.warning(ui.literal(st.session_state.pop(key)))   # an IdP refusal names the provider's email
         if key == "oidc_refused" and ui.oidc_logged_in():
             if st.button("Sign out of the identity provider"):
                 st.logout()
@@ -46,7 +46,7 @@ with st.form("signin"):
             actor = ui.users().verify(name, password, ui.client())
         except SignInError as error:   # a lockout too: recorded as "locked"
             ui.record_refusal(name, error)
-            st.error(str(error).capitalize() + ".")
+            st.error(ui.literal(str(error).capitalize() + "."))
         else:
             ui.sign_in(actor, "local")
             st.rerun()
