@@ -92,17 +92,14 @@ def cmd_evaluate(args, settings) -> int:
 
 def cmd_predict(args, settings) -> int:
     """Run `predict`: score each image (each scored one audited). Returns 1 if any image failed, else 0."""
-    from pneumo_core.errors import ImageError
-    from pneumo_core.imaging.films import read_film
+    from pneumo_core.imaging.films import read_each
     from pneumo_core.records.anchor import audit_trail
     from pneumo_core.serve.diagnosis import Diagnoser
     diagnoser = Diagnoser(load_model(settings, args.model))
     trail, who = audit_trail(settings), os_user()
     results, failed = [], False
-    for path in args.images:
-        try:
-            film = read_film(path)
-        except ImageError as error:
+    for path, film, error in read_each(args.images):
+        if error:
             results.append({"path": path, "error": str(error)})
             failed = True
             continue

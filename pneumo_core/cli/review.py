@@ -45,9 +45,8 @@ def add_commands(commands, settings) -> None:
 
 
 def cmd_review(args, settings) -> int:
-    from pneumo_core.errors import ImageError
     from pneumo_core.golive.reviewed import review
-    from pneumo_core.imaging.films import read_film
+    from pneumo_core.imaging.films import read_each
     from pneumo_core.records.access import cli_actor
     from pneumo_core.records.anchor import audit_trail
     from pneumo_core.records.registry import resolve
@@ -56,10 +55,8 @@ def cmd_review(args, settings) -> int:
     actor, trail = cli_actor(), audit_trail(settings)
     active = resolve(settings.models_dir).name
     diagnoser, results, failed = None, [], False
-    for path in args.films:
-        try:
-            film = read_film(path)
-        except ImageError as error:
+    for path, film, error in read_each(args.films):
+        if error:
             results.append({"film": path, "error": str(error)})
             failed = True
             continue

@@ -17,6 +17,7 @@ down to it (JPEG by DCT scaling, others by box reduction, 16-bit in strips).
 from __future__ import annotations
 
 import io as _io
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -145,6 +146,22 @@ def read_film(source: str | Path | bytes, name: str | None = None, *, max_pixels
     film = reader(data, name, max_pixels=max_pixels, max_side=max_side, budget=budget)
     check_size(film.gray.shape[1], film.gray.shape[0], name, max_pixels)
     return film
+
+
+def read_each(paths) -> Iterator[tuple[str, Film | None, ImageError | None]]:
+    """Read a batch of film files, going on past the ones that cannot be read (a command-line batch
+    reports those and scores the rest).
+
+    Args:
+        paths: file paths, in the order given.
+    Returns:
+        An iterator of (path, film, None) or (path, None, the ImageError that says what was wrong).
+    """
+    for path in paths:
+        try:
+            yield path, read_film(path), None
+        except ImageError as error:
+            yield path, None, error
 
 
 def read_image(source: str | Path | bytes, name: str | None = None) -> np.ndarray:
