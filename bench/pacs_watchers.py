@@ -8,7 +8,7 @@ to the earliest last call of the watchers (the audit rows' times, which say whic
 call), so TensorFlow's start-up and a watcher that loads later are left out.
 
 Films: the site films (`../shared/data/site`, real paediatric chest X-rays at their own size) as CR
-DICOM with synthetic patient names; small synthetic films where they are missing. Model: the active
+DICOM with synthetic patient names; synthetic 512 x 448 films where there are fewer than asked. Model: the active
 model of PNEUMO_HOME/models if there is one; else, with --untrained-224, an untrained MobileNetV2 at
 224 px (the real model's compute, meaningless calls); else a tiny model trained here first on
 synthetic films (MobileNetV2 at 64 px, ~30 s). The output says which. Needs Debian's PostgreSQL and

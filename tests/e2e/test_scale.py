@@ -136,7 +136,10 @@ def test_two_dashboards_two_runners_two_watchers_share_one_database_and_one_arch
                                           env=dashboard_env) for name in LEADS}
             studies = store_studies(orthanc, STUDIES)
             for name, future in starting.items():
-                dashboards[name] = future.result()
+                if future.exception() is None:     # kept first, so `finally` stops it if the other failed
+                    dashboards[name] = future.result()
+            for future in starting.values():
+                future.result()                    # raises a failed start's error
         from playwright.sync_api import sync_playwright
         jobs = JobStore(machines["auditor"] / "jobs.sqlite")
         with sync_playwright() as playwright:
