@@ -2,7 +2,9 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import signal
 import sys
 
 from pneumo_core.cli.models import MODEL_HELP, load_model
@@ -35,6 +37,18 @@ def add_commands(commands, settings: Settings) -> None:
     status.add_argument("--json", action="store_true")
 
 
+@contextlib.contextmanager
+def sigterm_stops_like_ctrl_c():
+    """Inside, SIGTERM (systemd's stop, `kill`) raises KeyboardInterrupt as Ctrl-C does, so a stopped
+    watcher unwinds: it releases the film it holds (else the claim would block other watchers for
+    `CLAIM_SECONDS`) and exits 0. The handler before is restored after."""
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def cmd_pacs(args, settings) -> int:
     """Run a `pacs` subcommand (watch, score, status). Returns the exit status."""
     from pneumo_core.pacs.client import PacsClient
@@ -64,8 +78,9 @@ def cmd_pacs(args, settings) -> int:
         show(watcher.poll(study_uid=args.study))
         return 0
     try:
-        watcher.run(args.interval, once=args.once, on_poll=lambda summary: show(summary, args.once),
-                    max_failures=8 if args.once else None)
+        with sigterm_stops_like_ctrl_c():
+            watcher.run(args.interval, once=args.once, on_poll=lambda summary: show(summary, args.once),
+                        max_failures=8 if args.once else None)
     except KeyboardInterrupt:
         print("stopped; a restart resumes where this one stopped", file=sys.stderr)
     return 0

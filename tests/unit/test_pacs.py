@@ -2,7 +2,10 @@
 result UIDs, worklist order, settings and authentication (the archive itself: integration/test_pacs_archive.py)."""
 import io
 import json
+import os
+import signal
 from contextlib import closing
+from types import SimpleNamespace
 
 import numpy as np
 import pydicom
@@ -149,6 +152,33 @@ def test_auth_header_is_basic_bearer_or_absent_as_configured():
 def test_a_down_archive_is_reported_as_unavailable():
     with pytest.raises(PacsUnavailable, match="cannot be reached"):
         PacsClient("http://127.0.0.1:9/dicom-web").search_films()   # port 9 (discard): nothing listens
+
+
+def test_sigterm_stops_pacs_watch_as_ctrl_c_does_and_it_exits_0(tmp_path, monkeypatch, capsys):
+    # systemd stops a watcher with SIGTERM; Python's default would end it at once, holding its film's claim.
+    from pneumo_core.cli.main import main
+    from pneumo_core.pacs.watcher import Watcher
+    monkeypatch.setenv("PNEUMO_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("PNEUMO_DATABASE_URL", raising=False)
+    monkeypatch.setattr("pneumo_core.cli.pacs.load_model", lambda settings, version: SimpleNamespace(id="v1"))
+    monkeypatch.setattr("pneumo_core.serve.diagnosis.Diagnoser", lambda model: SimpleNamespace(model=model))
+    polls = []
+
+    def terminated_while_polling(self, study_uid=None):
+        polls.append(self.model)
+        os.kill(os.getpid(), signal.SIGTERM)    # Python runs the handler before the next line
+        raise AssertionError("SIGTERM did not stop the watcher")
+    monkeypatch.setattr(Watcher, "poll", terminated_while_polling)
+    outer = []      # this process's own handler: the command must not leave SIGTERM changed
+    before = signal.signal(signal.SIGTERM, lambda *_: outer.append("outer handler"))
+    try:
+        code = main(["pacs", "watch", "--url", "http://127.0.0.1:9/dicom-web", "--interval", "1"])
+        after = signal.getsignal(signal.SIGTERM)
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    assert code == 0 and polls == ["v1"] and outer == []
+    assert "stopped; a restart resumes" in capsys.readouterr().err
+    assert after is not signal.default_int_handler and after.__name__ == "<lambda>"
 
 
 # --- against a real Orthanc --------------------------------------------------------------------------
