@@ -20,6 +20,10 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Argon2's cheapest profile for every account and setup code the tests make, in this process and the servers and
+# commands it starts: the production profile costs ~0.35 s per hash or sign-in, seconds per test that signs in
+# (test_users.py keeps one test at the production cost).
+os.environ.setdefault("PNEUMO_ARGON2_PROFILE", "CHEAPEST")
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
 SHARED_DATA = SHARED / "data" / "chest_xray"
