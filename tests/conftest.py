@@ -109,6 +109,21 @@ def cli(monkeypatch, capsys):
     return call
 
 
+@pytest.fixture
+def kept_keras_session(monkeypatch):
+    """Keras's global state kept across the AppTest runs of a page run on its own, as app.py keeps it for every
+    page (`ui.keep_keras_session`); put back as it was after the test.
+
+    Without it Streamlit clears Keras's session after every run, and the next run's diagnosis traces the
+    model's functions again: 2-7 s per run of a Diagnose or Heatmaps page on this machine.
+    """
+    import keras
+
+    import ui
+    monkeypatch.setattr(keras.backend, "clear_session", keras.backend.clear_session)   # to put back afterwards
+    ui.keep_keras_session()
+
+
 # The session's one trained model: random-init MobileNetV2 at 64 px, 2 trials x 3 epochs, 2 heads averaged,
 # no augmented views in training and one test-time view (the defaults, 3 and 3, cost ~3x the time here).
 TINY_TRAIN = ("--weights", "none", "--image-size", 64, "--trials", 2, "--epochs", 3, "--views", 0, "--ensemble", 2,
