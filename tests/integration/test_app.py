@@ -234,17 +234,24 @@ def test_a_site_report_puts_its_figures_and_ppv_npv_at_the_sites_prevalence_unde
     assert "not validated at this site" not in text
 
 
-def test_audit_page_lists_each_diagnosis_once_and_exports_csv(home):
+def test_audit_page_before_any_diagnosis_says_where_rows_come_from(tmp_path, monkeypatch):
+    monkeypatch.setenv("PNEUMO_HOME", str(tmp_path / "home"))
     at = page("audit").run()
     assert not at.exception and any("No diagnosis has been recorded yet" in i.value for i in at.info)
+
+
+def test_audit_page_lists_each_diagnosis_once_and_exports_csv(shared_home):
+    # The shared home's trail holds the other tests' diagnoses too: these two films are this test's alone.
+    films = {"a.png": png(0, 31), "b.png": png(1, 32)}
     diagnose = page("diagnose").run()
-    uploader(diagnose).set_value([("a.png", png(0, 1), "image/png"), ("b.png", png(1, 2), "image/png")])
+    uploader(diagnose).set_value([(name, data, "image/png") for name, data in films.items()])
     diagnose.run()
     widget(diagnose, "slider", "Heatmap opacity").set_value(0.7).run()  # a rerun shows the same calls: no new rows
     at = page("audit").run()
     assert not at.exception
     table = at.dataframe[0].value
-    assert len(table) == 2 and set(table["source"]) == {"dashboard"} and set(table["cam_method"]) == {"gradcam"}
+    mine = table[table["sha256"].isin({hashlib.sha256(data).hexdigest() for data in films.values()})]
+    assert len(mine) == 2 and set(mine["source"]) == {"dashboard"} and set(mine["cam_method"]) == {"gradcam"}
     assert {"sha256", "model", "probability", "threshold", "call", "ood_score", "ood_flag"} <= set(table.columns)
     assert [b.label for b in at.get("download_button")] == ["Download CSV"]
     widget(at, "selectbox", "Call").set_value("PNEUMONIA").run()
