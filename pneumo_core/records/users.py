@@ -132,6 +132,9 @@ class UserStore:
     def __init__(self, home: Path, clock=time.time):
         self.path = Path(home) / "users.sqlite"
         self.clock = clock
+        # The hasher and its dummy hash now, not at the first sign-in: an unknown name's first refusal takes as
+        # long as the others, and a PNEUMO_ARGON2_PROFILE that is no profile stops the start with its message.
+        _hasher()
         self.database = Database("users", self.path, lambda db: db.executescript(_SCHEMA))
         if self.database.dialect != SQLITE:   # the shared server: tables from its migrations
             return

@@ -207,6 +207,9 @@ def test_hashes_cost_the_production_profile_unless_told_and_cheaper_ones_move_to
     assert argon2.extract_parameters(stored_hash(store, "bob")) == production
     with pytest.raises(ConfigError, match="PNEUMO_ARGON2_PROFILE='fast'.*RFC_9106_LOW_MEMORY"):
         argon2_profile({"PNEUMO_ARGON2_PROFILE": "fast"})
+    monkeypatch.setenv("PNEUMO_ARGON2_PROFILE", "fast")
+    with pytest.raises(ConfigError, match="PNEUMO_ARGON2_PROFILE"):     # the store does not open with it
+        UserStore(store.path.parent)
 
 
 def test_one_client_trying_many_names_is_locked_out(store):
