@@ -66,6 +66,12 @@ Every knob a deployment may need to change lives here, so the rest of the librar
 |                       | are also sent to as syslog lines; unset = none             |
 | PNEUMO_TRUSTED_PROXIES| comma-separated addresses or networks of reverse proxies   |
 |                       | whose X-Forwarded-For names the client; unset = none       |
+| PNEUMO_ARGON2_PROFILE | `RFC_9106_LOW_MEMORY`: the cost of the Argon2id password   |
+|                       | and setup-code hashes (argon2-cffi's profile names);       |
+|                       | `RFC_9106_HIGH_MEMORY` costs more (2 GiB per hash);        |
+|                       | `CHEAPEST` is for test suites only: it barely slows a      |
+|                       | guesser. Stored hashes move to the current profile at      |
+|                       | their account's next sign-in                               |
 """
 from __future__ import annotations
 
@@ -317,6 +323,28 @@ def _share(env: dict, name: str, fallback: float | None) -> float | None:
     if not 0 < value < 1:
         raise ConfigError(f"{name}={env[name]!r}: expected a share between 0 and 1, e.g. 0.05")
     return value
+
+
+# argon2-cffi's profiles (argon2.profiles) a deployment may name in PNEUMO_ARGON2_PROFILE; the first is the default.
+ARGON2_PROFILES = ("RFC_9106_LOW_MEMORY", "RFC_9106_HIGH_MEMORY", "CHEAPEST")
+
+
+def argon2_profile(env: dict | None = None) -> str:
+    """The Argon2 profile that new password hashes use, from PNEUMO_ARGON2_PROFILE.
+
+    Args:
+        env: the environment (default: os.environ).
+    Returns:
+        One of `ARGON2_PROFILES`: argon2-cffi's default (RFC 9106's low-memory profile) when unset.
+    Raises:
+        ConfigError: a name that is not one of them.
+    """
+    env = os.environ if env is None else env
+    name = (env.get("PNEUMO_ARGON2_PROFILE") or ARGON2_PROFILES[0]).strip().upper()
+    if name not in ARGON2_PROFILES:
+        raise ConfigError(f"PNEUMO_ARGON2_PROFILE={env['PNEUMO_ARGON2_PROFILE']!r}: use one of "
+                          f"{', '.join(ARGON2_PROFILES)} (unset: {ARGON2_PROFILES[0]}, the production cost)")
+    return name
 
 
 def memory_budget(env: dict | None = None) -> MemoryBudget:

@@ -20,6 +20,10 @@ import numpy as np
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# Argon2's cheapest profile for every account and setup code the tests make, in this process and the servers and
+# commands it starts: the production profile costs ~0.35 s per hash or sign-in, seconds per test that signs in
+# (test_users.py keeps one test at the production cost).
+os.environ.setdefault("PNEUMO_ARGON2_PROFILE", "CHEAPEST")
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / "shared"
 SHARED_DATA = SHARED / "data" / "chest_xray"
@@ -103,6 +107,21 @@ def cli(monkeypatch, capsys):
             out = capsys.readouterr()
         return subprocess.CompletedProcess(["pneumo_core", *map(str, args)], code, out.out, out.err)
     return call
+
+
+@pytest.fixture
+def kept_keras_session(monkeypatch):
+    """Keras's global state kept across the AppTest runs of a page run on its own, as app.py keeps it for every
+    page (`ui.keep_keras_session`); put back as it was after the test.
+
+    Without it Streamlit clears Keras's session after every run, and the next run's diagnosis traces the
+    model's functions again: 2-7 s per run of a Diagnose or Heatmaps page on this machine.
+    """
+    import keras
+
+    import ui
+    monkeypatch.setattr(keras.backend, "clear_session", keras.backend.clear_session)   # to put back afterwards
+    ui.keep_keras_session()
 
 
 # The session's one trained model: random-init MobileNetV2 at 64 px, 2 trials x 3 epochs, 2 heads averaged,

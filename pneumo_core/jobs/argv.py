@@ -79,7 +79,7 @@ def params_from_model(metadata: dict, data_dir: str) -> TrainConfig:
     weights = metadata.get("weights")
     # The card stores the weights file name only; `auto` finds it again in the weights dir.
     weights = "none" if weights is None else weights if weights == "imagenet" else "auto"
-    same = ("trials", "epochs", "fine_tune_epochs", "seed", "tuner", "augmented_views", "ensemble")
+    same = ("trials", "epochs", "fine_tune_epochs", "seed", "tuner", "augmented_views", "ensemble", "tta_views")
     return TrainConfig(data_dir=str(data_dir), weights=weights,
                        backbone=metadata.get("backbone", defaults.backbone),
                        image_size=metadata.get("image_size", defaults.image_size),

@@ -2,8 +2,9 @@
 
 Accounts live in `PNEUMO_HOME/users.sqlite` (mode 0600: only the server's OS user reads it): a
 unique name, one role of `access.ROLES`, an Argon2id hash (argon2-cffi's defaults, RFC 9106's
-low-memory profile; never home-made crypto) and a disabled flag. Nothing is ever deleted: a
-disabled account keeps its name, so the audit trail's "who" stays unique.
+low-memory profile, unless PNEUMO_ARGON2_PROFILE names another; never home-made crypto) and a
+disabled flag. Nothing is ever deleted: a disabled account keeps its name, so the audit trail's
+"who" stays unique.
 
 Failed sign-ins are counted per (account name, client address) and per client address, in the
 same file (a restart does not reset them): from `MAX_FAILURES` failures of one name from one client
@@ -26,6 +27,7 @@ email to a role with a claim or `PNEUMO_HOME/oidc_roles.toml` (`oidc_role`).
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -38,12 +40,14 @@ from contextlib import closing
 from datetime import UTC, datetime
 from pathlib import Path
 
+import argon2.profiles
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError, VerifyMismatchError
 
 from pneumo_core.errors import AccountError, LockedOut, SetupError, SignInError
 from pneumo_core.records.access import ROLES, Actor, require
 from pneumo_core.records.db import SQLITE, Database, integrity_errors
+from pneumo_core.settings import argon2_profile
 
 __all__ = ["AccountError", "LockedOut", "SetupError", "SignInError", "UserStore", "oidc_role", "oidc_roles"]
 log = logging.getLogger(__name__)
@@ -59,11 +63,23 @@ FORGET_SECONDS = 3600
 SETUP_TTL_SECONDS = 3600
 ROLE_CLAIM = "pneumo_role"  # an ID-token claim naming one role (or a list holding one)
 OIDC_ROLES_FILE = "oidc_roles.toml"
-# argon2-cffi's defaults (Argon2id, t=3, m=64 MiB, p=4): one verify took 0.31 s (hash 0.36 s) on this
-# 2-core machine under load; slow enough to hurt guessing, quick enough for a sign-in.
-_HASHER = PasswordHasher()
-# Verified when the account does not exist, so that a wrong name costs as long as a wrong password.
-_DUMMY_HASH = _HASHER.hash(secrets.token_hex(16))
+
+
+@functools.cache
+def _hasher_for(profile: str) -> tuple[PasswordHasher, str]:
+    """(hasher, dummy hash) of one Argon2 profile. The dummy is verified when the account does not exist,
+    so that a wrong name costs as long as a wrong password."""
+    hasher = PasswordHasher.from_parameters(getattr(argon2.profiles, profile))
+    return hasher, hasher.hash(secrets.token_hex(16))
+
+
+def _hasher() -> tuple[PasswordHasher, str]:
+    """The hasher of PNEUMO_ARGON2_PROFILE. Its default is argon2-cffi's (Argon2id, t=3, m=64 MiB, p=4):
+    one verify took 0.31 s (hash 0.36 s) on this 2-core machine under load; slow enough to hurt guessing,
+    quick enough for a sign-in."""
+    return _hasher_for(argon2_profile())
+
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS users (name TEXT PRIMARY KEY, role TEXT NOT NULL, hash TEXT NOT NULL,
     disabled INTEGER NOT NULL DEFAULT 0, created TEXT NOT NULL, changed TEXT NOT NULL);
@@ -116,6 +132,9 @@ class UserStore:
     def __init__(self, home: Path, clock=time.time):
         self.path = Path(home) / "users.sqlite"
         self.clock = clock
+        # The hasher and its dummy hash now, not at the first sign-in: an unknown name's first refusal takes as
+        # long as the others, and a PNEUMO_ARGON2_PROFILE that is no profile stops the start with its message.
+        _hasher()
         self.database = Database("users", self.path, lambda db: db.executescript(_SCHEMA))
         if self.database.dialect != SQLITE:   # the shared server: tables from its migrations
             return
@@ -155,7 +174,7 @@ class UserStore:
         try:
             with closing(self._connect()) as db:
                 db.execute("INSERT INTO users (name, role, hash, created, changed) VALUES (?, ?, ?, ?, ?)",
-                           (name, role, _HASHER.hash(password), now, now))
+                           (name, role, _hasher()[0].hash(password), now, now))
         except integrity_errors():
             raise AccountError(f"an account named {name!r} already exists (disabled accounts keep their name); "
                                f"choose another name or change its role with `users set-role`") from None
@@ -220,7 +239,7 @@ class UserStore:
     def set_password(self, name: str, password: str, *, by: Actor) -> dict:
         """Replace an account's password (`by` needs "manage_users")."""
         require(by, "manage_users")
-        return self._change(name, "hash = ?", _HASHER.hash(check_password(password)))
+        return self._change(name, "hash = ?", _hasher()[0].hash(check_password(password)))
 
     def unlock(self, name: str, *, by: Actor) -> dict:
         """Clear every wait and failure count of an account (from any client).
@@ -302,8 +321,9 @@ class UserStore:
                     error = LockedOut(remaining)
                     error.account = account
                     raise error
+                hasher, dummy_hash = _hasher()
                 try:
-                    _HASHER.verify(row[2] if row else _DUMMY_HASH, (password or "")[:MAX_PASSWORD])
+                    hasher.verify(row[2] if row else dummy_hash, (password or "")[:MAX_PASSWORD])
                     ok = row is not None
                 except (VerifyMismatchError, VerificationError, InvalidHashError):
                     ok = False
@@ -317,8 +337,8 @@ class UserStore:
                     error.account, error.locked_seconds = account, waits
                     raise error
                 db.execute("DELETE FROM failures WHERE key IN (?, ?)", (keys[0], keys[2]))
-                if _HASHER.check_needs_rehash(row[2]):
-                    db.execute("UPDATE users SET hash = ? WHERE name = ?", (_HASHER.hash(password), row[0]))
+                if hasher.check_needs_rehash(row[2]):   # made under another profile: moved to this one
+                    db.execute("UPDATE users SET hash = ? WHERE name = ?", (hasher.hash(password), row[0]))
                 db.execute("COMMIT")
             except BaseException:
                 if db.in_transaction:
@@ -356,7 +376,7 @@ class UserStore:
         code = "-".join("".join(secrets.choice(alphabet) for _ in range(4)) for _ in range(3))  # 60 bits
         with closing(self._connect()) as db:
             db.execute("INSERT OR REPLACE INTO setup_code (id, hash, expires, used) VALUES (1, ?, ?, 0)",
-                       (_HASHER.hash(code), self.clock() + ttl))
+                       (_hasher()[0].hash(code), self.clock() + ttl))
         log.info("setup code issued, valid %.0f minutes", ttl / 60)
         return code
 
@@ -384,7 +404,7 @@ class UserStore:
                 row = db.execute("SELECT hash, expires, used FROM setup_code WHERE id = 1").fetchone()
                 typed = re.sub(r"\s+", "", (code or "").upper())[:64]
                 try:
-                    matches = bool(row) and _HASHER.verify(row[0], typed)
+                    matches = bool(row) and _hasher()[0].verify(row[0], typed)
                 except (VerifyMismatchError, VerificationError, InvalidHashError):
                     matches = False
                 if not matches or row[2] or row[1] <= self.clock():
@@ -396,7 +416,7 @@ class UserStore:
                                      "--role admin` on the server")
                 now = _now_iso()
                 db.execute("INSERT INTO users (name, role, hash, created, changed) VALUES (?, 'admin', ?, ?, ?)",
-                           (name, _HASHER.hash(password), now, now))
+                           (name, _hasher()[0].hash(password), now, now))
                 db.execute("UPDATE setup_code SET used = 1 WHERE id = 1")
                 db.execute("DELETE FROM failures WHERE key = 'setup:code'")
                 db.execute("COMMIT")

@@ -20,6 +20,8 @@ from pneumo_core.serve.diagnosis import format_probability
 from pneumo_core.settings import load_settings
 
 PAGES = ["diagnose", "heatmaps", "metrics", "models"]
+# Pages run on their own keep Keras's state across their runs, as under app.py (one trace of the model per test).
+pytestmark = pytest.mark.usefixtures("kept_keras_session")
 
 
 def uploader(at):
@@ -40,10 +42,8 @@ def png(label: int, seed: int, shape=(90, 120)) -> bytes:
     return buffer.getvalue()
 
 
-@pytest.fixture
-def home(trained_home, tmp_path, monkeypatch):
-    """A copy of the trained home with a second, older version beside the first."""
-    copy = tmp_path / "home"
+def two_version_home(trained_home, copy):
+    """`copy`: the trained home with a fresh audit trail and a second, older version beside the first."""
     shutil.copytree(trained_home, copy, ignore=shutil.ignore_patterns("audit.sqlite*"))  # a fresh trail
     (first,) = [d for d in (copy / "models").iterdir() if d.is_dir() and not d.name.startswith(".")]
     older = copy / "models" / "20000101-000000-mobilenet_v2"
@@ -51,8 +51,27 @@ def home(trained_home, tmp_path, monkeypatch):
     meta = json.loads((older / "metadata.json").read_text())
     (older / "metadata.json").write_text(json.dumps({**meta, "created": "2000-01-01T00:00:00+00:00",
                                                      "threshold": 0.2}))
-    monkeypatch.setenv("PNEUMO_HOME", str(copy))
     return copy
+
+
+@pytest.fixture
+def home(trained_home, tmp_path, monkeypatch):
+    """A two-version home of this test's own, for tests that change the models or need an empty audit trail."""
+    monkeypatch.setenv("PNEUMO_HOME", str(two_version_home(trained_home, tmp_path / "home")))
+    return tmp_path / "home"
+
+
+@pytest.fixture(scope="module")
+def module_home(trained_home, tmp_path_factory):
+    return two_version_home(trained_home, tmp_path_factory.mktemp("app") / "home")
+
+
+@pytest.fixture
+def shared_home(module_home, monkeypatch):
+    """The module's two-version home, for tests that leave its models as they found them: its active model is
+    loaded and traced once (the dashboard's model cache is keyed by the version's folder), not per test."""
+    monkeypatch.setenv("PNEUMO_HOME", str(module_home))
+    return module_home
 
 
 @pytest.mark.parametrize("name", PAGES)
@@ -86,7 +105,7 @@ def open_film(at, name_part: str):
     next(s for s in at.selectbox if s.label == "Open film").set_value(key).run()
 
 
-def test_upload_yields_a_call_its_strength_a_heatmap_and_a_report(home):
+def test_upload_yields_a_call_its_strength_a_heatmap_and_a_report(shared_home):
     at = page("diagnose").run()
     uploader(at).set_value([("film.png", png(1, 0), "image/png")])
     at.run()
@@ -94,8 +113,8 @@ def test_upload_yields_a_call_its_strength_a_heatmap_and_a_report(home):
     call = next(m.value for m in at.markdown if m.value.startswith("#### Call:"))
     # The page shows the call and probability the library gives the same file with the active model.
     film = read_film(png(1, 0), "film.png")
-    expected = Diagnoser(PneumoModel.load(resolve(home / "models"))).diagnose(film.gray, "film.png", "gradcam",
-                                                                              png(1, 0), film.info)
+    active = PneumoModel.load(resolve(shared_home / "models"))
+    expected = Diagnoser(active).diagnose(film.gray, "film.png", "gradcam", png(1, 0), film.info)
     other = ({"PNEUMONIA", "NORMAL"} - {expected.label}).pop()
     assert expected.label in call and other not in call
     metrics = {m.label: m for m in at.metric}
@@ -111,7 +130,7 @@ def test_upload_yields_a_call_its_strength_a_heatmap_and_a_report(home):
     assert any("not validated at this site" in c.value for c in at.caption)   # figures name their data
 
 
-def test_many_files_make_a_triaged_worklist_and_bad_files_get_their_own_message(home):
+def test_many_files_make_a_triaged_worklist_and_bad_files_get_their_own_message(shared_home):
     from helpers import CASES
     bad = {"broken.png": "damaged", "empty.jpg": "the file is empty", "scan.pdf": "PDF document",
            "holiday.jpg": "colour photo", "cine.dcm": "multi-frame DICOM", "side.dcm": "lateral view",
@@ -139,7 +158,7 @@ def test_many_files_make_a_triaged_worklist_and_bad_files_get_their_own_message(
     assert "Doe" not in shown_text(at)
 
 
-def test_two_different_films_with_the_same_name_are_both_reachable_and_a_new_upload_opens_itself(home):
+def test_two_different_films_with_the_same_name_are_both_reachable_and_a_new_upload_opens_itself(shared_home):
     first, second, third = png(0, 11), png(1, 12), png(1, 13)
     at = page("diagnose").run()
     uploader(at).set_value([("image.jpeg", first, "image/png"), ("image.jpeg", second, "image/png")]).run()
@@ -159,7 +178,7 @@ def test_two_different_films_with_the_same_name_are_both_reachable_and_a_new_upl
     assert hashlib.sha256(third).hexdigest()[:16] in identity                      # the new film is open
 
 
-def test_a_dicom_film_shows_its_study_identifiers_and_png_gets_a_typed_reference(home):
+def test_a_dicom_film_shows_its_study_identifiers_and_png_gets_a_typed_reference(shared_home):
     at = page("diagnose").run()
     uploader(at).set_value([("1.dcm", dicom_film(chest_film((200, 160))), "application/dicom")]).run()
     assert not at.exception
@@ -191,13 +210,21 @@ def test_a_film_unlike_the_training_data_keeps_its_call_but_is_not_assessable_an
     assert any("*Not assessable*: the film is unlike the training films" in c.value for c in at.caption)
 
 
-def test_a_site_report_puts_its_figures_and_ppv_npv_at_the_sites_prevalence_under_the_call(home):
-    active = registry.resolve(home / "models", None)
-    (active / "site_reports").mkdir()
-    (active / "site_reports" / "north.json").write_text(json.dumps({
+@pytest.fixture
+def site_report(shared_home):
+    """A site report in the shared home's active version, removed after the test (the other tests show the
+    figures of a version not validated at any site)."""
+    reports = registry.resolve(shared_home / "models", None) / "site_reports"
+    reports.mkdir()
+    (reports / "north.json").write_text(json.dumps({
         "site": "north", "n": 198, "created": "2026-11-26T06:00:00+00:00", "prevalence": 0.38, "sensitivity": 0.97,
         "specificity": 0.63, "roc_auc": 0.93, "precision": 0.62, "npv": 0.97,
         "ci": {"sensitivity": [0.93, 0.99], "specificity": [0.55, 0.71], "ppv": [0.54, 0.70], "npv": [0.93, 0.99]}}))
+    yield reports / "north.json"
+    shutil.rmtree(reports)
+
+
+def test_a_site_report_puts_its_figures_and_ppv_npv_at_the_sites_prevalence_under_the_call(site_report):
     at = page("diagnose").run()
     uploader(at).set_value([("a.png", png(1, 3), "image/png")]).run()
     assert not at.exception
@@ -207,17 +234,24 @@ def test_a_site_report_puts_its_figures_and_ppv_npv_at_the_sites_prevalence_unde
     assert "not validated at this site" not in text
 
 
-def test_audit_page_lists_each_diagnosis_once_and_exports_csv(home):
+def test_audit_page_before_any_diagnosis_says_where_rows_come_from(tmp_path, monkeypatch):
+    monkeypatch.setenv("PNEUMO_HOME", str(tmp_path / "home"))
     at = page("audit").run()
     assert not at.exception and any("No diagnosis has been recorded yet" in i.value for i in at.info)
+
+
+def test_audit_page_lists_each_diagnosis_once_and_exports_csv(shared_home):
+    # The shared home's trail holds the other tests' diagnoses too: these two films are this test's alone.
+    films = {"a.png": png(0, 31), "b.png": png(1, 32)}
     diagnose = page("diagnose").run()
-    uploader(diagnose).set_value([("a.png", png(0, 1), "image/png"), ("b.png", png(1, 2), "image/png")])
+    uploader(diagnose).set_value([(name, data, "image/png") for name, data in films.items()])
     diagnose.run()
     widget(diagnose, "slider", "Heatmap opacity").set_value(0.7).run()  # a rerun shows the same calls: no new rows
     at = page("audit").run()
     assert not at.exception
     table = at.dataframe[0].value
-    assert len(table) == 2 and set(table["source"]) == {"dashboard"} and set(table["cam_method"]) == {"gradcam"}
+    mine = table[table["sha256"].isin({hashlib.sha256(data).hexdigest() for data in films.values()})]
+    assert len(mine) == 2 and set(mine["source"]) == {"dashboard"} and set(mine["cam_method"]) == {"gradcam"}
     assert {"sha256", "model", "probability", "threshold", "call", "ood_score", "ood_flag"} <= set(table.columns)
     assert [b.label for b in at.get("download_button")] == ["Download CSV"]
     widget(at, "selectbox", "Call").set_value("PNEUMONIA").run()
@@ -230,7 +264,7 @@ def _confusion(at) -> list:
     return [[int(cell.split("<br>")[0]) for cell in row] for row in spec["data"][0]["text"]]
 
 
-def test_threshold_slider_changes_the_confusion_matrix(home):
+def test_threshold_slider_changes_the_confusion_matrix(shared_home):
     at = page("metrics").run()
     assert not at.exception
     stored = _confusion(at)
@@ -244,7 +278,7 @@ def test_threshold_slider_changes_the_confusion_matrix(home):
     assert _confusion(at) == stored
 
 
-def test_version_comparison_draws_both_roc_curves(home):
+def test_version_comparison_draws_both_roc_curves(shared_home):
     at = page("models").run()
     assert not at.exception
     assert len(at.dataframe[0].value) == 2
@@ -253,7 +287,7 @@ def test_version_comparison_draws_both_roc_curves(home):
     assert sum("AUC" in n for n in names) == 2 and any("@ 0.200" in n for n in names)
 
 
-def test_heatmaps_compare_the_three_methods_on_several_films_with_their_faithfulness(home):
+def test_heatmaps_compare_the_three_methods_on_several_films_with_their_faithfulness(shared_home):
     at = page("heatmaps").run()
     assert not at.exception
     panels = [m.value for m in at.markdown if "p = " in m.value or "p < " in m.value or "p > " in m.value]
@@ -261,15 +295,24 @@ def test_heatmaps_compare_the_three_methods_on_several_films_with_their_faithful
     assert all("truth: " in p and ", call: " in p for p in panels)
     assert sum(c.value.startswith("Deletion area") for c in at.caption) == 3
     assert len(at.get("image")) == 4                         # the colour bar and three panels
-    paths = list(store.test_predictions(registry.resolve(home / "models", None))["path"])
+    paths = list(store.test_predictions(registry.resolve(shared_home / "models", None))["path"])
     widget(at, "multiselect", "Test-split films").select(paths[1]).run()
     assert not at.exception
     assert len(at.get("image")) == 7                         # two films x three methods, and the colour bar
 
 
-def test_heatmaps_with_one_model_version_say_there_is_nothing_to_compare(trained_home, tmp_path, monkeypatch):
-    shutil.copytree(trained_home, tmp_path / "home", ignore=shutil.ignore_patterns("audit.sqlite*"))
-    monkeypatch.setenv("PNEUMO_HOME", str(tmp_path / "home"))
+@pytest.fixture
+def one_version_home(shared_home, tmp_path):
+    """The shared home with its older version moved out for the test (its active model stays loaded)."""
+    older = shared_home / "models" / "20000101-000000-mobilenet_v2"
+    shutil.move(older, tmp_path / older.name)
+    yield shared_home
+    shutil.move(tmp_path / older.name, older)
+
+
+def test_heatmaps_with_one_model_version_say_there_is_nothing_to_compare(one_version_home):
+    assert [v["id"] for v in registry.list_versions(one_version_home / "models")] == [
+        registry.active_version(one_version_home / "models")]
     at = page("heatmaps").run()
     widget(at, "radio", "Compare").set_value("Two model versions").run()
     assert not at.exception
@@ -303,6 +346,9 @@ def test_retrain_page_submits_shows_progress_and_promotes(home, synthetic_data, 
     active = registry.active_version(home / "models")
     assert any(f"options of the active model {active}" in c.value for c in at.caption)
     assert widget(at, "number_input", "Tuner trials").value == 2      # the active model's 2 trials, under Advanced
+    # The smallest job the form makes (1 trial of 1 epoch; the copied home's feature cache has the films).
+    widget(at, "number_input", "Tuner trials").set_value(1)
+    widget(at, "number_input", "Epochs per head").set_value(1)
     next(b for b in at.button if b.label == "Retrain with current settings").click().run()
     assert not at.exception
     assert any("Job 1 submitted" in m.value for m in at.success)
@@ -311,6 +357,8 @@ def test_retrain_page_submits_shows_progress_and_promotes(home, synthetic_data, 
 
     job = JobQueue(load_settings()).wait(1, timeout=300)
     assert job["state"] == "succeeded", job["error"]
+    assert (job["params"]["trials"], job["params"]["epochs"]) == (1, 1)     # the form's values, not the model's
+    assert job["params"]["tta_views"] == 1                                  # ... and the model's test-time views
     at.run()
     assert not at.exception
     metrics = [m.label for m in at.metric]
@@ -354,11 +402,13 @@ def test_retrain_log_follows_the_newest_job(tmp_path, monkeypatch, synthetic_dat
     assert log_of() == 2        # the new job, not the earlier choice kept by its widget key
 
 
-def test_the_dashboard_keeps_keras_state_across_runs(home):
+def test_the_dashboard_keeps_keras_state_across_runs(shared_home, monkeypatch):
     # Streamlit ends every run with keras.backend.clear_session(): a full garbage collection and a fresh
     # Keras state (40 % of the dashboard's busy time under bench/load.py). app.py keeps the state.
     import keras
 
+    # Keras's own clear (keras.utils holds it too), not the no-op this module's other tests run with.
+    monkeypatch.setattr(keras.backend, "clear_session", keras.utils.clear_session)
     at = AppTest.from_file(str(REPO / "app.py"), default_timeout=120)
     at.session_state["actor"] = Actor("tester", "admin")
     at.run()                                  # Diagnose, the first page: loads the model (imports Keras)

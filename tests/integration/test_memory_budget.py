@@ -178,7 +178,22 @@ def home(trained_home, tmp_path, monkeypatch):
     return copy
 
 
-def test_an_upload_of_too_many_files_is_refused_with_the_limit(home, monkeypatch):
+@pytest.fixture(scope="module")
+def module_home(trained_home, tmp_path_factory):
+    copy = tmp_path_factory.mktemp("budget") / "home"
+    shutil.copytree(trained_home, copy, ignore=shutil.ignore_patterns("audit.sqlite*"))
+    return copy
+
+
+@pytest.fixture
+def page_home(module_home, monkeypatch, kept_keras_session):
+    """The module's copy of the trained home for the page tests, which add no version: its model is loaded and
+    traced once (the page keeps Keras's state across runs, as under app.py)."""
+    monkeypatch.setenv("PNEUMO_HOME", str(module_home))
+    return module_home
+
+
+def test_an_upload_of_too_many_files_is_refused_with_the_limit(page_home, monkeypatch):
     from streamlit.testing.v1 import AppTest
     monkeypatch.setenv("PNEUMO_FILES_PER_UPLOAD", "2")
     at = AppTest.from_file(str(REPO / "views" / "diagnose.py"), default_timeout=120)
@@ -191,7 +206,7 @@ def test_an_upload_of_too_many_files_is_refused_with_the_limit(home, monkeypatch
     assert not at.metric  # nothing was scored
 
 
-def test_a_request_over_its_pixel_budget_gets_a_message_for_the_film_that_crossed_it(home, monkeypatch):
+def test_a_request_over_its_pixel_budget_gets_a_message_for_the_film_that_crossed_it(page_home, monkeypatch):
     from streamlit.testing.v1 import AppTest
     monkeypatch.setenv("PNEUMO_REQUEST_MPX", "0.025")  # two 90 x 120 films fit, the third does not
     at = AppTest.from_file(str(REPO / "views" / "diagnose.py"), default_timeout=120)
@@ -204,21 +219,7 @@ def test_a_request_over_its_pixel_budget_gets_a_message_for_the_film_that_crosse
     assert len(errors) == 1 and errors[0].startswith("budget2.png: not read") and "0.025 megapixels" in errors[0]
 
 
-def test_at_most_models_loaded_versions_stay_loaded_least_recently_used_first(home):
-    import ui
-    (first,) = [d for d in (home / "models").iterdir() if d.is_dir() and not d.name.startswith(".")]
-    versions = [str(first)] + [str(shutil.copytree(first, home / "models" / f"2000010{i}-000000-mobilenet_v2"))
-                               for i in (1, 2)]
-    assert ui.BUDGET.models_loaded == 2
-    ui.diagnoser_for.clear()
-    a, b = ui.diagnoser_for(versions[0]), ui.diagnoser_for(versions[1])
-    assert ui.diagnoser_for(versions[0]) is a  # a hit makes the first version the most recent
-    ui.diagnoser_for(versions[2])  # a third version unloads the least recently used: the second
-    assert ui.diagnoser_for(versions[0]) is a
-    assert ui.diagnoser_for(versions[1]) is not b
-
-
-def test_paging_the_metrics_error_browser_leaves_the_diagnosis_cache_alone(home):
+def test_paging_the_metrics_error_browser_leaves_the_diagnosis_cache_alone(page_home):
     from streamlit.testing.v1 import AppTest
 
     import ui
@@ -233,3 +234,17 @@ def test_paging_the_metrics_error_browser_leaves_the_diagnosis_cache_alone(home)
         widget(at, "number_input", "Page").set_value(number).run()
         assert not at.exception and at.get("image")  # the page's films are drawn
     assert len(ui.diagnosis_cache()) == before  # ... from their own small cache, not the diagnoses'
+
+
+def test_at_most_models_loaded_versions_stay_loaded_least_recently_used_first(home):
+    import ui
+    (first,) = [d for d in (home / "models").iterdir() if d.is_dir() and not d.name.startswith(".")]
+    versions = [str(first)] + [str(shutil.copytree(first, home / "models" / f"2000010{i}-000000-mobilenet_v2"))
+                               for i in (1, 2)]
+    assert ui.BUDGET.models_loaded == 2
+    ui.diagnoser_for.clear()
+    a, b = ui.diagnoser_for(versions[0]), ui.diagnoser_for(versions[1])
+    assert ui.diagnoser_for(versions[0]) is a  # a hit makes the first version the most recent
+    ui.diagnoser_for(versions[2])  # a third version unloads the least recently used: the second
+    assert ui.diagnoser_for(versions[0]) is a
+    assert ui.diagnoser_for(versions[1]) is not b

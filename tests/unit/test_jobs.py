@@ -90,12 +90,14 @@ def test_overall_percent_moves_forward_through_the_stages():
 def test_params_from_model_reproduce_the_active_models_options():
     meta = {"backbone": "resnet50", "weights": "resnet50_notop.h5", "image_size": 160, "normalisation": "clahe",
             "training": {"trials": 7, "epochs": 5, "fine_tune_epochs": 1, "seed": 3, "tuner": "bayesian",
-                         "augmented_views": 2, "ensemble": 2}}
+                         "augmented_views": 2, "ensemble": 2, "tta_views": 1}}
     config = params_from_model(meta, "/data")
     assert config == TrainConfig(data_dir="/data", backbone="resnet50", weights="auto", trials=7, epochs=5,
                                  fine_tune_epochs=1, image_size=160, seed=3, tuner="bayesian", augmented_views=2,
-                                 ensemble=2, normalisation="clahe")
+                                 ensemble=2, normalisation="clahe", tta_views=1)
     assert params_from_model({**meta, "weights": None}, "/d").weights == "none"
+    # A card written before test-time views were an option: the default number of views.
+    assert params_from_model({**meta, "training": {"trials": 7}}, "/d").tta_views == TrainConfig().tta_views
 
 
 # -- data checks ------------------------------------------------------------------------------------

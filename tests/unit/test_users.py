@@ -2,14 +2,17 @@
 what a form may name (no patient data or outside paths)."""
 import io
 import json
+import sqlite3
 import stat
+from contextlib import closing
 
+import argon2
 import numpy as np
 import pydicom
 import pytest
 from helpers import PASSWORD, poisoned_dicom
 
-from pneumo_core.errors import JobError, PneumoError
+from pneumo_core.errors import ConfigError, JobError, PneumoError
 from pneumo_core.jobs.confine import check_form_paths
 from pneumo_core.records.access import Actor, PermissionDenied, require
 from pneumo_core.records.users import (
@@ -23,7 +26,7 @@ from pneumo_core.records.users import (
     UserStore,
     oidc_role,
 )
-from pneumo_core.settings import TrainConfig, load_settings
+from pneumo_core.settings import TrainConfig, argon2_profile, load_settings
 
 BY = Actor("it-admin", "admin")   # the administrator who manages the accounts of these tests
 
@@ -180,6 +183,33 @@ def test_account_changes_are_checked_in_the_library_not_only_on_the_page(store):
         ("ana", "clinician", False), ("root", "admin", False)]
     with pytest.raises(AccountError, match="cannot disable yourself"):
         store.disable("root", by=Actor("root", "admin"))
+
+
+def stored_hash(store, name: str) -> str:
+    with closing(sqlite3.connect(store.path)) as db:
+        return db.execute("SELECT hash FROM users WHERE name = ?", (name,)).fetchone()[0]
+
+
+def test_hashes_cost_the_production_profile_unless_told_and_cheaper_ones_move_to_it_at_sign_in(store, monkeypatch):
+    # The suite hashes with argon2's CHEAPEST profile (conftest); this test runs the production cost.
+    store.add("ana", "clinician", PASSWORD, by=BY)
+    assert argon2.extract_parameters(stored_hash(store, "ana")) == argon2.profiles.CHEAPEST
+    monkeypatch.delenv("PNEUMO_ARGON2_PROFILE")
+    assert argon2_profile() == "RFC_9106_LOW_MEMORY"
+    production = argon2.profiles.RFC_9106_LOW_MEMORY      # argon2-cffi's default: t=3, m=64 MiB, p=4
+    assert (production.time_cost, production.memory_cost, production.parallelism) == (3, 65536, 4)
+    assert store.verify("ana", PASSWORD) == Actor("ana", "clinician")
+    assert argon2.extract_parameters(stored_hash(store, "ana")) == production     # moved at this sign-in
+    assert store.verify("ana", PASSWORD) == Actor("ana", "clinician")
+    with pytest.raises(SignInError):
+        store.verify("nobody", PASSWORD)                  # an unknown name is refused under this profile too
+    store.add("bob", "clinician", PASSWORD, by=BY)
+    assert argon2.extract_parameters(stored_hash(store, "bob")) == production
+    with pytest.raises(ConfigError, match="PNEUMO_ARGON2_PROFILE='fast'.*RFC_9106_LOW_MEMORY"):
+        argon2_profile({"PNEUMO_ARGON2_PROFILE": "fast"})
+    monkeypatch.setenv("PNEUMO_ARGON2_PROFILE", "fast")
+    with pytest.raises(ConfigError, match="PNEUMO_ARGON2_PROFILE"):     # the store does not open with it
+        UserStore(store.path.parent)
 
 
 def test_one_client_trying_many_names_is_locked_out(store):
