@@ -65,11 +65,27 @@ ROLE_CLAIM = "pneumo_role"  # an ID-token claim naming one role (or a list holdi
 OIDC_ROLES_FILE = "oidc_roles.toml"
 
 
+def hashing_warning(profile: str) -> str | None:
+    """What an operator must hear about an Argon2 profile, or None.
+
+    Args:
+        profile: one of `settings.ARGON2_PROFILES`.
+    Returns:
+        The warning for CHEAPEST (the test suites' cost, which barely slows a guesser), else None.
+    """
+    if profile == "CHEAPEST":
+        return ("PNEUMO_ARGON2_PROFILE=CHEAPEST: passwords are hashed at the test suites' cost, which barely slows "
+                "a guesser; unset it on a server")
+    return None
+
+
 @functools.cache
 def _hasher_for(profile: str) -> tuple[PasswordHasher, str]:
     """(hasher, dummy hash) of one Argon2 profile. The dummy is verified when the account does not exist,
     so that a wrong name costs as long as a wrong password."""
     hasher = PasswordHasher.from_parameters(getattr(argon2.profiles, profile))
+    if hashing_warning(profile):   # said once by every process that uses it: a copied test setting is noticed
+        log.warning(hashing_warning(profile))
     return hasher, hasher.hash(secrets.token_hex(16))
 
 

@@ -24,6 +24,7 @@ from pneumo_core.records.users import (
     SetupError,
     SignInError,
     UserStore,
+    hashing_warning,
     oidc_role,
 )
 from pneumo_core.settings import TrainConfig, argon2_profile, load_settings
@@ -210,6 +211,11 @@ def test_hashes_cost_the_production_profile_unless_told_and_cheaper_ones_move_to
     monkeypatch.setenv("PNEUMO_ARGON2_PROFILE", "fast")
     with pytest.raises(ConfigError, match="PNEUMO_ARGON2_PROFILE"):     # the store does not open with it
         UserStore(store.path.parent)
+
+
+def test_only_the_test_suites_hashing_cost_is_warned_about():
+    assert "unset it on a server" in hashing_warning("CHEAPEST")
+    assert hashing_warning("RFC_9106_LOW_MEMORY") is None and hashing_warning("RFC_9106_HIGH_MEMORY") is None
 
 
 def test_one_client_trying_many_names_is_locked_out(store):
