@@ -5,7 +5,6 @@ keep the screenshots (the README's come from `PNEUMO_SCREENSHOT_DIR=docs/screens
 """
 import os
 import re
-import shutil
 import time
 from pathlib import Path
 
@@ -21,21 +20,29 @@ from pneumo_core.records import registry
 require_chromium()
 
 
-@pytest.fixture(scope="module")
-def e2e_home(request, tmp_path_factory) -> Path:
-    """PNEUMO_E2E_HOME as it is, else a copy of the tiny trained home (the retrain test adds to it)."""
-    if os.environ.get("PNEUMO_E2E_HOME"):
-        return Path(os.environ["PNEUMO_E2E_HOME"])
-    home = tmp_path_factory.mktemp("e2e") / "home"
-    shutil.copytree(request.getfixturevalue("trained_home"), home, ignore=shutil.ignore_patterns("audit.sqlite*"))
-    return home
+pytestmark = pytest.mark.xdist_group("dashboard")    # the session's shared dashboard, started once
 
 
 @pytest.fixture(scope="module")
-def server(request, e2e_home, tmp_path_factory):
-    data = {} if os.environ.get("PNEUMO_E2E_HOME") else {"PNEUMO_DATA": str(request.getfixturevalue("synthetic_data"))}
-    with dashboard_with_tester(e2e_home, tmp_path_factory.mktemp("streamlit") / "server.log", env=data) as url:
-        yield url
+def e2e_dashboard(request, tmp_path_factory):
+    """(url, home): the session's shared dashboard (conftest `dashboard`; the retrain test adds to its home),
+    else, with PNEUMO_E2E_HOME set, a dashboard of this module's own over that home as it is."""
+    if not os.environ.get("PNEUMO_E2E_HOME"):
+        yield request.getfixturevalue("dashboard").url, request.getfixturevalue("dashboard").home
+        return
+    home = Path(os.environ["PNEUMO_E2E_HOME"])
+    with dashboard_with_tester(home, tmp_path_factory.mktemp("streamlit") / "server.log") as url:
+        yield url, home
+
+
+@pytest.fixture(scope="module")
+def server(e2e_dashboard) -> str:
+    return e2e_dashboard[0]
+
+
+@pytest.fixture(scope="module")
+def e2e_home(e2e_dashboard) -> Path:
+    return e2e_dashboard[1]
 
 
 def _film(tmp_path: Path) -> Path:
