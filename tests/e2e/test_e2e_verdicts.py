@@ -55,5 +55,5 @@ def test_a_verdict_recorded_on_diagnose_reaches_monitor_and_the_report(server, h
         page.get_by_role("button", name=re.compile("Download report")).click()
     path = tmp_path / "report.pdf"
     download.value.save_as(path)
-    text = pdf_text(path.read_bytes())     # every page: a longer call (cautions) pushes the findings onto page 2
+    text = pdf_text(path.read_bytes())     # every page: after a longer call the findings run onto page 2
     assert "Reader's findings" in text and "consolidation" in text and "tester" in text
