@@ -192,7 +192,8 @@ def dashboard(trained_home, synthetic_data, tmp_path_factory):
     """One `streamlit run app.py` for the browser modules whose home can be shared (they add diagnoses, a
     verdict, a retrained candidate; none needs a home of its own): over a copy of the trained home, the
     synthetic data as its data folder, the administrator "tester" to sign in as. Started once per xdist
-    worker: its users share the xdist group "dashboard" (pytestmark), so one worker starts it once.
+    worker; its users share the xdist group "dashboard" (pytestmark) so that one worker starts it, but under
+    pytest 9.2 `--dist loadgroup` ignores groups (pytest-xdist issue 1386): each worker may start one.
 
     Returns:
         SimpleNamespace(url, home, log): the dashboard's address, its PNEUMO_HOME and its server log.
