@@ -61,7 +61,8 @@ def _png(label: int, seed: int) -> bytes:
 
 def _diagnosed(page) -> None:
     """Wait for the film view's last element (the report button) and the end of the run."""
-    page.locator(".st-key-diagnose-ready button").wait_for(timeout=120_000)
+    # .first: while the film view reruns, its old buttons may still stand beside the new ones
+    page.locator(".st-key-diagnose-ready button").first.wait_for(timeout=120_000)
     idle(page)
     page.wait_for_function("() => Array.from(document.images).every(i => i.complete)", timeout=60_000)
 
