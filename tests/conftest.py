@@ -124,6 +124,27 @@ def kept_keras_session(monkeypatch):
     ui.keep_keras_session()
 
 
+def cli_here(*args, home: Path, stdin: str = "", env_extra: dict | None = None) -> subprocess.CompletedProcess:
+    """The command line run in this process, as the `cli` fixture runs it, for module- and session-scoped
+    fixtures (which cannot take a function-scoped fixture): no interpreter and TensorFlow start per call.
+
+    Returns:
+        CompletedProcess (returncode, stdout, stderr), as `run_cli` does; stdin is not a terminal.
+    """
+    from unittest import mock
+
+    from pneumo_core.cli.main import main
+    out, err = io.StringIO(), io.StringIO()
+    with (mock.patch.dict(os.environ, {"PNEUMO_HOME": str(home), **(env_extra or {})}),
+          mock.patch("sys.stdin", io.StringIO(stdin)),
+          contextlib.redirect_stdout(out), contextlib.redirect_stderr(err)):
+        try:
+            code = main([str(a) for a in args]) or 0     # as sys.exit(main()) exits
+        except SystemExit as stopped:   # argparse's usage errors
+            code = stopped.code or 0
+    return subprocess.CompletedProcess(["pneumo_core", *map(str, args)], code, out.getvalue(), err.getvalue())
+
+
 # The session's one trained model: random-init MobileNetV2 at 64 px, 2 trials x 3 epochs, 2 heads averaged,
 # no augmented views in training and one test-time view (the defaults, 3 and 3, cost ~3x the time here).
 TINY_TRAIN = ("--weights", "none", "--image-size", 64, "--trials", 2, "--epochs", 3, "--views", 0, "--ensemble", 2,
@@ -185,6 +206,28 @@ def trained_home(trained_run) -> Path:
     return trained_run[0]
 
 
+@pytest.fixture(scope="session")
+def dashboard(trained_home, synthetic_data, tmp_path_factory):
+    """One `streamlit run app.py` for the browser modules whose home can be shared (they add diagnoses, a
+    verdict, a retrained candidate; none needs a home of its own): over a copy of the trained home, the
+    synthetic data as its data folder, the administrator "tester" to sign in as. Started once per xdist
+    worker; its users share the xdist group "dashboard" (pytestmark) so that one worker starts it, but under
+    pytest 9.2 `--dist loadgroup` ignores groups (pytest-xdist issue 1386): each worker may start one.
+
+    Returns:
+        SimpleNamespace(url, home, log): the dashboard's address, its PNEUMO_HOME and its server log.
+    """
+    from types import SimpleNamespace
+
+    from helpers import dashboard_with_tester
+    root = tmp_path_factory.mktemp("dashboard")
+    home = root / "home"
+    shutil.copytree(trained_home, home, ignore=shutil.ignore_patterns("audit.sqlite*"))
+    log = root / "server.log"
+    with dashboard_with_tester(home, log, env={"PNEUMO_DATA": str(synthetic_data)}) as url:
+        yield SimpleNamespace(url=url, home=home, log=log)
+
+
 @pytest.fixture(scope="module")
 def browser_page(request):
     """A headless Chromium page (Playwright, Debian's chromium) for a browser test module, sized by the
@@ -224,6 +267,16 @@ def orthanc_server(tmp_path_factory):
     """The test session's one Orthanc (see `start_orthanc`), stopped at its end. Its users are put in the
     xdist group "orthanc" (pytest_collection_modifyitems), so one worker runs them all, one at a time; each
     starts from an empty archive (`emptied`)."""
+    server = start_orthanc(tmp_path_factory.mktemp("orthanc"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def module_orthanc(tmp_path_factory):
+    """An Orthanc of the calling test module's own (`start_orthanc`; it starts in under a second), empty, stopped
+    after the module: for browser modules whose dashboard reads the archive all along, so they need not queue
+    in the "orthanc" xdist group of the session's Orthanc."""
     server = start_orthanc(tmp_path_factory.mktemp("orthanc"))
     yield server
     server.stop()

@@ -368,8 +368,10 @@ def users_cli(home: Path, *args, stdin: str | None = None) -> subprocess.Complet
 
 
 def add_user(home: Path, name: str, role: str, password: str = PASSWORD, exist_ok: bool = False) -> None:
-    """Create an account with the command line, the password given twice on standard input."""
-    result = users_cli(home, "add", name, "--role", role, stdin=f"{password}\n{password}\n")
+    """Create an account with the command line (run in this process: no interpreter start per account), the
+    password given twice on standard input."""
+    from conftest import cli_here
+    result = cli_here("users", "add", name, "--role", role, home=home, stdin=f"{password}\n{password}\n")
     assert result.returncode == 0 or (exist_ok and "already exists" in result.stderr), result.stderr
 
 
@@ -399,12 +401,10 @@ def start_dashboard(home: Path, log: Path, port: int | None = None, extra_args=(
 
 
 def stop(process: subprocess.Popen) -> None:
-    process.terminate()
-    try:
-        process.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        process.kill()
-        process.wait(timeout=30)
+    """End a test's dashboard server at once (SIGKILL): its home is thrown away, and Streamlit's orderly exit
+    (SIGTERM) took 2-5 s once TensorFlow was loaded."""
+    process.kill()
+    process.wait(timeout=30)
 
 
 @contextlib.contextmanager

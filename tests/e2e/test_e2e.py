@@ -5,7 +5,6 @@ keep the screenshots (the README's come from `PNEUMO_SCREENSHOT_DIR=docs/screens
 """
 import os
 import re
-import shutil
 import time
 from pathlib import Path
 
@@ -17,25 +16,34 @@ from conftest import SHARED_DATA, synthetic_film
 from helpers import dashboard_with_tester, idle, require_chromium, sign_in
 
 from pneumo_core.records import registry
+from pneumo_core.records.access import Actor
 
 require_chromium()
 
 
-@pytest.fixture(scope="module")
-def e2e_home(request, tmp_path_factory) -> Path:
-    """PNEUMO_E2E_HOME as it is, else a copy of the tiny trained home (the retrain test adds to it)."""
-    if os.environ.get("PNEUMO_E2E_HOME"):
-        return Path(os.environ["PNEUMO_E2E_HOME"])
-    home = tmp_path_factory.mktemp("e2e") / "home"
-    shutil.copytree(request.getfixturevalue("trained_home"), home, ignore=shutil.ignore_patterns("audit.sqlite*"))
-    return home
+pytestmark = pytest.mark.xdist_group("dashboard")    # the session's shared dashboard, started once
 
 
 @pytest.fixture(scope="module")
-def server(request, e2e_home, tmp_path_factory):
-    data = {} if os.environ.get("PNEUMO_E2E_HOME") else {"PNEUMO_DATA": str(request.getfixturevalue("synthetic_data"))}
-    with dashboard_with_tester(e2e_home, tmp_path_factory.mktemp("streamlit") / "server.log", env=data) as url:
-        yield url
+def e2e_dashboard(request, tmp_path_factory):
+    """(url, home): the session's shared dashboard (conftest `dashboard`; the retrain test adds to its home),
+    else, with PNEUMO_E2E_HOME set, a dashboard of this module's own over that home as it is."""
+    if not os.environ.get("PNEUMO_E2E_HOME"):
+        yield request.getfixturevalue("dashboard").url, request.getfixturevalue("dashboard").home
+        return
+    home = Path(os.environ["PNEUMO_E2E_HOME"])
+    with dashboard_with_tester(home, tmp_path_factory.mktemp("streamlit") / "server.log") as url:
+        yield url, home
+
+
+@pytest.fixture(scope="module")
+def server(e2e_dashboard) -> str:
+    return e2e_dashboard[0]
+
+
+@pytest.fixture(scope="module")
+def e2e_home(e2e_dashboard) -> Path:
+    return e2e_dashboard[1]
 
 
 def _film(tmp_path: Path) -> Path:
@@ -53,7 +61,8 @@ def _png(label: int, seed: int) -> bytes:
 
 def _diagnosed(page) -> None:
     """Wait for the film view's last element (the report button) and the end of the run."""
-    page.locator(".st-key-diagnose-ready button").wait_for(timeout=120_000)
+    # .first: while the film view reruns, its old buttons may still stand beside the new ones
+    page.locator(".st-key-diagnose-ready button").first.wait_for(timeout=120_000)
     idle(page)
     page.wait_for_function("() => Array.from(document.images).every(i => i.complete)", timeout=60_000)
 
@@ -197,8 +206,10 @@ def test_every_page_renders(server, e2e_home, browser_page, shots):
         "models": page.get_by_text(f"{active['backbone']} ({active['weights'] or 'random init'} weights)").first,
         "retrain": page.get_by_role("button", name="Retrain with current settings"),
     }
+    sign_in(page, server, "tester")
     for path, marker in (("heatmaps", "Compare"), ("models", "Model card"), ("retrain", "Past jobs")):
-        sign_in(page, f"{server}/{path}", "tester")
+        # By the sidebar, as a reader goes: the same session (no reload and second sign-in per page).
+        page.locator(f"[data-testid=stSidebarNavLink][href$='/{path}']").click()
         page.get_by_text(marker).first.wait_for(timeout=120_000)
         # Streamlit's own ready marker: the script has run to its end (the Retrain page's fragment
         # reruns every 2 s, and is idle in between).
@@ -227,8 +238,12 @@ def test_retrain_runs_to_completion_and_the_candidate_is_promoted(server, e2e_ho
     candidate = registry.candidates(e2e_home / "models")[0]
     before = registry.active_version(e2e_home / "models")
     promote.click()
-    deadline = time.time() + 30
-    while registry.active_version(e2e_home / "models") == before and time.time() < deadline:
-        time.sleep(0.5)
-    assert registry.active_version(e2e_home / "models") == candidate
-    assert registry.promotions(e2e_home / "models")[-1]["to"] == candidate
+    try:
+        deadline = time.time() + 30
+        while registry.active_version(e2e_home / "models") == before and time.time() < deadline:
+            time.sleep(0.5)
+        assert registry.active_version(e2e_home / "models") == candidate
+        assert registry.promotions(e2e_home / "models")[-1]["to"] == candidate
+    finally:    # the shared dashboard's later users find its first model active again (and still loaded)
+        if registry.active_version(e2e_home / "models") != before:
+            registry.promote(e2e_home / "models", before, actor=Actor("tester", "admin"))

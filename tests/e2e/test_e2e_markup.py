@@ -5,13 +5,12 @@ bold markers; its file name holds bold markers too. After the upload nothing has
 listener, the page made no request outside the dashboard, and nothing is bold.
 """
 import http.server
-import shutil
 import threading
 
 import pytest
-from helpers import chest_film, dashboard_with_tester, dicom_film, free_port, idle, require_chromium, sign_in
+from helpers import chest_film, dicom_film, free_port, idle, require_chromium, sign_in
 
-pytestmark = []
+pytestmark = pytest.mark.xdist_group("dashboard")    # the session's shared dashboard, started once
 require_chromium()
 
 
@@ -36,12 +35,9 @@ def listener():
 
 
 @pytest.fixture(scope="module")
-def server(trained_home, synthetic_data, tmp_path_factory):
-    home = tmp_path_factory.mktemp("markup") / "home"
-    shutil.copytree(trained_home, home)
-    with dashboard_with_tester(home, tmp_path_factory.mktemp("streamlit") / "server.log",
-                               env={"PNEUMO_DATA": str(synthetic_data)}) as url:
-        yield url
+def server(dashboard) -> str:
+    """The session's shared dashboard (conftest `dashboard`)."""
+    return dashboard.url
 
 
 def test_markdown_in_dicom_headers_and_file_names_is_shown_as_text(server, browser_page, listener):

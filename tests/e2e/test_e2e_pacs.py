@@ -5,29 +5,30 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import chest_studies, emptied, pacs_env, run_cli
+from conftest import chest_studies, cli_here, pacs_env
 from helpers import dashboard_with_tester, require_chromium, sign_in
 
 from pneumo_core.pacs.client import PacsClient
 from pneumo_core.pacs.state import PacsState, worklist
 
 require_chromium()
+pytestmark = pytest.mark.xdist_group("e2e-pacs")    # one worker: one archive and dashboard
 VIEWPORT = (1500, 1500)
 PRIORITIES = ["high", "uncertain", "low", "check", "urgent", "routine", "not scored"]
 
 
 @pytest.fixture(scope="module")
-def scored(trained_home, tmp_path_factory, orthanc_server):
-    """A home whose watcher has scored four frontal films and skipped a lateral, and its archive (the
-    session's Orthanc, emptied first)."""
-    server = emptied(orthanc_server)
+def scored(trained_home, tmp_path_factory, module_orthanc):
+    """A home whose watcher has scored four frontal films and skipped a lateral, and its archive (an
+    Orthanc of this module's own)."""
+    server = module_orthanc
     home = tmp_path_factory.mktemp("e2e-pacs") / "home"
     shutil.copytree(trained_home, home, ignore=shutil.ignore_patterns("audit.sqlite*"))
     client = PacsClient(server.dicomweb, server.user, server.password)
     for ds in chest_studies([(1, "PA", "CHEST", "CR"), (0, "PA", "CHEST", "CR"), (1, "AP", "CHEST", "DX"),
                              (1, "LL", "CHEST", "CR"), (0, "PA", "CHEST", "DX")], seed=7):
         client.store([ds], ds.StudyInstanceUID)
-    result = run_cli("pacs", "watch", "--once", home=home, env_extra=pacs_env(server))
+    result = cli_here("pacs", "watch", "--once", home=home, env_extra=pacs_env(server))
     assert result.returncode == 0, result.stderr[-3000:]
     return home, server
 

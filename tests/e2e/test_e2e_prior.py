@@ -6,23 +6,24 @@ from datetime import date, timedelta
 
 import numpy as np
 import pytest
-from conftest import emptied, pacs_env, run_cli, synthetic_film
+from conftest import cli_here, pacs_env, synthetic_film
 from helpers import dashboard_with_tester, require_chromium, sign_in
 
 from pneumo_core.pacs.client import PacsClient
 from pneumo_core.serve.dicom_out import film_as_cr
 
 require_chromium()
+pytestmark = pytest.mark.xdist_group("e2e-prior")    # one worker: one archive and dashboard
 VIEWPORT = (1440, 1600)
 PATIENT = "SYNPRIOR01"
 GAP_DAYS = 60
 
 
 @pytest.fixture(scope="module")
-def archive(trained_home, tmp_path_factory, orthanc_server):
+def archive(trained_home, tmp_path_factory, module_orthanc):
     """(home, server, current film's DICOM bytes): a prior study 60 days old (older than the watcher looks back, so
     only the archive knows it) and today's study of the same synthetic patient; the watcher scored today's."""
-    server = emptied(orthanc_server)
+    server = module_orthanc
     home = tmp_path_factory.mktemp("e2e-prior") / "home"
     shutil.copytree(trained_home, home, ignore=shutil.ignore_patterns("audit.sqlite*"))
     client = PacsClient(server.dicomweb, server.user, server.password)
@@ -33,7 +34,7 @@ def archive(trained_home, tmp_path_factory, orthanc_server):
     for ds in (prior, current):
         client.store([ds], ds.StudyInstanceUID)
     assert [f.accession for f in client.prior_studies(PATIENT, date.today())] == ["ACCPRIOR1"]
-    result = run_cli("pacs", "watch", "--once", home=home, env_extra=pacs_env(server))
+    result = cli_here("pacs", "watch", "--once", home=home, env_extra=pacs_env(server))
     assert result.returncode == 0, result.stderr[-3000:]
     buffer = io.BytesIO()
     current.save_as(buffer, enforce_file_format=True)

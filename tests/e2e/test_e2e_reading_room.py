@@ -7,22 +7,23 @@ import shutil
 
 import pypdf
 import pytest
-from conftest import chest_studies, emptied, pacs_env, run_cli
+from conftest import chest_studies, cli_here, pacs_env
 from helpers import dashboard_with_tester, idle, require_chromium, sign_in
 
 from pneumo_core.pacs.client import PacsClient
 
 require_chromium()
+pytestmark = pytest.mark.xdist_group("e2e-reading-room")    # one worker: one archive and dashboard
 VIEWPORT = (1024, 900)
 FILMS = 10
 ROWS = "[data-testid=stDataFrame] table tbody tr"
 
 
 @pytest.fixture(scope="module")
-def room(trained_home, tmp_path_factory, orthanc_server):
-    """Ten frontal films in the session's Orthanc (emptied first), scored by the watcher; the dashboard over
+def room(trained_home, tmp_path_factory, module_orthanc):
+    """Ten frontal films in an Orthanc of this module's own, scored by the watcher; the dashboard over
     that home; and the films as DICOM files (named by accession) to upload on Diagnose."""
-    server = emptied(orthanc_server)
+    server = module_orthanc
     root = tmp_path_factory.mktemp("reading-room")
     home = root / "home"
     shutil.copytree(trained_home, home, ignore=shutil.ignore_patterns("audit.sqlite*"))
@@ -35,7 +36,7 @@ def room(trained_home, tmp_path_factory, orthanc_server):
         ds.save_as(buffer, enforce_file_format=True)
         files.append({"name": f"{ds.AccessionNumber}.dcm", "mimeType": "application/dicom",
                       "buffer": buffer.getvalue()})
-    result = run_cli("pacs", "watch", "--once", home=home, env_extra=pacs_env(server))
+    result = cli_here("pacs", "watch", "--once", home=home, env_extra=pacs_env(server))
     assert result.returncode == 0, result.stderr[-3000:]
     with dashboard_with_tester(home, root / "server.log", env=pacs_env(server)) as url:
         yield url, studies, files

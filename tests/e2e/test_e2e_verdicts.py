@@ -1,35 +1,31 @@
 """In a real browser: a reader records a verdict on Diagnose; it reaches `monitor --json` and the PDF."""
 import json
 import re
-import shutil
 from pathlib import Path
 
 import cv2
 import numpy as np
-import pypdf
 import pytest
-from conftest import run_cli, synthetic_film
-from helpers import dashboard_with_tester, idle, require_chromium, sign_in
+from conftest import synthetic_film
+from helpers import idle, pdf_text, require_chromium, sign_in
 
-pytestmark = []
+pytestmark = pytest.mark.xdist_group("dashboard")    # the session's shared dashboard, started once
 require_chromium()
 
 
 @pytest.fixture(scope="module")
-def home(tmp_path_factory, trained_home) -> Path:
-    copy = tmp_path_factory.mktemp("e2e-verdicts") / "home"
-    shutil.copytree(trained_home, copy)
-    return copy
+def home(dashboard) -> Path:
+    """The shared dashboard's home: no other test records a verdict there."""
+    return dashboard.home
 
 
 @pytest.fixture(scope="module")
-def server(home, synthetic_data, tmp_path_factory):
-    with dashboard_with_tester(home, tmp_path_factory.mktemp("streamlit") / "server.log",
-                               env={"PNEUMO_DATA": str(synthetic_data)}) as url:
-        yield url
+def server(dashboard) -> str:
+    """The session's shared dashboard (conftest `dashboard`)."""
+    return dashboard.url
 
 
-def test_a_verdict_recorded_on_diagnose_reaches_monitor_and_the_report(server, home, browser_page, tmp_path):
+def test_a_verdict_recorded_on_diagnose_reaches_monitor_and_the_report(server, home, browser_page, tmp_path, cli):
     page = browser_page
     sign_in(page, server, "tester")
     page.get_by_text("Upload one or more frontal chest films").wait_for(timeout=120_000)
@@ -46,7 +42,7 @@ def test_a_verdict_recorded_on_diagnose_reaches_monitor_and_the_report(server, h
     page.get_by_text("Recorded: PNEUMONIA").wait_for(timeout=60_000)
     idle(page)
 
-    result = run_cli("monitor", "--json", home=home)
+    result = cli("monitor", "--json", home=home)
     assert result.returncode == 0, result.stderr[-2000:]
     reader = json.loads(result.stdout)["reader"]
     # One film read PNEUMONIA: a true positive when the call was PNEUMONIA, a miss otherwise.
@@ -59,5 +55,5 @@ def test_a_verdict_recorded_on_diagnose_reaches_monitor_and_the_report(server, h
         page.get_by_role("button", name=re.compile("Download report")).click()
     path = tmp_path / "report.pdf"
     download.value.save_as(path)
-    text = pypdf.PdfReader(path).pages[0].extract_text()
+    text = pdf_text(path.read_bytes())     # every page: after a longer call the findings run onto page 2
     assert "Reader's findings" in text and "consolidation" in text and "tester" in text
