@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import cv2
@@ -33,18 +34,29 @@ SHARED_WEIGHTS = SHARED / "weights" / "mobilenet_v2_1.0_224_imagenet_notop.weigh
 TIERS = ("unit", "integration", "e2e")
 
 
-@pytest.hookimpl(tryfirst=True)     # before xdist reads the xdist_group marks added here
+MODEL_FIXTURES = {"trained_run", "trained_home"}     # the fixtures of the session's one trained model
+
+
+def needs_session_model(item: pytest.Item) -> bool:
+    """Whether a test uses the session's trained model (directly or through another fixture)."""
+    return bool(MODEL_FIXTURES & set(item.fixturenames))
+
+
 def pytest_collection_modifyitems(items):
-    """Mark each test with its tier, the name of the folder under tests/ that holds it; put the users of the
-    session's Orthanc in one xdist group."""
+    """Mark each test with its tier, the name of the folder under tests/ that holds it, and order the files
+    for two workers (`--dist loadfile` hands out whole files in this order): first the integration and
+    browser files that need no trained model (they run while `session_model_in_background` trains it),
+    then those that need it, then the unit tier's many small files, which even out the workers' ends."""
     root = Path(__file__).resolve().parent
+    file_order: dict[Path, int] = {}
     for item in items:
         tier = item.path.resolve().relative_to(root).parts[0]
         if tier not in TIERS:
             raise pytest.UsageError(f"{item.nodeid}: tests live in tests/unit, tests/integration or tests/e2e")
         item.add_marker(tier)
-        if "orthanc_server" in item.fixturenames:     # one Orthanc per test session: one worker uses it
-            item.add_marker(pytest.mark.xdist_group("orthanc"))
+        rank = 2 if tier == "unit" else 1 if needs_session_model(item) else 0
+        file_order[item.path] = max(file_order.get(item.path, 0), rank)
+    items.sort(key=lambda item: file_order[item.path])     # stable: each file keeps its own order
 
 
 def synthetic_film(label: int, rng: np.random.Generator, shape=(96, 96)) -> np.ndarray:
@@ -176,8 +188,7 @@ def made_once(tmp_path_factory, name: str):
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-@pytest.fixture(scope="session")
-def synthetic_data(tmp_path_factory) -> Path:
+def synthetic_dataset(tmp_path_factory) -> Path:
     """train 60/60 with a tiny val/ (folded into train) and a test/ of 20/20, one copy per test run."""
     with made_once(tmp_path_factory, "data") as (folder, missing):
         if missing:
@@ -186,16 +197,43 @@ def synthetic_data(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def synthetic_data(tmp_path_factory) -> Path:
+    """The synthetic dataset (`synthetic_dataset`), made once per test run."""
+    return synthetic_dataset(tmp_path_factory)
+
+
+def train_session_model(tmp_path_factory) -> Path:
+    """The folder of the session's one model (home/ and train.json, the `train` command's outcome): trained
+    by the CLI on the synthetic data (TINY_TRAIN) by whichever worker gets here first; the others wait."""
+    with made_once(tmp_path_factory, "trained") as (folder, missing):
+        if missing:
+            result = run_cli("train", "--data", synthetic_dataset(tmp_path_factory), *TINY_TRAIN,
+                             home=folder / "home")
+            (folder / "train.json").write_text(json.dumps({"args": result.args, "returncode": result.returncode,
+                                                           "stdout": result.stdout, "stderr": result.stderr}))
+    return folder
+
+
+@pytest.fixture(scope="session", autouse=True)
+def session_model_in_background(request, tmp_path_factory):
+    """Start training the session's model in a thread at this worker's first test, when any collected test
+    needs it: the files that need no model run first (`pytest_collection_modifyitems`), so no worker sits
+    waiting for the model at the start. The worker waits for the thread before it ends."""
+    if not any(needs_session_model(item) for item in request.session.items):
+        yield
+        return
+    training = threading.Thread(target=train_session_model, args=(tmp_path_factory,), daemon=True)
+    training.start()
+    yield
+    training.join()
+
+
+@pytest.fixture(scope="session")
 def trained_run(tmp_path_factory, synthetic_data) -> tuple[Path, subprocess.CompletedProcess]:
     """(home dir, the finished `train` command) of the session's one model, trained by the CLI on synthetic
     data (TINY_TRAIN) once per test run and shared by the xdist workers. Tests copy the home to change it."""
-    with made_once(tmp_path_factory, "trained") as (folder, missing):
-        record = folder / "train.json"
-        if missing:
-            result = run_cli("train", "--data", synthetic_data, *TINY_TRAIN, home=folder / "home")
-            record.write_text(json.dumps({"args": result.args, "returncode": result.returncode,
-                                          "stdout": result.stdout, "stderr": result.stderr}))
-    result = subprocess.CompletedProcess(**json.loads(record.read_text()))
+    folder = train_session_model(tmp_path_factory)
+    result = subprocess.CompletedProcess(**json.loads((folder / "train.json").read_text()))
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return folder / "home", result
 
@@ -211,8 +249,8 @@ def dashboard(trained_home, synthetic_data, tmp_path_factory):
     """One `streamlit run app.py` for the browser modules whose home can be shared (they add diagnoses, a
     verdict, a retrained candidate; none needs a home of its own): over a copy of the trained home, the
     synthetic data as its data folder, the administrator "tester" to sign in as. Started once per xdist
-    worker; its users share the xdist group "dashboard" (pytestmark) so that one worker starts it, but under
-    pytest 9.2 `--dist loadgroup` ignores groups (pytest-xdist issue 1386): each worker may start one.
+    worker that runs one of its modules (`--dist loadfile` keeps each module on one worker; xdist_group marks
+    would group the modules, but pytest 9.2 ignores them: pytest-xdist issue 1386).
 
     Returns:
         SimpleNamespace(url, home, log): the dashboard's address, its PNEUMO_HOME and its server log.

@@ -21,13 +21,11 @@ from pneumo_core.records.access import Actor
 require_chromium()
 
 
-pytestmark = pytest.mark.xdist_group("dashboard")    # the session's shared dashboard, started once
-
-
 @pytest.fixture(scope="module")
-def e2e_dashboard(request, tmp_path_factory):
+def e2e_dashboard(request, tmp_path_factory, trained_home):
     """(url, home): the session's shared dashboard (conftest `dashboard`; the retrain test adds to its home),
-    else, with PNEUMO_E2E_HOME set, a dashboard of this module's own over that home as it is."""
+    else, with PNEUMO_E2E_HOME set, a dashboard of this module's own over that home as it is. (trained_home
+    is named so that the file is ordered among those that need the session's model.)"""
     if not os.environ.get("PNEUMO_E2E_HOME"):
         yield request.getfixturevalue("dashboard").url, request.getfixturevalue("dashboard").home
         return

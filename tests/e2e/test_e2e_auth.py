@@ -32,7 +32,6 @@ from pneumo_core.records import registry
 from pneumo_core.records.access import Actor, PermissionDenied
 
 require_chromium()
-pytestmark = pytest.mark.xdist_group("e2e-auth")    # one worker: one dashboard for the module
 OLDER = "20000101-000000-mobilenet_v2"
 OIDC_EMAIL = "ana.lopez@hospital.example"
 PAGE_PATHS = ["", "diagnose", "heatmaps", "metrics", "models", "retrain", "audit", "users"]

@@ -10,7 +10,6 @@ import threading
 import pytest
 from helpers import chest_film, dicom_film, free_port, idle, require_chromium, sign_in
 
-pytestmark = pytest.mark.xdist_group("dashboard")    # the session's shared dashboard, started once
 require_chromium()
 
 

@@ -12,7 +12,6 @@ from pneumo_core.pacs.client import PacsClient
 from pneumo_core.pacs.state import PacsState, worklist
 
 require_chromium()
-pytestmark = pytest.mark.xdist_group("e2e-pacs")    # one worker: one archive and dashboard
 VIEWPORT = (1500, 1500)
 PRIORITIES = ["high", "uncertain", "low", "check", "urgent", "routine", "not scored"]
 

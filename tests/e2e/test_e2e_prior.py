@@ -13,7 +13,6 @@ from pneumo_core.pacs.client import PacsClient
 from pneumo_core.serve.dicom_out import film_as_cr
 
 require_chromium()
-pytestmark = pytest.mark.xdist_group("e2e-prior")    # one worker: one archive and dashboard
 VIEWPORT = (1440, 1600)
 PATIENT = "SYNPRIOR01"
 GAP_DAYS = 60

@@ -13,7 +13,6 @@ from helpers import dashboard_with_tester, idle, require_chromium, sign_in
 from pneumo_core.pacs.client import PacsClient
 
 require_chromium()
-pytestmark = pytest.mark.xdist_group("e2e-reading-room")    # one worker: one archive and dashboard
 VIEWPORT = (1024, 900)
 FILMS = 10
 ROWS = "[data-testid=stDataFrame] table tbody tr"

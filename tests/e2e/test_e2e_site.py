@@ -16,7 +16,6 @@ from pneumo_core.records import registry
 from pneumo_core.records.audit import AuditTrail
 
 require_chromium()
-pytestmark = pytest.mark.xdist_group("e2e-site")    # one worker: one dashboard for the module
 VIEWPORT = (1360, 1800)
 
 

@@ -9,7 +9,6 @@ import pytest
 from conftest import synthetic_film
 from helpers import idle, pdf_text, require_chromium, sign_in
 
-pytestmark = pytest.mark.xdist_group("dashboard")    # the session's shared dashboard, started once
 require_chromium()
 
 
