@@ -179,7 +179,9 @@ def bootstrap_ci(y, p, threshold: float, n_boot: int = 1000, seed: int = 0, leve
         i = rng.integers(0, len(y), len(y))
         accs.append(((p[i] >= threshold) == y[i]).mean())
         if 0 < y[i].sum() < len(i):
-            aucs.append(roc_auc_score(y[i], p[i]))
+            # roc_auc_score's value by ranks: 1000 resamples of 60 films took 4.3 s with it, 0.15 s so (every
+            # `train` evaluates two splits).
+            aucs.append(_auc_fast(y[i].astype(bool), p[i]))
     q = [(1 - level) / 2 * 100, (1 + level) / 2 * 100]
     return {"roc_auc": [float(v) for v in np.percentile(aucs, q)] if aucs else None,
             "accuracy": [float(v) for v in np.percentile(accs, q)], "level": level, "n_boot": n_boot}

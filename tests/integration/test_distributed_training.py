@@ -8,9 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import REPO
+import pytest
+from conftest import REPO, make_dataset
 
-TINY = ["--weights", "none", "--image-size", "64", "--views", "1"]
+# No augmented views: what is shared (the search, the fine-tuning step) is the point, not the features.
+TINY = ["--weights", "none", "--image-size", "64", "--views", "0"]
 
 
 def free_ports(n: int) -> list[int]:
@@ -79,10 +81,16 @@ def test_chief_and_two_workers_share_one_search(tmp_path, synthetic_data):
     assert head.get_layer(index=1).units == summary["best"][0]["hyperparameters"]["units"]
 
 
-def test_train_under_multiworker_mirrored_strategy_on_two_cpu_workers(tmp_path, synthetic_data):
+@pytest.fixture
+def few_films(tmp_path):
+    """40 films of 20 patients at the model's input size: ~28 training films (one fine-tuning step), val, test."""
+    return make_dataset(tmp_path / "data", {"train": (20, 20)}, shape=(64, 64))
+
+
+def test_train_under_multiworker_mirrored_strategy_on_two_cpu_workers(tmp_path, few_films):
     ports = free_ports(2)
     cluster = {"worker": [f"localhost:{p}" for p in ports]}
-    args = ["train", "--data", synthetic_data, *TINY, "--trials", 2, "--epochs", 2, "--ensemble", 1,
+    args = ["train", "--data", few_films, *TINY, "--trials", 1, "--epochs", 1, "--ensemble", 1, "--tta-views", 0,
             "--fine-tune-epochs", 1, "--strategy", "multiworker", "--mixed-precision", "--xla"]
     processes = [start(args, tmp_path / "home", tmp_path / f"worker{i}.log",
                        {"TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": i}})})

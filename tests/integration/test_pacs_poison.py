@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 import requests
-from conftest import chest_studies, pacs_env, run_cli, start_orthanc
+from conftest import chest_studies, pacs_env
 
 from pneumo_core.errors import ConfigError, PacsError
 from pneumo_core.pacs.client import FilmRef, PacsClient, uid_problem
@@ -82,27 +82,23 @@ def test_credentials_over_plain_http_are_refused_unless_allowed(url, credentials
     assert PacsClient.from_settings(settings).url == url.rstrip("/")
 
 
-def test_a_pwned_uid_from_the_archive_is_skipped_and_the_watcher_keeps_going(trained_home, tmp_path):
+def test_a_pwned_uid_from_the_archive_is_skipped_and_the_watcher_keeps_going(trained_home, tmp_path, orthanc, cli):
     import shutil
-    server = start_orthanc(tmp_path / "orthanc")
-    try:
-        home = tmp_path / "home"
-        shutil.copytree(trained_home, home, ignore=shutil.ignore_patterns("audit.sqlite*"))
-        good, bad = chest_studies([(1, "PA", "CHEST", "CR"), (0, "PA", "CHEST", "DX")], seed=7)
-        bad.SOPInstanceUID = bad.file_meta.MediaStorageSOPInstanceUID = POISON
-        for ds in (good, bad):   # Orthanc's REST upload: it stores what it is given
-            buffer = io.BytesIO()
-            ds.save_as(buffer, enforce_file_format=True)
-            requests.post(f"{server.url}/instances", data=buffer.getvalue(), auth=server.auth,
-                          timeout=30).raise_for_status()
-        assert POISON in {f.sop_uid for f in PacsClient.from_settings(load_settings(pacs_env(server))).search_films()}
-        for _ in range(2):   # a restart does not crash on the same film again
-            run = run_cli("pacs", "watch", "--once", home=home, env_extra=pacs_env(server))
-            assert run.returncode == 0, run.stderr[-3000:]
-        rows = {r["sop_uid"]: r for r in PacsState(home / "pacs.sqlite").films()}
-        assert rows[POISON]["status"] == "skipped" and "SOP Instance UID" in rows[POISON]["reason"]
-        assert rows[good.SOPInstanceUID]["status"] == "stored"
-        assert not (tmp_path / "x").exists() and not (home / "x").exists()
-        assert POISON not in run.stderr
-    finally:
-        server.stop()
+    home = tmp_path / "home"
+    shutil.copytree(trained_home, home, ignore=shutil.ignore_patterns("audit.sqlite*"))
+    good, bad = chest_studies([(1, "PA", "CHEST", "CR"), (0, "PA", "CHEST", "DX")], seed=7)
+    bad.SOPInstanceUID = bad.file_meta.MediaStorageSOPInstanceUID = POISON
+    for ds in (good, bad):   # Orthanc's REST upload: it stores what it is given
+        buffer = io.BytesIO()
+        ds.save_as(buffer, enforce_file_format=True)
+        requests.post(f"{orthanc.url}/instances", data=buffer.getvalue(), auth=orthanc.auth,
+                      timeout=30).raise_for_status()
+    assert POISON in {f.sop_uid for f in PacsClient.from_settings(load_settings(pacs_env(orthanc))).search_films()}
+    for _ in range(2):   # a restart (a new watcher over the same state) does not crash on the same film again
+        run = cli("pacs", "watch", "--once", home=home, env_extra=pacs_env(orthanc))
+        assert run.returncode == 0, run.stderr[-3000:]
+    rows = {r["sop_uid"]: r for r in PacsState(home / "pacs.sqlite").films()}
+    assert rows[POISON]["status"] == "skipped" and "SOP Instance UID" in rows[POISON]["reason"]
+    assert rows[good.SOPInstanceUID]["status"] == "stored"
+    assert not (tmp_path / "x").exists() and not (home / "x").exists()
+    assert POISON not in run.stderr

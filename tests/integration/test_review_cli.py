@@ -5,7 +5,6 @@ import shutil
 from statistics import NormalDist
 
 import pytest
-from conftest import run_cli
 
 from pneumo_core.settings import os_user
 
@@ -24,19 +23,19 @@ def _wilson(k, n):
     return [(centre - half) / (1 + z * z / n), (centre + half) / (1 + z * z / n)]
 
 
-def _review(home, films, read, *extra):
-    result = run_cli("review", *films, "--read", read, *extra, "--json", home=home)
+def _review(cli, home, films, read, *extra):
+    result = cli("review", *films, "--read", read, *extra, "--json", home=home)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout)
 
 
-def test_cli_verdicts_show_up_in_monitor_with_independently_computed_figures(home, synthetic_data):
+def test_cli_verdicts_show_up_in_monitor_with_independently_computed_figures(home, synthetic_data, cli):
     pneumonia = sorted((synthetic_data / "test" / "PNEUMONIA").glob("*.jpeg"))[:6]
     normal = sorted((synthetic_data / "test" / "NORMAL").glob("*.jpeg"))[:6]
-    given = _review(home, pneumonia[:5] + normal[:1], "PNEUMONIA")       # normal[0] first read as PNEUMONIA ...
-    given += _review(home, normal[1:], "NORMAL")
-    given += _review(home, pneumonia[5:], "not-assessable")
-    again = _review(home, normal[:1], "NORMAL", "--zones", "right-lower", "--note", "second look")  # ... then not
+    given = _review(cli, home, pneumonia[:5] + normal[:1], "PNEUMONIA")       # normal[0] first read as PNEUMONIA ...
+    given += _review(cli, home, normal[1:], "NORMAL")
+    given += _review(cli, home, pneumonia[5:], "not-assessable")
+    again = _review(cli, home, normal[:1], "NORMAL", "--zones", "right-lower", "--note", "second look")  # ... then not
     assert again[0]["supersedes"] == given[5]["verdict"] and again[0]["who"] == os_user()
     assert {g["model"] for g in given} == {again[0]["model"]}
 
@@ -47,7 +46,7 @@ def test_cli_verdicts_show_up_in_monitor_with_independently_computed_figures(hom
     tn = sum(pair == ("NORMAL", "NORMAL") for pair in pairs)
     fp = sum(pair == ("PNEUMONIA", "NORMAL") for pair in pairs)
 
-    result = run_cli("monitor", "--json", home=home)
+    result = cli("monitor", "--json", home=home)
     assert result.returncode == 0, result.stderr[-3000:]
     reader = json.loads(result.stdout)["reader"]
     assert (reader["films"], reader["n"], reader["not_assessable"]) == (12, 11, 1)
@@ -62,14 +61,14 @@ def test_cli_verdicts_show_up_in_monitor_with_independently_computed_figures(hom
                              if read != "not-assessable" and read != call}
     assert sum(t["n"] for t in reader["by_tier"].values()) == 11
 
-    kept = json.loads(run_cli("reviewed", "list", "--json", home=home).stdout)
+    kept = json.loads(cli("reviewed", "list", "--json", home=home).stdout)
     assert len(kept) == 11 and {f["label"] for f in kept if f["sha256"] == again[0]["sha256"]} == {"NORMAL"}
-    assert run_cli("audit", "verify", home=home).returncode == 0
-    deleted = run_cli("reviewed", "delete", "--film", again[0]["sha256"], home=home)
+    assert cli("audit", "verify", home=home).returncode == 0
+    deleted = cli("reviewed", "delete", "--film", again[0]["sha256"], home=home)
     assert deleted.returncode == 0 and "deleted 1 reviewed film" in deleted.stdout
 
 
-def test_a_read_that_is_not_one_of_the_three_is_refused_before_anything_is_scored(home, synthetic_data):
+def test_a_read_that_is_not_one_of_the_three_is_refused_before_anything_is_scored(home, synthetic_data, cli):
     film = sorted((synthetic_data / "test" / "NORMAL").glob("*.jpeg"))[0]
-    result = run_cli("review", film, "--read", "maybe", home=home)
+    result = cli("review", film, "--read", "maybe", home=home)
     assert result.returncode == 2 and "invalid choice" in result.stderr

@@ -49,15 +49,17 @@ def real_home(tmp_path_factory):
     train = _link_subset(root / "data" / "train", SHARED_DATA / "train", {"NORMAL": 40, "PNEUMONIA": 40})
     films = _link_subset(root / "data" / "hospital", SHARED_SITE, {"NORMAL": 20, "PNEUMONIA": 20}, seed=1)
     home = root / "home"
-    result = run_cli("train", "--data", train.parent, "--weights", "none", "--image-size", 64, "--trials", 2,
-                     "--epochs", 3, "--views", 1, "--ensemble", 2, home=home)
+    # The least that trains (one trial, one head, no augmented or test-time views): these tests are about the
+    # site's figures and the adapted version, which sets its own head, calibration and views.
+    result = run_cli("train", "--data", train.parent, "--weights", "none", "--image-size", 64, "--trials", 1,
+                     "--epochs", 2, "--views", 0, "--ensemble", 1, "--tta-views", 0, home=home)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     return home, films, result.stdout.strip().splitlines()[-1]
 
 
-def test_site_validate_reports_figures_with_intervals_and_a_verdict(real_home):
+def test_site_validate_reports_figures_with_intervals_and_a_verdict(real_home, cli):
     home, films, version = real_home
-    result = run_cli("site", "validate", "--data", films, "--name", "hospital", "--json", home=home)
+    result = cli("site", "validate", "--data", films, "--name", "hospital", "--json", home=home)
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads(result.stdout.strip().splitlines()[-1])
     for key in ("model", "n", "roc_auc", "sensitivity", "specificity", "precision", "npv", "ece", "threshold",
@@ -85,11 +87,11 @@ def test_site_validate_reports_figures_with_intervals_and_a_verdict(real_home):
     assert record.text("specificity").count("[") == 1
 
 
-def test_site_adapt_registers_a_candidate_with_its_threshold_calibration_and_card(real_home, tmp_path):
+def test_site_adapt_registers_a_candidate_with_its_threshold_calibration_and_card(real_home, cli):
     from pneumo_core.learn.model import PneumoModel
     from pneumo_core.records import registry
     home, films, base = real_home
-    result = run_cli("site", "adapt", "--data", films, "--name", "hospital", home=home)
+    result = cli("site", "adapt", "--data", films, "--name", "hospital", home=home)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     version = result.stdout.strip().splitlines()[-1]
     assert version in registry.candidates(home / "models") and registry.active_version(home / "models") == base
@@ -118,7 +120,7 @@ def test_site_adapt_registers_a_candidate_with_its_threshold_calibration_and_car
     tiers = tiers_for(folder)   # the candidate's own site report carries tiers set on out-of-fold probabilities
     assert tiers.source == "out-of-fold site predictions" and tiers.n_pneumonia + tiers.n_normal == card["n"]
     # Its own training films cannot validate it.
-    again = run_cli("site", "validate", "--data", films, "--model", version, home=home)
+    again = cli("site", "validate", "--data", films, "--model", version, home=home)
     assert again.returncode == 2 and "adapted on these very films" in again.stderr
 
 
@@ -216,13 +218,14 @@ def test_site_adapt_runs_as_a_job_through_the_queue(real_home, monkeypatch):
     assert "site adapt --data" in (home / "jobs" / f"{job_id}.log").read_text()
 
 
-def test_after_promotion_the_site_page_compares_the_active_version_with_the_one_it_replaced(real_home, monkeypatch):
+def test_after_promotion_the_site_page_compares_the_active_version_with_the_one_it_replaced(real_home, monkeypatch,
+                                                                                            cli):
     from pneumo_core.records import registry
     home, films, base = real_home
     adapted = [v for v in registry.candidates(home / "models")
                if json.loads((home / "models" / v / "metadata.json").read_text()).get("site")]
     if not adapted:   # this module's adapt tests make one; alone, make it here
-        result = run_cli("site", "adapt", "--data", films, "--name", "hospital", home=home)
+        result = cli("site", "adapt", "--data", films, "--name", "hospital", home=home)
         assert result.returncode == 0, result.stderr[-2000:]
         adapted = [result.stdout.strip().splitlines()[-1]]
     registry.promote(home / "models", adapted[0], actor=Actor("lead", "ml_lead"))

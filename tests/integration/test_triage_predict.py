@@ -15,10 +15,9 @@ def _site(rng, n_pneumonia=131, n_normal=67):
     return p, np.r_[np.ones(n_pneumonia), np.zeros(n_normal)].astype(int)
 
 
-def test_predict_json_carries_the_tier_once_the_version_has_a_site_guarantee(trained_home, synthetic_data, tmp_path):
+def test_predict_json_carries_the_tier_once_the_version_has_a_site_guarantee(trained_home, synthetic_data, tmp_path,
+                                                                             cli):
     import shutil
-
-    from conftest import run_cli
 
     from pneumo_core.records.registry import resolve
     home = tmp_path / "home"
@@ -26,7 +25,7 @@ def test_predict_json_carries_the_tier_once_the_version_has_a_site_guarantee(tra
     film = next((synthetic_data / "test" / "PNEUMONIA").iterdir())
 
     def predict():
-        result = run_cli("predict", "--json", film, home=home, timeout=300)
+        result = cli("predict", "--json", film, home=home)
         assert result.returncode == 0, result.stderr[-2000:]
         return json.loads(result.stdout)[0]
 

@@ -106,6 +106,19 @@ def test_bootstrap_interval_contains_the_estimate(scores):
     assert ci["roc_auc"][1] - ci["roc_auc"][0] < 0.15
 
 
+def test_bootstrap_auc_interval_is_scikit_learns_on_the_same_resamples():
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 40)
+    p = np.round(np.clip(0.3 * y + rng.normal(0.35, 0.25, 40), 0, 1), 1)      # rounded: many tied scores
+    aucs, draws = [], np.random.default_rng(7)
+    for _ in range(300):       # bootstrap_ci's resamples: the same generator, drawn in the same order
+        i = draws.integers(0, len(y), len(y))
+        if 0 < y[i].sum() < len(i):
+            aucs.append(sk.roc_auc_score(y[i], p[i]))
+    expected = np.percentile(aucs, [2.5, 97.5])
+    assert bootstrap_ci(y, p, 0.5, n_boot=300, seed=7)["roc_auc"] == pytest.approx(expected, abs=1e-12)
+
+
 def test_classification_report_matches_scikit_learn(scores):
     y, p = scores
     rows = classification_report(y, p, 0.5)
