@@ -204,9 +204,10 @@ def test_site_adapt_runs_as_a_job_through_the_queue(real_home, monkeypatch):
     assert job["state"] == "succeeded", job["error"]
     changes = [seen[i] for i in range(len(seen)) if i == 0 or seen[i][2] != seen[i - 1][2]]
     print("site adapt job stages (s since running, %, stage):", [(round(t, 1), p, s) for t, p, s in changes])
-    first_move = next(t for t, percent, _ in seen if percent > 0)
-    assert first_move < 10, changes
     percents = [percent for _, percent, _ in seen]
+    # progress shows while the job still has work to do, not only at its end (no wall-clock bound: it flaked
+    # at 13 s under load)
+    assert any(0 < percent < percents[-1] for percent in percents), changes
     assert percents == sorted(percents) and percents[-1] >= 67
     # every stage is in the job's log (a stage shorter than a poll may never be seen in the row)
     logged = {parse_line(line).stage.split(" (")[0] for line in (home / "jobs" / f"{job_id}.log").read_text()
