@@ -4,7 +4,7 @@ import re
 
 import pytest
 from conftest import REPO
-from helpers import PASSWORD
+from helpers import PASSWORD, shown
 from streamlit.testing.v1 import AppTest
 
 from pneumo_core.records.access import Actor
@@ -86,9 +86,9 @@ def test_failed_sign_ins_make_this_account_and_client_wait_and_the_wait_is_recor
     at = app().run()
     for _ in range(MAX_FAILURES):
         at = sign_in_form(at, "ana", "not the password")
-        assert [e.value for e in at.error] == ["Wrong account name or password."]
+        assert [shown(e.value) for e in at.error] == ["Wrong account name or password."]
     at = sign_in_form(at, "ana", PASSWORD)
-    assert at.error and at.error[0].value.startswith("Too many failed sign-ins: try again in")
+    assert at.error and shown(at.error[0].value).startswith("Too many failed sign-ins: try again in")
     assert "actor" not in at.session_state
     assert accounts.failures("pair:ana|local") == MAX_FAILURES
     locks = AuditTrail(load_settings().audit_path).events(kind="sign_in_locked")
@@ -187,7 +187,7 @@ def test_an_oidc_user_gets_the_role_of_their_email_or_is_refused(home):
     stranger.user = {"is_logged_in": True, "email": "eve@elsewhere.example", "sub": "2"}
     stranger.run()
     assert "actor" not in stranger.session_state and reachable(stranger) == set()
-    assert any("eve@elsewhere.example has no role in Pneumo" in w.value for w in stranger.warning)
+    assert any("eve@elsewhere.example has no role in Pneumo" in shown(w.value) for w in stranger.warning)
 
 
 def test_the_users_page_adds_changes_and_disables_accounts(accounts):
