@@ -84,8 +84,8 @@ def _hasher_for(profile: str) -> tuple[PasswordHasher, str]:
     """(hasher, dummy hash) of one Argon2 profile. The dummy is verified when the account does not exist,
     so that a wrong name costs as long as a wrong password."""
     hasher = PasswordHasher.from_parameters(getattr(argon2.profiles, profile))
-    if hashing_warning(profile):   # said once by every process that uses it: a copied test setting is noticed
-        log.warning(hashing_warning(profile))
+    if warning := hashing_warning(profile):   # said once by every process using it: a copied test setting is noticed
+        log.warning(warning)
     return hasher, hasher.hash(secrets.token_hex(16))
 
 
