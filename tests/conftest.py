@@ -97,28 +97,14 @@ def run_cli(*args, home: Path, timeout: int = 600, env_extra: dict | None = None
 
 
 @pytest.fixture
-def cli(monkeypatch, capsys):
+def cli():
     """The command line run in this process, for tests where a subprocess is not the point (no interpreter
     and TensorFlow start per call).
 
-    Returns call(*args, home, stdin="", env_extra=None) -> CompletedProcess (returncode, stdout, stderr),
-    as `run_cli` does; stdin is not a terminal.
+    Returns `cli_here`: call(*args, home, stdin="", env_extra=None) -> CompletedProcess (returncode, stdout,
+    stderr), as `run_cli` does; stdin is not a terminal.
     """
-    from pneumo_core.cli.main import main
-
-    def call(*args, home: Path, stdin: str = "", env_extra: dict | None = None) -> subprocess.CompletedProcess:
-        with monkeypatch.context() as patch:
-            for name, value in {"PNEUMO_HOME": str(home), **(env_extra or {})}.items():
-                patch.setenv(name, value)
-            patch.setattr("sys.stdin", io.StringIO(stdin))
-            capsys.readouterr()             # only this call's output
-            try:
-                code = main([str(a) for a in args]) or 0     # as sys.exit(main()) exits
-            except SystemExit as stopped:   # argparse's usage errors
-                code = stopped.code or 0
-            out = capsys.readouterr()
-        return subprocess.CompletedProcess(["pneumo_core", *map(str, args)], code, out.out, out.err)
-    return call
+    return cli_here
 
 
 @pytest.fixture
@@ -137,8 +123,8 @@ def kept_keras_session(monkeypatch):
 
 
 def cli_here(*args, home: Path, stdin: str = "", env_extra: dict | None = None) -> subprocess.CompletedProcess:
-    """The command line run in this process, as the `cli` fixture runs it, for module- and session-scoped
-    fixtures (which cannot take a function-scoped fixture): no interpreter and TensorFlow start per call.
+    """The command line run in this process (no interpreter and TensorFlow start per call); module- and
+    session-scoped fixtures call it directly, tests through the `cli` fixture.
 
     Returns:
         CompletedProcess (returncode, stdout, stderr), as `run_cli` does; stdin is not a terminal.

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from pneumo_core.jobs import runner
 from pneumo_core.jobs.queue import JobQueue
-from pneumo_core.jobs.rows import now
+from pneumo_core.jobs.rows import FINISHED, now
 from pneumo_core.records.audit import AuditTrail
 from pneumo_core.serve.diagnosis import Diagnosis
 from pneumo_core.settings import load_settings
@@ -56,8 +56,6 @@ def fake_job(runs_file: str):
 def run_fake_jobs(runs_file: str) -> int:
     return runner.serve(JobQueue(load_settings()), once=True, run_job=fake_job(runs_file))
 
-
-FINISHED = ("succeeded", "failed", "cancelled")
 
 
 def serve_fake_jobs(runs_file: str, finished: int, stop_file: str) -> int:
