@@ -86,11 +86,12 @@ docs: $(DEV_STAMP)
 # Three tiers (pytest.ini): tests/unit (make test-fast), tests/integration and tests/e2e. Two workers
 # (pytest-xdist); --dist loadfile keeps each file on one worker, so a module's dashboard or archive starts once
 # (--dist loadgroup would group by xdist_group mark, but pytest 9.2 ignores those marks: pytest-xdist issue 1386);
-# tests/conftest.py orders the files for two workers. The 15 slowest tests are printed to see where the time goes.
+# tests/conftest.py orders the files for two workers, and --no-loadscope-reorder keeps that order (xdist would hand
+# out the files with the most tests first). The 15 slowest tests are printed to see where the time goes.
 PYTEST := $(PY) -m pytest -q -p no:cacheprovider -n $(or $(WORKERS),2)
 
 test: $(DEV_STAMP) system-packages lint
-	$(PYTEST) --dist loadfile --durations=15 tests
+	$(PYTEST) --dist loadfile --no-loadscope-reorder --durations=15 tests
 
 test-fast: $(DEV_STAMP)
 	$(PYTEST) tests/unit
