@@ -59,6 +59,13 @@ def pytest_collection_modifyitems(items):
     items.sort(key=lambda item: file_order[item.path])     # stable: each file keeps its own order
 
 
+def pytest_unconfigure(config):
+    """Freeze the objects left for the interpreter's last garbage collection: with TensorFlow loaded it walks
+    them for 2.5-5 s of CPU at the end of each xdist worker (pneumo_core/__main__.py does the same for commands)."""
+    import gc
+    gc.freeze()
+
+
 def synthetic_film(label: int, rng: np.random.Generator, shape=(96, 96)) -> np.ndarray:
     """A grey 'chest' with two dark lungs; pneumonia adds bright blotches inside a lung."""
     h, w = shape
