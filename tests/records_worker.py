@@ -20,13 +20,17 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from pneumo_core.jobs import runner
-from pneumo_core.jobs.queue import JobQueue
-from pneumo_core.jobs.rows import FINISHED, now
 from pneumo_core.records.audit import AuditTrail
 from pneumo_core.serve.diagnosis import Diagnosis
 from pneumo_core.settings import load_settings
+
+if TYPE_CHECKING:
+    from pneumo_core.jobs.queue import JobQueue
+
+# The jobs modules are imported by the job modes only: they bring pandas (~0.5 s of CPU per process), which the
+# four audit writers of test_shared_records do not need.
 
 
 def append_audit(count: int) -> tuple[float, float]:
@@ -43,6 +47,9 @@ def append_audit(count: int) -> tuple[float, float]:
 
 def fake_job(runs_file: str):
     """A job body for `runner.serve`: appends "JOB PID TIME" to `runs_file`, sleeps 0.2 s, succeeds."""
+    from pneumo_core.jobs import runner
+    from pneumo_core.jobs.rows import now
+
     def run_job(queue: JobQueue, job_id: int) -> int:
         runner.claim(queue, job_id)          # the worker's own claim is accepted as is
         with open(runs_file, "a") as runs:
@@ -54,6 +61,8 @@ def fake_job(runs_file: str):
 
 
 def run_fake_jobs(runs_file: str) -> int:
+    from pneumo_core.jobs import runner
+    from pneumo_core.jobs.queue import JobQueue
     return runner.serve(JobQueue(load_settings()), once=True, run_job=fake_job(runs_file))
 
 
@@ -64,6 +73,9 @@ def serve_fake_jobs(runs_file: str, finished: int, stop_file: str) -> int:
     Returns:
         How many jobs this runner ran.
     """
+    from pneumo_core.jobs import runner
+    from pneumo_core.jobs.queue import JobQueue
+    from pneumo_core.jobs.rows import FINISHED
     queue, stop = JobQueue(load_settings()), threading.Event()
 
     def watch() -> None:

@@ -1,8 +1,10 @@
 """PACS round trip against a real Orthanc (Debian's, with DICOMweb), one per test session.
 
 Films are synthetic, converted to CR/DX DICOM with synthetic patient names, stored with STOW-RS;
-the watcher runs as a user would run it (a command-line process) with the session's tiny model; the later
-commands of a test (predict, a second watch, status, score) run in this process (the `cli` fixture).
+the watcher runs as a user would run it (a command-line process) with the session's tiny model where the
+process is the point (the archive going down mid-run, the watcher stopped); the module's first watcher run
+and the later commands of a test (predict, a second watch, status, score) run in this process (`cli_here`,
+the `cli` fixture: no interpreter and TensorFlow start each).
 """
 import http.server
 import json
@@ -16,7 +18,7 @@ from types import SimpleNamespace
 
 import pytest
 import requests
-from conftest import REPO, chest_studies, emptied, pacs_env, run_cli
+from conftest import REPO, chest_studies, cli_here, emptied, pacs_env
 from helpers import free_port
 
 from pneumo_core.errors import PacsUnavailable
@@ -45,7 +47,7 @@ def archive(trained_home, tmp_path_factory, orthanc_server):
     client = PacsClient(server.dicomweb, server.user, server.password)
     for ds in films:
         client.store([ds], ds.StudyInstanceUID)
-    first = run_cli("pacs", "watch", "--once", home=home, env_extra=pacs_env(server))
+    first = cli_here("pacs", "watch", "--once", home=home, env_extra=pacs_env(server))
     return SimpleNamespace(server=server, home=home, films=films, client=client, first=first)
 
 
