@@ -33,8 +33,11 @@ class OODDetector:
     def fit(cls, train: np.ndarray, val: np.ndarray, quantile: float = QUANTILE) -> OODDetector:
         """Fit on (N, D) training embeddings; put the flag line at the `quantile` of the (M, D) validation ones."""
         from sklearn.covariance import LedoitWolf
-        estimator = LedoitWolf(assume_centered=False).fit(np.asarray(train, np.float64))
-        detector = cls(estimator.location_.astype(np.float32), estimator.precision_.astype(np.float32), 1.0, {})
+        # store_precision=False: scikit-learn would invert by eigendecomposition (pinvh), 5-10x the CPU of
+        # the Cholesky inverse below on a busy 2-core machine (6.4 vs 0.65 s at 1280 dimensions).
+        estimator = LedoitWolf(store_precision=False, assume_centered=False).fit(np.asarray(train, np.float64))
+        precision = _spd_inverse(estimator.covariance_)
+        detector = cls(estimator.location_.astype(np.float32), precision.astype(np.float32), 1.0, {})
         distances = detector.distance(val)
         detector.threshold = float(np.quantile(distances, quantile, method="higher"))
         detector.fitted = {"method": "mahalanobis (Ledoit-Wolf shrinkage) on pooled backbone features",
@@ -66,6 +69,17 @@ class OODDetector:
             return None
         with np.load(path) as f:
             return cls(f["mean"], f["precision"], float(f["threshold"]), json.loads(str(f["fitted"])))
+
+
+def _spd_inverse(matrix: np.ndarray) -> np.ndarray:
+    """Inverse of a symmetric positive definite matrix by its Cholesky factor; the pseudo-inverse if it is
+    singular (a shrunk covariance is singular only when every training embedding is the same)."""
+    from scipy import linalg
+    try:
+        factor = linalg.cho_factor(matrix, lower=True, check_finite=False)
+    except linalg.LinAlgError:
+        return linalg.pinvh(matrix, check_finite=False)
+    return linalg.cho_solve(factor, np.eye(len(matrix)), check_finite=False)
 
 
 def assess(detector: OODDetector | None, features: np.ndarray) -> list[tuple[float | None, bool | None]]:
