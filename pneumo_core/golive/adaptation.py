@@ -218,7 +218,7 @@ def training_features(metadata: dict, settings, embedder, views: bool = False,
     (1 + A, n, D): the plain view and the A augmented views the version was trained on (cached; the
     plain view alone for a fine-tuned backbone). Its 'caching' stages report to `reporter`.
     """
-    from pneumo_core.learn.features import FeatureCache, embed
+    from pneumo_core.learn.features import FeatureCache, any_batch, embed
     data = metadata.get("data", {})
     if not Path(data.get("dir", "")).is_dir():
         raise DatasetError(f"the training data of this model ({data.get('dir')}) is not on this machine; site "
@@ -234,8 +234,9 @@ def training_features(metadata: dict, settings, embedder, views: bool = False,
     # The cache holds the frozen backbone's vectors under its weights' name: a fine-tuned backbone, or
     # weights not found here, would store other vectors under that name, so those are embedded afresh.
     if metadata.get("training", {}).get("fine_tune_epochs", 0) > 0 or weights == "":
-        vectors = {s: embed(embedder, f.path, size, norm, progress=Progress(f"caching {s} films", len(f), reporter))
-                   for s, f in splits.items()}
+        run = any_batch(embedder)   # traced once for the three splits
+        vectors = {s: embed(embedder, f.path, size, norm, progress=Progress(f"caching {s} films", len(f), reporter),
+                            run=run) for s, f in splits.items()}
         if views:
             log.info("fine-tuned or uncached backbone: site adaptation uses the plain view of the training films")
     else:

@@ -140,18 +140,35 @@ def fine_tune(model: keras.Model, train: pd.DataFrame, val: pd.DataFrame, config
     return pd.DataFrame(history).rename_axis("epoch").reset_index().assign(member="fine-tune")
 
 
-def fit_ood(model: keras.Model, x_train_plain, x_val, train_set, val_set, config: TrainConfig) -> OODDetector:
+def score_films(scorer: keras.Model, paths, config: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Probability and pooled backbone embedding of image files, in one pass of a `model.scoring_model`.
+
+    Args:
+        scorer: image -> [probability, embedding]; paths: N image files; config: their image size and normalisation.
+    Returns:
+        ((N,) probabilities of PNEUMONIA, (N, D) float32 embeddings).
+    """
+    probabilities, embeddings = [], []
+    for batch in image_batches(paths, config.image_size, config.normalisation, batch_size=32):
+        probability, embedding = scorer.predict_on_batch(batch)
+        probabilities.append(np.asarray(probability).reshape(-1))
+        embeddings.append(np.asarray(embedding, np.float32))
+    if not probabilities:
+        return np.zeros(0), np.zeros((0, scorer.output_shape[1][-1]), np.float32)
+    return np.concatenate(probabilities), np.concatenate(embeddings)
+
+
+def fit_ood(model: keras.Model, x_train_plain, x_val, train_set, val_set, config: TrainConfig,
+            scorer: keras.Model | None = None) -> OODDetector:
     """OOD detector on the training films' plain-view embeddings, flag line on validation.
 
     The cached features are the frozen backbone's; after fine-tuning the backbone has moved, so
-    the films are embedded again with the tuned one.
+    the films are embedded again with the tuned one, through `scorer` (`model.scoring_model(model)`,
+    built here if not given: passing the one that scored the films saves tracing another model).
     """
     if config.fine_tune_epochs > 0:
-        from pneumo_core.learn.features import embed
-        scorer = scoring_model(model)
-        embedder = keras.Model(scorer.inputs, scorer.outputs[1])
-        x_train_plain, x_val = (embed(embedder, s.path, config.image_size, config.normalisation)
-                                for s in (train_set, val_set))
+        scorer = scorer or scoring_model(model)
+        x_train_plain, x_val = (score_films(scorer, s.path, config)[1] for s in (train_set, val_set))
     return OODDetector.fit(x_train_plain, x_val)
 
 
@@ -338,17 +355,18 @@ def train(config: TrainConfig, settings: Settings, reporter: Reporter | None = N
         logger.info("done; waiting for the chief to register the model")
         wait_for_every_worker(strategy)
         return None
+    scorer = None
     if config.fine_tune_epochs > 0:   # the backbone moved: score the films, not the cached features
-        scorer = PneumoModel(model, {"image_size": config.image_size, "normalisation": config.normalisation,
-                                     "threshold": 0.5})
-        p_val, p_test = (scorer.predict_files(s.path) for s in (features.val, features.test))
+        scorer = scoring_model(model)   # kept for the OOD embeddings: one model traced, not two
+        p_val, p_test = (score_films(scorer, s.path, config)[0] for s in (features.val, features.test))
     else:
         p_val, p_test = heads.probabilities(features.x_val), heads.probabilities(features.x_test)
 
     if config.tta_views:
         heads, p_val, p_test = fit_tta(model, heads, features, config, reporter)
     threshold = choose_threshold(features.y_val, p_val, config.min_sensitivity, THRESHOLD_CONFIDENCE)
-    ood = fit_ood(model, features.x_train[:len(features.train)], features.x_val, features.train, features.val, config)
+    ood = fit_ood(model, features.x_train[:len(features.train)], features.x_val, features.train, features.val, config,
+                  scorer)
     evaluating = Progress("evaluating", 1, reporter)
     metrics = {"test": evaluate(features.y_test, p_test, threshold, seed=config.seed),
                "val": evaluate(features.y_val, p_val, threshold, seed=config.seed)}

@@ -62,6 +62,19 @@ def tiny_data(tmp_path_factory):
     return root
 
 
+@pytest.fixture(scope="module")
+def feature_cache(tmp_path_factory):
+    return tmp_path_factory.mktemp("features")
+
+
+@pytest.fixture(autouse=True)
+def home_sharing_the_feature_cache(tmp_path, feature_cache):
+    """Each test's home (tmp_path) keeps its features in the module's one cache: the first job embeds the
+    films, the later ones find them there and never build or run the backbone up to their tuning stage
+    (~4 s of CPU each; these tests are about the queue, not the features)."""
+    (tmp_path / "features").symlink_to(feature_cache, target_is_directory=True)
+
+
 # -- real jobs (subprocesses running `train`) ----------------------------------------------------------
 
 def test_two_jobs_run_one_after_the_other_and_register_candidates(tmp_path, tiny_data):

@@ -3,7 +3,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import SHARED_DATA, SHARED_WEIGHTS, make_dataset, run_cli
+from conftest import SHARED_DATA, SHARED_WEIGHTS, make_dataset
 
 from pneumo_core.explain.cam import make_cam
 from pneumo_core.learn.data import load_dataset
@@ -30,8 +30,9 @@ def real_subset(tmp_path_factory):
 def test_training_on_real_films_generalises_to_held_out_patients(real_subset, tmp_path, cli):
     # The ImageNet backbone at its full size, one head from a 2-trial search, no augmented or test-time views:
     # test AUC 0.995 in 79 s on a busy machine, where 4 trials, 3 heads and 1 + 3 views gave 0.993 in 190 s.
-    result = run_cli("train", "--data", real_subset, "--weights", SHARED_WEIGHTS, "--trials", 2,
-                     "--epochs", 10, "--views", 0, "--ensemble", 1, "--tta-views", 0, home=tmp_path)
+    # In this process (`cli`): a `train` subprocess would import TensorFlow and trace the backbone again.
+    result = cli("train", "--data", real_subset, "--weights", SHARED_WEIGHTS, "--trials", 2,
+                 "--epochs", 10, "--views", 0, "--ensemble", 1, "--tta-views", 0, home=tmp_path)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     version = result.stdout.strip().splitlines()[-1]
     metrics = json.loads((tmp_path / "models" / version / "metrics.json").read_text())["test"]
@@ -42,11 +43,11 @@ def test_training_on_real_films_generalises_to_held_out_patients(real_subset, tm
     assert evaluated["roc_auc"] == pytest.approx(metrics["roc_auc"], abs=1e-3)
 
 
-def test_resnet50_builds_without_weights_trains_and_explains(tmp_path):
+def test_resnet50_builds_without_weights_trains_and_explains(tmp_path, cli):
     data = make_dataset(tmp_path / "data", {"train": (16, 16)})
-    result = run_cli("train", "--data", data, "--backbone", "resnet50", "--weights", "none", "--image-size", 64,
-                     "--trials", 1, "--epochs", 1, "--views", 0, "--ensemble", 1, "--fine-tune-epochs", 1,
-                     "--tta-views", 0, home=tmp_path / "home")   # test-time views cost 27 of its 93 s
+    result = cli("train", "--data", data, "--backbone", "resnet50", "--weights", "none", "--image-size", 64,
+                 "--trials", 1, "--epochs", 1, "--views", 0, "--ensemble", 1, "--fine-tune-epochs", 1,
+                 "--tta-views", 0, home=tmp_path / "home")   # test-time views cost 27 of its 93 s
     assert result.returncode == 0, result.stderr[-2000:]
     history = next((tmp_path / "home" / "models").glob("*/history.csv")).read_text()
     assert "fine-tune" in history  # the backbone itself was trained for an epoch

@@ -6,7 +6,7 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import REPO, SHARED, SHARED_DATA, make_dataset, run_cli
+from conftest import REPO, SHARED, SHARED_DATA, cli_here, make_dataset
 from helpers import widget
 
 from pneumo_core.evaluation.track_record import INTERNAL_LABEL, track_record
@@ -50,9 +50,10 @@ def real_home(tmp_path_factory):
     films = _link_subset(root / "data" / "hospital", SHARED_SITE, {"NORMAL": 20, "PNEUMONIA": 20}, seed=1)
     home = root / "home"
     # The least that trains (one trial, one head, no augmented or test-time views): these tests are about the
-    # site's figures and the adapted version, which sets its own head, calibration and views.
-    result = run_cli("train", "--data", train.parent, "--weights", "none", "--image-size", 64, "--trials", 1,
-                     "--epochs", 2, "--views", 0, "--ensemble", 1, "--tta-views", 0, home=home)
+    # site's figures and the adapted version, which sets its own head, calibration and views. In this process:
+    # a subprocess would start TensorFlow once more.
+    result = cli_here("train", "--data", train.parent, "--weights", "none", "--image-size", 64, "--trials", 1,
+                      "--epochs", 2, "--views", 0, "--ensemble", 1, "--tta-views", 0, home=home)
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
     return home, films, result.stdout.strip().splitlines()[-1]
 
@@ -85,43 +86,6 @@ def test_site_validate_reports_figures_with_intervals_and_a_verdict(real_home, c
     record = track_record(home / "models" / version)
     assert record.source == "site" and record.site == "hospital" and record.label != INTERNAL_LABEL
     assert record.text("specificity").count("[") == 1
-
-
-def test_site_adapt_registers_a_candidate_with_its_threshold_calibration_and_card(real_home, cli):
-    from pneumo_core.learn.model import PneumoModel
-    from pneumo_core.records import registry
-    home, films, base = real_home
-    result = cli("site", "adapt", "--data", films, "--name", "hospital", home=home)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
-    version = result.stdout.strip().splitlines()[-1]
-    assert version in registry.candidates(home / "models") and registry.active_version(home / "models") == base
-    folder = home / "models" / version
-    meta = json.loads((folder / "metadata.json").read_text())
-    card = meta["site"]
-    assert card["name"] == "hospital" and card["n"] == len(list(films.rglob("*.jpeg")))
-    assert card["fingerprint"] == site.load_site(films).fingerprint
-    cv = card["cross_validated"]
-    assert cv["n"] == card["n"] and cv["folds"] >= 2 and set(cv["ci"]) >= {"roc_auc", "sensitivity", "specificity"}
-    assert meta["adapted_from"] == base and "site hospital" in meta["calibration"]["fitted_on"]
-    assert meta["threshold_rule"].startswith("highest threshold keeping out-of-fold site sensitivity")
-    # The saved model carries the site head and calibration: it reproduces the stored predictions.
-    model = PneumoModel.load(folder)
-    assert model.threshold == pytest.approx(meta["threshold"])
-    assert meta["tta"] == {"views": adaptation.TTA_VIEWS, "seed": adaptation.TTA_SEED}      # it serves what CV measured
-    assert (model.tta_views, model.tta_seed) == (adaptation.TTA_VIEWS, adaptation.TTA_SEED)
-    stored = pd.read_csv(folder / "predictions.csv")
-    test = stored[stored["split"] == "test"].head(8)
-    assert np.allclose(model.predict_files(test["path"]), test["probability"], atol=2e-3)
-    calibration = model.keras.get_layer("classifier").get_layer("calibration").get_weights()
-    assert calibration[0].item() == pytest.approx(meta["calibration"]["a"], rel=1e-5)
-    assert len(stored[stored["split"] == "site_cv"]) == card["n"]
-    record = track_record(folder)
-    assert record.source == "site" and "cross-validation" in record.label
-    tiers = tiers_for(folder)   # the candidate's own site report carries tiers set on out-of-fold probabilities
-    assert tiers.source == "out-of-fold site predictions" and tiers.n_pneumonia + tiers.n_normal == card["n"]
-    # Its own training films cannot validate it.
-    again = cli("site", "validate", "--data", films, "--model", version, home=home)
-    assert again.returncode == 2 and "adapted on these very films" in again.stderr
 
 
 # -- pages (AppTest) ----------------------------------------------------------------------------------
@@ -181,8 +145,12 @@ def test_metrics_page_names_site_figures_or_says_not_validated(page_home):
     assert not any("Not validated at a site" in w.value for w in at.warning)
 
 
-def test_site_adapt_runs_as_a_job_through_the_queue(real_home, monkeypatch):
+def test_site_adapt_runs_as_a_job_and_registers_a_candidate_with_its_threshold_calibration_and_card(
+        real_home, monkeypatch, cli):
+    # One adaptation (the job's `site adapt` command line) for the job's progress and the candidate it makes:
+    # each adaptation costs ~15 s.
     from pneumo_core.jobs.queue import JobQueue
+    from pneumo_core.learn.model import PneumoModel
     from pneumo_core.records import registry
     from pneumo_core.settings import load_settings
     home, films, base = real_home
@@ -213,10 +181,38 @@ def test_site_adapt_runs_as_a_job_through_the_queue(real_home, monkeypatch):
     logged = {parse_line(line).stage.split(" (")[0] for line in (home / "jobs" / f"{job_id}.log").read_text()
               .splitlines() if parse_line(line)}
     assert {"scoring site films", "training site fold", "saving the adapted version"} <= logged, logged
-    assert job["model_id"] in registry.candidates(home / "models")
-    card = json.loads((home / "models" / job["model_id"] / "metadata.json").read_text())
-    assert card["site"]["name"] == "hospital" and card["adapted_from"] == base
-    assert "site adapt --data" in (home / "jobs" / f"{job_id}.log").read_text()
+    log = (home / "jobs" / f"{job_id}.log").read_text()
+    assert "site adapt --data" in log
+    version = job["model_id"]
+    assert log.strip().splitlines()[-1] == version     # the command printed the new version's id last
+    assert version in registry.candidates(home / "models") and registry.active_version(home / "models") == base
+    folder = home / "models" / version
+    meta = json.loads((folder / "metadata.json").read_text())
+    card = meta["site"]
+    assert card["name"] == "hospital" and card["n"] == len(list(films.rglob("*.jpeg")))
+    assert card["fingerprint"] == site.load_site(films).fingerprint
+    cv = card["cross_validated"]
+    assert cv["n"] == card["n"] and cv["folds"] >= 2 and set(cv["ci"]) >= {"roc_auc", "sensitivity", "specificity"}
+    assert meta["adapted_from"] == base and "site hospital" in meta["calibration"]["fitted_on"]
+    assert meta["threshold_rule"].startswith("highest threshold keeping out-of-fold site sensitivity")
+    # The saved model carries the site head and calibration: it reproduces the stored predictions.
+    model = PneumoModel.load(folder)
+    assert model.threshold == pytest.approx(meta["threshold"])
+    assert meta["tta"] == {"views": adaptation.TTA_VIEWS, "seed": adaptation.TTA_SEED}      # it serves what CV measured
+    assert (model.tta_views, model.tta_seed) == (adaptation.TTA_VIEWS, adaptation.TTA_SEED)
+    stored = pd.read_csv(folder / "predictions.csv")
+    test = stored[stored["split"] == "test"].head(8)
+    assert np.allclose(model.predict_files(test["path"]), test["probability"], atol=2e-3)
+    calibration = model.keras.get_layer("classifier").get_layer("calibration").get_weights()
+    assert calibration[0].item() == pytest.approx(meta["calibration"]["a"], rel=1e-5)
+    assert len(stored[stored["split"] == "site_cv"]) == card["n"]
+    record = track_record(folder)
+    assert record.source == "site" and "cross-validation" in record.label
+    tiers = tiers_for(folder)   # the candidate's own site report carries tiers set on out-of-fold probabilities
+    assert tiers.source == "out-of-fold site predictions" and tiers.n_pneumonia + tiers.n_normal == card["n"]
+    # Its own training films cannot validate it.
+    again = cli("site", "validate", "--data", films, "--model", version, home=home)
+    assert again.returncode == 2 and "adapted on these very films" in again.stderr
 
 
 def test_after_promotion_the_site_page_compares_the_active_version_with_the_one_it_replaced(real_home, monkeypatch,
@@ -225,7 +221,7 @@ def test_after_promotion_the_site_page_compares_the_active_version_with_the_one_
     home, films, base = real_home
     adapted = [v for v in registry.candidates(home / "models")
                if json.loads((home / "models" / v / "metadata.json").read_text()).get("site")]
-    if not adapted:   # this module's adapt tests make one; alone, make it here
+    if not adapted:   # this module's adapt test makes one; alone, make it here
         result = cli("site", "adapt", "--data", films, "--name", "hospital", home=home)
         assert result.returncode == 0, result.stderr[-2000:]
         adapted = [result.stdout.strip().splitlines()[-1]]
