@@ -3,6 +3,7 @@
 Set PNEUMO_E2E_HOME to use an existing home (e.g. with a real model) and PNEUMO_SCREENSHOT_DIR to
 keep the screenshots (the README's come from `PNEUMO_SCREENSHOT_DIR=docs/screenshots`).
 """
+import json
 import os
 import re
 import time
@@ -13,12 +14,14 @@ import numpy as np
 import pypdf
 import pytest
 from conftest import SHARED_DATA, synthetic_film
-from helpers import dashboard_with_tester, idle, require_chromium, sign_in
+from helpers import POLL_MS, dashboard_with_tester, idle, open_page, require_chromium, sign_in
 
 from pneumo_core.records import registry
 from pneumo_core.records.access import Actor
 
 require_chromium()
+# The Retrain form's Advanced values for the retrain test: 1 trial, 1 epoch, the smallest image size.
+SMALLEST_JOB = {"Tuner trials": 1, "Epochs per head": 1, "Image size (px)": 32}
 
 
 @pytest.fixture(scope="module")
@@ -62,11 +65,11 @@ def _diagnosed(page) -> None:
     # .first: while the film view reruns, its old buttons may still stand beside the new ones
     page.locator(".st-key-diagnose-ready button").first.wait_for(timeout=120_000)
     idle(page)
-    page.wait_for_function("() => Array.from(document.images).every(i => i.complete)", timeout=60_000)
+    page.wait_for_function("() => Array.from(document.images).every(i => i.complete)", timeout=60_000, polling=POLL_MS)
 
 
 def _upload(page, server, files) -> None:
-    sign_in(page, server, "tester")
+    open_page(page, server, "Diagnose")     # afresh: no film of an earlier test stays in the upload
     page.get_by_text("Upload one or more frontal chest films").wait_for(timeout=120_000)
     page.locator("input[type=file]").set_input_files(files)
     _diagnosed(page)
@@ -94,7 +97,7 @@ def test_a_deep_link_on_a_fresh_server_gets_the_apps_navigation(server, browser_
 def test_upload_gives_a_call_its_strength_and_a_heatmap_with_a_local_favicon(server, e2e_home, browser_page, shots,
                                                                               tmp_path):
     page = browser_page
-    sign_in(page, server, "tester")
+    open_page(page, server, "Diagnose")
     page.get_by_text("Upload one or more frontal chest films").wait_for(timeout=120_000)
     icons = page.evaluate("() => Array.from(document.querySelectorAll('link[rel*=icon]')).map(l => l.href)")
     assert icons and all(href.startswith(server) for href in icons)       # nothing fetched from the internet
@@ -145,18 +148,20 @@ def test_two_films_with_the_same_name_are_both_reachable_by_clicking_their_rows(
     changed = "(old) => Array.from(document.querySelectorAll('[data-testid=stCaptionContainer]'))" \
               ".some(e => e.innerText.includes('SHA-256') && e.innerText !== old)"
     grid.click(position={"x": 15, "y": 35 + 35 * 1 + 17})   # the second row's selection box (rows are 35 px)
-    page.wait_for_function(changed, arg=first, timeout=60_000)
+    page.wait_for_function(changed, arg=first, timeout=60_000, polling=POLL_MS)
     _diagnosed(page)
     second = identity.inner_text()
     grid.click(position={"x": 15, "y": 35 + 17})            # back to the first row
-    page.wait_for_function(changed, arg=second, timeout=60_000)
+    page.wait_for_function(changed, arg=second, timeout=60_000, polling=POLL_MS)
     _diagnosed(page)
     assert identity.inner_text() == first and first != second   # two films, each opened by its own row
     assert _open_title(page) in ("File 1: image.jpeg", "File 2: image.jpeg")
 
 
 def test_at_1024_px_nothing_overflows_and_the_call_is_whole(server, browser_page):
-    page = browser_page.context.browser.new_page(viewport={"width": 1024, "height": 900})
+    page = browser_page
+    size = page.viewport_size
+    page.set_viewport_size({"width": 1024, "height": 900})     # the same tab made narrower: no new page load
     try:
         _upload(page, server, [{"name": f"film{i}.png", "mimeType": "image/png", "buffer": _png(i % 2, 30 + i)}
                                for i in range(3)])
@@ -174,14 +179,15 @@ def test_at_1024_px_nothing_overflows_and_the_call_is_whole(server, browser_page
             box = image.bounding_box()
             assert box["x"] + box["width"] <= 1024
     finally:
-        page.close()
+        page.set_viewport_size(size)
 
 
 def test_threshold_slider_changes_the_matrix(server, browser_page, shots):
     page = browser_page
-    sign_in(page, f"{server}/metrics", "tester")
+    open_page(page, server, "Metrics")
     page.get_by_text("Threshold: call PNEUMONIA").wait_for(timeout=120_000)
-    page.wait_for_function("() => document.querySelectorAll('.js-plotly-plot').length >= 3", timeout=60_000)
+    page.wait_for_function("() => document.querySelectorAll('.js-plotly-plot').length >= 3",
+                           timeout=60_000, polling=POLL_MS)
     before = _confusion_labels(page)
     assert before, "confusion matrix not drawn"
     page.screenshot(path=str(shots / "metrics.png"), full_page=True)
@@ -190,7 +196,8 @@ def test_threshold_slider_changes_the_matrix(server, browser_page, shots):
     page.keyboard.press("End")  # threshold 1.0: (almost) every film is called NORMAL
     page.wait_for_function("""(old) => { const now = Array.from(document.querySelectorAll('.js-plotly-plot'))
         .map(p => p.data && p.data[0] && p.data[0].text).filter(t => t && String(t).includes('true negative'));
-        return now.length && JSON.stringify(now) !== JSON.stringify(old); }""", arg=before, timeout=60_000)
+        return now.length && JSON.stringify(now) !== JSON.stringify(old); }""", arg=before,
+                           timeout=60_000, polling=POLL_MS)
     after = _confusion_labels(page)
     assert slider.get_attribute("value") == "1" and after != before
     assert after[0][0][1].startswith("0<br>")  # no false positives left at threshold 1.0
@@ -204,16 +211,16 @@ def test_every_page_renders(server, e2e_home, browser_page, shots):
         "models": page.get_by_text(f"{active['backbone']} ({active['weights'] or 'random init'} weights)").first,
         "retrain": page.get_by_role("button", name="Retrain with current settings"),
     }
-    sign_in(page, server, "tester")
     for path, marker in (("heatmaps", "Compare"), ("models", "Model card"), ("retrain", "Past jobs")):
         # By the sidebar, as a reader goes: the same session (no reload and second sign-in per page).
-        page.locator(f"[data-testid=stSidebarNavLink][href$='/{path}']").click()
+        open_page(page, server, path.capitalize())
         page.get_by_text(marker).first.wait_for(timeout=120_000)
         # Streamlit's own ready marker: the script has run to its end (the Retrain page's fragment
         # reruns every 2 s, and is idle in between).
         page.locator("[data-testid=stApp][data-test-script-state=notRunning]").wait_for(timeout=120_000)
         expected[path].wait_for(timeout=30_000)     # raises (fails the test) when the content never comes
-        page.wait_for_function("() => Array.from(document.images).every(i => i.complete)", timeout=60_000)
+        page.wait_for_function("() => Array.from(document.images).every(i => i.complete)",
+                               timeout=60_000, polling=POLL_MS)
         assert not page.locator("[data-testid=stException]").count(), path
         page.screenshot(path=str(shots / f"{path}.png"), full_page=True)
 
@@ -222,8 +229,16 @@ def test_retrain_runs_to_completion_and_the_candidate_is_promoted(server, e2e_ho
     if os.environ.get("PNEUMO_E2E_HOME"):
         pytest.skip("retraining a real model takes minutes; run against the tiny test home")
     page = browser_page
-    sign_in(page, f"{server}/retrain", "tester")
+    open_page(page, server, "Retrain")
     page.get_by_text("Past jobs").wait_for(timeout=120_000)       # the first run has finished
+    # The smallest job the form allows (what is checked is the job's way through the dashboard, not the model):
+    # a third of the CPU of the active model's 2 trials x 3 epochs at 64 px.
+    page.get_by_text("Advanced", exact=True).click()
+    for label, value in SMALLEST_JOB.items():
+        field = page.get_by_label(label, exact=True)
+        field.fill(str(value))
+        field.press("Enter")
+        idle(page)
     page.get_by_role("button", name="Retrain with current settings").click()
     page.get_by_text(re.compile(r"Job \d+ submitted")).wait_for(timeout=120_000)
     page.get_by_text(re.compile(r"Job \d+: ")).first.wait_for(timeout=60_000)   # the live progress bar
@@ -242,6 +257,9 @@ def test_retrain_runs_to_completion_and_the_candidate_is_promoted(server, e2e_ho
             time.sleep(0.5)
         assert registry.active_version(e2e_home / "models") == candidate
         assert registry.promotions(e2e_home / "models")[-1]["to"] == candidate
+        card = json.loads((e2e_home / "models" / candidate / "metadata.json").read_text())
+        assert card["image_size"] == SMALLEST_JOB["Image size (px)"]    # the form's values reached the job
+        assert card["training"]["trials"] == SMALLEST_JOB["Tuner trials"]
     finally:    # the shared dashboard's later users find its first model active again (and still loaded)
         if registry.active_version(e2e_home / "models") != before:
             registry.promote(e2e_home / "models", before, actor=Actor("tester", "admin"))

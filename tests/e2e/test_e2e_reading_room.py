@@ -8,7 +8,7 @@ import shutil
 import pypdf
 import pytest
 from conftest import chest_studies, cli_here, pacs_env
-from helpers import dashboard_with_tester, idle, require_chromium, sign_in
+from helpers import POLL_MS, dashboard_with_tester, idle, require_chromium, sign_in
 
 from pneumo_core.pacs.client import PacsClient
 
@@ -67,7 +67,8 @@ def test_worklist_and_diagnose_at_1024_px_fit_show_no_1000_and_agree_on_the_orde
     page = browser_page
     sign_in(page, f"{url}/worklist", "tester")
     page.get_by_text("Order: the site's triage tiers first").first.wait_for(timeout=120_000)
-    page.wait_for_function(f"() => document.querySelectorAll('{ROWS}').length >= {FILMS}", timeout=60_000)
+    page.wait_for_function(f"() => document.querySelectorAll('{ROWS}').length >= {FILMS}",
+                           timeout=60_000, polling=POLL_MS)
     page.locator("[data-testid=stImage] img").first.wait_for(timeout=60_000)
     idle(page)
     header, rows = _table(page)
@@ -84,7 +85,8 @@ def test_worklist_and_diagnose_at_1024_px_fit_show_no_1000_and_agree_on_the_orde
     page.locator("input[type=file]").set_input_files(files)
     page.locator(".st-key-diagnose-ready button").wait_for(timeout=300_000)
     idle(page)
-    page.wait_for_function(f"() => document.querySelectorAll('{ROWS}').length >= {FILMS}", timeout=60_000)
+    page.wait_for_function(f"() => document.querySelectorAll('{ROWS}').length >= {FILMS}",
+                           timeout=60_000, polling=POLL_MS)
     header, rows = _table(page)
     diagnose_order = [row[header.index("file")].split(": ", 1)[1].removesuffix(".dcm") for row in rows]
     assert diagnose_order == worklist_order                                  # one order, the library's

@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 from conftest import make_dataset
-from helpers import dashboard_with_tester, idle, require_chromium, sign_in
+from helpers import POLL_MS, dashboard_with_tester, idle, require_chromium, sign_in
 
 from pneumo_core.records import registry
 from pneumo_core.records.audit import AuditTrail
@@ -41,7 +41,8 @@ def test_validating_a_site_shows_its_report(site_server, browser_page, shots):
     assert page.get_by_text("clinic").first.is_visible()               # the folder beside the data is offered
     button.click()
     page.get_by_text("Site clinic, 40 films").wait_for(timeout=180_000)  # the verdict
-    page.wait_for_function("() => document.querySelectorAll('.js-plotly-plot').length >= 3", timeout=60_000)
+    page.wait_for_function("() => document.querySelectorAll('.js-plotly-plot').length >= 3",
+                           timeout=60_000, polling=POLL_MS)
     assert page.get_by_text("Calibration at site clinic").first.is_visible()
     assert not page.locator("[data-testid=stException]").count()
     idle(page)
