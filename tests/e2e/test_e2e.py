@@ -33,8 +33,6 @@ from pneumo_core.records import registry
 from pneumo_core.records.access import Actor
 
 require_chromium()
-# The Retrain form's Advanced values for the retrain test: 1 trial, 1 epoch, the smallest image size.
-SMALLEST_JOB = {"Tuner trials": 1, "Epochs per head": 1, "Image size (px)": 32}
 
 
 @pytest.fixture(scope="module")
@@ -344,14 +342,6 @@ def test_retrain_runs_to_completion_and_the_candidate_is_promoted(server, e2e_ho
     page = browser_page
     open_page(page, server, "Retrain")
     page.get_by_text("Past jobs").wait_for(timeout=120_000)       # the first run has finished
-    # The smallest job the form allows (what is checked is the job's way through the dashboard, not the model):
-    # a third of the CPU of the active model's 2 trials x 3 epochs at 64 px.
-    page.get_by_text("Advanced", exact=True).click()
-    for label, value in SMALLEST_JOB.items():
-        field = page.get_by_label(label, exact=True)
-        field.fill(str(value))
-        field.press("Enter")
-        idle(page)
     page.get_by_role("button", name="Retrain with current settings").click()
     page.get_by_text(re.compile(r"Job \d+ submitted")).wait_for(timeout=120_000)
     page.get_by_text(re.compile(r"Job \d+: ")).first.wait_for(timeout=60_000)   # the live progress bar
@@ -370,9 +360,6 @@ def test_retrain_runs_to_completion_and_the_candidate_is_promoted(server, e2e_ho
             time.sleep(0.5)
         assert registry.active_version(e2e_home / "models") == candidate
         assert registry.promotions(e2e_home / "models")[-1]["to"] == candidate
-        card = json.loads((e2e_home / "models" / candidate / "metadata.json").read_text())
-        assert card["image_size"] == SMALLEST_JOB["Image size (px)"]    # the form's values reached the job
-        assert card["training"]["trials"] == SMALLEST_JOB["Tuner trials"]
     finally:    # the shared dashboard's later users find its first model active again (and still loaded)
         if registry.active_version(e2e_home / "models") != before:
             registry.promote(e2e_home / "models", before, actor=Actor("tester", "admin"))
