@@ -459,15 +459,16 @@ def open_page(page, server: str, title: str, name: str = "tester", afresh: bool 
         sign_in(page, f"{server}/{title.lower()}", name, timeout=timeout)
         return
     current = page.locator("[data-testid=stSidebarNavLink][aria-current=page]")
-    if current.filter(has_text=title).count():
+    titled = re.compile(rf"{re.escape(title)}$")      # the title, after its icon's name ("monitoring", "Metrics")
+    if current.filter(has_text=titled).count():
         if not afresh:
             return
-        other = links.filter(has_not_text=title).last
+        other = links.filter(has_not_text=titled).last
         other.click()
         other.and_(current).wait_for(timeout=timeout)    # the other page's run has begun ...
         idle(page, timeout)                              # ... and ended: its widgets replaced the page's
-    links.filter(has_text=title).click()
-    links.filter(has_text=title).and_(current).wait_for(timeout=timeout)
+    links.filter(has_text=titled).click()
+    links.filter(has_text=titled).and_(current).wait_for(timeout=timeout)
 
 
 def idle(page, timeout: int = 120_000) -> None:
