@@ -1,4 +1,5 @@
-"""End to end in a real browser: Playwright drives Debian's Chromium against `streamlit run app.py`.
+"""End to end in a real browser: Playwright drives Debian's Chromium against `streamlit run app.py`: diagnose,
+report, metrics, every page, a reader's verdict, Markdown in DICOM headers shown as text, retrain and promote.
 
 Set PNEUMO_E2E_HOME to use an existing home (e.g. with a real model) and PNEUMO_SCREENSHOT_DIR to
 keep the screenshots (the README's come from `PNEUMO_SCREENSHOT_DIR=docs/screenshots`).
