@@ -1,10 +1,14 @@
-"""End to end in a real browser: Playwright drives Debian's Chromium against `streamlit run app.py`.
+"""End to end in a real browser: Playwright drives Debian's Chromium against `streamlit run app.py`: diagnose,
+report, metrics, every page, a reader's verdict, Markdown in DICOM headers shown as text, retrain and promote.
 
 Set PNEUMO_E2E_HOME to use an existing home (e.g. with a real model) and PNEUMO_SCREENSHOT_DIR to
 keep the screenshots (the README's come from `PNEUMO_SCREENSHOT_DIR=docs/screenshots`).
 """
+import http.server
+import json
 import os
 import re
+import threading
 import time
 from pathlib import Path
 
@@ -13,7 +17,18 @@ import numpy as np
 import pypdf
 import pytest
 from conftest import SHARED_DATA, synthetic_film
-from helpers import dashboard_with_tester, idle, require_chromium, sign_in
+from helpers import (
+    POLL_MS,
+    chest_film,
+    dashboard_with_tester,
+    dicom_film,
+    free_port,
+    idle,
+    open_page,
+    pdf_text,
+    require_chromium,
+    sign_in,
+)
 
 from pneumo_core.records import registry
 from pneumo_core.records.access import Actor
@@ -62,11 +77,11 @@ def _diagnosed(page) -> None:
     # .first: while the film view reruns, its old buttons may still stand beside the new ones
     page.locator(".st-key-diagnose-ready button").first.wait_for(timeout=120_000)
     idle(page)
-    page.wait_for_function("() => Array.from(document.images).every(i => i.complete)", timeout=60_000)
+    page.wait_for_function("() => Array.from(document.images).every(i => i.complete)", timeout=60_000, polling=POLL_MS)
 
 
 def _upload(page, server, files) -> None:
-    sign_in(page, server, "tester")
+    open_page(page, server, "Diagnose")     # afresh: no film of an earlier test stays in the upload
     page.get_by_text("Upload one or more frontal chest films").wait_for(timeout=120_000)
     page.locator("input[type=file]").set_input_files(files)
     _diagnosed(page)
@@ -94,7 +109,7 @@ def test_a_deep_link_on_a_fresh_server_gets_the_apps_navigation(server, browser_
 def test_upload_gives_a_call_its_strength_and_a_heatmap_with_a_local_favicon(server, e2e_home, browser_page, shots,
                                                                               tmp_path):
     page = browser_page
-    sign_in(page, server, "tester")
+    open_page(page, server, "Diagnose")
     page.get_by_text("Upload one or more frontal chest films").wait_for(timeout=120_000)
     icons = page.evaluate("() => Array.from(document.querySelectorAll('link[rel*=icon]')).map(l => l.href)")
     assert icons and all(href.startswith(server) for href in icons)       # nothing fetched from the internet
@@ -145,18 +160,20 @@ def test_two_films_with_the_same_name_are_both_reachable_by_clicking_their_rows(
     changed = "(old) => Array.from(document.querySelectorAll('[data-testid=stCaptionContainer]'))" \
               ".some(e => e.innerText.includes('SHA-256') && e.innerText !== old)"
     grid.click(position={"x": 15, "y": 35 + 35 * 1 + 17})   # the second row's selection box (rows are 35 px)
-    page.wait_for_function(changed, arg=first, timeout=60_000)
+    page.wait_for_function(changed, arg=first, timeout=60_000, polling=POLL_MS)
     _diagnosed(page)
     second = identity.inner_text()
     grid.click(position={"x": 15, "y": 35 + 17})            # back to the first row
-    page.wait_for_function(changed, arg=second, timeout=60_000)
+    page.wait_for_function(changed, arg=second, timeout=60_000, polling=POLL_MS)
     _diagnosed(page)
     assert identity.inner_text() == first and first != second   # two films, each opened by its own row
     assert _open_title(page) in ("File 1: image.jpeg", "File 2: image.jpeg")
 
 
 def test_at_1024_px_nothing_overflows_and_the_call_is_whole(server, browser_page):
-    page = browser_page.context.browser.new_page(viewport={"width": 1024, "height": 900})
+    page = browser_page
+    size = page.viewport_size
+    page.set_viewport_size({"width": 1024, "height": 900})     # the same tab made narrower: no new page load
     try:
         _upload(page, server, [{"name": f"film{i}.png", "mimeType": "image/png", "buffer": _png(i % 2, 30 + i)}
                                for i in range(3)])
@@ -174,14 +191,15 @@ def test_at_1024_px_nothing_overflows_and_the_call_is_whole(server, browser_page
             box = image.bounding_box()
             assert box["x"] + box["width"] <= 1024
     finally:
-        page.close()
+        page.set_viewport_size(size)
 
 
 def test_threshold_slider_changes_the_matrix(server, browser_page, shots):
     page = browser_page
-    sign_in(page, f"{server}/metrics", "tester")
+    open_page(page, server, "Metrics")
     page.get_by_text("Threshold: call PNEUMONIA").wait_for(timeout=120_000)
-    page.wait_for_function("() => document.querySelectorAll('.js-plotly-plot').length >= 3", timeout=60_000)
+    page.wait_for_function("() => document.querySelectorAll('.js-plotly-plot').length >= 3",
+                           timeout=60_000, polling=POLL_MS)
     before = _confusion_labels(page)
     assert before, "confusion matrix not drawn"
     page.screenshot(path=str(shots / "metrics.png"), full_page=True)
@@ -190,7 +208,8 @@ def test_threshold_slider_changes_the_matrix(server, browser_page, shots):
     page.keyboard.press("End")  # threshold 1.0: (almost) every film is called NORMAL
     page.wait_for_function("""(old) => { const now = Array.from(document.querySelectorAll('.js-plotly-plot'))
         .map(p => p.data && p.data[0] && p.data[0].text).filter(t => t && String(t).includes('true negative'));
-        return now.length && JSON.stringify(now) !== JSON.stringify(old); }""", arg=before, timeout=60_000)
+        return now.length && JSON.stringify(now) !== JSON.stringify(old); }""", arg=before,
+                           timeout=60_000, polling=POLL_MS)
     after = _confusion_labels(page)
     assert slider.get_attribute("value") == "1" and after != before
     assert after[0][0][1].startswith("0<br>")  # no false positives left at threshold 1.0
@@ -204,25 +223,125 @@ def test_every_page_renders(server, e2e_home, browser_page, shots):
         "models": page.get_by_text(f"{active['backbone']} ({active['weights'] or 'random init'} weights)").first,
         "retrain": page.get_by_role("button", name="Retrain with current settings"),
     }
-    sign_in(page, server, "tester")
     for path, marker in (("heatmaps", "Compare"), ("models", "Model card"), ("retrain", "Past jobs")):
         # By the sidebar, as a reader goes: the same session (no reload and second sign-in per page).
-        page.locator(f"[data-testid=stSidebarNavLink][href$='/{path}']").click()
+        open_page(page, server, path.capitalize())
         page.get_by_text(marker).first.wait_for(timeout=120_000)
         # Streamlit's own ready marker: the script has run to its end (the Retrain page's fragment
         # reruns every 2 s, and is idle in between).
         page.locator("[data-testid=stApp][data-test-script-state=notRunning]").wait_for(timeout=120_000)
         expected[path].wait_for(timeout=30_000)     # raises (fails the test) when the content never comes
-        page.wait_for_function("() => Array.from(document.images).every(i => i.complete)", timeout=60_000)
+        page.wait_for_function("() => Array.from(document.images).every(i => i.complete)",
+                               timeout=60_000, polling=POLL_MS)
         assert not page.locator("[data-testid=stException]").count(), path
         page.screenshot(path=str(shots / f"{path}.png"), full_page=True)
 
+
+
+# -- moved here from test_e2e_verdicts.py and test_e2e_markup.py: the same shared dashboard and browser tab, so no
+# second Chromium, page load and sign-in per file (and never a second shared dashboard on another xdist worker).
+
+def test_a_verdict_recorded_on_diagnose_reaches_monitor_and_the_report(server, e2e_home, browser_page, tmp_path,
+                                                                        cli):
+    if os.environ.get("PNEUMO_E2E_HOME"):
+        pytest.skip("counts the reader's verdicts of a home where no other test records one")
+    page = browser_page
+    open_page(page, server, "Diagnose")
+    page.get_by_text("Upload one or more frontal chest films").wait_for(timeout=120_000)
+    film = cv2.imencode(".png", synthetic_film(1, np.random.default_rng(3), (300, 360)))[1].tobytes()
+    page.locator("input[type=file]").set_input_files({"name": "film.png", "mimeType": "image/png", "buffer": film})
+    page.locator(".st-key-diagnose-ready button").wait_for(timeout=120_000)
+    idle(page)
+    call = page.locator("h4", has_text="Call:").inner_text().removeprefix("Call: ").strip()
+
+    form = page.locator("[data-testid=stForm]")
+    form.get_by_text("PNEUMONIA", exact=True).click()
+    form.get_by_label("Note (optional; no patient names or identifiers)").fill("consolidation")
+    form.get_by_role("button", name=re.compile("Record verdict")).click()
+    page.get_by_text("Recorded: PNEUMONIA").wait_for(timeout=60_000)
+    idle(page)
+
+    result = cli("monitor", "--json", home=e2e_home)
+    assert result.returncode == 0, result.stderr[-2000:]
+    reader = json.loads(result.stdout)["reader"]
+    # One film read PNEUMONIA: a true positive when the call was PNEUMONIA, a miss otherwise.
+    hit = call == "PNEUMONIA"
+    assert (reader["films"], reader["n"], reader["tp"], reader["fn"]) == (1, 1, int(hit), int(not hit))
+    assert reader["sensitivity"]["value"] == (1.0 if hit else 0.0)
+    assert reader["specificity"]["n"] == 0 and len(reader["disagreements"]) == int(not hit)
+
+    with page.expect_download(timeout=60_000) as download:
+        page.get_by_role("button", name=re.compile("Download report")).click()
+    path = tmp_path / "report.pdf"
+    download.value.save_as(path)
+    text = pdf_text(path.read_bytes())     # every page: after a longer call the findings run onto page 2
+    assert "Reader's findings" in text and "consolidation" in text and "tester" in text
+
+
+@pytest.fixture(scope="module")
+def listener():
+    """A local HTTP server that records every request made to it (none may come)."""
+    seen = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append(self.path)
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", free_port()), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server.server_port, seen
+    server.shutdown()
+
+
+@pytest.fixture(scope="module", autouse=True)
+def outside_requests(browser_page, server) -> list[str]:
+    """Every address the module's tab asked for outside the dashboard (none may be: no font, script or image
+    from the internet, nor anything a film's Markdown could point at), from the module's first page load on."""
+    outside = []
+
+    def note(request):
+        if not request.url.startswith(server) and not request.url.startswith(("data:", "blob:")):
+            outside.append(request.url)
+    browser_page.on("request", note)
+    yield outside
+    browser_page.remove_listener("request", note)
+
+
+def test_markdown_in_dicom_headers_and_file_names_is_shown_as_text(server, browser_page, listener, outside_requests):
+    """DICOM header fields and file names holding Markdown are shown as text: a film's AccessionNumber and
+    ViewPosition hold a Markdown image pointing at a local listener and bold markers; its file name holds bold
+    markers too. After the upload nothing has reached the listener, the tab made no request outside the
+    dashboard (since the module's first page load), and nothing is bold."""
+    port, seen = listener
+    page = browser_page
+    accession = f"![t](http://127.0.0.1:{port}/accession.png) **BOLDACC**"
+    films = [{"name": "**BOLDNAME**.dcm", "mimeType": "application/dicom",
+              "buffer": dicom_film(chest_film(seed=1), accession=accession, ViewPosition="**AP**")},
+             {"name": f"![n](http:127.0.0.1:{port}) **BOLDFAIL**.png", "mimeType": "image/png", "buffer": b"x" * 100}]
+    open_page(page, server, "Diagnose")
+    page.get_by_text("Upload one or more frontal chest films").wait_for(timeout=120_000)
+    page.locator("input[type=file]").set_input_files(films)
+    page.locator(".st-key-diagnose-ready button").wait_for(timeout=120_000)
+    idle(page)
+    body = page.locator("body").inner_text()
+    assert "**BOLDNAME**" in body and "**BOLDACC**" in body and "**AP**" in body and "**BOLDFAIL**" in body
+    assert f"![t](http://127.0.0.1:{port}/accession.png)" in body        # the header value, as it is
+    marked = f"/BOLD|accession\\.png|127\\.0\\.0\\.1:{port}/"   # any element the payloads could have made
+    bold = page.evaluate("() => Array.from(document.querySelectorAll('strong, b, em, i, h1, h2, img'))"
+                         f".map(e => e.outerHTML).filter(h => {marked}.test(h))")
+    assert bold == []
+    assert seen == [] and outside_requests == []
 
 def test_retrain_runs_to_completion_and_the_candidate_is_promoted(server, e2e_home, browser_page, shots):
     if os.environ.get("PNEUMO_E2E_HOME"):
         pytest.skip("retraining a real model takes minutes; run against the tiny test home")
     page = browser_page
-    sign_in(page, f"{server}/retrain", "tester")
+    open_page(page, server, "Retrain")
     page.get_by_text("Past jobs").wait_for(timeout=120_000)       # the first run has finished
     page.get_by_role("button", name="Retrain with current settings").click()
     page.get_by_text(re.compile(r"Job \d+ submitted")).wait_for(timeout=120_000)

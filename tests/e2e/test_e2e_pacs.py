@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 from conftest import chest_studies, cli_here, pacs_env
-from helpers import dashboard_with_tester, require_chromium, sign_in
+from helpers import POLL_MS, dashboard_with_tester, require_chromium, sign_in
 
 from pneumo_core.pacs.client import PacsClient
 from pneumo_core.pacs.state import PacsState, worklist
@@ -47,7 +47,7 @@ def test_worklist_shows_the_scored_studies_in_priority_order(scored, server_url,
     page.get_by_text("Order: the site's triage tiers first").wait_for(timeout=120_000)
     # Glide's data grid draws on a canvas and keeps an accessible copy of the cells in a <table>.
     page.wait_for_function("() => document.querySelectorAll('[data-testid=stDataFrame] table tbody tr').length >= 5",
-                           timeout=60_000)
+                           timeout=60_000, polling=POLL_MS)
     rows = page.evaluate("""() => Array.from(document.querySelectorAll('[data-testid=stDataFrame] table tbody tr'))
         .map(r => Array.from(r.querySelectorAll('td')).map(c => c.innerText.trim()))""")
     header = page.evaluate("""() => Array.from(document.querySelectorAll('[data-testid=stDataFrame] table thead th'))

@@ -7,7 +7,7 @@ from datetime import date, timedelta
 import numpy as np
 import pytest
 from conftest import cli_here, pacs_env, synthetic_film
-from helpers import dashboard_with_tester, require_chromium, sign_in
+from helpers import dashboard_with_tester, open_page, require_chromium, sign_in
 
 from pneumo_core.pacs.client import PacsClient
 from pneumo_core.serve.dicom_out import film_as_cr
@@ -63,14 +63,14 @@ def _prior_panel_shows_both_films(page, shots, name: str) -> None:
 
 
 def test_the_worklist_shows_the_prior_film_from_the_archive_beside_the_current_one(server_url, browser_page, shots):
-    sign_in(browser_page, f"{server_url}/worklist", "tester")
+    open_page(browser_page, server_url, "Worklist")
     _prior_panel_shows_both_films(browser_page, shots, "worklist")
 
 
 def test_diagnose_shows_the_prior_film_of_an_uploaded_dicom(archive, server_url, browser_page, shots):
     _, _, current = archive
     page = browser_page
-    sign_in(page, f"{server_url}/diagnose", "tester")
+    sign_in(page, f"{server_url}/diagnose", "tester")   # a new session: the Worklist's prior is not in its memo
     page.get_by_text("Upload one or more frontal chest films").wait_for(timeout=120_000)
     page.locator("input[type=file]").set_input_files({"name": "current.dcm", "mimeType": "application/dicom",
                                                       "buffer": current})

@@ -8,7 +8,7 @@ import shutil
 import pypdf
 import pytest
 from conftest import chest_studies, cli_here, pacs_env
-from helpers import dashboard_with_tester, idle, require_chromium, sign_in
+from helpers import POLL_MS, dashboard_with_tester, idle, open_page, require_chromium
 
 from pneumo_core.pacs.client import PacsClient
 
@@ -65,9 +65,10 @@ def _fits(page) -> None:
 def test_worklist_and_diagnose_at_1024_px_fit_show_no_1000_and_agree_on_the_order(room, browser_page, shots):
     url, _, files = room
     page = browser_page
-    sign_in(page, f"{url}/worklist", "tester")
+    open_page(page, url, "Worklist")
     page.get_by_text("Order: the site's triage tiers first").first.wait_for(timeout=120_000)
-    page.wait_for_function(f"() => document.querySelectorAll('{ROWS}').length >= {FILMS}", timeout=60_000)
+    page.wait_for_function(f"() => document.querySelectorAll('{ROWS}').length >= {FILMS}",
+                           timeout=60_000, polling=POLL_MS)
     page.locator("[data-testid=stImage] img").first.wait_for(timeout=60_000)
     idle(page)
     header, rows = _table(page)
@@ -79,12 +80,13 @@ def test_worklist_and_diagnose_at_1024_px_fit_show_no_1000_and_agree_on_the_orde
     page.screenshot(path=str(shots / "worklist-1024.png"), full_page=True)
     _fits(page)
 
-    sign_in(page, f"{url}/diagnose", "tester")    # a new address is a new session
+    open_page(page, url, "Diagnose")
     page.get_by_text("Upload one or more frontal chest films").wait_for(timeout=120_000)
     page.locator("input[type=file]").set_input_files(files)
     page.locator(".st-key-diagnose-ready button").wait_for(timeout=300_000)
     idle(page)
-    page.wait_for_function(f"() => document.querySelectorAll('{ROWS}').length >= {FILMS}", timeout=60_000)
+    page.wait_for_function(f"() => document.querySelectorAll('{ROWS}').length >= {FILMS}",
+                           timeout=60_000, polling=POLL_MS)
     header, rows = _table(page)
     diagnose_order = [row[header.index("file")].split(": ", 1)[1].removesuffix(".dcm") for row in rows]
     assert diagnose_order == worklist_order                                  # one order, the library's
@@ -97,7 +99,7 @@ def test_worklist_and_diagnose_at_1024_px_fit_show_no_1000_and_agree_on_the_orde
 def test_the_report_names_the_dicoms_patient_and_its_file_name_names_nobody(room, browser_page, tmp_path):
     url, studies, files = room
     page = browser_page
-    sign_in(page, f"{url}/diagnose", "tester")
+    open_page(page, url, "Diagnose")     # afresh: none of the first test's ten films stays in the upload
     page.get_by_text("Upload one or more frontal chest films").wait_for(timeout=120_000)
     page.locator("input[type=file]").set_input_files(files[0])
     page.locator(".st-key-diagnose-ready button").wait_for(timeout=120_000)

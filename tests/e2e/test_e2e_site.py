@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 from conftest import make_dataset
-from helpers import dashboard_with_tester, idle, require_chromium, sign_in
+from helpers import POLL_MS, dashboard_with_tester, idle, open_page, require_chromium
 
 from pneumo_core.records import registry
 from pneumo_core.records.audit import AuditTrail
@@ -35,13 +35,14 @@ def site_server(trained_home, tmp_path_factory):
 def test_validating_a_site_shows_its_report(site_server, browser_page, shots):
     url, home = site_server
     page = browser_page
-    sign_in(page, f"{url}/site", "tester")
+    open_page(page, url, "Site")
     button = page.get_by_role("button", name="Validate at this site")
     button.wait_for(timeout=120_000)
     assert page.get_by_text("clinic").first.is_visible()               # the folder beside the data is offered
     button.click()
     page.get_by_text("Site clinic, 40 films").wait_for(timeout=180_000)  # the verdict
-    page.wait_for_function("() => document.querySelectorAll('.js-plotly-plot').length >= 3", timeout=60_000)
+    page.wait_for_function("() => document.querySelectorAll('.js-plotly-plot').length >= 3",
+                           timeout=60_000, polling=POLL_MS)
     assert page.get_by_text("Calibration at site clinic").first.is_visible()
     assert not page.locator("[data-testid=stException]").count()
     idle(page)
@@ -58,7 +59,7 @@ def test_a_zip_uploaded_without_a_typed_name_takes_its_folders_name_and_proceeds
         for film in sorted((films / "north").rglob("*.jpeg")):
             archive.write(film, film.relative_to(films).as_posix())
     page = browser_page
-    sign_in(page, f"{url}/site", "tester")
+    open_page(page, url, "Site")
     page.get_by_text("Upload a zip").click()
     page.locator("input[type=file]").set_input_files({"name": "upload-2026.zip", "mimeType": "application/zip",
                                                       "buffer": buffer.getvalue()})
@@ -83,7 +84,7 @@ def test_monitor_page_counts_the_diagnoses_of_its_window(site_server, browser_pa
                                      threshold=0.5, label="NORMAL", ood_score=0.5, ood_flag=False, method=None),
                      source="cli")
     page = browser_page
-    sign_in(page, f"{url}/monitor", "tester")
+    open_page(page, url, "Monitor")
     page.get_by_text("Recent window (days)").wait_for(timeout=120_000)
     count = page.locator("[data-testid=stMetric]", has_text="Diagnoses in the window")
     count.first.wait_for(timeout=60_000)
