@@ -56,6 +56,8 @@ def fit_head(head: keras.Model, x, y, validation_data, epochs: int, class_weight
     n, optimizer = len(y_np), head.optimizer
     steps = -(-n // batch_size)
     loss_fn = keras.losses.BinaryCrossentropy(from_logits=True)
+    # Its slots now, not on the first step: a function that creates variables is traced twice.
+    optimizer.build(head.trainable_variables)
 
     @tf.function
     def run_epoch(order):
