@@ -100,13 +100,19 @@ class FeatureCache:
             self._embedder = self._make_embedder()
         return self._embedder
 
-    def _embed(self, paths, augmentation: Augmentation | None, seed: int, progress: Progress) -> np.ndarray:
-        if self._run is None:   # one trace for every split and view this cache embeds
+    @property
+    def run(self) -> Callable:
+        """The embedder's inference, traced once for every split and view this cache embeds (and for
+        `training.fit_tta`, which scores views through it): `any_batch(embedder)`."""
+        if self._run is None:
             import keras
             self._run = (any_batch(self.embedder) if isinstance(self.embedder, keras.Model)
                          else self.embedder.predict_on_batch)   # a stand-in of the tests
+        return self._run
+
+    def _embed(self, paths, augmentation: Augmentation | None, seed: int, progress: Progress) -> np.ndarray:
         return embed(self.embedder, paths, self.image_size, self.normalisation, augmentation, seed,
-                     progress=progress, run=self._run)
+                     progress=progress, run=self.run)
 
     def get(self, paths, augmentation: Augmentation | None = None, seed: int = 0,
             label: str = "features") -> np.ndarray:
