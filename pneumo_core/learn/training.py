@@ -64,6 +64,8 @@ def _earlier_objects_frozen(function):
     """
     @functools.wraps(function)
     def wrapper(*args, **kwargs):
+        if gc.get_freeze_count():   # frozen by the caller, who unfreezes them (or never does) itself
+            return function(*args, **kwargs)
         gc.freeze()
         try:
             return function(*args, **kwargs)
