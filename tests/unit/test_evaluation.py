@@ -119,6 +119,20 @@ def test_bootstrap_auc_interval_is_scikit_learns_on_the_same_resamples():
     assert bootstrap_ci(y, p, 0.5, n_boot=300, seed=7)["roc_auc"] == pytest.approx(expected, abs=1e-12)
 
 
+def test_bootstrap_intervals_are_those_of_one_resample_after_the_other_on_a_large_split():
+    rng = np.random.default_rng(5)
+    y = rng.integers(0, 2, 3000)
+    p = np.round(np.clip(0.2 * y + rng.normal(0.4, 0.2, 3000), 0, 1), 2)
+    aucs, accuracies, draws = [], [], np.random.default_rng(11)
+    for _ in range(400):       # more films than one block of resamples holds: drawn in several blocks
+        i = draws.integers(0, len(y), len(y))
+        aucs.append(sk.roc_auc_score(y[i], p[i]))
+        accuracies.append(sk.accuracy_score(y[i], p[i] >= 0.45))
+    ci = bootstrap_ci(y, p, 0.45, n_boot=400, seed=11)
+    assert ci["roc_auc"] == pytest.approx(np.percentile(aucs, [2.5, 97.5]), abs=1e-12)
+    assert ci["accuracy"] == pytest.approx(np.percentile(accuracies, [2.5, 97.5]), abs=1e-12)
+
+
 def test_classification_report_matches_scikit_learn(scores):
     y, p = scores
     rows = classification_report(y, p, 0.5)
