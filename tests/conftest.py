@@ -46,7 +46,8 @@ def pytest_collection_modifyitems(items):
     """Mark each test with its tier, the name of the folder under tests/ that holds it, and order the files
     for two workers (`--dist loadfile` hands out whole files in this order): first the integration and
     browser files that need no trained model (they run while `session_model_in_background` trains it),
-    then those that need it, then the unit tier's many small files, which even out the workers' ends."""
+    then those that need it, then the unit tier's many small files, which even out the workers' ends (its files
+    marked `slow_unit` first: last, one ended the run alone on one worker for ~15 s)."""
     root = Path(__file__).resolve().parent
     file_order: dict[Path, int] = {}
     for item in items:
@@ -54,7 +55,10 @@ def pytest_collection_modifyitems(items):
         if tier not in TIERS:
             raise pytest.UsageError(f"{item.nodeid}: tests live in tests/unit, tests/integration or tests/e2e")
         item.add_marker(tier)
-        rank = 2 if tier == "unit" else 1 if needs_session_model(item) else 0
+        if tier == "unit":
+            rank = 2 if item.get_closest_marker("slow_unit") else 3
+        else:
+            rank = 1 if needs_session_model(item) else 0
         file_order[item.path] = max(file_order.get(item.path, 0), rank)
     items.sort(key=lambda item: file_order[item.path])     # stable: each file keeps its own order
 

@@ -4,6 +4,8 @@ import pytest
 from pneumo_core.learn.tuning import tune_head, tuner_summary
 from pneumo_core.progress import CallbackReporter
 
+pytestmark = pytest.mark.slow_unit     # Keras Tuner searches: ~20 s
+
 
 @pytest.mark.parametrize("algorithm", ["random", "bayesian", "hyperband"])
 def test_search_finds_a_separating_head_and_reports_it(tmp_path, algorithm):
