@@ -3,10 +3,6 @@
 # The environment is pinned whole: `make` installs the lock files (every transitive package, with
 # hashes) made by `make lock` from the hand-edited requirements*.txt. `make setup GPU=1` on a GPU
 # server installs tensorflow[and-cuda] of the same version instead of tensorflow-cpu.
-# Python writes its .pyc files here even where PYTHONDONTWRITEBYTECODE is set (as on CI): uv compiles nothing at
-# install, so the first import of a module compiles it and later ones read it. Without them every process compiled
-# TensorFlow again (import 13.5 s of CPU instead of 5.4 s); compiling all of it at install took 25 s of `make test`.
-unexport PYTHONDONTWRITEBYTECODE
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -21,9 +17,11 @@ PIP_COMPILE := $(VENV)/bin/pip-compile --quiet --generate-hashes --allow-unsafe 
 .PHONY: setup setup-dev run test test-fast lint docs lock system-packages bench train clean pacs-demo
 
 # uv (pinned with its hashes in requirements-uv.lock) installs the locks: the same hash-checked files pip would,
-# fetched and unpacked in parallel: 8 s where pip took ~85 s on the 2-core CI machine. pip is the fallback where uv
-# cannot reach the package index (uv does not read pip.conf, e.g. a hospital's own index).
-install_lock = $(VENV)/bin/uv pip install --quiet --python $(PY) --require-hashes -r $(1) || \
+# fetched and unpacked in parallel, where pip took ~85 s on the 2-core CI machine. --compile-bytecode as pip does:
+# where PYTHONDONTWRITEBYTECODE is set (as on CI) nothing else writes the .pyc files, and every process would then
+# compile TensorFlow again (import 13.5 s of CPU instead of 5.4 s). pip is the fallback where uv cannot reach the
+# package index (uv does not read pip.conf, e.g. a hospital's own index).
+install_lock = $(VENV)/bin/uv pip install --quiet --compile-bytecode --python $(PY) --require-hashes -r $(1) || \
 	{ echo "uv could not install $(1); pip will"; $(PY) -m pip install --quiet --require-hashes -r $(1); }
 
 $(STAMP): $(LOCK) pyproject.toml requirements-uv.lock
