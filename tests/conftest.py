@@ -219,6 +219,10 @@ def session_model_in_background(request, tmp_path_factory):
     if not any(needs_session_model(item) for item in request.session.items):
         yield
         return
+    # The worker's base temporary folder is made here, before the thread starts: pytest makes it on first use (wiping
+    # any old one), unguarded, so the thread making it while this worker's first test made its tmp_path could
+    # delete that test's folder (a CI run failed so: FileNotFoundError on a file in tmp_path).
+    tmp_path_factory.getbasetemp()
     training = threading.Thread(target=train_session_model, args=(tmp_path_factory,), daemon=True)
     training.start()
     yield
