@@ -175,22 +175,15 @@ def bootstrap_ci(y, p, threshold: float, n_boot: int = 1000, seed: int = 0, leve
     y, p = np.asarray(y), np.asarray(p)
     rng, n = np.random.default_rng(seed), len(y)
     # Every resample at once, by counts: a loop of n_boot rank-based AUCs took 0.1-0.2 s of CPU per split (every
-    # `train` evaluates two). Blocks of resamples draw the same numbers as one draw of n films per resample, and
-    # the AUC is the same sum of halves and wholes as _auc_fast's, so the intervals are the loop's to the bit.
+    # `train` evaluates two). Blocks of resamples draw the same numbers as one draw of n films per resample, so the
+    # intervals are the loop's to the bit.
     levels, level_of = np.unique(p, return_inverse=True)
     positive = (np.asarray(y) == 1).astype(np.float64)
     aucs, accs, block = [], [], max(1, 2**20 // max(n, 1))
     for start in range(0, n_boot, block):
         i = rng.integers(0, n, (min(block, n_boot - start), n))
         accs.append(((p[i] >= threshold) == y[i]).mean(1))
-        rows = np.arange(len(i))[:, None] * len(levels)   # per resample: positives and negatives at each score
-        pos = np.bincount((level_of[i] + rows).ravel(), positive[i].ravel(), len(i) * len(levels))
-        neg = np.bincount((level_of[i] + rows).ravel(), 1 - positive[i].ravel(), len(i) * len(levels))
-        pos, neg = pos.reshape(len(i), -1), neg.reshape(len(i), -1)
-        below = np.cumsum(neg, axis=1) - neg               # negatives scored lower; ties count a half
-        n1, n0 = pos.sum(1), neg.sum(1)
-        both = (n1 > 0) & (n0 > 0)
-        aucs.append(((pos * (below + neg / 2)).sum(1)[both]) / (n1 * n0)[both])
+        aucs.append(_aucs_by_counts(level_of, positive, len(levels), i))
     aucs, accs = np.concatenate(aucs), np.concatenate(accs)
     q = [(1 - level) / 2 * 100, (1 + level) / 2 * 100]
     return {"roc_auc": [float(v) for v in np.percentile(aucs, q)] if len(aucs) else None,
@@ -232,12 +225,30 @@ def evaluate(y, p, threshold: float, n_boot: int = 1000, seed: int = 0) -> dict:
     }
 
 
+def _aucs_by_counts(level_of: np.ndarray, positive: np.ndarray, n_levels: int, i: np.ndarray) -> np.ndarray:
+    """ROC-AUC of each resample by the Mann-Whitney count: for every positive, the negatives scored lower, ties
+    counting a half (equal to roc_auc_score).
+
+    Args:
+        level_of: (N,) each film's rank among the `n_levels` distinct scores; positive: (N,) 1.0 for PNEUMONIA.
+        i: (R, n) film indices, one resample per row.
+    Returns:
+        The AUCs of the resamples holding both classes, in row order.
+    """
+    rows = np.arange(len(i))[:, None] * n_levels      # per resample: positives and negatives at each score
+    pos = np.bincount((level_of[i] + rows).ravel(), positive[i].ravel(), len(i) * n_levels).reshape(len(i), -1)
+    neg = np.bincount((level_of[i] + rows).ravel(), 1 - positive[i].ravel(), len(i) * n_levels).reshape(len(i), -1)
+    below = np.cumsum(neg, axis=1) - neg
+    n1, n0 = pos.sum(1), neg.sum(1)
+    both = (n1 > 0) & (n0 > 0)
+    return (pos * (below + neg / 2)).sum(1)[both] / (n1 * n0)[both]
+
+
 def _auc_fast(y: np.ndarray, p: np.ndarray) -> float:
-    """ROC-AUC by the Mann-Whitney rank sum (ties averaged): equal to roc_auc_score, ~20x faster on 200 films."""
-    from scipy.stats import rankdata
-    ranks = rankdata(p)
-    n1 = int(y.sum())
-    return float((ranks[y].sum() - n1 * (n1 + 1) / 2) / (n1 * (len(y) - n1)))
+    """ROC-AUC of films holding both classes (`_aucs_by_counts` of one resample): ~20x faster than roc_auc_score
+    on 200 films."""
+    levels, level_of = np.unique(p, return_inverse=True)
+    return float(_aucs_by_counts(level_of, np.asarray(y, np.float64), len(levels), np.arange(len(y))[None])[0])
 
 
 def _ece_fast(y: np.ndarray, p: np.ndarray, bins: int = 10) -> float:
