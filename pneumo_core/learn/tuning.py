@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -185,7 +187,32 @@ def serve_oracle(directory: Path, trials: int = 20, epochs: int = 12, algorithm:
     """
     tuner = _make_tuner(1, directory, trials, epochs, algorithm, seed, "chief")
     logger.info("oracle: %s search of %d trials, waiting for workers", algorithm, trials)
-    tuner.search()  # blocks; Keras Tuner polls for the end every 20 s once the first worker is stopped
+    oracle, told_to_stop, failed = tuner.oracle, threading.Event(), []
+    create_trial = oracle.create_trial
+
+    def create_trial_noting_the_end(tuner_id):
+        trial = create_trial(tuner_id)
+        if trial.status == kt.engine.trial.TrialStatus.STOPPED:
+            told_to_stop.set()
+        return trial
+
+    def serve():
+        try:
+            tuner.search()
+        except BaseException as error:   # noqa: BLE001 - raised again in the calling thread
+            failed.append(error)
+
+    oracle.create_trial = create_trial_noting_the_end   # the oracle's server calls it for every worker
+    # Keras Tuner's server checks for the end every 20 s once a worker was told to stop, so the chief outlived its
+    # search by up to 20 s; its thread is left to the process's exit, and the end is checked here every 0.2 s.
+    server = threading.Thread(target=serve, name="keras-tuner-oracle", daemon=True)
+    server.start()
+    while not (told_to_stop.is_set() and not oracle.ongoing_trials and not oracle.tuner_ids):
+        if not server.is_alive():
+            break
+        time.sleep(0.2)
+    if failed:
+        raise failed[0]
     return tuner
 
 
