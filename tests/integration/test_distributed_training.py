@@ -3,6 +3,7 @@ MultiWorkerMirroredStrategy with two CPU workers. Each process is the real comma
 import json
 import os
 import random
+import shutil
 import socket
 import subprocess
 import sys
@@ -53,8 +54,11 @@ def finish(processes, timeout=400) -> list[int]:
                 p.kill()
 
 
-def test_chief_and_two_workers_share_one_search(tmp_path, synthetic_data):
+def test_chief_and_two_workers_share_one_search(tmp_path, synthetic_data, trained_home):
     (port,) = free_ports(1)
+    # The workers find the films' features in the cache of the session's model (trained on the same films, the
+    # same backbone and size): the search is the point here, and each worker embedding them itself cost ~3 s of CPU.
+    shutil.copytree(trained_home / "features", tmp_path / "home" / "features")
     search, trials = tmp_path / "search", 6
     common = ["--trials", trials, "--epochs", 3, "--directory", search, "--oracle", f"127.0.0.1:{port}"]
     chief = start(["tune", "--distributed", "chief", *common], tmp_path / "home", tmp_path / "chief.log")
@@ -68,6 +72,9 @@ def test_chief_and_two_workers_share_one_search(tmp_path, synthetic_data):
     codes = finish([*workers, chief])
     logs = {name: (tmp_path / f"{name}.log").read_text() for name in ("chief", "tuner0", "tuner1")}
     assert codes == [0, 0, 0], {k: v[-2000:] for k, v in logs.items()}
+    hits = [sum(line.startswith("progress: caching") and line.endswith(" cached") for line in logs[w].splitlines())
+            for w in ("tuner0", "tuner1")]
+    assert hits == [3, 3], "the workers did not find the session model's features (train, val, test) in their cache"
 
     ran = [json.loads(logs[w].strip().splitlines()[-1])["trials_run_here"] for w in ("tuner0", "tuner1")]
     assert all(ran) and not set(ran[0]) & set(ran[1])  # each worker ran some, none twice
