@@ -179,16 +179,19 @@ def score_films(scorer: keras.Model, paths, config: TrainConfig) -> tuple[np.nda
 
 
 def fit_ood(model: keras.Model, x_train_plain, x_val, train_set, val_set, config: TrainConfig,
-            scorer: keras.Model | None = None) -> OODDetector:
+            scorer: keras.Model | None = None, tuned_x_val: np.ndarray | None = None) -> OODDetector:
     """OOD detector on the training films' plain-view embeddings, flag line on validation.
 
     The cached features are the frozen backbone's; after fine-tuning the backbone has moved, so
     the films are embedded again with the tuned one, through `scorer` (`model.scoring_model(model)`,
     built here if not given: passing the one that scored the films saves tracing another model).
+    `tuned_x_val`: the validation films' embeddings by that scorer, when the caller has them from
+    scoring those films (then they are not decoded and scored a second time).
     """
     if config.fine_tune_epochs > 0:
         scorer = scorer or scoring_model(model)
-        x_train_plain, x_val = (score_films(scorer, s.path, config)[1] for s in (train_set, val_set))
+        x_train_plain = score_films(scorer, train_set.path, config)[1]
+        x_val = tuned_x_val if tuned_x_val is not None else score_films(scorer, val_set.path, config)[1]
     return OODDetector.fit(x_train_plain, x_val)
 
 
@@ -385,18 +388,19 @@ def train(config: TrainConfig, settings: Settings, reporter: Reporter | None = N
         logger.info("done; waiting for the chief to register the model")
         wait_for_every_worker(strategy)
         return None
-    scorer = None
+    scorer = tuned_x_val = None
     if config.fine_tune_epochs > 0:   # the backbone moved: score the films, not the cached features
         scorer = scoring_model(model)   # kept for the OOD embeddings: one model traced, not two
-        p_val, p_test = (score_films(scorer, s.path, config)[0] for s in (features.val, features.test))
+        (p_val, tuned_x_val), (p_test, _) = (score_films(scorer, s.path, config) for s in (features.val, features.test))
     else:
         p_val, p_test = heads.probabilities(features.x_val), heads.probabilities(features.x_test)
 
     if config.tta_views:
         heads, p_val, p_test = fit_tta(model, heads, features, config, reporter)
     threshold = choose_threshold(features.y_val, p_val, config.min_sensitivity, THRESHOLD_CONFIDENCE)
+    # The embeddings do not depend on the calibration fit_tta may have changed since the films were scored.
     ood = fit_ood(model, features.x_train[:len(features.train)], features.x_val, features.train, features.val, config,
-                  scorer)
+                  scorer, tuned_x_val)
     evaluating = Progress("evaluating", 1, reporter)
     metrics = {"test": evaluate(features.y_test, p_test, threshold, seed=config.seed),
                "val": evaluate(features.y_val, p_val, threshold, seed=config.seed)}

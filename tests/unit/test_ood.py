@@ -88,7 +88,14 @@ def test_after_fine_tuning_the_detector_is_fitted_on_the_tuned_backbone(tmp_path
     config = TrainConfig(fine_tune_epochs=1, image_size=32, normalisation="none")
     detector = fit_ood(model, stale, stale[:10], train, val, config)
     _, tuned = scoring_model(model).predict_on_batch(
-        np.stack([np.repeat(cv2.resize(cv2.imread(p, 0), (32, 32))[..., None], 3, 2) for p in paths[:20]])
-        .astype(np.float32))
-    np.testing.assert_allclose(detector.mean, tuned.mean(axis=0), rtol=1e-4, atol=1e-5)
+        np.stack([np.repeat(cv2.resize(cv2.imread(p, 0), (32, 32))[..., None], 3, 2) for p in paths]
+                 ).astype(np.float32))
+    np.testing.assert_allclose(detector.mean, tuned[:20].mean(axis=0), rtol=1e-4, atol=1e-5)
     assert detector.fitted["train"] == 20 and detector.fitted["val"] == 10
+    # Validation embeddings the caller already scored with the tuned backbone are used as they are (`train` passes
+    # those it scored the validation films with): the same detector, its flag line fitted on them.
+    given = fit_ood(model, stale, stale[:10], train, val, config, tuned_x_val=tuned[20:])
+    assert given.fitted == detector.fitted
+    np.testing.assert_allclose(given.threshold, detector.threshold, rtol=1e-4)
+    shifted = fit_ood(model, stale, stale[:10], train, val, config, tuned_x_val=tuned[20:] + 100)
+    assert shifted.threshold > 10 * detector.threshold      # the given ones, not films scored again
