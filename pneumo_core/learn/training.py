@@ -160,17 +160,20 @@ def fine_tune(model: keras.Model, train: pd.DataFrame, val: pd.DataFrame, config
     return pd.DataFrame(history).rename_axis("epoch").reset_index().assign(member="fine-tune")
 
 
-def score_films(scorer: keras.Model, paths, config: TrainConfig) -> tuple[np.ndarray, np.ndarray]:
+def score_films(scorer: keras.Model, paths, config: TrainConfig, run=None) -> tuple[np.ndarray, np.ndarray]:
     """Probability and pooled backbone embedding of image files, in one pass of a `model.scoring_model`.
 
     Args:
         scorer: image -> [probability, embedding]; paths: N image files; config: their image size and normalisation.
+        run: `features.any_batch(scorer)` kept across calls, to trace the scorer once for every split (a split's
+            last batch is of another size); else its `predict_on_batch`.
     Returns:
         ((N,) probabilities of PNEUMONIA, (N, D) float32 embeddings).
     """
+    run = run or scorer.predict_on_batch
     probabilities, embeddings = [], []
     for batch in image_batches(paths, config.image_size, config.normalisation, batch_size=32):
-        probability, embedding = scorer.predict_on_batch(batch)
+        probability, embedding = run(batch)
         probabilities.append(np.asarray(probability).reshape(-1))
         embeddings.append(np.asarray(embedding, np.float32))
     if not probabilities:
@@ -179,19 +182,19 @@ def score_films(scorer: keras.Model, paths, config: TrainConfig) -> tuple[np.nda
 
 
 def fit_ood(model: keras.Model, x_train_plain, x_val, train_set, val_set, config: TrainConfig,
-            scorer: keras.Model | None = None, tuned_x_val: np.ndarray | None = None) -> OODDetector:
+            scorer: keras.Model | None = None, tuned_x_val: np.ndarray | None = None, run=None) -> OODDetector:
     """OOD detector on the training films' plain-view embeddings, flag line on validation.
 
     The cached features are the frozen backbone's; after fine-tuning the backbone has moved, so
     the films are embedded again with the tuned one, through `scorer` (`model.scoring_model(model)`,
     built here if not given: passing the one that scored the films saves tracing another model).
     `tuned_x_val`: the validation films' embeddings by that scorer, when the caller has them from
-    scoring those films (then they are not decoded and scored a second time).
+    scoring those films (then they are not decoded and scored a second time); `run`: see `score_films`.
     """
     if config.fine_tune_epochs > 0:
         scorer = scorer or scoring_model(model)
-        x_train_plain = score_films(scorer, train_set.path, config)[1]
-        x_val = tuned_x_val if tuned_x_val is not None else score_films(scorer, val_set.path, config)[1]
+        x_train_plain = score_films(scorer, train_set.path, config, run)[1]
+        x_val = tuned_x_val if tuned_x_val is not None else score_films(scorer, val_set.path, config, run)[1]
     return OODDetector.fit(x_train_plain, x_val)
 
 
@@ -388,10 +391,12 @@ def train(config: TrainConfig, settings: Settings, reporter: Reporter | None = N
         logger.info("done; waiting for the chief to register the model")
         wait_for_every_worker(strategy)
         return None
-    scorer = tuned_x_val = None
+    scorer = tuned_x_val = run = None
     if config.fine_tune_epochs > 0:   # the backbone moved: score the films, not the cached features
         scorer = scoring_model(model)   # kept for the OOD embeddings: one model traced, not two
-        (p_val, tuned_x_val), (p_test, _) = (score_films(scorer, s.path, config) for s in (features.val, features.test))
+        run = any_batch(scorer)   # and traced once, whatever the sizes of the splits' last batches
+        (p_val, tuned_x_val), (p_test, _) = (score_films(scorer, s.path, config, run)
+                                             for s in (features.val, features.test))
     else:
         p_val, p_test = heads.probabilities(features.x_val), heads.probabilities(features.x_test)
 
@@ -400,7 +405,7 @@ def train(config: TrainConfig, settings: Settings, reporter: Reporter | None = N
     threshold = choose_threshold(features.y_val, p_val, config.min_sensitivity, THRESHOLD_CONFIDENCE)
     # The embeddings do not depend on the calibration fit_tta may have changed since the films were scored.
     ood = fit_ood(model, features.x_train[:len(features.train)], features.x_val, features.train, features.val, config,
-                  scorer, tuned_x_val)
+                  scorer, tuned_x_val, run)
     evaluating = Progress("evaluating", 1, reporter)
     metrics = {"test": evaluate(features.y_test, p_test, threshold, seed=config.seed),
                "val": evaluate(features.y_val, p_val, threshold, seed=config.seed)}

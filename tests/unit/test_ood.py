@@ -74,6 +74,7 @@ def test_after_fine_tuning_the_detector_is_fitted_on_the_tuned_backbone(tmp_path
     import pandas as pd
     from helpers import bright_spot_model
 
+    from pneumo_core.learn.features import any_batch
     from pneumo_core.learn.model import scoring_model
     from pneumo_core.learn.training import fit_ood
     from pneumo_core.settings import TrainConfig
@@ -99,3 +100,8 @@ def test_after_fine_tuning_the_detector_is_fitted_on_the_tuned_backbone(tmp_path
     np.testing.assert_allclose(given.threshold, detector.threshold, rtol=1e-4)
     shifted = fit_ood(model, stale, stale[:10], train, val, config, tuned_x_val=tuned[20:] + 100)
     assert shifted.threshold > 10 * detector.threshold      # the given ones, not films scored again
+    # Scored through the scorer's function traced for any batch size (`train` passes one): the same embeddings.
+    scorer = scoring_model(model)
+    traced = fit_ood(model, stale, stale[:10], train, val, config, scorer, run=any_batch(scorer))
+    np.testing.assert_array_equal(traced.mean, detector.mean)
+    assert traced.threshold == detector.threshold
