@@ -195,9 +195,8 @@ class Watcher:
             # Results lost from the outbox (deleted by hand): score again rather than leave a gap.
             self.state.update(row["sop_uid"], self.model, status="new")
             return False
-        # One STOW-RS request for both: the archive accepts or refuses each instance on its own, as with two.
-        self._timed("store", lambda: self.client.store([pydicom.dcmread(sr_path), pydicom.dcmread(sc_path)],
-                                                       row["study_uid"]))
+        self._timed("store_sr", lambda: self.client.store([pydicom.dcmread(sr_path)], row["study_uid"]))
+        self._timed("store_sc", lambda: self.client.store([pydicom.dcmread(sc_path)], row["study_uid"]))
         self.state.update(row["sop_uid"], self.model, status="stored", stored=timestamp())
         sr_path.unlink()
         sc_path.unlink()
