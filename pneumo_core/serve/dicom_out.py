@@ -9,7 +9,8 @@ reference to the source study, series and instance:
   triage tier (when the version has a site guarantee) and the OOD flag as qualitative evaluations;
   the probability, the threshold and the OOD score as measurements;
   the model version and algorithm name as the algorithm identification (TID 4019). Marked
-  neither final nor verified: it is decision support, a clinician signs the report.
+  neither final nor verified: it is decision support, a clinician signs the report. Its content
+  tree alone: `measurement_report`.
 - `heatmap_capture`: a Secondary Capture of the heatmap overlay, with the label "decision
   support, not a diagnosis", the call and the model version burned into the pixels, so any
   viewer shows them.
@@ -142,6 +143,7 @@ def structured_report(source, diagnosis: Diagnosis) -> Dataset:
     # given: 13 of the 17 ms it took per film, measured. It writes the document modules around a stand-in
     # root here, then the tree is attached as the constructor attaches it (each root attribute set on the
     # document). Its evidence check holds by construction: the tree references `source` only, the evidence.
+    # tests/unit/test_pacs.py checks the file is byte for byte the one the constructor writes.
     document = hd.sr.ComprehensiveSR(evidence=[source], content=_stand_in(root),
                                      series_instance_uid=uids["sr_series"], series_number=SR_SERIES_NUMBER,
                                      sop_instance_uid=uids["sr_instance"], instance_number=1,
