@@ -5,6 +5,7 @@ import json
 import os
 import signal
 from contextlib import closing
+from dataclasses import replace
 from types import SimpleNamespace
 
 import numpy as np
@@ -65,6 +66,38 @@ def test_sr_of_a_normal_call_without_ood_detector():
         source, _diagnosis((256, 224), "NORMAL", 0.48, (None, None)))))
     assert result["label"] == "NORMAL" and result["certainty"].startswith("borderline")
     assert result["ood_score"] is None and result["ood_flag"] is None
+
+
+def _written_at_a_fixed_time(ds) -> bytes:
+    """`ds` as a file, its creation times (now, when it was made) set to one value."""
+    ds.InstanceCreationDate = ds.ContentDate = "20260101"
+    ds.InstanceCreationTime = ds.ContentTime = "120000"
+    for item in ds.get("ContributingEquipmentSequence", []):
+        if "ContributionDateTime" in item:
+            item.ContributionDateTime = "20260101120000"
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("tier, ood, method", [(None, (1.4, True), "gradcam"), ("high", (0.3, False), None),
+                                               ("low", (None, None), "gradcam++")])
+def test_sr_is_byte_for_byte_the_document_highdicoms_constructor_writes_for_its_content(tier, ood, method):
+    # structured_report lets highdicom write the document around a stand-in root (the constructor re-parsed the
+    # whole tree three times) and attaches the tree after: the file must be the one the constructor writes itself.
+    import highdicom as hd
+    source = _roundtrip(chest_studies([FRONTAL[0]])[0])
+    source.SpecificCharacterSet, source.PatientAge, source.InstitutionName = "ISO_IR 100", "007Y", "Synthetic Hospital"
+    d = replace(_diagnosis((256, 224), ood=ood), tier=tier, method=method)
+    uids = dicom_out.result_uids(source.SOPInstanceUID, d.model_id)
+    reference = hd.sr.ComprehensiveSR(
+        evidence=[source], content=dicom_out.measurement_report(source, d)[0], series_instance_uid=uids["sr_series"],
+        series_number=dicom_out.SR_SERIES_NUMBER, sop_instance_uid=uids["sr_instance"], instance_number=1,
+        manufacturer=dicom_out.MANUFACTURER, is_complete=True, is_final=False, is_verified=False)
+    reference.SeriesDescription = "Pneumo AI result: decision support, not a diagnosis"
+    written = _written_at_a_fixed_time(dicom_out.structured_report(source, d))
+    assert written == _written_at_a_fixed_time(reference)
+    assert dicom_out.read_result(pydicom.dcmread(io.BytesIO(written)))["tier"] == tier
 
 
 def test_heatmap_capture_is_labelled_and_in_a_new_series_of_the_study():
