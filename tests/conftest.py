@@ -329,14 +329,6 @@ def browser_page(browser, request):
     context.close()
 
 
-@pytest.fixture(scope="module")
-def shots(tmp_path_factory) -> Path:
-    """Where a browser test's screenshots go: PNEUMO_SCREENSHOT_DIR (kept), else a temporary folder."""
-    folder = Path(os.environ.get("PNEUMO_SCREENSHOT_DIR") or tmp_path_factory.mktemp("shots"))
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
-
-
 def start_orthanc(folder: Path, port: int | None = None, password: str | None = None):
     """Start Debian's Orthanc (with DICOMweb) on a free local port, basic auth on, storage in `folder`.
 

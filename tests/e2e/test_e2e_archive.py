@@ -11,7 +11,8 @@
 
 One dashboard and one Orthanc serve the three (each costs ~10 CPU-s to start). Each test has the archive and
 the watcher's state hold its own studies and nothing else (`hold`), so what it counts is what it stored,
-whichever test ran before it.
+whichever test ran before it. Set PNEUMO_SCREENSHOT_DIR to take and keep the screenshots (docs/screenshots/
+worklist.png).
 """
 import io
 import re
