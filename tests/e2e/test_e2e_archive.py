@@ -17,6 +17,8 @@ worklist.png).
 import io
 import re
 import shutil
+import sqlite3
+from contextlib import closing
 from datetime import date, timedelta
 from types import SimpleNamespace
 
@@ -55,14 +57,19 @@ def reading(trained_home, tmp_path_factory, module_orthanc):
 
 def hold(reading, name: str, studies: list) -> None:
     """Make the archive hold `studies` (the set called `name`) and nothing else, scored by the watcher: unless it
-    holds them already, every study in it is deleted and the watcher's state with it (so the Worklist shows these
+    holds them already, every study in it is deleted and the watcher's state emptied (so the Worklist shows these
     films alone), the studies are stored and `pacs watch --once` scores them."""
     if reading.held == name:
         return
     reading.held = None
     emptied(reading.server)
-    for path in reading.home.glob("pacs.sqlite*"):     # the state and its WAL files: a new state for this set
-        path.unlink()
+    state = reading.home / "pacs.sqlite"
+    if state.exists():
+        # Emptied, not deleted: the dashboard's process (and this one) set up each SQLite file once, known by its
+        # inode, and a file made again may get the deleted one's inode.
+        with closing(sqlite3.connect(state)) as db, db:
+            db.execute("DELETE FROM films")
+            db.execute("DELETE FROM meta")
     client = PacsClient(reading.server.dicomweb, reading.server.user, reading.server.password)
     for ds in studies:
         client.store([ds], ds.StudyInstanceUID)
