@@ -47,7 +47,8 @@ def pytest_collection_modifyitems(items):
     for two workers (`--dist loadfile` hands out whole files in this order): first the integration and
     browser files that need no trained model (they run while `session_model_in_background` trains it),
     then those that need it, then the unit tier's many small files, which even out the workers' ends (its files
-    marked `slow_unit` first: last, one ended the run alone on one worker for ~15 s)."""
+    marked `slow_unit` first: last, one ended the run alone on one worker for ~15 s). Notes the files with a
+    test that uses the browser (`shared_chromium`)."""
     root = Path(__file__).resolve().parent
     file_order: dict[Path, int] = {}
     for item in items:

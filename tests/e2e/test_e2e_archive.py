@@ -9,10 +9,10 @@
   ten films uploaded) show every column, no "1.000", and the films in the same order; the PDF report names the
   DICOM's patient, its file name does not.
 
-One dashboard and one Orthanc serve the three (each costs ~10 CPU-s to start). Each test has the archive and
-the watcher's state hold its own studies and nothing else (`hold`), so what it counts is what it stored,
-whichever test ran before it. Set PNEUMO_SCREENSHOT_DIR to take and keep the screenshots (docs/screenshots/
-worklist.png).
+One dashboard and one Orthanc serve the three (a dashboard's start, TensorFlow and the model, costs ~5 CPU-s
+here). Each test has the archive and the watcher's state hold its own studies and nothing else (`hold`), so what
+it counts is what it stored, whichever test ran before it. Set PNEUMO_SCREENSHOT_DIR to take and keep the
+screenshots (docs/screenshots/worklist.png).
 """
 import io
 import re
