@@ -47,7 +47,8 @@ def pytest_collection_modifyitems(items):
     for two workers (`--dist loadfile` hands out whole files in this order): first the integration and
     browser files that need no trained model (they run while `session_model_in_background` trains it),
     then those that need it, then the unit tier's many small files, which even out the workers' ends (its files
-    marked `slow_unit` first: last, one ended the run alone on one worker for ~15 s)."""
+    marked `slow_unit` first: last, one ended the run alone on one worker for ~15 s). Notes the files with a
+    test that uses the browser (`shared_chromium`)."""
     root = Path(__file__).resolve().parent
     file_order: dict[Path, int] = {}
     for item in items:
@@ -60,6 +61,8 @@ def pytest_collection_modifyitems(items):
         else:
             rank = 1 if needs_session_model(item) else 0
         file_order[item.path] = max(file_order.get(item.path, 0), rank)
+        if BROWSER_FIXTURE in item.fixturenames:
+            _browser_files.add(item.path)
     items.sort(key=lambda item: file_order[item.path])     # stable: each file keeps its own order
 
 
@@ -267,25 +270,64 @@ def dashboard(trained_home, synthetic_data, tmp_path_factory):
         yield SimpleNamespace(url=url, home=home, log=log)
 
 
+BROWSER_FIXTURE = "browser"
+_browser_files: set[Path] = set()   # the collected files with a test that uses the browser
+_chromium: dict = {}                # "playwright", "browser": this worker's Chromium while it runs browser files
+
+
+def shared_chromium():
+    """This worker's one headless Chromium (Playwright, Debian's chromium, helpers.CHROMIUM_FLAGS), started at the
+    first browser test and kept while the worker's next test is in a browser file: a driver and a Chromium
+    start cost ~2.5 CPU-s, once per worker instead of once per file. `close_chromium_after_browser_files` ends it
+    before any other file runs: a live sync Playwright marks its event loop as this thread's running one, and
+    asyncio.run() refuses to start under it."""
+    if "browser" not in _chromium or not _chromium["browser"].is_connected():
+        from helpers import CHROMIUM, CHROMIUM_FLAGS, require_chromium
+        from playwright.sync_api import sync_playwright
+        require_chromium()
+        close_chromium()
+        _chromium["playwright"] = sync_playwright().start()
+        _chromium["browser"] = _chromium["playwright"].chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+    return _chromium["browser"]
+
+
+def close_chromium() -> None:
+    """End this worker's Chromium and its Playwright driver, when they run."""
+    browser, playwright = _chromium.pop("browser", None), _chromium.pop("playwright", None)
+    try:
+        if browser is not None and browser.is_connected():
+            browser.close()
+    finally:
+        if playwright is not None:
+            playwright.stop()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item, nextitem):
+    """After a test's fixtures are torn down (its file's browser context among them), end the worker's Chromium
+    unless its next test is in a browser file too (`shared_chromium`)."""
+    try:
+        return (yield)
+    finally:
+        if _chromium and (nextitem is None or nextitem.path not in _browser_files):
+            close_chromium()
+
+
 @pytest.fixture(scope="module")
-def browser_page(request):
-    """A headless Chromium page (Playwright, Debian's chromium) for a browser test module, sized by the
-    module's VIEWPORT = (width, height), else 1360 x 1500."""
-    from helpers import CHROMIUM, CHROMIUM_FLAGS
-    from playwright.sync_api import sync_playwright
+def browser(request):
+    """The worker's headless Chromium (`shared_chromium`), for a module that makes its own contexts (each
+    context is a separate browser profile: its own cookies and sessions). Skips where chromium is missing."""
+    return shared_chromium()
+
+
+@pytest.fixture(scope="module")
+def browser_page(browser, request):
+    """A page in a browser context of the calling module's own (nothing, cookies or sign-ins, carried over from
+    another module), sized by the module's VIEWPORT = (width, height), else 1360 x 1500."""
     width, height = getattr(request.module, "VIEWPORT", (1360, 1500))
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
-        yield browser.new_page(viewport={"width": width, "height": height})
-        browser.close()
-
-
-@pytest.fixture(scope="module")
-def shots(tmp_path_factory) -> Path:
-    """Where a browser test's screenshots go: PNEUMO_SCREENSHOT_DIR (kept), else a temporary folder."""
-    folder = Path(os.environ.get("PNEUMO_SCREENSHOT_DIR") or tmp_path_factory.mktemp("shots"))
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
+    context = browser.new_context(viewport={"width": width, "height": height})
+    yield context.new_page()
+    context.close()
 
 
 def start_orthanc(folder: Path, port: int | None = None, password: str | None = None):

@@ -6,8 +6,9 @@
 - process_gone: a process has ended (or is a zombie).
 - Films for the Diagnose page and reports: chest_film (body, lungs, diaphragm), dicom_film (with
   study identifiers), png_bytes.
-- Browser tests: require_chromium, a dashboard server (start_dashboard, stop, free_port, dashboard_with_tester);
-  the browser page and screenshot folder are conftest fixtures (browser_page, shots).
+- Browser tests: require_chromium, a dashboard server (start_dashboard, stop, free_port, dashboard_with_tester),
+  screenshots kept for the documentation (screenshot); the browser and its page are conftest fixtures
+  (browser, browser_page).
 - Sign-in: accounts made with the command line (add_user),
   browser sign-in (sign_in), a PDF's text (pdf_text), a DICOM with a patient's name in a numeric
   field (poisoned_dicom).
@@ -469,6 +470,18 @@ def open_page(page, server: str, title: str, name: str = "tester", afresh: bool 
         idle(page, timeout)                              # ... and ended: its widgets replaced the page's
     links.filter(has_text=titled).click()
     links.filter(has_text=titled).and_(current).wait_for(timeout=timeout)
+
+
+def screenshot(target, name: str) -> None:
+    """Keep a screenshot of a page (the whole page) or of one element (a Locator) as `name` in PNEUMO_SCREENSHOT_DIR,
+    where the documentation's come from (docs/clinician.md says how); without it none is taken: nobody would look
+    at it, and each costs Chromium a capture and a PNG encoding."""
+    folder = os.environ.get("PNEUMO_SCREENSHOT_DIR")
+    if not folder:
+        return
+    Path(folder).mkdir(parents=True, exist_ok=True)
+    whole = {"full_page": True} if hasattr(target, "goto") else {}    # a Page has goto, a Locator has not
+    target.screenshot(path=str(Path(folder) / name), **whole)
 
 
 def idle(page, timeout: int = 120_000) -> None:

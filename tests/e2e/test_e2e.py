@@ -2,7 +2,7 @@
 report, metrics, every page, a reader's verdict, Markdown in DICOM headers shown as text, retrain and promote.
 
 Set PNEUMO_E2E_HOME to use an existing home (e.g. with a real model) and PNEUMO_SCREENSHOT_DIR to
-keep the screenshots (the README's come from `PNEUMO_SCREENSHOT_DIR=docs/screenshots`).
+take and keep the screenshots (the README's come from `PNEUMO_SCREENSHOT_DIR=docs/screenshots`).
 """
 import http.server
 import json
@@ -27,6 +27,7 @@ from helpers import (
     open_page,
     pdf_text,
     require_chromium,
+    screenshot,
     sign_in,
 )
 
@@ -106,7 +107,7 @@ def test_a_deep_link_on_a_fresh_server_gets_the_apps_navigation(server, browser_
     assert {"Diagnose", "Retrain"} <= set(titles) and "app" not in titles
 
 
-def test_upload_gives_a_call_its_strength_and_a_heatmap_with_a_local_favicon(server, e2e_home, browser_page, shots,
+def test_upload_gives_a_call_its_strength_and_a_heatmap_with_a_local_favicon(server, e2e_home, browser_page,
                                                                               tmp_path):
     page = browser_page
     open_page(page, server, "Diagnose")
@@ -127,7 +128,7 @@ def test_upload_gives_a_call_its_strength_and_a_heatmap_with_a_local_favicon(ser
     body = page.locator("body").inner_text()
     assert "1.000" not in body and "not validated at this site" in body
     assert page.locator("[data-testid=stImage] img").count() >= 1
-    page.screenshot(path=str(shots / "diagnose.png"), full_page=True)
+    screenshot(page, "diagnose.png")
 
 
 def test_the_pdf_report_is_text_on_a4_without_the_file_name(server, browser_page, tmp_path):
@@ -194,7 +195,7 @@ def test_at_1024_px_nothing_overflows_and_the_call_is_whole(server, browser_page
         page.set_viewport_size(size)
 
 
-def test_threshold_slider_changes_the_matrix(server, browser_page, shots):
+def test_threshold_slider_changes_the_matrix(server, browser_page):
     page = browser_page
     open_page(page, server, "Metrics")
     page.get_by_text("Threshold: call PNEUMONIA").wait_for(timeout=120_000)
@@ -202,7 +203,7 @@ def test_threshold_slider_changes_the_matrix(server, browser_page, shots):
                            timeout=60_000, polling=POLL_MS)
     before = _confusion_labels(page)
     assert before, "confusion matrix not drawn"
-    page.screenshot(path=str(shots / "metrics.png"), full_page=True)
+    screenshot(page, "metrics.png")
     slider = page.locator("[data-testid=stSlider] input[type=range]").first
     slider.focus()
     page.keyboard.press("End")  # threshold 1.0: (almost) every film is called NORMAL
@@ -215,7 +216,7 @@ def test_threshold_slider_changes_the_matrix(server, browser_page, shots):
     assert after[0][0][1].startswith("0<br>")  # no false positives left at threshold 1.0
 
 
-def test_every_page_renders(server, e2e_home, browser_page, shots):
+def test_every_page_renders(server, e2e_home, browser_page):
     page = browser_page
     active = next(v for v in registry.list_versions(e2e_home / "models") if v["active"])
     expected = {  # what each page must show once its script has run to the end
@@ -234,7 +235,7 @@ def test_every_page_renders(server, e2e_home, browser_page, shots):
         page.wait_for_function("() => Array.from(document.images).every(i => i.complete)",
                                timeout=60_000, polling=POLL_MS)
         assert not page.locator("[data-testid=stException]").count(), path
-        page.screenshot(path=str(shots / f"{path}.png"), full_page=True)
+        screenshot(page, f"{path}.png")
 
 
 
@@ -337,7 +338,7 @@ def test_markdown_in_dicom_headers_and_file_names_is_shown_as_text(server, brows
     assert bold == []
     assert seen == [] and outside_requests == []
 
-def test_retrain_runs_to_completion_and_the_candidate_is_promoted(server, e2e_home, browser_page, shots):
+def test_retrain_runs_to_completion_and_the_candidate_is_promoted(server, e2e_home, browser_page):
     if os.environ.get("PNEUMO_E2E_HOME"):
         pytest.skip("retraining a real model takes minutes; run against the tiny test home")
     page = browser_page
@@ -346,12 +347,12 @@ def test_retrain_runs_to_completion_and_the_candidate_is_promoted(server, e2e_ho
     page.get_by_role("button", name="Retrain with current settings").click()
     page.get_by_text(re.compile(r"Job \d+ submitted")).wait_for(timeout=120_000)
     page.get_by_text(re.compile(r"Job \d+: ")).first.wait_for(timeout=60_000)   # the live progress bar
-    page.screenshot(path=str(shots / "retrain-progress.png"), full_page=True)
+    screenshot(page, "retrain-progress.png")
     promote = page.get_by_role("button", name=re.compile(r"^Promote "))
     promote.wait_for(timeout=300_000)        # the fragment refreshes the page when the job ends
     page.get_by_text("called differently").wait_for(timeout=30_000)
     idle(page)
-    page.screenshot(path=str(shots / "retrain.png"), full_page=True)
+    screenshot(page, "retrain.png")
     candidate = registry.candidates(e2e_home / "models")[0]
     before = registry.active_version(e2e_home / "models")
     promote.click()

@@ -14,8 +14,6 @@ import numpy as np
 import pytest
 from conftest import synthetic_film
 from helpers import (
-    CHROMIUM,
-    CHROMIUM_FLAGS,
     add_user,
     audit_events,
     free_port,
@@ -81,18 +79,10 @@ server_metadata_url = "{provider}/.well-known/openid-configuration"
     stop(process)
 
 
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
-        yield browser
-        browser.close()
-
-
 @pytest.fixture
 def page(browser):
-    """A fresh browser context per test: no cookie or session carried over."""
+    """A fresh browser context per test (the worker's shared Chromium, conftest `browser`): no cookie or session
+    carried over."""
     context = browser.new_context(viewport={"width": 1360, "height": 1400}, accept_downloads=True)
     yield context.new_page()
     context.close()

@@ -1,6 +1,6 @@
 """In a real browser (Playwright + Debian's Chromium against `streamlit run app.py`): validate a site, see the report.
 
-Set PNEUMO_SCREENSHOT_DIR to keep the screenshots (docs/screenshots/site.png, monitor.png).
+Set PNEUMO_SCREENSHOT_DIR to take and keep the screenshots (docs/screenshots/site.png, monitor.png).
 """
 import io
 import shutil
@@ -10,7 +10,7 @@ from types import SimpleNamespace
 
 import pytest
 from conftest import make_dataset
-from helpers import POLL_MS, dashboard_with_tester, idle, open_page, require_chromium
+from helpers import POLL_MS, dashboard_with_tester, idle, open_page, require_chromium, screenshot
 
 from pneumo_core.records import registry
 from pneumo_core.records.audit import AuditTrail
@@ -32,7 +32,7 @@ def site_server(trained_home, tmp_path_factory):
         yield url, home
 
 
-def test_validating_a_site_shows_its_report(site_server, browser_page, shots):
+def test_validating_a_site_shows_its_report(site_server, browser_page):
     url, home = site_server
     page = browser_page
     open_page(page, url, "Site")
@@ -46,7 +46,7 @@ def test_validating_a_site_shows_its_report(site_server, browser_page, shots):
     assert page.get_by_text("Calibration at site clinic").first.is_visible()
     assert not page.locator("[data-testid=stException]").count()
     idle(page)
-    page.screenshot(path=str(shots / "site.png"), full_page=True)
+    screenshot(page, "site.png")
     assert list((home / "models").glob("*/site_reports/clinic.json"))
 
 
@@ -72,7 +72,7 @@ def test_a_zip_uploaded_without_a_typed_name_takes_its_folders_name_and_proceeds
     assert page.get_by_text("has not been validated at site north").is_visible()
 
 
-def test_monitor_page_counts_the_diagnoses_of_its_window(site_server, browser_page, shots):
+def test_monitor_page_counts_the_diagnoses_of_its_window(site_server, browser_page):
     url, home = site_server
     trail = AuditTrail(home / "audit.sqlite")
     before = len(trail.rows())
@@ -90,4 +90,4 @@ def test_monitor_page_counts_the_diagnoses_of_its_window(site_server, browser_pa
     count.first.wait_for(timeout=60_000)
     assert count.locator("[data-testid=stMetricValue]").inner_text() == str(before + 6)
     assert not page.locator("[data-testid=stException]").count()
-    page.screenshot(path=str(shots / "monitor.png"), full_page=True)
+    screenshot(page, "monitor.png")

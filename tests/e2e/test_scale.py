@@ -22,7 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from conftest import REPO, chest_studies, pacs_env
-from helpers import CHROMIUM, CHROMIUM_FLAGS, PASSWORD, require_chromium, start_dashboard, stop
+from helpers import PASSWORD, require_chromium, start_dashboard, stop
 
 from pneumo_core.jobs.rows import JobStore
 from pneumo_core.pacs.client import PacsClient
@@ -98,7 +98,7 @@ def scored_counts(log: Path) -> tuple[int, int]:
 
 
 def test_two_dashboards_two_runners_two_watchers_share_one_database_and_one_archive(
-        trained_home, synthetic_data, postgres_server, orthanc, cli, tmp_path, monkeypatch):
+        trained_home, synthetic_data, postgres_server, orthanc, browser, cli, tmp_path, monkeypatch):
     url = postgres_server.new_database()
     monkeypatch.setenv("PNEUMO_DATABASE_URL", url)          # this process reads the shared records too
     models = tmp_path / "models"                            # the shared model store (NFS in a hospital)
@@ -140,15 +140,16 @@ def test_two_dashboards_two_runners_two_watchers_share_one_database_and_one_arch
                     dashboards[name] = future.result()
             for future in starting.values():
                 future.result()                    # raises a failed start's error
-        from playwright.sync_api import sync_playwright
         jobs = JobStore(machines["auditor"] / "jobs.sqlite")
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
-            pages = {name: browser.new_context(viewport={"width": 1360, "height": 1200}).new_page()
-                     for name in dashboards}        # a context each: two users' browsers
+        contexts = {name: browser.new_context(viewport={"width": 1360, "height": 1200})
+                    for name in dashboards}        # a context each: two users' browsers
+        try:
+            pages = {name: context.new_page() for name, context in contexts.items()}
             sign_in_at_once(pages, {name: f"{address}/retrain" for name, (_, address) in dashboards.items()})
             queue_jobs(pages, jobs, JOBS_PER_DASHBOARD)
-            browser.close()
+        finally:
+            for context in contexts.values():
+                context.close()
 
         # The runners: each of the 20 jobs ran exactly once, both took some, all succeeded, each names its lead.
         ended = wait_for(lambda: (rows := jobs.select()) and all(r["state"] in FINISHED for r in rows) and rows,

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import requests
 from conftest import REPO
-from helpers import CHROMIUM, CHROMIUM_FLAGS, dashboard_with_tester, free_port, sign_in
+from helpers import dashboard_with_tester, free_port, sign_in
 
 pytestmark = []
 NGINX = Path("/usr/sbin/nginx")
@@ -137,20 +137,16 @@ def test_the_csp_allows_exactly_the_inline_script_of_the_installed_streamlit():
     assert hashes == set(re.findall(r"'sha256-([^']+)'", CONFIG.read_text()))
 
 
-def test_the_dashboard_works_through_the_proxy_without_a_csp_violation(proxy):
-    if not Path(CHROMIUM).exists():
-        pytest.skip("Debian's chromium is not installed (make test installs it)")
-    from playwright.sync_api import sync_playwright
+def test_the_dashboard_works_through_the_proxy_without_a_csp_violation(proxy, browser):
     https, _, _, _ = proxy
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
-        try:
-            page = browser.new_context(ignore_https_errors=True).new_page()
-            console = []
-            page.on("console", lambda message: console.append(message.text))
-            sign_in(page, https, "tester")          # the websocket carries the sign-in: proxied
-            page.get_by_text("Decision support, not a diagnosis.").wait_for(timeout=60_000)
-            assert page.evaluate("() => window.top === window.self")
-        finally:
-            browser.close()
+    context = browser.new_context(ignore_https_errors=True)     # the worker's Chromium (conftest), a profile of its own
+    try:
+        page = context.new_page()
+        console = []
+        page.on("console", lambda message: console.append(message.text))
+        sign_in(page, https, "tester")          # the websocket carries the sign-in: proxied
+        page.get_by_text("Decision support, not a diagnosis.").wait_for(timeout=60_000)
+        assert page.evaluate("() => window.top === window.self")
+    finally:
+        context.close()
     assert not [line for line in console if "Content Security Policy" in line], console
