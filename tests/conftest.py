@@ -278,7 +278,7 @@ _chromium: dict = {}                # "playwright", "browser": this worker's Chr
 def shared_chromium():
     """This worker's one headless Chromium (Playwright, Debian's chromium, helpers.CHROMIUM_FLAGS), started at the
     first browser test and kept while the worker's next test is in a browser file: a driver and a Chromium
-    start cost ~2.5 CPU-s, once per worker instead of once per file. `close_chromium_after_browser_files` ends it
+    start cost ~2.5 CPU-s, once per worker instead of once per file. `pytest_runtest_teardown` ends it
     before any other file runs: a live sync Playwright marks its event loop as this thread's running one, and
     asyncio.run() refuses to start under it."""
     if "browser" not in _chromium or not _chromium["browser"].is_connected():
@@ -314,7 +314,7 @@ def pytest_runtest_teardown(item, nextitem):
 
 
 @pytest.fixture(scope="module")
-def browser(request):
+def browser():
     """The worker's headless Chromium (`shared_chromium`), for a module that makes its own contexts (each
     context is a separate browser profile: its own cookies and sessions). Skips where chromium is missing."""
     return shared_chromium()
