@@ -105,9 +105,7 @@ class FeatureCache:
         """The embedder's inference, traced once for every split and view this cache embeds (and for
         `training.fit_tta`, which scores views through it): `any_batch(embedder)`."""
         if self._run is None:
-            import keras
-            self._run = (any_batch(self.embedder) if isinstance(self.embedder, keras.Model)
-                         else self.embedder.predict_on_batch)   # a stand-in of the tests
+            self._run = any_batch(self.embedder)
         return self._run
 
     def _embed(self, paths, augmentation: Augmentation | None, seed: int, progress: Progress) -> np.ndarray:

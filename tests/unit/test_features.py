@@ -10,16 +10,25 @@ from pneumo_core.learn.pipeline import image_batches
 from pneumo_core.settings import Augmentation
 
 
-class CountingEmbedder:
-    """Stands in for the backbone: 'features' are per-image means, and calls are counted."""
-    output_shape = (None, 3)
+def counting_embedder():
+    """Stands in for the backbone: a Keras model whose 'features' are per-image channel means, counting the
+    images it embeds in a variable (`model.get_layer("count").images`), so calls through a traced function count."""
+    import keras
 
-    def __init__(self):
-        self.images = 0
+    class CountingMean(keras.layers.Layer):
+        def build(self, input_shape):
+            self.images = self.add_weight(shape=(), initializer="zeros", trainable=False, name="images")
 
-    def predict_on_batch(self, batch):
-        self.images += len(batch)
-        return np.asarray(batch).mean(axis=(1, 2))
+        def call(self, batch):
+            self.images.assign_add(keras.ops.cast(keras.ops.shape(batch)[0], "float32"))
+            return keras.ops.mean(batch, axis=(1, 2))
+
+    return keras.Sequential([keras.Input((32, 32, 3)), CountingMean(name="count")])
+
+
+def embedded(model) -> int:
+    """How many images the `counting_embedder` has embedded."""
+    return int(model.get_layer("count").images.numpy())
 
 
 @pytest.fixture
@@ -28,10 +37,10 @@ def paths(tmp_path):
 
 
 def test_second_request_is_served_from_disk(tmp_path, paths):
-    embedder = CountingEmbedder()
+    embedder = counting_embedder()
     cache = FeatureCache(tmp_path / "cache", "mobilenet_v2", None, 32, "equalize", lambda: embedder)
     first = cache.get(paths)
-    assert embedder.images == len(paths) and first.shape == (len(paths), 3)
+    assert embedded(embedder) == len(paths) and first.shape == (len(paths), 3)
     again = FeatureCache(tmp_path / "cache", "mobilenet_v2", None, 32, "equalize", lambda: 1 / 0).get(paths)
     np.testing.assert_array_equal(first, again)  # the lazily built embedder was never needed
 
