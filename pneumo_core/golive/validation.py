@@ -40,20 +40,12 @@ def score_films(model, paths, label: str = "site films") -> tuple[np.ndarray, np
 
     One forward pass each, or 1 + k with the version's test-time augmentation (the plain view's embedding).
     """
-    from pneumo_core.learn.model import scoring_model
-    from pneumo_core.learn.pipeline import image_batches
+    from pneumo_core.learn.model import score_files, scoring_model
     if model.tta_views:
         logits, embeddings = score_views(model, paths, model.tta_views, model.tta_seed, label)
         return sigmoid(logits.mean(1)), embeddings[0]
-    scorer = scoring_model(model.keras)
-    progress = Progress(f"scoring {label}", len(paths))
-    probabilities, embeddings = [], []
-    for batch in image_batches(list(map(str, paths)), model.image_size, model.normalisation):
-        p, e = scorer.predict_on_batch(batch)
-        probabilities.append(np.asarray(p).reshape(-1))
-        embeddings.append(np.asarray(e, np.float32))
-        progress.update(len(probabilities[-1]))
-    return np.concatenate(probabilities), np.concatenate(embeddings)
+    return score_files(scoring_model(model.keras), paths, model.image_size, model.normalisation,
+                       progress=Progress(f"scoring {label}", len(paths)))
 
 
 def score_views(model, paths, views: int, seed: int = 0, label: str = "site films",

@@ -107,6 +107,32 @@ def scoring_model(model: keras.Model, logit: bool = False) -> keras.Model:
     return keras.Model(inputs, [probability, keras.layers.GlobalAveragePooling2D()(feature_map)], name="scorer")
 
 
+def score_files(scorer: keras.Model, paths, image_size: int, normalisation: str, run=None,
+                progress=None) -> tuple[np.ndarray, np.ndarray]:
+    """Probability and pooled backbone embedding of image files, in one pass of a `scoring_model`.
+
+    Args:
+        scorer: a `scoring_model` (image -> [probability, embedding]); paths: N image files.
+        image_size, normalisation: S and the intensity normalisation of the inputs.
+        run: `features.any_batch(scorer)` kept across calls, to trace the scorer once for every split (a split's
+            last batch is of another size); else its `predict_on_batch`.
+        progress: a `Progress` counting the films scored.
+    Returns:
+        ((N,) probabilities of PNEUMONIA, (N, D) float32 embeddings).
+    """
+    run = run or scorer.predict_on_batch
+    probabilities, embeddings = [], []
+    for batch in image_batches(list(map(str, paths)), image_size, normalisation, batch_size=32):
+        probability, embedding = run(batch)
+        probabilities.append(np.asarray(probability).reshape(-1))
+        embeddings.append(np.asarray(embedding, np.float32))
+        if progress:
+            progress.update(len(probabilities[-1]))
+    if not probabilities:
+        return np.zeros(0), np.zeros((0, scorer.output_shape[1][-1]), np.float32)
+    return np.concatenate(probabilities), np.concatenate(embeddings)
+
+
 def _sigmoid(z) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.asarray(z, np.float64)))
 

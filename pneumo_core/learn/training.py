@@ -38,7 +38,14 @@ from pneumo_core.learn.distribute import (
     wait_for_every_worker,
 )
 from pneumo_core.learn.features import FeatureCache, any_batch
-from pneumo_core.learn.model import assemble, build_classifier, build_embedder, scoring_model, tta_inputs
+from pneumo_core.learn.model import (
+    assemble,
+    build_classifier,
+    build_embedder,
+    score_files,
+    scoring_model,
+    tta_inputs,
+)
 from pneumo_core.learn.pipeline import image_batches
 from pneumo_core.learn.store import new_version_id, save_version, tuner_run_dir
 from pneumo_core.learn.tuning import (
@@ -160,27 +167,6 @@ def fine_tune(model: keras.Model, train: pd.DataFrame, val: pd.DataFrame, config
     return pd.DataFrame(history).rename_axis("epoch").reset_index().assign(member="fine-tune")
 
 
-def score_films(scorer: keras.Model, paths, config: TrainConfig, run=None) -> tuple[np.ndarray, np.ndarray]:
-    """Probability and pooled backbone embedding of image files, in one pass of a `model.scoring_model`.
-
-    Args:
-        scorer: image -> [probability, embedding]; paths: N image files; config: their image size and normalisation.
-        run: `features.any_batch(scorer)` kept across calls, to trace the scorer once for every split (a split's
-            last batch is of another size); else its `predict_on_batch`.
-    Returns:
-        ((N,) probabilities of PNEUMONIA, (N, D) float32 embeddings).
-    """
-    run = run or scorer.predict_on_batch
-    probabilities, embeddings = [], []
-    for batch in image_batches(paths, config.image_size, config.normalisation, batch_size=32):
-        probability, embedding = run(batch)
-        probabilities.append(np.asarray(probability).reshape(-1))
-        embeddings.append(np.asarray(embedding, np.float32))
-    if not probabilities:
-        return np.zeros(0), np.zeros((0, scorer.output_shape[1][-1]), np.float32)
-    return np.concatenate(probabilities), np.concatenate(embeddings)
-
-
 def fit_ood(model: keras.Model, x_train_plain, x_val, train_set, val_set, config: TrainConfig,
             scorer: keras.Model | None = None, tuned_x_val: np.ndarray | None = None, run=None) -> OODDetector:
     """OOD detector on the training films' plain-view embeddings, flag line on validation.
@@ -189,12 +175,13 @@ def fit_ood(model: keras.Model, x_train_plain, x_val, train_set, val_set, config
     the films are embedded again with the tuned one, through `scorer` (`model.scoring_model(model)`,
     built here if not given: passing the one that scored the films saves tracing another model).
     `tuned_x_val`: the validation films' embeddings by that scorer, when the caller has them from
-    scoring those films (then they are not decoded and scored a second time); `run`: see `score_films`.
+    scoring those films (then they are not decoded and scored a second time); `run`: see `model.score_files`.
     """
     if config.fine_tune_epochs > 0:
         scorer = scorer or scoring_model(model)
-        x_train_plain = score_films(scorer, train_set.path, config, run)[1]
-        x_val = tuned_x_val if tuned_x_val is not None else score_films(scorer, val_set.path, config, run)[1]
+        x_train_plain = score_files(scorer, train_set.path, config.image_size, config.normalisation, run)[1]
+        x_val = tuned_x_val if tuned_x_val is not None else score_files(scorer, val_set.path, config.image_size,
+                                                                     config.normalisation, run)[1]
     return OODDetector.fit(x_train_plain, x_val)
 
 
@@ -395,7 +382,7 @@ def train(config: TrainConfig, settings: Settings, reporter: Reporter | None = N
     if config.fine_tune_epochs > 0:   # the backbone moved: score the films, not the cached features
         scorer = scoring_model(model)   # kept for the OOD embeddings: one model traced, not two
         run = any_batch(scorer)   # and traced once, whatever the sizes of the splits' last batches
-        (p_val, tuned_x_val), (p_test, _) = (score_films(scorer, s.path, config, run)
+        (p_val, tuned_x_val), (p_test, _) = (score_files(scorer, s.path, config.image_size, config.normalisation, run)
                                              for s in (features.val, features.test))
     else:
         p_val, p_test = heads.probabilities(features.x_val), heads.probabilities(features.x_test)
