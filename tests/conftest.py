@@ -251,10 +251,11 @@ def trained_home(trained_run) -> Path:
 @pytest.fixture(scope="session")
 def dashboard(trained_home, synthetic_data, tmp_path_factory):
     """One `streamlit run app.py` for the browser modules whose home can be shared (they add diagnoses, a
-    verdict, a retrained candidate; none needs a home of its own): over a copy of the trained home, the
-    synthetic data as its data folder, the administrator "tester" to sign in as. Started once per xdist
-    worker that runs one of its modules (`--dist loadfile` keeps each module on one worker; xdist_group marks
-    would group the modules, but pytest 9.2 ignores them: pytest-xdist issue 1386).
+    verdict, a retrained candidate, a site's validation; none needs a home of its own): over a copy of the
+    trained home, the synthetic data as its data folder, a labelled site folder under PNEUMO_SITE_DATA
+    (sites/clinic, 20 + 20 films), the administrator "tester" to sign in as. Started once per xdist worker that
+    runs one of its modules (`--dist loadfile` keeps each module on one worker; xdist_group marks would group
+    the modules, but pytest 9.2 ignores them: pytest-xdist issue 1386).
 
     Returns:
         SimpleNamespace(url, home, log): the dashboard's address, its PNEUMO_HOME and its server log.
@@ -265,8 +266,10 @@ def dashboard(trained_home, synthetic_data, tmp_path_factory):
     root = tmp_path_factory.mktemp("dashboard")
     home = root / "home"
     shutil.copytree(trained_home, home, ignore=shutil.ignore_patterns("audit.sqlite*"))
+    make_dataset(root / "sites" / "clinic", {".": (20, 20)}, seed=11)
     log = root / "server.log"
-    with dashboard_with_tester(home, log, env={"PNEUMO_DATA": str(synthetic_data)}) as url:
+    env = {"PNEUMO_DATA": str(synthetic_data), "PNEUMO_SITE_DATA": str(root / "sites")}
+    with dashboard_with_tester(home, log, env=env) as url:
         yield SimpleNamespace(url=url, home=home, log=log)
 
 

@@ -1,22 +1,27 @@
 """End to end in a real browser: Playwright drives Debian's Chromium against `streamlit run app.py`: diagnose,
-report, metrics, every page, a reader's verdict, Markdown in DICOM headers shown as text, retrain and promote.
+report, metrics, every page, a reader's verdict, Markdown in DICOM headers shown as text, retrain and promote,
+and last (a site's validation changes what every later page says) validating a site and the Monitor page.
 
 Set PNEUMO_E2E_HOME to use an existing home (e.g. with a real model) and PNEUMO_SCREENSHOT_DIR to
 take and keep the screenshots (the README's come from `PNEUMO_SCREENSHOT_DIR=docs/screenshots`).
 """
 import http.server
+import io
 import json
 import os
 import re
 import threading
 import time
+import zipfile
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from types import SimpleNamespace
 
 import cv2
 import numpy as np
 import pypdf
 import pytest
-from conftest import SHARED_DATA, synthetic_film
+from conftest import SHARED_DATA, make_dataset, synthetic_film
 from helpers import (
     POLL_MS,
     chest_film,
@@ -33,6 +38,7 @@ from helpers import (
 
 from pneumo_core.records import registry
 from pneumo_core.records.access import Actor
+from pneumo_core.records.audit import AuditTrail
 
 require_chromium()
 
@@ -365,3 +371,72 @@ def test_retrain_runs_to_completion_and_the_candidate_is_promoted(server, e2e_ho
     finally:    # the shared dashboard's later users find its first model active again (and still loaded)
         if registry.active_version(e2e_home / "models") != before:
             registry.promote(e2e_home / "models", before, actor=Actor("tester", "admin"))
+
+
+# -- a site's go-live (moved here from test_e2e_site.py: the shared dashboard has a labelled site folder, clinic,
+# under its PNEUMO_SITE_DATA; a dashboard of its own cost a server start, TensorFlow and the model, ~8 CPU-s). Last
+# in the module: once validated at a site, the active version's pages name that site's figures.
+
+def _shared_home_only():
+    if os.environ.get("PNEUMO_E2E_HOME"):
+        pytest.skip("needs the shared test dashboard's site folder (clinic)")
+
+
+def test_validating_a_site_shows_its_report(server, e2e_home, browser_page):
+    _shared_home_only()
+    page = browser_page
+    open_page(page, server, "Site")
+    button = page.get_by_role("button", name="Validate at this site")
+    button.wait_for(timeout=120_000)
+    assert page.get_by_text("clinic").first.is_visible()               # the site folder is offered
+    button.click()
+    page.get_by_text("Site clinic, 40 films").wait_for(timeout=180_000)  # the verdict
+    page.wait_for_function("() => document.querySelectorAll('.js-plotly-plot').length >= 3",
+                           timeout=60_000, polling=POLL_MS)
+    assert page.get_by_text("Calibration at site clinic").first.is_visible()
+    assert not page.locator("[data-testid=stException]").count()
+    idle(page)
+    screenshot(page, "site.png")
+    assert list((e2e_home / "models").glob("*/site_reports/clinic.json"))
+
+
+def test_a_zip_uploaded_without_a_typed_name_takes_its_folders_name_and_proceeds(server, browser_page, tmp_path):
+    _shared_home_only()
+    films = make_dataset(tmp_path / "films", {"north": (20, 20)}, seed=12)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for film in sorted((films / "north").rglob("*.jpeg")):
+            archive.write(film, film.relative_to(films).as_posix())
+    page = browser_page
+    open_page(page, server, "Site")
+    page.get_by_text("Upload a zip").click()
+    page.locator("input[type=file]").set_input_files({"name": "upload-2026.zip", "mimeType": "application/zip",
+                                                      "buffer": buffer.getvalue()})
+    button = page.get_by_role("button", name="Validate at this site")
+    button.wait_for(timeout=120_000)                                    # the page went on: no silent stop
+    idle(page)
+    names = page.get_by_label("Site name")
+    assert names.count() == 1 and names.input_value() == "north"       # one box, the zip's folder name
+    assert not page.locator("[data-testid=stException]").count()
+    assert page.get_by_text("has not been validated at site north").is_visible()
+
+
+def test_monitor_page_counts_the_diagnoses_of_its_window(server, e2e_home, browser_page):
+    _shared_home_only()
+    trail = AuditTrail(e2e_home / "audit.sqlite")
+    before = len(trail.rows())
+    now = datetime.now(UTC)
+    for i in range(7):    # seven calls of the last week, one from 40 days ago (outside the 30-day window)
+        when = now - timedelta(days=40 if i == 6 else i)
+        trail.record(SimpleNamespace(when=when.isoformat(timespec="seconds"), sha256=f"{i:064x}",
+                                     model_id=registry.resolve(e2e_home / "models").name, probability=0.3,
+                                     threshold=0.5, label="NORMAL", ood_score=0.5, ood_flag=False, method=None),
+                     source="cli")
+    page = browser_page
+    open_page(page, server, "Monitor")
+    page.get_by_text("Recent window (days)").wait_for(timeout=120_000)
+    count = page.locator("[data-testid=stMetric]", has_text="Diagnoses in the window")
+    count.first.wait_for(timeout=60_000)
+    assert count.locator("[data-testid=stMetricValue]").inner_text() == str(before + 6)
+    assert not page.locator("[data-testid=stException]").count()
+    screenshot(page, "monitor.png")
