@@ -9,9 +9,10 @@
   ten films uploaded) show every column, no "1.000", and the films in the same order; the PDF report names the
   DICOM's patient, its file name does not.
 
-One dashboard and one Orthanc serve the three (a dashboard's start, TensorFlow and the model, costs ~5 CPU-s
-here). Each test has the archive and the watcher's state hold its own studies and nothing else (`hold`), so what
-it counts is what it stored, whichever test ran before it. Set PNEUMO_SCREENSHOT_DIR to take and keep the
+One dashboard, one Orthanc and one PACS watcher serve the three (a dashboard's start, TensorFlow and the model,
+costs ~5 CPU-s here; each `pacs watch --once` in this process loaded and traced the model again, ~2.5 CPU-s).
+Each test has the archive and the watcher's state hold its own studies and nothing else (`hold`), so what it
+counts is what it stored, whichever test ran before it. Set PNEUMO_SCREENSHOT_DIR to take and keep the
 screenshots (docs/screenshots/worklist.png).
 """
 import io
@@ -25,12 +26,17 @@ from types import SimpleNamespace
 import numpy as np
 import pypdf
 import pytest
-from conftest import chest_studies, cli_here, emptied, pacs_env, synthetic_film
+from conftest import chest_studies, emptied, pacs_env, synthetic_film
 from helpers import POLL_MS, dashboard_with_tester, idle, open_page, require_chromium, screenshot, sign_in
 
 from pneumo_core.pacs.client import PacsClient
 from pneumo_core.pacs.state import PacsState, worklist
+from pneumo_core.pacs.watcher import Watcher, outbox_dir
+from pneumo_core.records.anchor import audit_trail
+from pneumo_core.serve.diagnosis import Diagnoser
 from pneumo_core.serve.dicom_out import film_as_cr
+from pneumo_core.serve.loading import load_version
+from pneumo_core.settings import load_settings, os_user
 
 require_chromium()
 VIEWPORT = (1024, 900)     # each test sets its own size (`page.set_viewport_size`): no page load for it
@@ -43,22 +49,26 @@ ROWS = "[data-testid=stDataFrame] table tbody tr"
 
 @pytest.fixture(scope="module")
 def reading(trained_home, tmp_path_factory, module_orthanc):
-    """The dashboard over a copy of the trained home, reading an Orthanc of this module's own.
+    """The dashboard over a copy of the trained home, reading an Orthanc of this module's own, and the PACS watcher
+    that scores what the archive holds (`pneumo_core.pacs.watcher.Watcher` in this process, as `pacs watch` runs it).
 
     Returns:
-        SimpleNamespace(url, home, server, held): `held` names the set of studies the archive holds (`hold`).
+        SimpleNamespace(url, home, server, watcher, held): `held` names the set of studies the archive holds (`hold`).
     """
     root = tmp_path_factory.mktemp("e2e-archive")
     home = root / "home"
     shutil.copytree(trained_home, home, ignore=shutil.ignore_patterns("audit.sqlite*"))
+    settings = load_settings({"PNEUMO_HOME": str(home), **pacs_env(module_orthanc)})
+    watcher = Watcher(PacsClient.from_settings(settings), Diagnoser(load_version(settings.models_dir)),
+                      PacsState(settings.pacs_state_path), audit_trail(settings), outbox_dir(settings), who=os_user())
     with dashboard_with_tester(home, root / "server.log", env=pacs_env(module_orthanc)) as url:
-        yield SimpleNamespace(url=url, home=home, server=module_orthanc, held=None)
+        yield SimpleNamespace(url=url, home=home, server=module_orthanc, watcher=watcher, held=None)
 
 
 def hold(reading, name: str, studies: list) -> None:
     """Make the archive hold `studies` (the set called `name`) and nothing else, scored by the watcher: unless it
     holds them already, every study in it is deleted and the watcher's state emptied (so the Worklist shows these
-    films alone), the studies are stored and `pacs watch --once` scores them."""
+    films alone), the studies are stored and one poll of the watcher scores them."""
     if reading.held == name:
         return
     reading.held = None
@@ -73,8 +83,8 @@ def hold(reading, name: str, studies: list) -> None:
     client = PacsClient(reading.server.dicomweb, reading.server.user, reading.server.password)
     for ds in studies:
         client.store([ds], ds.StudyInstanceUID)
-    result = cli_here("pacs", "watch", "--once", home=reading.home, env_extra=pacs_env(reading.server))
-    assert result.returncode == 0, result.stderr[-3000:]
+    summary = reading.watcher.poll()
+    assert summary["failed"] == 0, summary
     reading.held = name
 
 
