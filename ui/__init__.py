@@ -12,6 +12,7 @@ Screen only: every decision is the library's (pneumo_core never imports this pac
 """
 from ui.cache import ByteLRU
 from ui.diagnoses import (
+    active_card,
     decode_budget,
     diagnose_and_record,
     diagnoser,
@@ -66,7 +67,7 @@ from ui.widgets import (
 )
 
 __all__ = [
-    "BUDGET", "DISPLAY_SIDE", "ByteLRU", "actor", "audit_event", "audit_trail", "check_upload_count",
+    "BUDGET", "DISPLAY_SIDE", "ByteLRU", "active_card", "actor", "audit_event", "audit_trail", "check_upload_count",
     "client", "current_train_params", "decode_budget", "diagnose_and_record", "diagnoser", "diagnoser_for",
     "diagnosis", "diagnosis_cache", "display_film", "error_overlay", "faithfulness", "figures_that_apply",
     "film_jpeg", "film_key", "film_thumbnail", "first_run", "for_display", "job_progress", "job_queue", "jpeg",

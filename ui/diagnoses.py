@@ -10,6 +10,7 @@ import streamlit as st
 
 from pneumo_core.errors import IntegrityError
 from pneumo_core.imaging.films import DecodeBudget, read_film
+from pneumo_core.learn.store import read_json
 from pneumo_core.records import registry
 from ui.cache import ByteLRU
 from ui.images import for_display
@@ -17,6 +18,25 @@ from ui.loaders import BUDGET, audit_trail, diagnoser_for, settings
 from ui.session import who
 from ui.text import literal
 from ui.widgets import first_run
+
+
+@dataclasses.dataclass(frozen=True)
+class Card:
+    """What a page says of a model version before loading it: its id and threshold, from its card."""
+    id: str
+    threshold: float
+
+
+def active_card() -> Card:
+    """The active version's card, read without TensorFlow (its files are checked when it loads, `diagnoser`), or
+    the first-run message and stop."""
+    try:
+        path = registry.resolve(settings().models_dir, None)
+    except registry.RegistryError:
+        first_run()
+        st.stop()
+    card = read_json(path, "metadata.json")
+    return Card(path.name, float(card["threshold"]))
 
 
 def diagnoser(version_id: str | None = None):

@@ -15,21 +15,22 @@ ui.require_page("diagnose")
 st.title("Diagnose")
 st.caption(dx.NOTICE)
 verdict.model_change_notice()
-# Cold start: TensorFlow and the model take ~6 s to load; say so instead of a blank page.
-with st.spinner("Loading the model (first start of the server: about 10 s)…"):
-    diagnoser = ui.diagnoser()
-model = diagnoser.model
-version_path = str(model.path)
+active = ui.active_card()
 
 # Any file type: DICOM often has no extension, and a wrong file deserves a message, not a silent refusal.
 uploads = st.file_uploader(f"Chest X-rays ({ACCEPTED}), one or many", accept_multiple_files=True)
 if not uploads:
-    st.info(f"Upload one or more frontal chest films. Model {model.id} calls PNEUMONIA at probability "
-            f"≥ {dx.format_probability(model.threshold)}.")
+    st.info(f"Upload one or more frontal chest films. Model {active.id} calls PNEUMONIA at probability "
+            f"≥ {dx.format_probability(active.threshold)}.")
     st.stop()
 
 
 ui.check_upload_count(uploads)
+# The model loads with the first films, not when the page opens: every role lands here after signing in, and
+# whoever goes on to another page no longer waits for TensorFlow and the model (~6 s and ~1 GB on a cold server).
+# Its files are checked first (a refused version: the page says why). Cold start: say so instead of a blank page.
+with st.spinner("Loading the model (first start of the server: about 10 s)…"):
+    version_path = str(ui.diagnoser(active.id).model.path)
 films, failures, copies, budget = {}, [], [], ui.decode_budget()
 bar = st.progress(0.0, text="Scoring…")
 for i, upload in enumerate(uploads):
