@@ -27,7 +27,7 @@ if not uploads:
 
 ui.check_upload_count(uploads)
 # The model loads with the first films, not when the page opens: every role lands here after signing in, and
-# whoever goes on to another page no longer waits for TensorFlow and the model (~6 s and ~1 GB on a cold server).
+# whoever goes on to another page no longer waits for TensorFlow and the model (~6 s and ~750 MB on a cold server).
 # Its files are checked first (a refused version: the page says why). Cold start: say so instead of a blank page.
 with st.spinner("Loading the model (first start of the server: about 10 s)…"):
     version_path = str(ui.diagnoser(active.id).model.path)
