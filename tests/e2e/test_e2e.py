@@ -24,6 +24,7 @@ import pytest
 from conftest import SHARED_DATA, make_dataset, synthetic_film
 from helpers import (
     POLL_MS,
+    audit_events,
     chest_film,
     dashboard_with_tester,
     dicom_film,
@@ -45,15 +46,16 @@ require_chromium()
 
 @pytest.fixture(scope="module")
 def e2e_dashboard(request, tmp_path_factory, trained_home):
-    """(url, home): the session's shared dashboard (conftest `dashboard`; the retrain test adds to its home),
-    else, with PNEUMO_E2E_HOME set, a dashboard of this module's own over that home as it is. (trained_home
+    """(url, home, server log): the session's shared dashboard (conftest `dashboard`; the retrain test adds to its
+    home), else, with PNEUMO_E2E_HOME set, a dashboard of this module's own over that home as it is. (trained_home
     is named so that the file is ordered among those that need the session's model.)"""
     if not os.environ.get("PNEUMO_E2E_HOME"):
-        yield request.getfixturevalue("dashboard").url, request.getfixturevalue("dashboard").home
+        shared = request.getfixturevalue("dashboard")
+        yield shared.url, shared.home, shared.log
         return
-    home = Path(os.environ["PNEUMO_E2E_HOME"])
-    with dashboard_with_tester(home, tmp_path_factory.mktemp("streamlit") / "server.log") as url:
-        yield url, home
+    home, log = Path(os.environ["PNEUMO_E2E_HOME"]), tmp_path_factory.mktemp("streamlit") / "server.log"
+    with dashboard_with_tester(home, log) as url:
+        yield url, home, log
 
 
 @pytest.fixture(scope="module")
@@ -137,24 +139,38 @@ def test_upload_gives_a_call_its_strength_and_a_heatmap_with_a_local_favicon(ser
     screenshot(page, "diagnose.png")
 
 
-def test_the_pdf_report_is_text_on_a4_without_the_file_name(server, browser_page, tmp_path):
+def test_the_pdf_report_and_the_records_never_carry_the_uploaded_file_name(e2e_dashboard, browser_page, tmp_path):
+    # A file name is often the patient's name and record number: on screen, where it belongs, and nowhere else.
+    # (Moved here from test_e2e_auth.py, whose server then never loads TensorFlow and the model.) The whole name is
+    # looked for: three letters of it turn up by chance in the report's ASCII85 image data.
+    server, home, log = e2e_dashboard
     page = browser_page
-    _upload(page, server, {"name": "secret-name.png", "mimeType": "image/png", "buffer": _png(1, 5)})
+    name = "DOE_JANE_MRN123"
+    _upload(page, server, {"name": f"{name}.png", "mimeType": "image/png", "buffer": _png(1, 5)})
+    assert page.get_by_text(f"{name}.png").first.is_visible()
     page.get_by_label("Study reference for the report (optional)").fill("REQ-4711")
     page.keyboard.press("Enter")
     page.get_by_text("On the report as: Reference REQ-4711").wait_for(timeout=60_000)
     _diagnosed(page)
+    downloads = audit_events(home, "report_download")
     with page.expect_download(timeout=60_000) as download:
         page.get_by_role("button", name=re.compile("Download report")).click()
     # never the typed reference (it may be a patient's name): the film's hash and the date
     assert re.fullmatch(r"pneumo-report-[0-9a-f]{16}-\d{8}\.pdf", download.value.suggested_filename)
     path = tmp_path / "report.pdf"
     download.value.save_as(path)
+    assert name.encode() not in path.read_bytes()
     reader = pypdf.PdfReader(path)
     box = reader.pages[0].mediabox
     assert (round(float(box.width)), round(float(box.height))) == (595, 842)   # A4
     text = reader.pages[0].extract_text()
-    assert "Call: " in text and "REQ-4711" in text and "Read by" in text and "secret-name" not in text
+    assert "Call: " in text and "REQ-4711" in text and "Read by" in text and name not in pdf_text(path.read_bytes())
+    deadline = time.time() + 60   # the download's audit event is written by the run the click starts
+    while audit_events(home, "report_download") < downloads + 1 and time.time() < deadline:
+        time.sleep(0.2)
+    assert audit_events(home, "report_download") == downloads + 1
+    assert name.encode() not in (home / "audit.sqlite").read_bytes()
+    assert name not in log.read_text()
 
 
 def test_two_films_with_the_same_name_are_both_reachable_by_clicking_their_rows(server, browser_page):
