@@ -130,7 +130,7 @@ def test_the_pacs_worklist_is_in_the_same_order_as_diagnoses_worklist(tmp_path):
     state = PacsState(tmp_path / "pacs.sqlite")
     calls = [("NORMAL", 0.02, None), (None, None, None), ("PNEUMONIA", 0.999, None), ("NORMAL", 0.85, None),
              ("PNEUMONIA", 0.97, 1), ("PNEUMONIA", 0.97, None)]
-    with closing(state._connect()) as db:
+    with closing(state.database.connect()) as db:     # the state's own database, as its methods open it
         db.executemany("INSERT INTO films (sop_uid, model, study_uid, series_uid, status, label, probability, "
                        "threshold, ood_flag, discovered) VALUES (?, 'v1', 's', 'se', ?, ?, ?, 0.874, ?, '2026')",
                        [(f"1.{i}", "stored" if label else "skipped", label, p, flag)
