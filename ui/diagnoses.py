@@ -27,25 +27,25 @@ class Card:
     threshold: float
 
 
-def active_card() -> Card:
-    """The active version's card, read without TensorFlow (its files are checked when it loads, `diagnoser`), or
-    the first-run message and stop."""
+def _version_dir(version_id: str | None):
+    """The folder of `version_id` (None: the active version), or the first-run message and stop."""
     try:
-        path = registry.resolve(settings().models_dir, None)
+        return registry.resolve(settings().models_dir, version_id)
     except registry.RegistryError:
         first_run()
         st.stop()
-    card = read_json(path, "metadata.json")
-    return Card(path.name, float(card["threshold"]))
+
+
+def active_card() -> Card:
+    """The active version's card, read without TensorFlow (its files are checked when it loads, `diagnoser`), or
+    the first-run message and stop."""
+    path = _version_dir(None)
+    return Card(path.name, float(read_json(path, "metadata.json")["threshold"]))
 
 
 def diagnoser(version_id: str | None = None):
     """The model for `version_id` (default: the active one), or the first-run message and stop."""
-    try:
-        path = registry.resolve(settings().models_dir, version_id)
-    except registry.RegistryError:
-        first_run()
-        st.stop()
+    path = _version_dir(version_id)
     try:
         return diagnoser_for(str(path))
     except IntegrityError as error:   # a swapped or unsigned model is never served: the page says why
