@@ -18,8 +18,6 @@ screenshots (docs/screenshots/worklist.png).
 import io
 import re
 import shutil
-import sqlite3
-from contextlib import closing
 from datetime import date, timedelta
 from types import SimpleNamespace
 
@@ -73,16 +71,13 @@ def hold(reading, name: str, studies: list) -> None:
         return
     reading.held = None
     emptied(reading.server)
-    state = reading.home / "pacs.sqlite"
-    if state.exists():
-        # Emptied, not deleted: the dashboard's process (and this one) set up each SQLite file once, known by its
-        # inode, and a file made again may get the deleted one's inode.
-        with closing(sqlite3.connect(state)) as db, db:
-            db.execute("DELETE FROM films")
-            db.execute("DELETE FROM meta")
-    client = PacsClient(reading.server.dicomweb, reading.server.user, reading.server.password)
+    # The watcher's state emptied, not deleted: the dashboard's process (and this one) set up each SQLite file once,
+    # known by its inode, and a file made again may get the deleted one's inode.
+    with reading.watcher.state.database.transaction(write=True) as db:
+        db.execute("DELETE FROM films")
+        db.execute("DELETE FROM meta")
     for ds in studies:
-        client.store([ds], ds.StudyInstanceUID)
+        reading.watcher.client.store([ds], ds.StudyInstanceUID)
     summary = reading.watcher.poll()
     assert summary["failed"] == 0, summary
     reading.held = name
@@ -151,8 +146,7 @@ def archive(reading, prior_and_current) -> bytes:
     """The current film's DICOM bytes: the archive holds the prior study and today's study of the same synthetic
     patient; the watcher scored today's."""
     hold(reading, "prior", prior_and_current)
-    client = PacsClient(reading.server.dicomweb, reading.server.user, reading.server.password)
-    assert [f.accession for f in client.prior_studies(PATIENT, date.today())] == ["ACCPRIOR1"]
+    assert [f.accession for f in reading.watcher.client.prior_studies(PATIENT, date.today())] == ["ACCPRIOR1"]
     buffer = io.BytesIO()
     prior_and_current[1].save_as(buffer, enforce_file_format=True)
     return buffer.getvalue()
